@@ -1,0 +1,347 @@
+/*
+ * ipcfast: fast, robust request/response IPC between processes on one machine.
+ *
+ * Transport: Unix-domain sockets on Linux/macOS, named pipes on Windows.
+ * Standalone C99; no dependency beyond the OS (pthreads / advapi32).
+ * Vendor it by copying csrc/ and compiling every .c file in csrc/: each
+ * platform file compiles to nothing on the other platforms.
+ *
+ * Three layers, all declared here:
+ *   1. The codec: sans-I/O functions over byte buffers (handshake, packet
+ *      headers) that the transport uses and that tests and fuzzers call.
+ *   2. The binary-safe API: ipc_server_open / ipc_client_open /
+ *      ipc_client_request with explicit options, error codes and messages.
+ *   3. The original single-header API (ipc_server_start, ipc_client_send,
+ *      ...), kept as thin wrappers so code written against it compiles
+ *      unchanged.
+ *
+ * Errors: every fallible call returns an ipc_result (IPC_OK == 0) and, when
+ * given a non-NULL ipc_error, fills it with the code, the OS error number
+ * (errno or GetLastError(), 0 if none) and a heap-allocated message that
+ * says what happened and what to do. Release it with ipc_error_clear().
+ * Nothing is printed: diagnostics go to the log callback (ipc_set_log_handler).
+ *
+ * Wire protocol v1 is specified byte for byte in docs/protocol.md.
+ */
+#ifndef IPCFAST_IPC_H
+#define IPCFAST_IPC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define IPCFAST_VERSION "0.1.0"
+
+/* ---- constants ------------------------------------------------------- */
+
+#define IPC_PROTOCOL_VERSION 1          /* highest packet version spoken */
+#define IPC_HANDSHAKE_SIZE 8            /* handshake value, first byte 0x00 */
+#define IPC_HANDSHAKE_REPLY_XOR 0x5A    /* server reply = client value ^ 0x5A */
+#define IPC_FOREIGN_REPLY 0xFF          /* sent to a client whose first byte is not 0x00 */
+#define IPC_MAX_HEADER_SIZE 6           /* type + version + 4-byte length */
+#define IPC_DEFAULT_MAX_CLIENTS 32
+#define IPC_DEFAULT_LISTENERS 1
+#define IPC_DEFAULT_MAX_MESSAGE (64u * 1024u * 1024u)
+#define IPC_DEFAULT_HANDSHAKE_TIMEOUT_MS 5000
+#define IPC_WAKE_INTERVAL_MS 500        /* blocked reads wake at least this often */
+
+/* The handshake value used when none is given: the same 8 bytes the Python
+ * layer derives with key=None (0x00 + SHA-256("ipcfast\0" 0x01)[0:7], see
+ * docs/protocol.md), so C programs and Python tools meet by default. */
+extern const uint8_t IPC_DEFAULT_HANDSHAKE[IPC_HANDSHAKE_SIZE];
+
+/* Packet types: bits 0-5 of the type byte. */
+enum ipc_packet_type {
+    IPC_PACKET_REQUEST = 1,
+    IPC_PACKET_RESPONSE = 2,
+    IPC_PACKET_ERROR = 3,         /* the handler failed; payload is UTF-8 text */
+    IPC_PACKET_COMMAND = 4,       /* server node packets (docs/protocol.md) */
+    IPC_PACKET_CONSOLE_WRITE = 5,
+    IPC_PACKET_EXIT = 6,
+    IPC_PACKET_CANCEL = 7
+};
+#define IPC_TYPE_MASK 0x3Fu
+#define IPC_TYPE_EXTENDED 0x40u   /* a version byte follows the type byte */
+#define IPC_TYPE_RESERVED 0x80u   /* must be 0 */
+
+/* ---- results and errors ---------------------------------------------- */
+
+typedef enum ipc_result {
+    IPC_OK = 0,
+    IPC_E_INVALID = 1,        /* a bad argument, or a call in the wrong state */
+    IPC_E_NAME_TOO_LONG = 2,  /* the name does not fit the platform's limit */
+    IPC_E_ADDRESS_IN_USE = 3, /* a live server already serves this name */
+    IPC_E_ACCESS_DENIED = 4,  /* permissions, or an unsafe socket directory */
+    IPC_E_NOT_FOUND = 5,      /* no server is listening under this name */
+    IPC_E_BUSY = 6,           /* the server exists but has no free slot */
+    IPC_E_TIMEOUT = 7,        /* the operation's time budget ran out */
+    IPC_E_CLOSED = 8,         /* the peer closed the connection */
+    IPC_E_HANDSHAKE = 9,      /* the peer refused or failed the handshake */
+    IPC_E_TOO_LARGE = 10,     /* a message above max_message */
+    IPC_E_PROTOCOL = 11,      /* malformed or unexpected bytes on the wire */
+    IPC_E_REMOTE = 12,        /* the server's handler failed (ERROR packet) */
+    IPC_E_NO_MEMORY = 13,
+    IPC_E_IN_USE = 14,        /* a client used from two threads at once */
+    IPC_E_SYSTEM = 15         /* another OS failure; see system_error */
+} ipc_result;
+
+typedef struct ipc_error {
+    int code;          /* an ipc_result */
+    int system_error;  /* errno / GetLastError() behind it, 0 if none */
+    char *message;     /* heap-allocated, NUL-terminated; NULL if none */
+} ipc_error;
+
+/* Frees err->message and resets the struct to IPC_OK. NULL is allowed. */
+void ipc_error_clear(ipc_error *err);
+
+/* A stable name for a result code ("IPC_E_TIMEOUT"); never NULL. */
+const char *ipc_result_name(int code);
+
+/* ---- logging ----------------------------------------------------------- */
+
+enum ipc_log_level {
+    IPC_LOG_DEBUG = 10,
+    IPC_LOG_INFO = 20,
+    IPC_LOG_WARNING = 30,
+    IPC_LOG_ERROR = 40
+};
+
+/* Called from any thread, possibly several at once. The message is only
+ * valid during the call. */
+typedef void (*ipc_log_fn)(void *user_data, int level, const char *message);
+
+/* Installs the process-wide log callback (NULL: discard, the default). */
+void ipc_set_log_handler(ipc_log_fn fn, void *user_data);
+
+/* ---- codec: sans-I/O handshake and packet headers ---------------------- */
+
+/* Verdict of parsing bytes received so far. */
+typedef enum ipc_verdict {
+    IPC_VERDICT_OK = 0,
+    IPC_VERDICT_NEED_MORE = 1,      /* not enough bytes yet; nothing is wrong */
+    IPC_VERDICT_FOREIGN = 2,        /* handshake does not start with 0x00 */
+    IPC_VERDICT_MISMATCH = 3,       /* handshake value differs */
+    IPC_VERDICT_RESERVED_BIT = 4,   /* bit 7 of the type byte is set */
+    IPC_VERDICT_UNKNOWN_TYPE = 5,   /* type 0 or above IPC_PACKET_CANCEL */
+    IPC_VERDICT_BAD_VERSION = 6,    /* packet/handshake version 0 or above allowed */
+    IPC_VERDICT_TOO_LARGE = 7       /* length above max_message */
+} ipc_verdict;
+
+/* A stable name for a verdict ("IPC_VERDICT_TOO_LARGE"); never NULL. */
+const char *ipc_verdict_name(int verdict);
+
+typedef struct ipc_packet_header {
+    uint8_t type;          /* ipc_packet_type */
+    uint8_t version;       /* from the extended header, else 0 */
+    uint32_t length;       /* payload length */
+    uint32_t header_size;  /* 5, or 6 with the extended header */
+} ipc_packet_header;
+
+/* Writes the client's handshake (value, then version): 9 bytes. */
+size_t ipc_handshake_encode_request(uint8_t out[IPC_HANDSHAKE_SIZE + 1],
+                                    const uint8_t value[IPC_HANDSHAKE_SIZE],
+                                    uint8_t version);
+
+/* Server side: checks the client's handshake bytes received so far against
+ * the expected value. FOREIGN is decided from the first byte alone; OK sets
+ * *client_version (1..255). Version 0 is BAD_VERSION. */
+ipc_verdict ipc_handshake_check_request(const uint8_t *data, size_t size,
+                                        const uint8_t expected[IPC_HANDSHAKE_SIZE],
+                                        uint8_t *client_version);
+
+/* The server's reply to a client value: value ^ 0x5A byte-wise (never equal
+ * to the value, so an echo cannot pass), then the server's version. */
+size_t ipc_handshake_encode_reply(uint8_t out[IPC_HANDSHAKE_SIZE + 1],
+                                  const uint8_t client_value[IPC_HANDSHAKE_SIZE],
+                                  uint8_t version);
+
+/* Client side: checks the server's reply bytes received so far. OK sets
+ * *server_version. A first byte of 0xFF is FOREIGN (the server took us for
+ * a foreign client). */
+ipc_verdict ipc_handshake_check_reply(const uint8_t *data, size_t size,
+                                      const uint8_t client_value[IPC_HANDSHAKE_SIZE],
+                                      uint8_t *server_version);
+
+/* Writes a packet header; version 0 writes the short form (no version byte),
+ * any other value the extended form. Returns its size (5 or 6). */
+size_t ipc_packet_header_encode(uint8_t out[IPC_MAX_HEADER_SIZE], uint8_t type,
+                                uint32_t length, uint8_t version);
+
+/* Parses a header from the bytes received so far. max_version is the
+ * negotiated version: an extended header must carry 1..max_version. A
+ * length above max_message is TOO_LARGE and header->length still holds it,
+ * so the caller can say how large (nothing is allocated here). */
+ipc_verdict ipc_packet_header_parse(const uint8_t *data, size_t size,
+                                    uint32_t max_message, uint8_t max_version,
+                                    ipc_packet_header *header);
+
+/* ---- server ------------------------------------------------------------ */
+
+typedef struct ipc_server_t ipc_server_t;
+typedef struct ipc_client_t ipc_client_t;
+typedef struct ipc_call ipc_call;   /* one request being handled */
+
+enum ipc_access {
+    IPC_ACCESS_USER = 0,   /* only processes of the same user (checked) */
+    IPC_ACCESS_WORLD = 1   /* any local user (POSIX socket mode 0666; Windows World SID) */
+};
+
+typedef struct ipc_server_options {
+    uint32_t max_clients;          /* connection slots; 0: 32 */
+    uint32_t listeners;            /* parallel pending accepts; 0: 1 */
+    uint32_t max_message;          /* largest request accepted; 0: 64 MiB */
+    uint32_t handshake_timeout_ms; /* 0: 5000 */
+    int access;                    /* enum ipc_access */
+    uint8_t handshake[IPC_HANDSHAKE_SIZE]; /* expected value; first byte 0x00 */
+    uint8_t version;               /* packet version offered; 0: IPC_PROTOCOL_VERSION */
+} ipc_server_options;
+
+/* Fills defaults: 32 clients, 1 listener, 64 MiB, user access,
+ * IPC_DEFAULT_HANDSHAKE, version 1. */
+void ipc_server_options_init(ipc_server_options *options);
+
+/* Called on a connection's thread for each request (request != NULL), and
+ * once more with request == NULL and size 0 after the client disconnected
+ * (only for clients that completed the handshake). Several connections call
+ * it at once. The request bytes stay valid until the handler returns and are
+ * followed by a NUL byte (not counted in size), so text requests can be used
+ * as C strings.
+ *
+ * The handler answers with ipc_call_respond() or ipc_call_fail(); if it
+ * returns without doing either, the client receives an ERROR packet. */
+typedef void (*ipc_handler_fn)(void *user_data, ipc_call *call,
+                               const uint8_t *request, size_t size);
+
+/* Sends the response now (header and data in one write; data is not
+ * copied). A response above the server's max_message is not sent: the
+ * client gets an ERROR packet and this returns IPC_E_TOO_LARGE. Answering
+ * twice returns IPC_E_INVALID. IPC_E_CLOSED: the client went away. */
+int ipc_call_respond(ipc_call *call, const void *data, size_t size, ipc_error *err);
+
+/* Sends an ERROR packet carrying a UTF-8 message (the client raises
+ * RemoteError with it). */
+int ipc_call_fail(ipc_call *call, const char *message, size_t size, ipc_error *err);
+
+/* A per-connection scratch buffer of at least `capacity` bytes, reused
+ * across requests (NULL if out of memory): build a response there, then
+ * pass it to ipc_call_respond. Valid until the handler returns. */
+void *ipc_call_buffer(ipc_call *call, size_t capacity);
+
+/* Identifies the connection (slot index) the call came from. */
+uint32_t ipc_call_connection(const ipc_call *call);
+
+/* Starts a server: returns once it is listening, or fails with
+ * IPC_E_NAME_TOO_LONG, IPC_E_ADDRESS_IN_USE (a live server has the name),
+ * IPC_E_ACCESS_DENIED (permissions, unsafe directory), IPC_E_INVALID,
+ * IPC_E_NO_MEMORY or IPC_E_SYSTEM.
+ *
+ * name: a plain name lives in a private per-user directory
+ * ($XDG_RUNTIME_DIR/ipcfast, else $TMPDIR-or-/tmp/ipcfast-UID) on POSIX and
+ * is \\.\pipe\NAME on Windows; on POSIX a name containing '/' is a socket
+ * path used as is. options may be NULL (defaults). */
+int ipc_server_open(ipc_server_t **server, const char *name,
+                    const ipc_server_options *options, ipc_handler_fn handler,
+                    void *user_data, ipc_error *err);
+
+/* The address clients reach: the socket path, or \\.\pipe\NAME. */
+const char *ipc_server_address(const ipc_server_t *server);
+
+/* Stops and frees a server (from ipc_server_open or ipc_server_start):
+ * stops accepting, wakes every blocked read at once, lets handlers that are
+ * running finish (clients still connected after a one-second grace period
+ * see the connection closed), joins every thread, closes every handle,
+ * removes the socket. Must not be called from a handler. NULL is allowed. */
+void ipc_server_stop(ipc_server_t *server);
+
+/* ---- client ------------------------------------------------------------ */
+
+typedef struct ipc_client_options {
+    uint32_t max_message;   /* largest response accepted; 0: 64 MiB */
+    uint8_t handshake[IPC_HANDSHAKE_SIZE];
+    uint8_t version;        /* 0: IPC_PROTOCOL_VERSION */
+} ipc_client_options;
+
+void ipc_client_options_init(ipc_client_options *options);
+
+/* Connects and completes the handshake within one time budget
+ * (timeout_ms < 0: no limit). "Not found" and "busy" are retried until the
+ * budget is spent; the budget is not reset by retries. On failure:
+ * IPC_E_NOT_FOUND (no server: start one), IPC_E_BUSY (a server exists but did
+ * not take the connection in time: retry later), IPC_E_HANDSHAKE (wrong key,
+ * incompatible version, or refused as another user), IPC_E_ACCESS_DENIED,
+ * IPC_E_NAME_TOO_LONG, IPC_E_NO_MEMORY, IPC_E_SYSTEM. options may be NULL. */
+int ipc_client_open(ipc_client_t **client, const char *name,
+                    const ipc_client_options *options, int timeout_ms,
+                    ipc_error *err);
+
+/* One round trip: sends a REQUEST packet and receives the answer, within
+ * timeout_ms for both (< 0: no limit). On IPC_OK, *response / *response_size
+ * point into the client's buffer (followed by a NUL byte), valid until the
+ * next call on this client. IPC_E_REMOTE: the handler failed, err->message
+ * holds its text and the connection stays usable. IPC_E_TIMEOUT,
+ * IPC_E_CLOSED, IPC_E_PROTOCOL, IPC_E_TOO_LARGE: the connection is closed,
+ * later calls fail with IPC_E_CLOSED. IPC_E_IN_USE: another thread is using
+ * this client right now (nothing was sent). */
+int ipc_client_request(ipc_client_t *client, const void *request, size_t size,
+                       const uint8_t **response, size_t *response_size,
+                       int timeout_ms, ipc_error *err);
+
+/* The two halves of ipc_client_request, for callers that pipeline or that
+ * receive in a different place than they send. */
+int ipc_client_write(ipc_client_t *client, const void *request, size_t size,
+                     int timeout_ms, ipc_error *err);
+int ipc_client_read(ipc_client_t *client, const uint8_t **response,
+                    size_t *response_size, int timeout_ms, ipc_error *err);
+
+/* The packet version both sides agreed on. */
+uint8_t ipc_client_version(const ipc_client_t *client);
+
+/* Flushes, closes and frees (same as ipc_client_disconnect). NULL is allowed. */
+void ipc_client_close(ipc_client_t *client);
+
+/* ---- the original single-header API ------------------------------------ */
+
+/* Capacity of the response buffer handed to an ipc_request_handler_t. */
+#define IPC_LEGACY_RESPONSE_CAPACITY (64u * 1024u)
+/* How long ipc_client_connect keeps retrying "not found" / "busy". */
+#define IPC_LEGACY_CONNECT_TIMEOUT_MS 2000
+
+typedef enum ipc_receive_status_t {
+    IPC_RECEIVE_STATUS_DONE,
+    IPC_RECEIVE_STATUS_MORE_DATA,
+    IPC_RECEIVE_STATUS_ERROR
+} ipc_receive_status_t;
+
+/* request: NUL-terminated text, or NULL after the client disconnected.
+ * response: a zeroed buffer of `capacity` bytes to write a NUL-terminated
+ * answer into (NULL and 0 on disconnect). The answer is sent with its NUL. */
+typedef void (*ipc_request_handler_t)(char const *request, void *user_data,
+                                      char *response, size_t capacity);
+
+/* NULL on failure (the reason goes to the log callback). */
+ipc_server_t *ipc_server_start(char const *pipe_name,
+                               ipc_request_handler_t request_handler,
+                               void *user_data);
+
+/* NULL on failure (the reason goes to the log callback). */
+ipc_client_t *ipc_client_connect(char const *pipe_name);
+
+void ipc_client_disconnect(ipc_client_t *connection);
+
+/* Sends the NUL-terminated message including its NUL. */
+bool ipc_client_send(ipc_client_t *connection, char const *message);
+
+/* Receives the next response into output. MORE_DATA: output is full and
+ * more of the same response follows; call again for the rest. */
+ipc_receive_status_t ipc_client_receive(ipc_client_t *connection, char *output,
+                                        int output_size, int *received_size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* IPCFAST_IPC_H */

@@ -1,0 +1,150 @@
+/*
+ * The internal platform contract: everything ipc.c needs from the OS.
+ * ipc.c holds the protocol logic (handshake, framing, slot table, retries);
+ * ipc_posix.c (Unix-domain sockets, pthreads) and ipc_win32.c (named pipes,
+ * Win32 threads) implement this file and nothing else. Not part of the
+ * public API.
+ *
+ * Conventions: functions that can fail return an ipc_result and fill `err`
+ * (which may be NULL) through ipc__fail(). Byte streams: a connection is a
+ * reliable, ordered byte stream in both directions; packet boundaries are
+ * the protocol's business, not the transport's.
+ */
+#ifndef IPCFAST_IPC_PLATFORM_H
+#define IPCFAST_IPC_PLATFORM_H
+
+#include "ipc.h"
+
+#include <stdarg.h>
+
+/* ---- shared helpers implemented in ipc.c ------------------------------- */
+
+/* Fills err (if non-NULL) with code, OS error and a formatted message;
+ * returns code. The message is allocated to fit. */
+int ipc__fail(ipc_error *err, int code, int system_error, const char *format, ...)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+
+/* Formats into a new heap string (NULL if out of memory). */
+char *ipc__format(const char *format, ...)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+char *ipc__vformat(const char *format, va_list args);
+
+/* Sends a message to the embedder's log callback, if any. */
+void ipc__log(int level, const char *format, ...)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* ---- time, threads, locks ---------------------------------------------- */
+
+/* Monotonic milliseconds. */
+int64_t ipc_plat_now_ms(void);
+
+typedef struct ipc_plat_thread ipc_plat_thread;
+typedef struct ipc_plat_mutex ipc_plat_mutex;
+typedef struct ipc_plat_cond ipc_plat_cond;
+
+int ipc_plat_thread_start(ipc_plat_thread **thread, void (*main)(void *), void *arg,
+                          ipc_error *err);
+void ipc_plat_thread_join(ipc_plat_thread *thread);   /* joins and frees */
+/* Nonzero when called on `thread` itself. */
+int ipc_plat_thread_is_current(const ipc_plat_thread *thread);
+
+int ipc_plat_mutex_create(ipc_plat_mutex **mutex, ipc_error *err);
+void ipc_plat_mutex_destroy(ipc_plat_mutex *mutex);
+void ipc_plat_mutex_lock(ipc_plat_mutex *mutex);
+void ipc_plat_mutex_unlock(ipc_plat_mutex *mutex);
+/* Nonzero if the lock was taken. */
+int ipc_plat_mutex_trylock(ipc_plat_mutex *mutex);
+
+int ipc_plat_cond_create(ipc_plat_cond **cond, ipc_error *err);
+void ipc_plat_cond_destroy(ipc_plat_cond *cond);
+/* Waits at most timeout_ms (< 0: no limit); spurious wake-ups are allowed. */
+void ipc_plat_cond_wait(ipc_plat_cond *cond, ipc_plat_mutex *mutex, int timeout_ms);
+void ipc_plat_cond_broadcast(ipc_plat_cond *cond);
+
+void ipc_plat_sleep_ms(int ms);
+
+/* ---- listening --------------------------------------------------------- */
+
+typedef struct ipc_plat_listener ipc_plat_listener;
+typedef struct ipc_plat_acceptor ipc_plat_acceptor;
+typedef struct ipc_plat_conn ipc_plat_conn;
+
+typedef struct ipc_plat_listen_params {
+    int access;             /* enum ipc_access */
+    uint32_t max_clients;   /* Windows: pipe instance limit */
+    uint32_t listeners;     /* number of acceptors that will be created */
+} ipc_plat_listen_params;
+
+/* Claims `name` and starts listening: returns only once a client could
+ * connect. IPC_E_ADDRESS_IN_USE when a live server holds the name; never
+ * takes it from one; two servers racing for it cannot both win. */
+int ipc_plat_listen(ipc_plat_listener **listener, const char *name,
+                    const ipc_plat_listen_params *params, ipc_error *err);
+
+/* The address clients use (socket path or \\.\pipe\NAME). */
+const char *ipc_plat_listener_address(const ipc_plat_listener *listener);
+
+/* One pending accept, owned by one listener thread (Windows: one pipe
+ * instance + event; POSIX: the shared socket). */
+int ipc_plat_acceptor_create(ipc_plat_listener *listener, ipc_plat_acceptor **acceptor,
+                             ipc_error *err);
+void ipc_plat_acceptor_destroy(ipc_plat_acceptor *acceptor);
+
+/* Blocks until a client connects, then returns it. IPC_E_CLOSED once
+ * ipc_plat_listener_interrupt() was called (also if called before). Other
+ * errors are per-attempt (the caller logs them and tries again). */
+int ipc_plat_accept(ipc_plat_acceptor *acceptor, ipc_plat_conn **conn, ipc_error *err);
+
+/* From any thread: makes every pending and future accept return IPC_E_CLOSED. */
+void ipc_plat_listener_interrupt(ipc_plat_listener *listener);
+
+/* Releases the name (removes the socket) and frees. Acceptors first. */
+void ipc_plat_listener_close(ipc_plat_listener *listener);
+
+/* ---- connections --------------------------------------------------------- */
+
+/* One connection attempt (the caller loops within its budget). Returns
+ * IPC_E_NOT_FOUND or IPC_E_BUSY for the cases worth retrying; Windows may
+ * wait for a busy pipe up to timeout_ms inside. */
+int ipc_plat_connect(ipc_plat_conn **conn, const char *name, int timeout_ms,
+                     ipc_error *err);
+
+/* Reads what is available, at least 1 byte, into buf. Waits at most
+ * timeout_ms (< 0: no limit; server threads pass IPC_WAKE_INTERVAL_MS).
+ * IPC_OK with *got > 0; IPC_E_TIMEOUT if nothing came; IPC_E_CLOSED when the
+ * peer closed or the connection was interrupted. */
+int ipc_plat_read(ipc_plat_conn *conn, void *buf, size_t capacity, size_t *got,
+                  int timeout_ms, ipc_error *err);
+
+typedef struct ipc_plat_buf {
+    const void *data;
+    size_t size;
+} ipc_plat_buf;
+
+/* Writes all parts in order, as one message where the transport has them.
+ * Waits at most timeout_ms in total (< 0: no limit) but gives up early with
+ * IPC_E_CLOSED when the connection is interrupted. */
+int ipc_plat_write(ipc_plat_conn *conn, const ipc_plat_buf *parts, int count,
+                   int timeout_ms, ipc_error *err);
+
+/* Sets *same to nonzero if the peer runs as the same user as we do. */
+int ipc_plat_peer_same_user(ipc_plat_conn *conn, int *same, ipc_error *err);
+
+/* From any thread: makes blocked and future reads on conn return
+ * IPC_E_CLOSED at once. With `hard`, writes too, and the peer sees the
+ * connection closed now. */
+void ipc_plat_conn_interrupt(ipc_plat_conn *conn, int hard);
+
+/* Drains what we wrote (the peer can still read it), closes, frees. */
+void ipc_plat_conn_close(ipc_plat_conn *conn);
+
+#endif /* IPCFAST_IPC_PLATFORM_H */
