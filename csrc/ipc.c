@@ -1311,6 +1311,26 @@ fail:
     return r;
 }
 
+/* A server that refuses a request (too large) says why in an ERROR packet
+ * and closes, possibly while we are still writing the request: then the
+ * write fails, but the explanation is waiting in our receive buffer. */
+static int explain_refused_write(ipc_client_t *client, int code, ipc_error *err)
+{
+    ipc_packet packet;
+    ipc_error ignored = {0};
+    size_t prefix = sizeof TOO_LARGE_PREFIX - 1;
+    int r = stream_read_packet(&client->stream, client->options.max_message, client->version,
+                               ipc_plat_now_ms() + 100, -1, &packet, &ignored);
+
+    ipc_error_clear(&ignored);
+    if (r != IPC_OK || packet.header.type != IPC_PACKET_ERROR)
+        return code;
+    if (packet.header.length >= prefix && memcmp(packet.payload, TOO_LARGE_PREFIX, prefix) == 0)
+        return ipc__fail(err, IPC_E_TOO_LARGE, 0, "%s", (const char *)packet.payload + prefix);
+    return ipc__fail(err, code, 0, "the server closed the connection: %s",
+                     (const char *)packet.payload);
+}
+
 static int client_write_locked(ipc_client_t *client, const void *request, size_t size,
                                int64_t deadline, ipc_error *err)
 {
@@ -1322,6 +1342,8 @@ static int client_write_locked(ipc_client_t *client, const void *request, size_t
                          (unsigned long)size);
     r = write_packet(client->stream.conn, IPC_PACKET_REQUEST, request, size,
                      remaining_ms(deadline), err);
+    if (r == IPC_E_CLOSED)
+        r = explain_refused_write(client, r, err);
     if (r != IPC_OK)
         client_abandon(client, err);
     return r;
