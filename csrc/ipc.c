@@ -785,7 +785,10 @@ static void connection_main(void *arg)
     stream_free(&c.stream);
     free(c.scratch);
 
-    /* Once conn is detached, ipc_server_stop no longer touches it. */
+    /* Drain while stop can still cut it short (a client that never reads
+     * must not hold the server). Once conn is detached, stop no longer
+     * touches it. */
+    ipc_plat_conn_drain(conn);
     ipc_plat_mutex_lock(server->lock);
     slot->conn = NULL;
     ipc_plat_mutex_unlock(server->lock);

@@ -144,7 +144,12 @@ int ipc_plat_peer_same_user(ipc_plat_conn *conn, int *same, ipc_error *err);
  * connection closed now. */
 void ipc_plat_conn_interrupt(ipc_plat_conn *conn, int hard);
 
-/* Drains what we wrote (the peer can still read it), closes, frees. */
+/* Makes sure the peer can read everything we wrote before it sees the end
+ * of the stream (POSIX: shutdown of the write side; Windows:
+ * FlushFileBuffers, which a hard interrupt cuts short). Idempotent. */
+void ipc_plat_conn_drain(ipc_plat_conn *conn);
+
+/* Drains (if not done yet), closes, frees. */
 void ipc_plat_conn_close(ipc_plat_conn *conn);
 
 #endif /* IPCFAST_IPC_PLATFORM_H */

@@ -601,6 +601,7 @@ struct ipc_plat_conn {
     int fd;
     int recv_timeout_ms;   /* what SO_RCVTIMEO is set to; -2: unknown */
     int send_timeout_ms;   /* what SO_SNDTIMEO is set to; -2: unknown */
+    int drained;
 };
 
 static int wrap_conn(int fd, ipc_plat_conn **out, ipc_error *err)
@@ -614,6 +615,7 @@ static int wrap_conn(int fd, ipc_plat_conn **out, ipc_error *err)
     conn->fd = fd;
     conn->recv_timeout_ms = -2;
     conn->send_timeout_ms = -2;
+    conn->drained = 0;
     *out = conn;
     return IPC_OK;
 }
@@ -879,15 +881,25 @@ void ipc_plat_conn_interrupt(ipc_plat_conn *conn, int hard)
     shutdown(conn->fd, hard ? SHUT_RDWR : SHUT_RD);
 }
 
+void ipc_plat_conn_drain(ipc_plat_conn *conn)
+{
+    /* End-of-stream goes after everything we wrote, so the peer reads the
+     * last response before it sees the close. */
+    if (!conn->drained)
+        shutdown(conn->fd, SHUT_WR);
+    conn->drained = 1;
+}
+
 void ipc_plat_conn_close(ipc_plat_conn *conn)
 {
     if (!conn)
         return;
-    /* Signal end-of-stream after everything we wrote; the peer reads the
-     * last response before it sees the close. */
-    shutdown(conn->fd, SHUT_WR);
+    ipc_plat_conn_drain(conn);
     close_quietly(conn->fd);
     free(conn);
 }
 
+#else
+/* ISO C wants at least one declaration per file. */
+typedef int ipc_posix_not_on_this_platform;
 #endif /* !_WIN32 */
