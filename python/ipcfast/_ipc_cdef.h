@@ -1,0 +1,209 @@
+/*
+ * cffi cdef for csrc/ipc.h: read by tools/ffi_build.py, not by a C compiler.
+ *
+ * Hand-written mirror of the public C API. tests/test_cdef.py fails when it
+ * drifts from csrc/ipc.h (every function, struct field, enum member and
+ * integer #define is compared), and cffi checks struct layouts when the
+ * extension module is compiled.
+ *
+ * cffi syntax notes: "#define NAME ..." lets the C compiler supply the value
+ * (used for expressions); array parameters are written as pointers.
+ */
+
+/* ---- constants ---- */
+
+static char *const IPCFAST_VERSION;
+
+#define IPC_PROTOCOL_VERSION 1
+#define IPC_HANDSHAKE_SIZE 8
+#define IPC_HANDSHAKE_REPLY_XOR 0x5A
+#define IPC_FOREIGN_REPLY 0xFF
+#define IPC_MAX_HEADER_SIZE 6
+#define IPC_DEFAULT_MAX_CLIENTS 32
+#define IPC_DEFAULT_LISTENERS 1
+#define IPC_DEFAULT_MAX_MESSAGE ...
+#define IPC_DEFAULT_HANDSHAKE_TIMEOUT_MS 5000
+#define IPC_WAKE_INTERVAL_MS 500
+
+extern const uint8_t IPC_DEFAULT_HANDSHAKE[8];
+
+enum ipc_packet_type {
+    IPC_PACKET_REQUEST = 1,
+    IPC_PACKET_RESPONSE = 2,
+    IPC_PACKET_ERROR = 3,
+    IPC_PACKET_COMMAND = 4,
+    IPC_PACKET_CONSOLE_WRITE = 5,
+    IPC_PACKET_EXIT = 6,
+    IPC_PACKET_CANCEL = 7
+};
+#define IPC_TYPE_MASK ...
+#define IPC_TYPE_EXTENDED ...
+#define IPC_TYPE_RESERVED ...
+
+/* ---- results and errors ---- */
+
+typedef enum ipc_result {
+    IPC_OK = 0,
+    IPC_E_INVALID = 1,
+    IPC_E_NAME_TOO_LONG = 2,
+    IPC_E_ADDRESS_IN_USE = 3,
+    IPC_E_ACCESS_DENIED = 4,
+    IPC_E_NOT_FOUND = 5,
+    IPC_E_BUSY = 6,
+    IPC_E_TIMEOUT = 7,
+    IPC_E_CLOSED = 8,
+    IPC_E_HANDSHAKE = 9,
+    IPC_E_TOO_LARGE = 10,
+    IPC_E_PROTOCOL = 11,
+    IPC_E_REMOTE = 12,
+    IPC_E_NO_MEMORY = 13,
+    IPC_E_IN_USE = 14,
+    IPC_E_SYSTEM = 15
+} ipc_result;
+
+typedef struct ipc_error {
+    int code;
+    int system_error;
+    char *message;
+} ipc_error;
+
+void ipc_error_clear(ipc_error *err);
+const char *ipc_result_name(int code);
+
+/* ---- logging ---- */
+
+enum ipc_log_level {
+    IPC_LOG_DEBUG = 10,
+    IPC_LOG_INFO = 20,
+    IPC_LOG_WARNING = 30,
+    IPC_LOG_ERROR = 40
+};
+
+typedef void (*ipc_log_fn)(void *user_data, int level, const char *message);
+void ipc_set_log_handler(ipc_log_fn fn, void *user_data);
+
+/* ---- codec ---- */
+
+typedef enum ipc_verdict {
+    IPC_VERDICT_OK = 0,
+    IPC_VERDICT_NEED_MORE = 1,
+    IPC_VERDICT_FOREIGN = 2,
+    IPC_VERDICT_MISMATCH = 3,
+    IPC_VERDICT_RESERVED_BIT = 4,
+    IPC_VERDICT_UNKNOWN_TYPE = 5,
+    IPC_VERDICT_BAD_VERSION = 6,
+    IPC_VERDICT_TOO_LARGE = 7
+} ipc_verdict;
+
+const char *ipc_verdict_name(int verdict);
+
+typedef struct ipc_packet_header {
+    uint8_t type;
+    uint8_t version;
+    uint32_t length;
+    uint32_t header_size;
+} ipc_packet_header;
+
+size_t ipc_handshake_encode_request(uint8_t *out, const uint8_t *value,
+                                    uint8_t version);
+ipc_verdict ipc_handshake_check_request(const uint8_t *data, size_t size,
+                                        const uint8_t *expected,
+                                        uint8_t *client_version);
+size_t ipc_handshake_encode_reply(uint8_t *out, const uint8_t *client_value,
+                                  uint8_t version);
+ipc_verdict ipc_handshake_check_reply(const uint8_t *data, size_t size,
+                                      const uint8_t *client_value,
+                                      uint8_t *server_version);
+size_t ipc_packet_header_encode(uint8_t *out, uint8_t type, uint32_t length,
+                                uint8_t version);
+ipc_verdict ipc_packet_header_parse(const uint8_t *data, size_t size,
+                                    uint32_t max_message, uint8_t max_version,
+                                    ipc_packet_header *header);
+
+/* ---- server ---- */
+
+typedef struct ipc_server_t ipc_server_t;
+typedef struct ipc_client_t ipc_client_t;
+typedef struct ipc_call ipc_call;
+
+enum ipc_access {
+    IPC_ACCESS_USER = 0,
+    IPC_ACCESS_WORLD = 1
+};
+
+typedef struct ipc_server_options {
+    uint32_t max_clients;
+    uint32_t listeners;
+    uint32_t max_message;
+    uint32_t handshake_timeout_ms;
+    int access;
+    uint8_t handshake[8];
+    uint8_t version;
+} ipc_server_options;
+
+void ipc_server_options_init(ipc_server_options *options);
+
+typedef void (*ipc_handler_fn)(void *user_data, ipc_call *call,
+                               const uint8_t *request, size_t size);
+
+int ipc_call_respond(ipc_call *call, const void *data, size_t size, ipc_error *err);
+int ipc_call_fail(ipc_call *call, const char *message, size_t size, ipc_error *err);
+void *ipc_call_buffer(ipc_call *call, size_t capacity);
+uint32_t ipc_call_connection(const ipc_call *call);
+
+int ipc_server_open(ipc_server_t **server, const char *name,
+                    const ipc_server_options *options, ipc_handler_fn handler,
+                    void *user_data, ipc_error *err);
+const char *ipc_server_address(const ipc_server_t *server);
+void ipc_server_stop(ipc_server_t *server);
+
+/* ---- client ---- */
+
+typedef struct ipc_client_options {
+    uint32_t max_message;
+    uint8_t handshake[8];
+    uint8_t version;
+} ipc_client_options;
+
+void ipc_client_options_init(ipc_client_options *options);
+
+int ipc_client_open(ipc_client_t **client, const char *name,
+                    const ipc_client_options *options, int timeout_ms,
+                    ipc_error *err);
+int ipc_client_request(ipc_client_t *client, const void *request, size_t size,
+                       const uint8_t **response, size_t *response_size,
+                       int timeout_ms, ipc_error *err);
+int ipc_client_write(ipc_client_t *client, const void *request, size_t size,
+                     int timeout_ms, ipc_error *err);
+int ipc_client_read(ipc_client_t *client, const uint8_t **response,
+                    size_t *response_size, int timeout_ms, ipc_error *err);
+uint8_t ipc_client_version(const ipc_client_t *client);
+void ipc_client_close(ipc_client_t *client);
+
+/* ---- the original single-header API ---- */
+
+#define IPC_LEGACY_RESPONSE_CAPACITY ...
+#define IPC_LEGACY_CONNECT_TIMEOUT_MS 2000
+
+typedef enum ipc_receive_status_t {
+    IPC_RECEIVE_STATUS_DONE,
+    IPC_RECEIVE_STATUS_MORE_DATA,
+    IPC_RECEIVE_STATUS_ERROR
+} ipc_receive_status_t;
+
+typedef void (*ipc_request_handler_t)(char const *request, void *user_data,
+                                      char *response, size_t capacity);
+
+ipc_server_t *ipc_server_start(char const *pipe_name,
+                               ipc_request_handler_t request_handler,
+                               void *user_data);
+ipc_client_t *ipc_client_connect(char const *pipe_name);
+void ipc_client_disconnect(ipc_client_t *connection);
+bool ipc_client_send(ipc_client_t *connection, char const *message);
+ipc_receive_status_t ipc_client_receive(ipc_client_t *connection, char *output,
+                                        int output_size, int *received_size);
+
+/* ---- callbacks implemented in Python (ipcfast/_native.py) ---- */
+
+extern "Python" void _ipcfast_handler(void *, ipc_call *, const uint8_t *, size_t);
+extern "Python" void _ipcfast_log(void *, int, const char *);

@@ -1,0 +1,377 @@
+"""The native backend: Server and Client over the C core (cffi, API mode).
+
+The hot path stays in C: a request is one ``ipc_client_request`` call with
+the GIL released (cffi releases it around every call into the library), and
+a handler call is one ``extern "Python"`` callback plus one zero-copy
+``ipc_call_respond``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from typing import Any, Optional, Set, Union
+
+from ._base import (
+    DEFAULT_MAX_MESSAGE,
+    BytesLike,
+    Client,
+    Handler,
+    Name,
+    Server,
+    check_uint32,
+    encode_name,
+    timeout_ms,
+)
+from ._errors import ConnectionClosed, raise_from_error
+from ._ipcfast_cffi import ffi, lib
+from ._names import handshake_value
+
+__all__ = ["NativeServer", "NativeClient", "ServerImpl", "ClientImpl", "ffi", "lib"]
+
+logger = logging.getLogger("ipcfast")
+
+_get_ident = threading.get_ident
+_NULL = ffi.NULL
+
+#: Servers between start() and stop(). Strong references: a running server
+#: must outlive its C threads, which hold a handle to it.
+_running_servers: Set["NativeServer"] = set()
+_running_lock = threading.Lock()
+
+
+# ---- logging bridge -----------------------------------------------------------
+
+
+@ffi.def_extern()
+def _ipcfast_log(user_data: Any, level: int, message: Any) -> None:
+    """C log callback: forwards to logging.getLogger("ipcfast")."""
+    try:
+        if logger.isEnabledFor(level):
+            text = ffi.string(message).decode("utf-8", "replace") if message != _NULL else ""
+            logger.log(level, "%s", text)
+    except BaseException:  # never propagate into C
+        pass
+
+
+def _install_log_handler() -> None:
+    lib.ipc_set_log_handler(lib._ipcfast_log, _NULL)
+
+
+def _uninstall_log_handler() -> None:
+    lib.ipc_set_log_handler(_NULL, _NULL)
+
+
+# ---- handler bridge -----------------------------------------------------------
+
+
+class _BadReturn(TypeError):
+    """The handler returned something that is not bytes-like."""
+
+
+def _handler_onerror(exc_type: Any, exc: Any, tb: Any) -> None:
+    # Only reached if the bridge itself fails; the C core then sends an
+    # ERROR packet (the handler returned without answering).
+    try:
+        logger.error("ipcfast: internal error in the handler bridge", exc_info=(exc_type, exc, tb))
+    except BaseException:
+        pass
+
+
+@ffi.def_extern(onerror=_handler_onerror)
+def _ipcfast_handler(user_data: Any, call: Any, request: Any, size: int) -> None:
+    """C handler callback: runs the Python handler of the server in user_data."""
+    if request == _NULL:  # the client disconnected
+        return
+    server: NativeServer = ffi.from_handle(user_data)
+    server._handle_call(call, request, size)
+
+
+# ---- server -------------------------------------------------------------------
+
+_ACCESS = {"user": lib.IPC_ACCESS_USER, "world": lib.IPC_ACCESS_WORLD}
+
+
+class NativeServer(Server):
+    """The native implementation of :class:`ipcfast.Server`."""
+
+    def __init__(
+        self,
+        name: Name,
+        handler: Handler,
+        *,
+        key: Optional[Union[str, bytes]] = None,
+        max_clients: int = 32,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        access: str = "user",
+        listeners: int = 1,
+        handshake_timeout: float = 5.0,
+        backend: str = "native",
+    ) -> None:
+        if backend != "native":
+            raise ValueError(f"NativeServer needs backend='native', got {backend!r}")
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        if access not in _ACCESS:
+            raise ValueError(f"access must be 'user' or 'world', got {access!r}")
+        self._name = os.fspath(name)
+        self._name_bytes = encode_name(name)
+        self._handler = handler
+        self._max_message = check_uint32(max_message, "max_message")
+        options = ffi.new("ipc_server_options *")
+        lib.ipc_server_options_init(options)
+        options.max_clients = check_uint32(max_clients, "max_clients")
+        options.listeners = check_uint32(listeners, "listeners")
+        options.max_message = self._max_message
+        hs_ms = timeout_ms(handshake_timeout, "handshake_timeout")
+        if hs_ms <= 0:
+            raise ValueError("handshake_timeout must be a positive number of seconds")
+        options.handshake_timeout_ms = hs_ms
+        options.access = _ACCESS[access]
+        ffi.memmove(options.handshake, handshake_value(key), lib.IPC_HANDSHAKE_SIZE)
+        self._options = options
+        self._server: Any = None  # ipc_server_t *, while running
+        self._handle: Any = None  # ffi.new_handle(self), while running
+        self._address: Optional[str] = None
+        self._lock = threading.Lock()  # start/stop
+        self._handler_threads: Set[int] = set()
+        self._stopped_event = threading.Event()
+        self._stopped_event.set()
+
+    def __repr__(self) -> str:
+        state = "running" if self._server is not None else "stopped"
+        return f"<ipcfast.Server {self._name!r} {state} backend='native'>"
+
+    @property
+    def name(self) -> str:
+        """The name the server was created with."""
+        return self._name
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def address(self) -> str:
+        if self._address is None:
+            raise RuntimeError("the server has not been started: call start() first")
+        return self._address
+
+    def _check_not_in_handler(self, what: str) -> None:
+        if _get_ident() in self._handler_threads:
+            raise RuntimeError(
+                f"Server.{what}() called from inside this server's handler: that would deadlock "
+                f"(stop waits for running handlers). Call it from another thread, e.g. "
+                f"threading.Thread(target=server.{what}).start()"
+            )
+
+    def start(self) -> None:
+        self._check_not_in_handler("start")
+        with self._lock:
+            if self._server is not None:
+                raise RuntimeError(f"server {self._name!r} is already running")
+            handle = ffi.new_handle(self)
+            out = ffi.new("ipc_server_t **")
+            err = ffi.new("ipc_error *")
+            rc = lib.ipc_server_open(out, self._name_bytes, self._options, lib._ipcfast_handler, handle, err)
+            if rc != lib.IPC_OK:
+                raise_from_error(err)
+            self._handle = handle
+            self._server = out[0]
+            self._address = os.fsdecode(ffi.string(lib.ipc_server_address(self._server)))
+            self._stopped_event.clear()
+            with _running_lock:
+                _running_servers.add(self)
+
+    def stop(self) -> None:
+        self._check_not_in_handler("stop")
+        with self._lock:
+            server = self._server
+            if server is None:
+                return
+            try:
+                lib.ipc_server_stop(server)  # GIL released; joins every C thread
+            finally:
+                self._server = None
+                self._handle = None
+                with _running_lock:
+                    _running_servers.discard(self)
+                self._stopped_event.set()
+
+    # Called on a C connection thread (with the GIL) for each request.
+    def _handle_call(self, call: Any, request: Any, size: int) -> None:
+        ident = _get_ident()
+        threads = self._handler_threads
+        threads.add(ident)
+        try:
+            data = ffi.buffer(request, size)[:]
+            try:
+                result = self._handler(data)
+                if type(result) is bytes:
+                    buf = ffi.from_buffer(result)
+                else:
+                    buf = self._as_buffer(result)
+            except BaseException as exc:
+                self._fail(call, exc)
+                return
+            rc = lib.ipc_call_respond(call, buf, len(buf), _NULL)
+            if rc != lib.IPC_OK:
+                self._respond_failed(rc, len(buf))
+        finally:
+            threads.discard(ident)
+
+    @staticmethod
+    def _as_buffer(result: Any) -> Any:
+        if isinstance(result, str):
+            raise _BadReturn("handler returned str, expected bytes-like (encode it, e.g. text.encode())")
+        try:
+            return ffi.from_buffer(result)
+        except TypeError:
+            raise _BadReturn(
+                f"handler returned {type(result).__name__}, expected bytes-like (bytes, bytearray, memoryview)"
+            ) from None
+
+    def _fail(self, call: Any, exc: BaseException) -> None:
+        if isinstance(exc, _BadReturn):
+            text = f"TypeError: {exc}"
+            logger.error("server %r: %s", self._name, exc)
+        else:
+            text = f"{type(exc).__name__}: {exc}"
+            logger.error("server %r: the handler raised %s", self._name, text, exc_info=exc)
+        message = text.encode("utf-8", "replace")
+        rc = lib.ipc_call_fail(call, message, len(message), _NULL)
+        if rc != lib.IPC_OK:
+            self._respond_failed(rc, len(message))
+
+    def _respond_failed(self, rc: int, size: int) -> None:
+        name = ffi.string(lib.ipc_result_name(rc)).decode("ascii", "replace")
+        if rc == lib.IPC_E_TOO_LARGE:
+            # The C core already logs this at ERROR; add the server's name.
+            logger.debug(
+                "server %r: the handler's response of %d bytes is above max_message (%d); "
+                "the client got an error instead",
+                self._name,
+                size,
+                self._max_message,
+            )
+        else:
+            logger.debug("server %r: the response was not delivered (%s)", self._name, name)
+
+
+# ---- client -------------------------------------------------------------------
+
+
+class NativeClient(Client):
+    """The native implementation of :class:`ipcfast.Client`."""
+
+    _client: Any = None
+
+    def __init__(
+        self,
+        name: Name,
+        *,
+        key: Optional[Union[str, bytes]] = None,
+        connect_timeout: Optional[float] = 5.0,
+        timeout: Optional[float] = None,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        backend: str = "native",
+    ) -> None:
+        if backend != "native":
+            raise ValueError(f"NativeClient needs backend='native', got {backend!r}")
+        self._name = os.fspath(name)
+        name_bytes = encode_name(name)
+        self._timeout_ms = timeout_ms(timeout, "timeout")
+        connect_ms = timeout_ms(connect_timeout, "connect_timeout")
+        options = ffi.new("ipc_client_options *")
+        lib.ipc_client_options_init(options)
+        options.max_message = check_uint32(max_message, "max_message")
+        ffi.memmove(options.handshake, handshake_value(key), lib.IPC_HANDSHAKE_SIZE)
+        self._lock = threading.Lock()
+        self._err = ffi.new("ipc_error *")
+        self._response = ffi.new("const uint8_t **")
+        self._response_size = ffi.new("size_t *")
+        out = ffi.new("ipc_client_t **")
+        rc = lib.ipc_client_open(out, name_bytes, options, connect_ms, self._err)
+        if rc != lib.IPC_OK:
+            raise_from_error(self._err)
+        self._client = out[0]
+
+    def __repr__(self) -> str:
+        state = "closed" if self._client is None else "open"
+        return f"<ipcfast.Client {self._name!r} {state} backend='native'>"
+
+    @property
+    def name(self) -> str:
+        """The name the client connected to."""
+        return self._name
+
+    @property
+    def closed(self) -> bool:
+        return self._client is None
+
+    @property
+    def version(self) -> int:
+        """The packet version both sides agreed on."""
+        with self._lock:
+            if self._client is None:
+                raise ConnectionClosed("the client is closed", code="IPC_E_CLOSED")
+            return int(lib.ipc_client_version(self._client))
+
+    def request(self, data: BytesLike, timeout: Optional[float] = None) -> bytes:
+        try:
+            buf = ffi.from_buffer(data)
+        except TypeError:
+            raise TypeError(f"request data must be bytes-like, not {type(data).__name__}") from None
+        ms = self._timeout_ms if timeout is None else timeout_ms(timeout)
+        with self._lock:
+            client = self._client
+            if client is None:
+                raise ConnectionClosed(
+                    f"the client for {self._name!r} is closed: open a new Client", code="IPC_E_CLOSED"
+                )
+            rc = lib.ipc_client_request(client, buf, len(buf), self._response, self._response_size, ms, self._err)
+            if rc != 0:
+                raise_from_error(self._err)
+            response: bytes = ffi.buffer(self._response[0], self._response_size[0])[:]
+            return response
+
+    def close(self) -> None:
+        with self._lock:
+            client = self._client
+            if client is not None:
+                self._client = None
+                lib.ipc_client_close(client)
+
+    def __del__(self) -> None:
+        client = self._client
+        if client is not None:
+            self._client = None
+            try:
+                lib.ipc_client_close(client)
+            except Exception:
+                pass
+
+
+ServerImpl = NativeServer
+ClientImpl = NativeClient
+
+
+# ---- process lifetime ---------------------------------------------------------
+
+
+def _shutdown() -> None:
+    """atexit: stop running servers, then detach the log callback."""
+    with _running_lock:
+        servers = list(_running_servers)
+    for server in servers:
+        try:
+            server.stop()
+        except BaseException:
+            pass
+    _uninstall_log_handler()
+
+
+_install_log_handler()
+atexit.register(_shutdown)

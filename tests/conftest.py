@@ -1,0 +1,207 @@
+"""Shared fixtures and helpers for the ipcfast test suite.
+
+Everything here is real: servers listen on real sockets / pipes, helper
+processes are real interpreters. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Callable, Iterator, List, Optional
+
+import pytest
+
+import ipcfast
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SERVER_PROCESS = os.path.join(HERE, "server_process.py")
+
+POSIX = sys.platform != "win32"
+LINUX = sys.platform.startswith("linux")
+
+posix_only = pytest.mark.skipif(not POSIX, reason="POSIX transport only")
+linux_only = pytest.mark.skipif(not LINUX, reason="needs /proc")
+
+
+def unique_name(tag: str = "t") -> str:
+    """A server name no other test (or test run) uses."""
+    return f"{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def name() -> str:
+    """A unique server name for this test."""
+    return unique_name()
+
+
+def echo(request: bytes) -> bytes:
+    return request
+
+
+@pytest.fixture
+def echo_server(name: str) -> Iterator[ipcfast.Server]:
+    """A running in-process server answering each request with itself."""
+    with ipcfast.Server(name, echo) as server:
+        yield server
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> bool:
+    """Poll predicate until it is true or timeout seconds passed; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return bool(predicate())
+        time.sleep(interval)
+
+
+def child_env() -> dict:
+    """Environment for child interpreters: same import path as this one."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class ServerProcess:
+    """tests/server_process.py running in a child interpreter.
+
+    Talks line-based over stdout: waits for "READY <address>" on start;
+    closing stdin makes the child stop its server and exit.
+    """
+
+    def __init__(self, name: str, *args: str) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, SERVER_PROCESS, name, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+        self.lines: List[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        line = self.wait_line("READY", timeout=30)
+        self.address = line.split(" ", 1)[1]
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append("<EOF>")
+            self._cond.notify_all()
+
+    def wait_line(self, prefix: str, timeout: float = 10.0) -> str:
+        """The first output line starting with prefix (waits for it)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines:
+                    if line.startswith(prefix):
+                        return line
+                if "<EOF>" in self.lines:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+        stderr = ""
+        if self.proc.poll() is not None and self.proc.stderr is not None:
+            stderr = self.proc.stderr.read()
+        raise AssertionError(f"server process: no line {prefix!r}; output {self.lines!r}; stderr {stderr!r}")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """Ask the child to stop (close its stdin) and wait; returns its exit code."""
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("server process did not stop within its time limit") from None
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+
+
+def run_python(code: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """Run code in a child interpreter and return the finished process."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(),
+    )
+
+
+class LogCatcher(logging.Handler):
+    """Collects records of the "ipcfast" logger, from any thread."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: List[logging.LogRecord] = []
+        self._lock2 = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._lock2:
+            self.records.append(record)
+
+    def messages(self, level: int = logging.DEBUG) -> List[str]:
+        with self._lock2:
+            return [r.getMessage() for r in self.records if r.levelno >= level]
+
+    def find(self, text: str, level: int = logging.DEBUG) -> Optional[logging.LogRecord]:
+        with self._lock2:
+            for r in self.records:
+                if r.levelno >= level and text in r.getMessage():
+                    return r
+        return None
+
+
+@pytest.fixture
+def ipc_log() -> Iterator[LogCatcher]:
+    """Records everything logged to logging.getLogger("ipcfast") during the test."""
+    logger = logging.getLogger("ipcfast")
+    catcher = LogCatcher()
+    old_level = logger.level
+    logger.addHandler(catcher)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield catcher
+    finally:
+        logger.removeHandler(catcher)
+        logger.setLevel(old_level)

@@ -1,0 +1,58 @@
+"""A server in its own process, driven by tests (see conftest.ServerProcess).
+
+    python tests/server_process.py NAME [max_clients]
+
+Prints "READY <address>", serves until its stdin is closed, then stops the
+server and prints "STOPPED". Requests:
+
+    b"pid"        -> the process id
+    b"sleep:<s>"  -> prints "HANDLING sleep", sleeps s seconds, answers b"slept"
+    b"stats"      -> JSON: open descriptors, OS threads, Python threads
+    anything else -> the request reversed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+
+import ipcfast
+
+
+def stats() -> dict:
+    result = {"active_count": threading.active_count()}
+    if os.path.isdir("/proc/self/fd"):
+        result["fds"] = len(os.listdir("/proc/self/fd"))
+        result["tasks"] = len(os.listdir("/proc/self/task"))
+    return result
+
+
+def handler(request: bytes) -> bytes:
+    if request == b"pid":
+        return str(os.getpid()).encode()
+    if request.startswith(b"sleep:"):
+        print("HANDLING sleep", flush=True)
+        time.sleep(float(request[6:]))
+        return b"slept"
+    if request == b"stats":
+        return json.dumps(stats()).encode()
+    return request[::-1]
+
+
+def main() -> int:
+    name = sys.argv[1]
+    max_clients = int(sys.argv[2]) if len(sys.argv) > 2 else 32
+    server = ipcfast.Server(name, handler, max_clients=max_clients)
+    server.start()
+    print("READY", server.address, flush=True)
+    sys.stdin.read()  # until the parent closes our stdin
+    server.stop()
+    print("STOPPED", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
