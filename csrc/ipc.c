@@ -126,29 +126,37 @@ static int fail_with_context(ipc_error *err, int code, const char *context)
     return code;
 }
 
-/* The callback is set once, before servers and clients run (documented in
- * ipc.h); reading it without a lock is then race-free. */
+/* The callback and its user data change together: a reader copies both
+ * under the global lock, so a message never reaches one callback with the
+ * other's user data. The callback itself runs outside the lock. */
 static ipc_log_fn log_fn = NULL;
 static void *log_user_data = NULL;
 
 void ipc_set_log_handler(ipc_log_fn fn, void *user_data)
 {
+    ipc_plat_global_lock();
     log_fn = fn;
     log_user_data = user_data;
+    ipc_plat_global_unlock();
 }
 
 void ipc__log(int level, const char *format, ...)
 {
     va_list args;
     char *text;
-    ipc_log_fn fn = log_fn;
+    ipc_log_fn fn;
+    void *user_data;
 
+    ipc_plat_global_lock();
+    fn = log_fn;
+    user_data = log_user_data;
+    ipc_plat_global_unlock();
     if (!fn)
         return;
     va_start(args, format);
     text = ipc__vformat(format, args);
     va_end(args);
-    fn(log_user_data, level, text ? text : "(out of memory formatting a log message)");
+    fn(user_data, level, text ? text : "(out of memory formatting a log message)");
     free(text);
 }
 
@@ -517,6 +525,7 @@ typedef struct ipc_connection {
     uint8_t *scratch;          /* ipc_call_buffer */
     size_t scratch_capacity;
     int write_failed;
+    int refused;               /* closed for a bad packet: do not drain */
 } ipc_connection;
 
 struct ipc_call {
@@ -698,6 +707,11 @@ static void refuse_packet(ipc_connection *c, const ipc_packet *p, int r, const i
     unsigned slot = (unsigned)c->slot->index;
     char *text;
 
+    /* The client may still be writing the rest of the refused packet and
+     * not reading: waiting for it to take our reply (Windows drain) would
+     * deadlock both sides. Closing keeps the reply readable. */
+    c->refused = 1;
+
     if (r == IPC_E_TOO_LARGE) {
         text = ipc__format("%sthe request of %lu bytes exceeds the server's max_message of "
                            "%lu bytes", TOO_LARGE_PREFIX, (unsigned long)p->header.length,
@@ -788,7 +802,8 @@ static void connection_main(void *arg)
     /* Drain while stop can still cut it short (a client that never reads
      * must not hold the server). Once conn is detached, stop no longer
      * touches it. */
-    ipc_plat_conn_drain(conn);
+    if (!c.refused)
+        ipc_plat_conn_drain(conn);
     ipc_plat_mutex_lock(server->lock);
     slot->conn = NULL;
     ipc_plat_mutex_unlock(server->lock);
@@ -1373,8 +1388,10 @@ static int client_read_locked(ipc_client_t *client, const uint8_t **response,
         int too_large = packet.header.length >= prefix &&
                         memcmp(packet.payload, TOO_LARGE_PREFIX, prefix) == 0;
 
+        const char *text = (const char *)packet.payload + (too_large ? prefix : 0);
+
         r = ipc__fail(err, too_large ? IPC_E_TOO_LARGE : IPC_E_REMOTE, 0, "%s",
-                      (const char *)packet.payload + (too_large ? prefix : 0));
+                      *text ? text : "the server's handler failed without a message");
         if (!too_large)
             return r;   /* a handler failure: the connection stays usable */
     } else if (r == IPC_OK && packet.header.type != IPC_PACKET_RESPONSE) {

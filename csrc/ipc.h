@@ -114,7 +114,9 @@ enum ipc_log_level {
  * valid during the call. */
 typedef void (*ipc_log_fn)(void *user_data, int level, const char *message);
 
-/* Installs the process-wide log callback (NULL: discard, the default). */
+/* Installs the process-wide log callback (NULL: discard, the default).
+ * May be called at any time; a message already being delivered on another
+ * thread still reaches the previous callback, with its own user_data. */
 void ipc_set_log_handler(ipc_log_fn fn, void *user_data);
 
 /* ---- codec: sans-I/O handshake and packet headers ---------------------- */
@@ -273,7 +275,8 @@ void ipc_client_options_init(ipc_client_options *options);
  * IPC_E_NOT_FOUND (no server: start one), IPC_E_BUSY (a server exists but did
  * not take the connection in time: retry later), IPC_E_HANDSHAKE (wrong key,
  * incompatible version, or refused as another user), IPC_E_ACCESS_DENIED,
- * IPC_E_NAME_TOO_LONG, IPC_E_NO_MEMORY, IPC_E_SYSTEM. options may be NULL. */
+ * IPC_E_NAME_TOO_LONG, IPC_E_INVALID (empty name, handshake value not
+ * starting with 0x00), IPC_E_NO_MEMORY, IPC_E_SYSTEM. options may be NULL. */
 int ipc_client_open(ipc_client_t **client, const char *name,
                     const ipc_client_options *options, int timeout_ms,
                     ipc_error *err);

@@ -72,6 +72,11 @@ void ipc_plat_cond_broadcast(ipc_plat_cond *cond);
 
 void ipc_plat_sleep_ms(int ms);
 
+/* One process-wide lock, usable without initialisation (guards the log
+ * callback). Never held while calling out. */
+void ipc_plat_global_lock(void);
+void ipc_plat_global_unlock(void);
+
 /* ---- listening --------------------------------------------------------- */
 
 typedef struct ipc_plat_listener ipc_plat_listener;
@@ -146,10 +151,11 @@ void ipc_plat_conn_interrupt(ipc_plat_conn *conn, int hard);
 
 /* Makes sure the peer can read everything we wrote before it sees the end
  * of the stream (POSIX: shutdown of the write side; Windows:
- * FlushFileBuffers, which a hard interrupt cuts short). Idempotent. */
+ * FlushFileBuffers, which a hard interrupt cuts short). */
 void ipc_plat_conn_drain(ipc_plat_conn *conn);
 
-/* Drains (if not done yet), closes, frees. */
+/* Closes and frees, without draining (call ipc_plat_conn_drain first
+ * where the last bytes written matter). */
 void ipc_plat_conn_close(ipc_plat_conn *conn);
 
 #endif /* IPCFAST_IPC_PLATFORM_H */

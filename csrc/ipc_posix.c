@@ -55,6 +55,18 @@ void ipc_plat_sleep_ms(int ms)
     }
 }
 
+static pthread_mutex_t global_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void ipc_plat_global_lock(void)
+{
+    pthread_mutex_lock(&global_lock);
+}
+
+void ipc_plat_global_unlock(void)
+{
+    pthread_mutex_unlock(&global_lock);
+}
+
 struct ipc_plat_thread {
     pthread_t id;
     void (*main)(void *);
@@ -601,7 +613,6 @@ struct ipc_plat_conn {
     int fd;
     int recv_timeout_ms;   /* what SO_RCVTIMEO is set to; -2: unknown */
     int send_timeout_ms;   /* what SO_SNDTIMEO is set to; -2: unknown */
-    int drained;
 };
 
 static int wrap_conn(int fd, ipc_plat_conn **out, ipc_error *err)
@@ -615,7 +626,6 @@ static int wrap_conn(int fd, ipc_plat_conn **out, ipc_error *err)
     conn->fd = fd;
     conn->recv_timeout_ms = -2;
     conn->send_timeout_ms = -2;
-    conn->drained = 0;
     *out = conn;
     return IPC_OK;
 }
@@ -885,16 +895,13 @@ void ipc_plat_conn_drain(ipc_plat_conn *conn)
 {
     /* End-of-stream goes after everything we wrote, so the peer reads the
      * last response before it sees the close. */
-    if (!conn->drained)
-        shutdown(conn->fd, SHUT_WR);
-    conn->drained = 1;
+    shutdown(conn->fd, SHUT_WR);
 }
 
 void ipc_plat_conn_close(ipc_plat_conn *conn)
 {
     if (!conn)
         return;
-    ipc_plat_conn_drain(conn);
     close_quietly(conn->fd);
     free(conn);
 }

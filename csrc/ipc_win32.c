@@ -106,6 +106,18 @@ void ipc_plat_sleep_ms(int ms)
         Sleep((DWORD)ms);
 }
 
+static SRWLOCK global_lock = SRWLOCK_INIT;
+
+void ipc_plat_global_lock(void)
+{
+    AcquireSRWLockExclusive(&global_lock);
+}
+
+void ipc_plat_global_unlock(void)
+{
+    ReleaseSRWLockExclusive(&global_lock);
+}
+
 struct ipc_plat_thread {
     HANDLE handle;
     DWORD id;
@@ -493,7 +505,6 @@ struct ipc_plat_conn {
     HANDLE hard_event;        /* interrupt(hard): wakes writes too */
     volatile LONG soft;
     volatile LONG hard;
-    int drained;
     uint8_t *coalesce;        /* header + small payload as one message */
     size_t coalesce_capacity;
 };
@@ -842,19 +853,16 @@ void ipc_plat_conn_drain(ipc_plat_conn *c)
     /* Wait until the client has read what we wrote; a hard interrupt
      * (DisconnectNamedPipe from stop) cuts this short. Closing without
      * DisconnectNamedPipe keeps unread data readable as well. */
-    if (c->server_side && !c->drained && !InterlockedCompareExchange(&c->hard, 0, 0))
+    if (c->server_side && !InterlockedCompareExchange(&c->hard, 0, 0))
         FlushFileBuffers(c->pipe);
-    c->drained = 1;
 }
 
 void ipc_plat_conn_close(ipc_plat_conn *c)
 {
     if (!c)
         return;
-    if (c->pipe) {
-        ipc_plat_conn_drain(c);
+    if (c->pipe)
         CloseHandle(c->pipe);
-    }
     if (c->read_event)
         CloseHandle(c->read_event);
     if (c->write_event)

@@ -1,0 +1,194 @@
+"""The C core on its own: tests/c/test_ipc.c built with sanitizers, and a
+warnings-as-errors build of csrc/.
+
+tests/c/test_ipc.c exercises the public C API (csrc/ipc.h) over the real
+transport, in one process with threads and across processes. Here it is
+compiled together with every csrc/*.c file
+  - with AddressSanitizer + UndefinedBehaviorSanitizer (leak checks on), and
+  - with ThreadSanitizer (skipped, with the reason, only where the compiler
+    or its runtime cannot build or run a ThreadSanitizer program),
+and must exit 0 with a last line "N passed, 0 failed".
+
+Set CC to use another compiler than `cc`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CSRC = ROOT / "csrc"
+TEST_C = ROOT / "tests" / "c" / "test_ipc.c"
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX compiler toolchain only")
+
+CC = shlex.split(os.environ.get("CC", "cc"))
+STD_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-D_POSIX_C_SOURCE=200809L"]
+SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed$")
+
+SANITIZERS: Dict[str, Dict[str, object]] = {
+    "asan_ubsan": {
+        "flags": ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"],
+        "env": {
+            "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1",
+            "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
+        },
+    },
+    "tsan": {
+        "flags": ["-fsanitize=thread", "-g"],
+        "env": {"TSAN_OPTIONS": "halt_on_error=1"},
+    },
+}
+
+
+def c_sources() -> List[str]:
+    return sorted(str(p) for p in CSRC.glob("*.c"))
+
+
+def _need_compiler() -> None:
+    if shutil.which(CC[0]) is None:
+        pytest.skip(f"no C compiler ({CC[0]!r}) on PATH")
+
+
+def _compile(args: List[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(CC + args, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def _tsan_unusable_reason(tmp: Path) -> Optional[str]:
+    """Why ThreadSanitizer cannot be used here, or None if it works."""
+    probe = tmp / "tsan_probe.c"
+    probe.write_text(
+        "#include <pthread.h>\n"
+        "static int x;\n"
+        "static void *run(void *p) { (void)p; x = 1; return 0; }\n"
+        "int main(void) { pthread_t t; pthread_create(&t, 0, run, 0);"
+        " pthread_join(t, 0); return x - 1; }\n"
+    )
+    exe = tmp / "tsan_probe"
+    built = _compile(["-fsanitize=thread", "-g", str(probe), "-o", str(exe), "-lpthread"], tmp)
+    if built.returncode != 0:
+        return f"the compiler cannot build with -fsanitize=thread: {built.stderr.strip()[-500:]}"
+    ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    if ran.returncode != 0:
+        return f"the ThreadSanitizer runtime does not run here: {ran.stderr.strip()[-500:]}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("c_core")
+
+
+def _run_test_binary(exe: Path, extra_env: Dict[str, str]) -> None:
+    env = dict(os.environ)
+    env.update(extra_env)
+    try:
+        ran = subprocess.run(
+            [str(exe)], capture_output=True, text=True, timeout=900, env=env, cwd=exe.parent
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        raise AssertionError(f"{exe.name} hung; output so far:\n{out[-6000:]}") from None
+    output = ran.stdout + ran.stderr
+    lines = [line for line in ran.stdout.splitlines() if line.strip()]
+    summary = SUMMARY.match(lines[-1]) if lines else None
+    failures = "\n".join(line for line in ran.stdout.splitlines() if "FAIL" in line)
+    assert ran.returncode == 0 and summary and summary.group(2) == "0", (
+        f"{exe.name} exited {ran.returncode}; failures:\n{failures}\n"
+        f"--- end of output ---\n{output[-8000:]}"
+    )
+    assert int(summary.group(1)) > 1000, "suspiciously few checks ran"
+    # sanitizer reports that did not stop the run still count as failures
+    for marker in ("runtime error:", "ERROR: AddressSanitizer", "WARNING: ThreadSanitizer",
+                   "ERROR: LeakSanitizer"):
+        assert marker not in output, f"{marker!r} in the output of {exe.name}:\n{output[-8000:]}"
+
+
+@pytest.mark.parametrize("variant", sorted(SANITIZERS))
+def test_c_core_under_sanitizer(variant: str, build_dir: Path) -> None:
+    _need_compiler()
+    config = SANITIZERS[variant]
+    if variant == "tsan":
+        reason = _tsan_unusable_reason(build_dir)
+        if reason:
+            pytest.skip(reason)
+    exe = build_dir / f"test_ipc_{variant}"
+    built = _compile(
+        STD_FLAGS + list(config["flags"]) + [str(TEST_C), *c_sources(), "-o", str(exe), "-lpthread"],
+        ROOT,
+    )
+    assert built.returncode == 0, f"build failed:\n{built.stderr}"
+    _run_test_binary(exe, dict(config["env"]))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "defines",
+    [[], ["-D_POSIX_C_SOURCE=200809L"]],
+    ids=["plain", "posix2008"],
+)
+def test_c_core_compiles_without_warnings(defines: List[str], build_dir: Path) -> None:
+    """`cc csrc/*.c` as a vendoring project would, with every warning an error."""
+    _need_compiler()
+    flags = ["-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", *defines]
+    for source in c_sources() + [str(TEST_C)]:
+        obj = build_dir / (Path(source).stem + "_warn.o")
+        built = _compile(flags + ["-c", source, "-o", str(obj)], ROOT)
+        assert built.returncode == 0 and not built.stderr.strip(), (
+            f"{Path(source).relative_to(ROOT)} does not compile cleanly with {' '.join(flags)}:\n"
+            f"{built.stderr}"
+        )
+
+
+def test_c_sources_cross_compile_for_windows(build_dir: Path) -> None:
+    """With mingw-w64 installed: every csrc/*.c and the C test compile for Windows."""
+    mingw = shutil.which("x86_64-w64-mingw32-gcc")
+    if mingw is None:
+        pytest.skip("x86_64-w64-mingw32-gcc is not installed")
+    flags = ["-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror"]
+    for source in c_sources() + [str(TEST_C)]:
+        obj = build_dir / (Path(source).stem + "_win.obj")
+        built = subprocess.run(
+            [mingw, *flags, "-c", source, "-o", str(obj)],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )
+        assert built.returncode == 0 and not built.stderr.strip(), (
+            f"{Path(source).relative_to(ROOT)} does not compile for Windows:\n{built.stderr}"
+        )
+
+
+@pytest.mark.skipif(
+    os.environ.get("IPCFAST_TEST_WINE") != "1",
+    reason="set IPCFAST_TEST_WINE=1 to run the C test as a Windows program under wine",
+)
+def test_c_core_windows_under_wine(build_dir: Path) -> None:
+    """The Windows transport (named pipes): the C test cross-compiled and run under wine."""
+    mingw = shutil.which("x86_64-w64-mingw32-gcc")
+    wine = shutil.which("wine") or shutil.which("wine64")
+    if mingw is None or wine is None:
+        pytest.skip("needs x86_64-w64-mingw32-gcc and wine")
+    exe = build_dir / "test_ipc.exe"
+    built = subprocess.run(
+        [mingw, "-std=c99", "-Wall", "-Wextra", "-g", str(TEST_C), *c_sources(), "-o", str(exe),
+         "-ladvapi32"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert built.returncode == 0, f"build failed:\n{built.stderr}"
+    env = dict(os.environ)
+    env.setdefault("WINEDEBUG", "-all")
+    ran = subprocess.run([wine, str(exe)], capture_output=True, text=True, timeout=900, env=env,
+                         cwd=build_dir)
+    lines = [line for line in ran.stdout.splitlines() if line.strip()]
+    summary = SUMMARY.match(lines[-1]) if lines else None
+    failures = "\n".join(line for line in ran.stdout.splitlines() if "FAIL" in line or "      " in line)
+    assert ran.returncode == 0 and summary and summary.group(2) == "0", (
+        f"test_ipc.exe under wine exited {ran.returncode}:\n{failures}\n{ran.stdout[-4000:]}"
+    )
