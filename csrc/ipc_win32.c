@@ -418,9 +418,10 @@ int ipc_plat_listen(ipc_plat_listener **out, const char *name,
     r = resolve_name(name, &l->path, &l->wide_path, err);
     if (r != IPC_OK)
         goto fail;
-    /* Connected instances are bounded by the slot table; each acceptor
-     * holds one more, waiting. */
-    instances = params->max_clients + params->listeners;
+    /* The instance limit is the slot count: each pending instance belongs
+     * to a listener that holds a reserved slot, so a full server has no
+     * free instance and clients wait in WaitNamedPipe (ERROR_PIPE_BUSY). */
+    instances = params->max_clients;
     l->max_instances = instances >= PIPE_UNLIMITED_INSTANCES ? PIPE_UNLIMITED_INSTANCES
                                                              : instances;
     r = build_security(l, params->access, err);
@@ -583,8 +584,11 @@ int ipc_plat_accept(ipc_plat_acceptor *a, ipc_plat_conn **out, ipc_error *err)
         a->pipe = NULL;
         r = create_instance(l, 0, &a->pipe, err);
         if (r != IPC_OK) {
-            ipc__log(IPC_LOG_ERROR, "could not create the next pipe instance of %s: %s",
-                     l->path, err && err->message ? err->message : "error");
+            /* Busy: every instance is in use (all slots taken); the next
+             * accept creates it once a slot frees up. */
+            ipc__log(r == IPC_E_BUSY ? IPC_LOG_DEBUG : IPC_LOG_ERROR,
+                     "no next pipe instance of %s yet: %s", l->path,
+                     err && err->message ? err->message : "error");
             ipc_error_clear(err);
         }
         return wrap_conn(connected, 1, out, err);
@@ -643,10 +647,12 @@ int ipc_plat_connect(ipc_plat_conn **out, const char *name, int timeout_ms, ipc_
         e = GetLastError();
         if (e == ERROR_PIPE_BUSY) {
             /* Every instance is taken: wait (within the budget) for one to
-             * free up, then let the caller try again. 0 would mean "the
-             * server's default", so wait at least 1 ms. */
-            DWORD wait = timeout_ms < 0 ? NMPWAIT_WAIT_FOREVER
-                                        : (timeout_ms == 0 ? 1 : (DWORD)timeout_ms);
+             * free up, then let the caller try again. The wait is sliced
+             * because it does not end when the server goes away; 0 would
+             * mean "the server's default", so wait at least 1 ms. */
+            DWORD wait = timeout_ms < 0 || timeout_ms > IPC_WAKE_INTERVAL_MS
+                             ? IPC_WAKE_INTERVAL_MS
+                             : (timeout_ms == 0 ? 1 : (DWORD)timeout_ms);
 
             if (!WaitNamedPipeW(wide, wait) && GetLastError() == ERROR_FILE_NOT_FOUND)
                 e = ERROR_FILE_NOT_FOUND;
