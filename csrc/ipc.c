@@ -1239,7 +1239,8 @@ static int client_handshake(ipc_client_t *client, const char *name, int64_t dead
     if (r == IPC_E_CLOSED)
         return ipc__fail(err, IPC_E_HANDSHAKE, 0,
                          "the server '%s' closed the connection during the handshake: it "
-                         "uses another key or protocol version, or it refused this user",
+                         "uses another key or protocol version, refused this user, or is "
+                         "stopping",
                          name);
     if (r != IPC_OK)
         return fail_with_context(err, r, "handshake");
@@ -1261,6 +1262,7 @@ static int client_connect(ipc_client_t *client, const char *name, int64_t deadli
                           int timeout_ms, ipc_error *err)
 {
     int backoff_ms = 1;
+    int seen_busy = 0;
 
     for (;;) {
         int r = ipc_plat_connect(&client->stream.conn, name, remaining_ms(deadline), err);
@@ -1270,6 +1272,13 @@ static int client_connect(ipc_client_t *client, const char *name, int64_t deadli
             return IPC_OK;
         if (r != IPC_E_NOT_FOUND && r != IPC_E_BUSY)
             return r;
+        /* "Not found" is retried for a server that is (re)starting; a
+         * server we saw busy and that then vanished has stopped. */
+        if (r == IPC_E_NOT_FOUND && seen_busy)
+            return ipc__fail(err, r, err ? err->system_error : 0,
+                             "the server '%s' went away while we waited for a free slot",
+                             name);
+        seen_busy |= r == IPC_E_BUSY;
         wait = remaining_ms(deadline);
         if (wait == 0) {
             if (r == IPC_E_NOT_FOUND)

@@ -433,6 +433,32 @@ static int resolve_name(const char *name, struct sockaddr_un *addr, char **path_
  * Listening
  * ====================================================================== */
 
+/* access "world" on a plain name: other users must be able to traverse the
+ * private directory to reach the socket (they connect by its full path,
+ * ipc_server_address). Search permission only: they still cannot list it,
+ * and the other sockets in it keep mode 0600 and the same-user check. */
+static int let_others_traverse(const char *path, ipc_error *err)
+{
+    char *dir = ipc__format("%s", path);
+    char *slash = dir ? strrchr(dir, '/') : NULL;
+    const char *runtime = getenv("XDG_RUNTIME_DIR");
+    int r = IPC_OK;
+
+    if (!slash) {
+        free(dir);
+        return ipc__fail(err, IPC_E_NO_MEMORY, 0, "out of memory");
+    }
+    *slash = '\0';
+    if (chmod(dir, 0711) != 0)
+        r = fail_errno(err, errno, "making the socket directory traversable", dir);
+    else if (runtime && *runtime)
+        ipc__log(IPC_LOG_WARNING, "access is \"world\" but %s lives under XDG_RUNTIME_DIR "
+                 "(%s), which other users usually cannot enter: give the server a path "
+                 "name in a shared directory instead", path, runtime);
+    free(dir);
+    return r;
+}
+
 struct ipc_plat_listener {
     int fd;
     int wake[2];        /* stop writes a byte; pollers see it readable */
@@ -567,6 +593,13 @@ int ipc_plat_listen(ipc_plat_listener **out, const char *name,
         r = fail_errno(err, errno, "chmod", l->path);
         unlink(l->path);
         goto fail;
+    }
+    if (params->access == IPC_ACCESS_WORLD && !strchr(name, '/')) {
+        r = let_others_traverse(l->path, err);
+        if (r != IPC_OK) {
+            unlink(l->path);
+            goto fail;
+        }
     }
     if (listen(l->fd, SOMAXCONN) != 0 || set_nonblocking(l->fd, 1) != 0) {
         r = fail_errno(err, errno, "listen", l->path);

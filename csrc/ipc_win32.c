@@ -647,9 +647,9 @@ int ipc_plat_connect(ipc_plat_conn **out, const char *name, int timeout_ms, ipc_
         e = GetLastError();
         if (e == ERROR_PIPE_BUSY) {
             /* Every instance is taken: wait (within the budget) for one to
-             * free up, then let the caller try again. The wait is sliced
-             * because it does not end when the server goes away; 0 would
-             * mean "the server's default", so wait at least 1 ms. */
+             * free up, then let the caller try again. Sliced, so the
+             * caller's loop notices a server that stopped meanwhile; 0
+             * would mean "the server's default", so wait at least 1 ms. */
             DWORD wait = timeout_ms < 0 || timeout_ms > IPC_WAKE_INTERVAL_MS
                              ? IPC_WAKE_INTERVAL_MS
                              : (timeout_ms == 0 ? 1 : (DWORD)timeout_ms);

@@ -16,7 +16,8 @@
  *
  * The program runs itself as a second process for the cross-process tests
  * (first argument --child-client / --child-client-hang / --child-server /
- * --child-server-hold, second the server name).
+ * --child-server-hold / --child-server-one / --child-legacy-server /
+ * --child-new-client / --child-hammer, second the server name).
  * The few OS-specific bits (sleeping, clock, threads, locks, processes) sit
  * behind the t_* helpers below; the transport is the library's business.
  */
@@ -31,6 +32,8 @@
 #define _WIN32_WINNT 0x0600
 #endif
 #include <windows.h>
+#include <aclapi.h>
+#include <sddl.h>
 #else
 #include <dirent.h>
 #include <errno.h>
@@ -2158,12 +2161,15 @@ static int child_client_hang(const char *name) {
     return 1; /* should have been killed */
 }
 
-static int child_server(const char *name, int hold) {
+static int child_server(const char *name, int hold, uint32_t max_clients) {
     srv_ctx ctx;
     ipc_server_t *server;
+    ipc_server_options so;
     long long deadline = t_now_ms() + 60000;
     ctx_init(&ctx);
-    server = open_server(name, NULL, cmd_handler, &ctx);
+    ipc_server_options_init(&so);
+    if (max_clients) so.max_clients = max_clients;
+    server = open_server(name, &so, cmd_handler, &ctx);
     if (!server) return 1;
     while (hold || !ctx_get(&ctx, &ctx.quit)) {
         if (t_now_ms() > deadline) {
@@ -2720,6 +2726,742 @@ static void on_sigpipe(int sig) {
 }
 #endif /* !_WIN32 */
 
+/* ======================================================================
+ * Windows issue: wake-ups, cancel races, pipe ACLs, two processes
+ *
+ * These run everywhere (natively under the sanitizers, and as a Windows
+ * program under wine), except the DACL read-back, which has a POSIX
+ * counterpart checking the socket's file mode instead.
+ * ====================================================================== */
+
+/* Counts what the core logs at WARNING and above while a test runs. The
+ * tally must outlive every server thread that may log into it: end it only
+ * after ipc_server_stop has returned. */
+typedef struct log_tally {
+    t_mutex *lock;
+    int warnings;
+    int errors;
+    char first[300]; /* the first such message, for the report */
+} log_tally;
+
+static void tally_log_fn(void *user_data, int level, const char *message) {
+    log_tally *tally = (log_tally *)user_data;
+    if (level >= IPC_LOG_WARNING) {
+        t_mutex_lock(tally->lock);
+        if (level >= IPC_LOG_ERROR)
+            tally->errors++;
+        else
+            tally->warnings++;
+        if (!tally->first[0])
+            snprintf(tally->first, sizeof tally->first, "level %d: %s", level,
+                     message ? message : "(null)");
+        t_mutex_unlock(tally->lock);
+    }
+    if (g_log_verbose) note("      log %d: %s", level, message ? message : "(null)");
+}
+
+static void tally_begin(log_tally *tally) {
+    memset(tally, 0, sizeof *tally);
+    tally->lock = t_mutex_new();
+    ipc_set_log_handler(tally_log_fn, tally);
+}
+
+/* Uninstalls the tally and checks that nothing was logged at WARNING or above. */
+static void tally_end_expect_quiet(log_tally *tally) {
+    int warnings, errors;
+    ipc_set_log_handler(g_log_verbose ? test_log_fn : NULL, NULL);
+    t_mutex_lock(tally->lock);
+    warnings = tally->warnings;
+    errors = tally->errors;
+    t_mutex_unlock(tally->lock);
+    if (!CHECK(errors == 0 && warnings == 0))
+        note("      the server logged %d errors and %d warnings; first: %s", errors, warnings,
+             tally->first);
+    t_mutex_free(tally->lock);
+}
+
+static unsigned next_random(unsigned *state) {
+    unsigned x = *state ? *state : 0x2545F491u;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    *state = x;
+    return x;
+}
+
+/* A request no other client or request can produce: "<tag> <client> <seq>|"
+ * then pseudo-random bytes (NULs included) up to `size` bytes in all. The
+ * xor_handler's answer to it is every byte XOR 0x5C, so a response that was
+ * lost, duplicated, truncated or meant for another request cannot pass. */
+static size_t make_unique_request(unsigned char *req, unsigned char *expected, size_t size,
+                                  const char *tag, int client, int seq) {
+    char head[64];
+    size_t i;
+    int n = snprintf(head, sizeof head, "%s %d %d|", tag, client, seq);
+    if (size < (size_t)n) size = (size_t)n;
+    fill_random(req, size, (unsigned)(client * 1000003 + seq));
+    memcpy(req, head, (size_t)n);
+    for (i = 0; i < size; i++) expected[i] = (unsigned char)(req[i] ^ 0x5C);
+    return size;
+}
+
+/* One request whose answer must be exactly `expected`; says what went wrong
+ * otherwise (quietly returns the code for the caller to judge). */
+static int unique_round_trip(ipc_client_t *client, const unsigned char *req, size_t size,
+                             const unsigned char *expected, int timeout_ms, const char *who,
+                             int *wrong) {
+    const uint8_t *resp = NULL;
+    size_t resp_size = 0;
+    ipc_error err = {0, 0, NULL};
+    int rc = ipc_client_request(client, req, size, &resp, &resp_size, timeout_ms, &err);
+    *wrong = 0;
+    if (rc == IPC_OK && (resp_size != size || memcmp(resp, expected, size) != 0 ||
+                         resp[resp_size] != 0)) {
+        *wrong = 1;
+        note("      %s: wrong answer to a %lu-byte request (%lu bytes back, starting \"%.24s\")",
+             who, (unsigned long)size, (unsigned long)resp_size, (const char *)req);
+    }
+    ipc_error_clear(&err);
+    return rc;
+}
+
+/* Idle connections are left alone by the server's read wake-ups (at least
+ * every IPC_WAKE_INTERVAL_MS; on Windows each one is a CancelIoEx of the
+ * pending overlapped ReadFile and a new ReadFile): after more than 3 s of
+ * silence, i.e. several wake-ups, every client is still served with the
+ * right answers, nobody was dropped, and the server logged nothing at
+ * WARNING or above. */
+static void test_idle_connections_survive_wakeups(void) {
+    enum { N = 5, ROUNDS = 4 };
+    static const size_t sizes[ROUNDS] = {1, 777, 70000, 12};  /* 70000 > the 64 KiB pipe buffer */
+    char name[96];
+    srv_ctx ctx;
+    log_tally tally;
+    ipc_server_t *server;
+    ipc_client_t *clients[N];
+    unsigned char *req = (unsigned char *)malloc(70000 + 64);
+    unsigned char *expected = (unsigned char *)malloc(70000 + 64);
+    int i, round, seq = 0, ok = 0, sent = 0;
+    long long t0;
+    ctx_init(&ctx);
+    tally_begin(&tally);
+    make_name(name, sizeof name, "idle");
+    server = req && expected ? open_server(name, NULL, xor_handler, &ctx) : NULL;
+    for (i = 0; i < N; i++) clients[i] = server ? open_client(name, NULL, 5000) : NULL;
+    /* half of them talk first, the others go idle right after the handshake */
+    for (i = 0; i < N; i += 2) {
+        int wrong;
+        size_t size;
+        if (!clients[i]) continue;
+        size = make_unique_request(req, expected, 100, "idle", i, seq++);
+        sent++;
+        if (CHECK_RC(unique_round_trip(clients[i], req, size, expected, 10000, "idle", &wrong),
+                     IPC_OK, NULL) && CHECK(!wrong))
+            ok++;
+    }
+    t0 = t_now_ms();
+    t_sleep_ms(3300); /* 6 wake-ups of every connection thread */
+    CHECK(ctx_get(&ctx, &ctx.disconnects) == 0); /* nobody was dropped meanwhile */
+    for (round = 0; round < ROUNDS; round++) {
+        for (i = 0; i < N; i++) {
+            int rc, wrong;
+            size_t size;
+            if (!clients[i]) continue;
+            size = make_unique_request(req, expected, sizes[round], "idle", i, seq++);
+            sent++;
+            rc = unique_round_trip(clients[i], req, size, expected, 10000, "idle", &wrong);
+            if (CHECK_RC(rc, IPC_OK, NULL) && CHECK(!wrong)) ok++;
+        }
+        if (round == 1) t_sleep_ms(1100); /* idle again, now mid-conversation */
+    }
+    note("      %d requests answered after %lld ms of idle connections", ok, t_now_ms() - t0);
+    CHECK(ok == sent);
+    CHECK(ok == (N + 1) / 2 + N * ROUNDS);
+    CHECK(ctx_get(&ctx, &ctx.requests) == sent);
+    for (i = 0; i < N; i++) ipc_client_close(clients[i]);
+    if (server) CHECK(ctx_wait_for(&ctx, &ctx.disconnects, N, 5000));
+    ipc_server_stop(server);
+    CHECK(ctx_get(&ctx, &ctx.bad_disconnect_args) == 0);
+    tally_end_expect_quiet(&tally);
+    free(req);
+    free(expected);
+    ctx_free(&ctx);
+}
+
+typedef struct cancel_race_arg {
+    const char *name;
+    int index;
+    long long end_at;
+    int answered;       /* exactly right */
+    int failed;         /* an error, or a wrong answer */
+    int near_boundary;  /* requests sent 480..520 ms after the previous answer */
+} cancel_race_arg;
+
+static void cancel_race_main(void *param) {
+    cancel_race_arg *arg = (cancel_race_arg *)param;
+    enum { MAX_SIZE = 66000 };
+    unsigned char *req = (unsigned char *)malloc(MAX_SIZE);
+    unsigned char *expected = (unsigned char *)malloc(MAX_SIZE);
+    unsigned rng = 0x9E3779B9u ^ (unsigned)(arg->index * 7919 + 13);
+    ipc_client_t *client = req && expected ? open_client(arg->name, NULL, 10000) : NULL;
+    int seq = 0, paused_near = 0;
+    if (!client) arg->failed++;
+    while (client && !arg->failed && t_now_ms() < arg->end_at) {
+        int burst = 1 + (int)(next_random(&rng) % 10);
+        int b;
+        unsigned pause;
+        for (b = 0; b < burst && !arg->failed; b++) {
+            unsigned r = next_random(&rng);
+            /* mostly small; every ~8th above the 64 KiB pipe buffer
+             * (ERROR_MORE_DATA on Windows) */
+            size_t want = r % 8 == 0 ? 65537 + r % 400 : 16 + r % 600;
+            size_t size = make_unique_request(req, expected, want, "race", arg->index, seq++);
+            int wrong;
+            int rc = unique_round_trip(client, req, size, expected, 10000, "cancel_race", &wrong);
+            if (rc != IPC_OK || wrong) {
+                if (rc != IPC_OK)
+                    note("      cancel_race client %d: request %d failed with %s", arg->index,
+                         seq - 1, ipc_result_name(rc));
+                arg->failed++;
+                break;
+            }
+            arg->answered++;
+            if (paused_near) arg->near_boundary++;
+            paused_near = 0;
+        }
+        /* Three pauses in four land on the server's 500 ms wake-up (its read
+         * began when it sent our last answer), the rest are short. */
+        pause = next_random(&rng);
+        if (pause % 4 != 0) {
+            t_sleep_ms(480 + (int)(pause % 41));
+            paused_near = 1;
+        } else {
+            t_sleep_ms((int)(pause % 6));
+        }
+    }
+    ipc_client_close(client);
+    free(req);
+    free(expected);
+}
+
+/* Requests arriving right when the server's read wakes up (Windows: the
+ * ReadFile is being cancelled and re-issued; data that completed in the
+ * race must be kept, not dropped or read twice): 8 clients, bursts and
+ * pauses of 480..520 ms, for about 5 s. Every answer must be exactly the
+ * one for its request. */
+static void test_cancel_race_under_load(void) {
+    enum { N = 8, RUN_MS = 5000 };
+    char name[96];
+    srv_ctx ctx;
+    log_tally tally;
+    ipc_server_t *server;
+    cancel_race_arg args[N];
+    t_thread *threads[N];
+    int i, answered = 0, failed = 0, near_wakeup = 0;
+    long long t0 = t_now_ms();
+    ctx_init(&ctx);
+    tally_begin(&tally);
+    make_name(name, sizeof name, "cancelrace");
+    server = open_server(name, NULL, xor_handler, &ctx);
+    if (server) {
+        for (i = 0; i < N; i++) {
+            memset(&args[i], 0, sizeof args[i]);
+            args[i].name = name;
+            args[i].index = i;
+            args[i].end_at = t0 + RUN_MS;
+            threads[i] = t_thread_start(cancel_race_main, &args[i]);
+            CHECK(threads[i] != NULL);
+        }
+        for (i = 0; i < N; i++) {
+            t_thread_join(threads[i]);
+            answered += args[i].answered;
+            failed += args[i].failed;
+            near_wakeup += args[i].near_boundary;
+            CHECK(args[i].failed == 0);
+            CHECK(args[i].answered > 0);
+        }
+        note("      %d exact responses (%d of them to requests sent 480..520 ms after the "
+             "previous answer), %d failures, in %lld ms", answered, near_wakeup, failed,
+             t_now_ms() - t0);
+        CHECK(failed == 0);
+        CHECK(near_wakeup >= N * 4);
+        /* the server handled each request exactly once */
+        CHECK(ctx_get(&ctx, &ctx.requests) == answered);
+        CHECK(ctx_wait_for(&ctx, &ctx.disconnects, N, 5000));
+        ipc_server_stop(server);
+    }
+    tally_end_expect_quiet(&tally);
+    ctx_free(&ctx);
+}
+
+#if defined(_WIN32)
+/* The DACL of the pipe at `address`, read back through a client handle
+ * opened with READ_CONTROL only. Must hold exactly one ACE: access-allowed,
+ * FILE_ALL_ACCESS, for `expected_sid`. Opening the pipe counts as a client
+ * that connects and leaves without a handshake; the server takes it in its
+ * stride. */
+static void check_pipe_dacl(const char *address, PSID expected_sid, const char *expected_text) {
+    wchar_t wide[400];
+    HANDLE pipe = INVALID_HANDLE_VALUE;
+    PACL dacl = NULL;
+    PSECURITY_DESCRIPTOR sd = NULL;
+    ACL_SIZE_INFORMATION info;
+    long long deadline = t_now_ms() + 5000;
+    DWORD rc, e = 0;
+    if (!CHECK(MultiByteToWideChar(CP_UTF8, 0, address, -1, wide, 400) > 0)) return;
+    for (;;) {
+        pipe = CreateFileW(wide, READ_CONTROL, 0, NULL, OPEN_EXISTING, 0, NULL);
+        if (pipe != INVALID_HANDLE_VALUE) break;
+        e = GetLastError();
+        if (e != ERROR_PIPE_BUSY || t_now_ms() > deadline) break;
+        WaitNamedPipeW(wide, 100);
+    }
+    if (!CHECK(pipe != INVALID_HANDLE_VALUE)) {
+        note("      CreateFile(%s, READ_CONTROL) failed with error %lu", address,
+             (unsigned long)e);
+        return;
+    }
+    rc = GetSecurityInfo(pipe, SE_KERNEL_OBJECT, DACL_SECURITY_INFORMATION, NULL, NULL, &dacl,
+                         NULL, &sd);
+    if (!CHECK(rc == ERROR_SUCCESS)) note("      GetSecurityInfo failed with error %lu",
+                                          (unsigned long)rc);
+    /* a NULL DACL would grant everyone everything */
+    if (rc == ERROR_SUCCESS && CHECK(dacl != NULL) &&
+        CHECK(GetAclInformation(dacl, &info, sizeof info, AclSizeInformation))) {
+        void *ace = NULL;
+        if (!CHECK(info.AceCount == 1))
+            note("      the pipe's DACL has %lu ACEs, expected 1", (unsigned long)info.AceCount);
+        if (info.AceCount >= 1 && CHECK(GetAce(dacl, 0, &ace) && ace != NULL)) {
+            ACE_HEADER *header = (ACE_HEADER *)ace;
+            if (CHECK(header->AceType == ACCESS_ALLOWED_ACE_TYPE)) {
+                ACCESS_ALLOWED_ACE *allowed = (ACCESS_ALLOWED_ACE *)ace;
+                PSID sid = (PSID)&allowed->SidStart;
+                char *text = NULL;
+                CHECK(allowed->Mask == FILE_ALL_ACCESS);
+                if (!CHECK(IsValidSid(sid) && EqualSid(sid, expected_sid))) {
+                    if (ConvertSidToStringSidA(sid, &text)) {
+                        note("      the ACE is for %s, expected %s", text, expected_text);
+                        LocalFree(text);
+                    }
+                }
+                if (allowed->Mask != FILE_ALL_ACCESS)
+                    note("      the ACE grants 0x%08lx, expected FILE_ALL_ACCESS 0x%08lx",
+                         (unsigned long)allowed->Mask, (unsigned long)FILE_ALL_ACCESS);
+            }
+        }
+    }
+    if (sd) LocalFree(sd);
+    CloseHandle(pipe);
+}
+
+/* This process's user SID (from its token), malloc'ed inside TOKEN_USER. */
+static TOKEN_USER *current_user(void) {
+    HANDLE token = NULL;
+    DWORD size = 0;
+    TOKEN_USER *user = NULL;
+    if (!OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &token)) return NULL;
+    GetTokenInformation(token, TokenUser, NULL, 0, &size);
+    if (size) user = (TOKEN_USER *)malloc(size);
+    if (user && !GetTokenInformation(token, TokenUser, user, size, &size)) {
+        free(user);
+        user = NULL;
+    }
+    CloseHandle(token);
+    return user;
+}
+#endif
+
+/* The access option, checked on what the OS holds. Windows: the named
+ * pipe's DACL is read back. Wine neither enforces pipe DACLs nor runs
+ * anything as a second user, so refusing another user cannot be observed
+ * there: reading the ACL back is how it is checked. POSIX: the socket file's
+ * mode, 0600 for IPC_ACCESS_USER and 0666 for IPC_ACCESS_WORLD (plain names,
+ * in the private directory; test_path_names covers path names). */
+static void test_windows_acl_readback(void) {
+    int world;
+    srv_ctx ctx;
+#if defined(_WIN32)
+    TOKEN_USER *user = current_user();
+    SID_IDENTIFIER_AUTHORITY world_authority = {SECURITY_WORLD_SID_AUTHORITY};
+    PSID world_sid = NULL;
+    char *user_text = NULL;
+    if (!CHECK(user != NULL) ||
+        !CHECK(AllocateAndInitializeSid(&world_authority, 1, SECURITY_WORLD_RID, 0, 0, 0, 0, 0,
+                                        0, 0, &world_sid))) {
+        free(user);
+        return;
+    }
+    CHECK(!EqualSid(user->User.Sid, world_sid)); /* else the check below proves nothing */
+    if (ConvertSidToStringSidA(user->User.Sid, &user_text))
+        note("      current user %s%s", user_text, t_under_wine() ? " (wine)" : "");
+#endif
+    ctx_init(&ctx);
+    for (world = 0; world < 2; world++) {
+        char name[96];
+        ipc_server_options so;
+        ipc_server_t *server;
+        make_name(name, sizeof name, world ? "aclworld" : "acluser");
+        ipc_server_options_init(&so);
+        so.access = world ? IPC_ACCESS_WORLD : IPC_ACCESS_USER;
+        server = open_server(name, &so, cmd_handler, &ctx);
+        if (!server) continue;
+#if defined(_WIN32)
+        check_pipe_dacl(ipc_server_address(server), world ? world_sid : user->User.Sid,
+                        world ? "S-1-1-0 (World)" : (user_text ? user_text : "the user"));
+#else
+        {
+            struct stat st;
+            const char *path = ipc_server_address(server);
+            if (CHECK(stat(path, &st) == 0)) {
+                CHECK(S_ISSOCK(st.st_mode));
+                if (!CHECK((int)(st.st_mode & 07777) == (world ? 0666 : 0600)))
+                    note("      %s has mode %03o", path, (unsigned)(st.st_mode & 07777));
+            }
+        }
+#endif
+        /* and the server still serves */
+        {
+            ipc_client_t *client = open_client(name, NULL, 5000);
+            if (client) {
+                expect_text(client, world ? "world" : "user", world ? "world" : "user");
+                ipc_client_close(client);
+            }
+        }
+        ipc_server_stop(server);
+    }
+    ctx_free(&ctx);
+#if defined(_WIN32)
+    if (user_text) LocalFree(user_text);
+    FreeSid(world_sid);
+    free(user);
+#endif
+}
+
+/* ---- two processes: legacy server + new client, busy, stop under load --- */
+
+/* The original handler signature, in a server process: "echo:" + request,
+ * "quit" answers "bye" and ends the process. */
+static void legacy_quit_handler(char const *request, void *user_data, char *response,
+                                size_t capacity) {
+    srv_ctx *ctx = (srv_ctx *)user_data;
+    if (!request) {
+        t_mutex_lock(ctx->lock);
+        ctx->disconnects++;
+        if (response != NULL || capacity != 0) ctx->legacy_bad_disconnect++;
+        t_mutex_unlock(ctx->lock);
+        return;
+    }
+    ctx_add(ctx, &ctx->requests, 1);
+    if (strcmp(request, "quit") == 0) {
+        snprintf(response, capacity, "bye");
+        ctx_set(ctx, &ctx->quit, 1);
+        return;
+    }
+    snprintf(response, capacity, "echo:%s", request);
+}
+
+/* --child-legacy-server: ipc_server_start (the original API) until "quit". */
+static int child_legacy_server(const char *name) {
+    srv_ctx ctx;
+    ipc_server_t *server;
+    long long deadline = t_now_ms() + 60000;
+    ctx_init(&ctx);
+    server = ipc_server_start(name, legacy_quit_handler, &ctx);
+    if (!CHECK(server != NULL)) return 1;
+    while (!ctx_get(&ctx, &ctx.quit)) {
+        if (t_now_ms() > deadline) {
+            note("legacy server: nobody asked me to quit");
+            break;
+        }
+        t_sleep_ms(10);
+    }
+    /* both clients of child_new_client were told about */
+    CHECK(ctx_wait_for(&ctx, &ctx.disconnects, 2, 5000));
+    CHECK(ctx_get(&ctx, &ctx.legacy_bad_disconnect) == 0);
+    ipc_server_stop(server);
+    ctx_free(&ctx);
+    return failures_so_far();
+}
+
+/* --child-new-client: ipc_client_open / ipc_client_request against the
+ * legacy server of another process. */
+static int child_new_client(const char *name) {
+    enum { MAX_TEXT = 60000 };
+    char *req = (char *)malloc(MAX_TEXT + 1);
+    char *expected = (char *)malloc(MAX_TEXT + 8);
+    ipc_client_t *client = open_client(name, NULL, 15000); /* the server may still be starting */
+    ipc_client_t *other = NULL;
+    unsigned rng = 12345;
+    int i;
+    if (!client || !req || !expected) {
+        ipc_client_close(client);
+        free(req);
+        free(expected);
+        return 1;
+    }
+    other = open_client(name, NULL, 5000); /* two connections at once */
+    for (i = 0; i < 24; i++) {
+        size_t size = i % 6 == 5 ? MAX_TEXT - (size_t)i : 1 + next_random(&rng) % 3000;
+        size_t j;
+        int with_nul = i % 2; /* the text with or without its terminator */
+        ipc_client_t *c = other && i % 3 == 2 ? other : client;
+        for (j = 0; j < size; j++) req[j] = (char)('a' + next_random(&rng) % 26);
+        req[0] = (char)('A' + i % 26);
+        req[size] = 0;
+        memcpy(expected, "echo:", 5);
+        memcpy(expected + 5, req, size + 1);
+        /* the legacy server answers with a C string, its NUL included */
+        if (!expect_response(c, req, size + (size_t)with_nul, expected, size + 6))
+            note("      request %d of %lu bytes failed", i, (unsigned long)size);
+    }
+    ipc_client_close(other);
+    expect_response(client, "quit", 5, "bye", 4);
+    ipc_client_close(client);
+    free(req);
+    free(expected);
+    return failures_so_far();
+}
+
+typedef struct busy_waiter_arg {
+    const char *name;
+    int rc;
+    long long done_at;
+} busy_waiter_arg;
+
+static void busy_waiter_main(void *param) {
+    busy_waiter_arg *arg = (busy_waiter_arg *)param;
+    ipc_client_t *client = NULL;
+    ipc_error err = {0, 0, NULL};
+    arg->rc = ipc_client_open(&client, arg->name, NULL, 10000, &err);
+    arg->done_at = t_now_ms();
+    if (arg->rc != IPC_OK)
+        note("      the waiting client failed: %s", err.message ? err.message : "?");
+    ipc_error_clear(&err);
+    if (client) {
+        expect_text(client, "second", "second");
+        expect_text(client, "quit", "bye"); /* ends the server process */
+        ipc_client_close(client);
+    }
+}
+
+enum { HAMMER_CLIENTS = 16 };
+
+typedef struct hammer_arg {
+    const char *name;
+    int index;
+    t_mutex *lock;
+    int *ready;          /* under lock: clients that got their first answer */
+    int answered;
+    int wrong;
+    int final_rc;        /* what ended the loop: IPC_E_CLOSED expected */
+    long long ended_at;
+    long long slowest_ms; /* the longest single request */
+} hammer_arg;
+
+static void hammer_main(void *param) {
+    hammer_arg *arg = (hammer_arg *)param;
+    unsigned char req[700], expected[700];
+    unsigned rng = (unsigned)(arg->index * 2654435761u + 7u);
+    ipc_client_t *client = open_client(arg->name, NULL, 15000);
+    long long give_up = t_now_ms() + 40000;
+    int seq = 0;
+    arg->final_rc = -1;
+    if (!client) {
+        t_mutex_lock(arg->lock);
+        (*arg->ready)++; /* do not hold the others back */
+        t_mutex_unlock(arg->lock);
+        return;
+    }
+    for (;;) {
+        size_t size = make_unique_request(req, expected, 20 + next_random(&rng) % 600, "hammer",
+                                          arg->index, seq);
+        long long t0 = t_now_ms(), took;
+        int wrong;
+        int rc = unique_round_trip(client, req, size, expected, 10000, "hammer", &wrong);
+        took = t_now_ms() - t0;
+        if (took > arg->slowest_ms) arg->slowest_ms = took;
+        if (rc != IPC_OK || wrong) {
+            arg->final_rc = rc;
+            arg->wrong += wrong;
+            if (seq == 0) {
+                t_mutex_lock(arg->lock);
+                (*arg->ready)++; /* do not hold the others back */
+                t_mutex_unlock(arg->lock);
+            }
+            break;
+        }
+        arg->answered++;
+        if (seq++ == 0) {
+            /* the parent stops the server only once all are connected */
+            t_mutex_lock(arg->lock);
+            (*arg->ready)++;
+            t_mutex_unlock(arg->lock);
+            for (;;) {
+                int ready;
+                t_mutex_lock(arg->lock);
+                ready = *arg->ready;
+                t_mutex_unlock(arg->lock);
+                if (ready >= HAMMER_CLIENTS || t_now_ms() > give_up) break;
+                t_sleep_ms(2);
+            }
+        }
+        if (t_now_ms() > give_up) {
+            note("      hammer client %d: the server was never stopped", arg->index);
+            break;
+        }
+    }
+    arg->ended_at = t_now_ms();
+    ipc_client_close(client);
+}
+
+/* --child-hammer: 16 clients hammer the parent's server until it stops;
+ * each must end with IPC_E_CLOSED, all within a short time of each other,
+ * with no wrong answer and no request hanging. */
+static int child_hammer(const char *name) {
+    hammer_arg args[HAMMER_CLIENTS];
+    t_thread *threads[HAMMER_CLIENTS];
+    t_mutex *lock = t_mutex_new();
+    int ready = 0, i, answered = 0;
+    long long first_end = 0, last_end = 0, slowest = 0;
+    for (i = 0; i < HAMMER_CLIENTS; i++) {
+        memset(&args[i], 0, sizeof args[i]);
+        args[i].name = name;
+        args[i].index = i;
+        args[i].lock = lock;
+        args[i].ready = &ready;
+        threads[i] = t_thread_start(hammer_main, &args[i]);
+        CHECK(threads[i] != NULL);
+    }
+    for (i = 0; i < HAMMER_CLIENTS; i++) {
+        t_thread_join(threads[i]);
+        answered += args[i].answered;
+        if (!CHECK_RC(args[i].final_rc, IPC_E_CLOSED, NULL))
+            note("      hammer client %d ended with %s", i, ipc_result_name(args[i].final_rc));
+        CHECK(args[i].wrong == 0);
+        CHECK(args[i].answered > 0);
+        if (args[i].ended_at) {
+            if (!first_end || args[i].ended_at < first_end) first_end = args[i].ended_at;
+            if (args[i].ended_at > last_end) last_end = args[i].ended_at;
+        }
+        if (args[i].slowest_ms > slowest) slowest = args[i].slowest_ms;
+    }
+    note("%d answers to %d clients; all saw the stop within %lld ms; slowest request %lld ms",
+         answered, HAMMER_CLIENTS, last_end - first_end, slowest);
+    CHECK_MS(last_end - first_end, 0, 2500);
+    CHECK_MS(slowest, 0, 3000); /* an answer or "closed" promptly, never a hang */
+    /* A stopping server takes no new client, and a new one is told so in
+     * time. The parent's ipc_server_stop may still be running (it closes
+     * the listening socket / pipe last): then the attempt can also fail
+     * otherwise than "not found", but never succeed or hang; "not found"
+     * follows soon. */
+    {
+        long long t0 = t_now_ms(), deadline = t0 + 5000;
+        int rc, attempts = 0;
+        do {
+            ipc_client_t *client = NULL;
+            ipc_error err = {0, 0, NULL};
+            long long t1 = t_now_ms();
+            rc = ipc_client_open(&client, name, NULL, 300, &err);
+            attempts++;
+            if (!CHECK(rc != IPC_OK)) note("      a client got into a stopped server");
+            CHECK_MS(t_now_ms() - t1, 0, 2000);
+            if (rc != IPC_E_NOT_FOUND)
+                note("      after the stop (attempt %d): %s: %s", attempts, ipc_result_name(rc),
+                     err.message ? err.message : "");
+            ipc_client_close(client);
+            ipc_error_clear(&err);
+        } while (rc != IPC_E_NOT_FOUND && rc != IPC_OK && t_now_ms() < deadline);
+        CHECK_RC(rc, IPC_E_NOT_FOUND, NULL);
+    }
+    t_mutex_free(lock);
+    return failures_so_far();
+}
+
+/* Server and client in separate processes (under wine: two Windows
+ * processes talking over the named pipe):
+ *   1. a server process on the original API (ipc_server_start with an
+ *      ipc_request_handler_t) and a client process on the new one
+ *      (ipc_client_open / ipc_client_request);
+ *   2. a server process with max_clients = 1 held by one client: another
+ *      client with a short budget gets IPC_E_BUSY, one with a longer budget
+ *      gets in once the first disconnects;
+ *   3. 16 clients in another process hammering while the server is stopped:
+ *      each gets its answer or IPC_E_CLOSED promptly, none hangs. */
+static void test_two_wine_processes(void) {
+    char name[96];
+    /* 1. legacy server process, new-API client process */
+    {
+        t_proc *server_proc, *client_proc;
+        long long t0 = t_now_ms();
+        make_name(name, sizeof name, "2p-legacy");
+        server_proc = t_proc_spawn("--child-legacy-server", name);
+        client_proc = server_proc ? t_proc_spawn("--child-new-client", name) : NULL;
+        CHECK(server_proc != NULL && client_proc != NULL);
+        if (client_proc) CHECK(t_proc_wait(client_proc, 60000) == 0);
+        if (server_proc) CHECK(t_proc_wait(server_proc, 20000) == 0);
+        note("      legacy server process + new-API client process: %lld ms", t_now_ms() - t0);
+    }
+    /* 2. busy server process */
+    {
+        t_proc *server_proc;
+        ipc_client_t *first, *second = NULL;
+        ipc_error err = {0, 0, NULL};
+        long long t0;
+        make_name(name, sizeof name, "2p-busy");
+        server_proc = t_proc_spawn("--child-server-one", name);
+        CHECK(server_proc != NULL);
+        first = server_proc ? open_client(name, NULL, 15000) : NULL;
+        if (first) {
+            busy_waiter_arg arg;
+            t_thread *thread;
+            expect_text(first, "first", "first");
+            t0 = t_now_ms();
+            CHECK_RC(ipc_client_open(&second, name, NULL, 300, &err), IPC_E_BUSY, &err);
+            CHECK_MS(t_now_ms() - t0, 250, 2000);
+            CHECK(second == NULL);
+            ipc_error_clear(&err);
+            expect_text(first, "still first", "still first");
+            arg.name = name;
+            arg.rc = -1;
+            arg.done_at = 0;
+            thread = t_thread_start(busy_waiter_main, &arg);
+            t_sleep_ms(400);
+            t0 = t_now_ms();
+            ipc_client_close(first);
+            t_thread_join(thread);
+            CHECK_RC(arg.rc, IPC_OK, NULL);
+            if (arg.rc == IPC_OK) CHECK_MS(arg.done_at - t0, 0, 2000);
+        }
+        if (server_proc) CHECK(t_proc_wait(server_proc, first ? 20000 : 100) == 0 || !first);
+    }
+    /* 3. stop under load, clients in another process */
+    {
+        srv_ctx ctx;
+        ipc_server_t *server;
+        t_proc *clients_proc;
+        long long t0;
+        ctx_init(&ctx);
+        make_name(name, sizeof name, "2p-stop");
+        server = open_server(name, NULL, xor_handler, &ctx);
+        clients_proc = server ? t_proc_spawn("--child-hammer", name) : NULL;
+        if (server) CHECK(clients_proc != NULL);
+        if (clients_proc) {
+            /* everyone connected and answered, then a good many more */
+            CHECK(ctx_wait_for(&ctx, &ctx.requests, HAMMER_CLIENTS + 400, 30000));
+            t0 = t_now_ms();
+            ipc_server_stop(server);
+            server = NULL;
+            CHECK_MS(t_now_ms() - t0, 0, 2500);
+            /* every connection was told about, from its own thread */
+            CHECK(ctx_get(&ctx, &ctx.disconnects) == HAMMER_CLIENTS);
+            CHECK(t_proc_wait(clients_proc, 30000) == 0);
+            note("      stopped after %d requests", ctx_get(&ctx, &ctx.requests));
+        }
+        ipc_server_stop(server);
+        ctx_free(&ctx);
+    }
+}
+
 static void test_no_sigpipe(void) {
 #ifndef _WIN32
     /* The library must not raise SIGPIPE on a closed peer (it would kill an
@@ -2776,6 +3518,10 @@ static const test_case TESTS[] = {
     {"path_names", test_path_names},
     {"private_directory", test_private_directory},
 #endif
+    {"idle_connections_survive_wakeups", test_idle_connections_survive_wakeups},
+    {"cancel_race_under_load", test_cancel_race_under_load},
+    {"windows_acl_readback", test_windows_acl_readback},
+    {"two_wine_processes", test_two_wine_processes},
     {"no_sigpipe", test_no_sigpipe},
     /* last: under ThreadSanitizer a data race here ends the run */
     {"log_handler_swap_while_serving", test_log_handler_swap_while_serving},
@@ -2822,11 +3568,19 @@ int main(int argc, char **argv) {
         if (strcmp(argv[1], "--child-client") == 0)
             rc = child_client(argv[2]);
         else if (strcmp(argv[1], "--child-server") == 0)
-            rc = child_server(argv[2], 0);
+            rc = child_server(argv[2], 0, 0);
         else if (strcmp(argv[1], "--child-client-hang") == 0)
             rc = child_client_hang(argv[2]);
         else if (strcmp(argv[1], "--child-server-hold") == 0)
-            rc = child_server(argv[2], 1);
+            rc = child_server(argv[2], 1, 0);
+        else if (strcmp(argv[1], "--child-server-one") == 0)
+            rc = child_server(argv[2], 0, 1);
+        else if (strcmp(argv[1], "--child-legacy-server") == 0)
+            rc = child_legacy_server(argv[2]);
+        else if (strcmp(argv[1], "--child-new-client") == 0)
+            rc = child_new_client(argv[2]);
+        else if (strcmp(argv[1], "--child-hammer") == 0)
+            rc = child_hammer(argv[2]);
         else
             rc = 2;
         return rc > 100 ? 100 : rc;
