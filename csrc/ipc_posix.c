@@ -14,6 +14,7 @@
 
 #include "ipc_platform.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -434,21 +435,28 @@ static int resolve_name(const char *name, struct sockaddr_un *addr, char **path_
  * ====================================================================== */
 
 /* access "world" on a plain name: other users must be able to traverse the
- * private directory to reach the socket (they connect by its full path,
- * ipc_server_address). Search permission only: they still cannot list it,
- * and the other sockets in it keep mode 0600 and the same-user check. */
-static int let_others_traverse(const char *path, ipc_error *err)
+ * private directory to reach the socket (by its full path, which
+ * ipc_server_address gives). The directory gets search permission for
+ * others (0711: still not listable) only while a world-access socket lives
+ * in it; user sockets keep mode 0600 and the same-user check. */
+static char *parent_dir(const char *path)
 {
     char *dir = ipc__format("%s", path);
     char *slash = dir ? strrchr(dir, '/') : NULL;
+
+    if (slash)
+        *slash = '\0';
+    return dir;
+}
+
+static int open_dir_to_others(const char *path, ipc_error *err)
+{
+    char *dir = parent_dir(path);
     const char *runtime = getenv("XDG_RUNTIME_DIR");
     int r = IPC_OK;
 
-    if (!slash) {
-        free(dir);
+    if (!dir)
         return ipc__fail(err, IPC_E_NO_MEMORY, 0, "out of memory");
-    }
-    *slash = '\0';
     if (chmod(dir, 0711) != 0)
         r = fail_errno(err, errno, "making the socket directory traversable", dir);
     else if (runtime && *runtime)
@@ -459,10 +467,35 @@ static int let_others_traverse(const char *path, ipc_error *err)
     return r;
 }
 
+/* Back to 0700 when no other world-access socket remains in the directory. */
+static void close_dir_to_others(const char *path)
+{
+    char *dir = parent_dir(path);
+    DIR *listing = dir ? opendir(dir) : NULL;
+    struct dirent *entry;
+    int still_shared = 0;
+
+    while (listing && !still_shared && (entry = readdir(listing)) != NULL) {
+        struct stat st;
+        char *other = ipc__format("%s/%s", dir, entry->d_name);
+
+        if (other && strcmp(other, path) != 0 && lstat(other, &st) == 0 &&
+            S_ISSOCK(st.st_mode) && (st.st_mode & S_IWOTH))
+            still_shared = 1;
+        free(other);
+    }
+    if (listing)
+        closedir(listing);
+    if (dir && !still_shared)
+        chmod(dir, 0700);
+    free(dir);
+}
+
 struct ipc_plat_listener {
     int fd;
     int wake[2];        /* stop writes a byte; pollers see it readable */
     int lock_fd;        /* flock'ed for our lifetime: we own the name */
+    int opened_dir;     /* we made the private directory traversable */
     char *path;
     char *lock_path;
 };
@@ -595,7 +628,8 @@ int ipc_plat_listen(ipc_plat_listener **out, const char *name,
         goto fail;
     }
     if (params->access == IPC_ACCESS_WORLD && !strchr(name, '/')) {
-        r = let_others_traverse(l->path, err);
+        r = open_dir_to_others(l->path, err);
+        l->opened_dir = r == IPC_OK;
         if (r != IPC_OK) {
             unlink(l->path);
             goto fail;
@@ -727,6 +761,8 @@ void ipc_plat_listener_close(ipc_plat_listener *l)
         close_quietly(l->fd);
         unlink(l->path);
     }
+    if (l->opened_dir)
+        close_dir_to_others(l->path);
     if (l->lock_fd >= 0) {
         /* Remove the lock file while still holding it; take_name_lock
          * notices if it locked the orphan. */

@@ -418,10 +418,14 @@ int ipc_plat_listen(ipc_plat_listener **out, const char *name,
     r = resolve_name(name, &l->path, &l->wide_path, err);
     if (r != IPC_OK)
         goto fail;
-    /* The instance limit is the slot count: each pending instance belongs
-     * to a listener that holds a reserved slot, so a full server has no
-     * free instance and clients wait in WaitNamedPipe (ERROR_PIPE_BUSY). */
-    instances = params->max_clients;
+    /* One instance per slot plus one spare per listener: the spare is
+     * created before a connected instance is handed over, so the name
+     * never disappears while the server runs (nobody can slip in an
+     * instance with another ACL, and waiting clients never see "not
+     * found"). With every slot taken, one client waits on the spare (its
+     * handshake is answered when a slot frees up) and the rest get
+     * ERROR_PIPE_BUSY and wait in WaitNamedPipe. */
+    instances = params->max_clients + params->listeners;
     l->max_instances = instances >= PIPE_UNLIMITED_INSTANCES ? PIPE_UNLIMITED_INSTANCES
                                                              : instances;
     r = build_security(l, params->access, err);
@@ -584,11 +588,9 @@ int ipc_plat_accept(ipc_plat_acceptor *a, ipc_plat_conn **out, ipc_error *err)
         a->pipe = NULL;
         r = create_instance(l, 0, &a->pipe, err);
         if (r != IPC_OK) {
-            /* Busy: every instance is in use (all slots taken); the next
-             * accept creates it once a slot frees up. */
-            ipc__log(r == IPC_E_BUSY ? IPC_LOG_DEBUG : IPC_LOG_ERROR,
-                     "no next pipe instance of %s yet: %s", l->path,
-                     err && err->message ? err->message : "error");
+            /* The next accept tries again. */
+            ipc__log(IPC_LOG_ERROR, "could not create the next pipe instance of %s: %s",
+                     l->path, err && err->message ? err->message : "error");
             ipc_error_clear(err);
         }
         return wrap_conn(connected, 1, out, err);
