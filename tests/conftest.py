@@ -2,10 +2,19 @@
 
 Everything here is real: servers listen on real sockets / pipes, helper
 processes are real interpreters. Nothing is mocked.
+
+One suite, every pairing: behavioural tests take ``make_server`` /
+``make_client`` (or ``echo_server``) instead of calling ``ipcfast.Server`` /
+``ipcfast.Client`` directly, and so run once per (server backend, client
+backend) in {native, pure}^2, the way CPython runs one test suite over both
+its C accelerator and its pure-Python module. A test that only needs one
+side (say, a raw socket against a server) takes only that side's fixture
+and runs once per backend of that side.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import subprocess
@@ -13,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
@@ -45,9 +54,88 @@ def echo(request: bytes) -> bytes:
 
 
 @pytest.fixture
-def echo_server(name: str) -> Iterator[ipcfast.Server]:
-    """A running in-process server answering each request with itself."""
-    with ipcfast.Server(name, echo) as server:
+def private_tmp(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """TMPDIR pointed at a fresh directory and XDG_RUNTIME_DIR unset, so plain
+    names live in a fresh TMPDIR/ipcfast-UID, the path returned (both
+    backends read the process environment; os.environ writes through)."""
+    base = str(tmp_path / "tmp")
+    os.mkdir(base, 0o700)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("TMPDIR", base)
+    yield os.path.join(base, f"ipcfast-{os.geteuid()}")
+
+
+# ---- backends ----------------------------------------------------------------
+
+BACKENDS = ("native", "pure")
+
+#: The types of the make_server / make_client fixtures.
+MakeServer = Callable[..., ipcfast.Server]
+MakeClient = Callable[..., ipcfast.Client]
+
+
+def other_backend(backend: str) -> str:
+    return "pure" if backend == "native" else "native"
+
+
+def _require_backend(backend: str) -> str:
+    if backend == "native" and ipcfast.native_import_error() is not None:
+        pytest.skip(f"the native backend is unavailable: {ipcfast.native_import_error()}")
+    if backend == "pure" and not POSIX:
+        pytest.skip("the pure backend is POSIX only")
+    return backend
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Runs each test once per backend of each side it uses (directly or
+    through make_server / make_client / echo_server), with stable ids:
+    ``[server=native-client=pure]``."""
+    sides = [s for s in ("server", "client") if f"{s}_backend" in metafunc.fixturenames]
+    if not sides:
+        return
+    combos = list(itertools.product(BACKENDS, repeat=len(sides)))
+    ids = ["-".join(f"{side}={backend}" for side, backend in zip(sides, combo)) for combo in combos]
+    values = combos if len(sides) > 1 else [combo[0] for combo in combos]
+    metafunc.parametrize(",".join(f"{s}_backend" for s in sides), values, ids=ids, indirect=True)
+
+
+@pytest.fixture
+def server_backend(request: pytest.FixtureRequest) -> str:
+    """The backend servers of this test use (each test runs once per backend)."""
+    return _require_backend(request.param)
+
+
+@pytest.fixture
+def client_backend(request: pytest.FixtureRequest) -> str:
+    """The backend clients of this test use (each test runs once per backend)."""
+    return _require_backend(request.param)
+
+
+@pytest.fixture
+def make_server(server_backend: str) -> MakeServer:
+    """ipcfast.Server with this test's server backend."""
+
+    def make(*args: Any, **kwargs: Any) -> ipcfast.Server:
+        return ipcfast.Server(*args, backend=server_backend, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def make_client(client_backend: str) -> MakeClient:
+    """ipcfast.Client with this test's client backend."""
+
+    def make(*args: Any, **kwargs: Any) -> ipcfast.Client:
+        return ipcfast.Client(*args, backend=client_backend, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def echo_server(name: str, make_server: MakeServer) -> Iterator[ipcfast.Server]:
+    """A running in-process server (this test's server backend) answering each
+    request with itself."""
+    with make_server(name, echo) as server:
         yield server
 
 
@@ -71,16 +159,18 @@ def child_env() -> dict:
 
 
 class ServerProcess:
-    """tests/server_process.py running in a child interpreter.
+    """tests/server_process.py running in a child interpreter (its server
+    uses ``backend``).
 
     Talks line-based over stdout: waits for "READY <address>" on start;
     closing stdin makes the child stop its server and exit.
     """
 
-    def __init__(self, name: str, *args: str) -> None:
+    def __init__(self, name: str, *args: str, backend: str = "native") -> None:
         self.name = name
+        self.backend = backend
         self.proc = subprocess.Popen(
-            [sys.executable, SERVER_PROCESS, name, *args],
+            [sys.executable, SERVER_PROCESS, name, *args, f"--backend={backend}"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -1,6 +1,6 @@
 """A server in its own process, driven by tests (see conftest.ServerProcess).
 
-    python tests/server_process.py NAME [max_clients]
+    python tests/server_process.py NAME [max_clients] [--backend=native|pure]
 
 Prints "READY <address>", serves until its stdin is closed, then stops the
 server and prints "STOPPED". Requests:
@@ -43,9 +43,16 @@ def handler(request: bytes) -> bytes:
 
 
 def main() -> int:
-    name = sys.argv[1]
-    max_clients = int(sys.argv[2]) if len(sys.argv) > 2 else 32
-    server = ipcfast.Server(name, handler, max_clients=max_clients)
+    backend = "native"
+    args = []
+    for arg in sys.argv[1:]:
+        if arg.startswith("--backend="):
+            backend = arg.split("=", 1)[1]
+        else:
+            args.append(arg)
+    name = args[0]
+    max_clients = int(args[1]) if len(args) > 1 else 32
+    server = ipcfast.Server(name, handler, max_clients=max_clients, backend=backend)
     server.start()
     print("READY", server.address, flush=True)
     sys.stdin.read()  # until the parent closes our stdin

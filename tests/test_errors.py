@@ -15,7 +15,7 @@ import ipcfast
 from ipcfast import _errors
 from ipcfast._native import ffi, lib
 
-from conftest import LogCatcher, echo, posix_only, wait_for
+from conftest import BACKENDS, LogCatcher, MakeClient, MakeServer, echo, posix_only, wait_for
 
 # ---- the exception classes ---------------------------------------------------
 
@@ -94,21 +94,23 @@ def test_exceptions_pickle() -> None:
 # ---- handler failures ----------------------------------------------------------
 
 
-def test_handler_exception_is_remote_error(name: str, ipc_log: LogCatcher) -> None:
+def test_handler_exception_is_remote_error(
+    name: str, ipc_log: LogCatcher, make_server: MakeServer, make_client: MakeClient
+) -> None:
     def handler(request: bytes) -> bytes:
         if request == b"boom":
             raise ValueError("boom happened")
         return request
 
-    with ipcfast.Server(name, handler):
-        with ipcfast.Client(name) as client:
+    with make_server(name, handler):
+        with make_client(name) as client:
             with pytest.raises(ipcfast.RemoteError) as info:
                 client.request(b"boom")
             assert "ValueError: boom happened" in str(info.value)
             assert info.value.code == "IPC_E_REMOTE"
             # The connection and the server stay usable.
             assert client.request(b"fine") == b"fine"
-        with ipcfast.Client(name) as other:
+        with make_client(name) as other:
             assert other.request(b"other") == b"other"
     record = ipc_log.find("the handler raised", logging.ERROR)
     assert record is not None, ipc_log.messages()
@@ -123,15 +125,19 @@ def test_handler_exception_is_remote_error(name: str, ipc_log: LogCatcher) -> No
         (42, "handler returned int, expected bytes-like"),
     ],
 )
-def test_handler_returning_a_non_bytes_value(name: str, value: Any, expected: str) -> None:
-    with ipcfast.Server(name, lambda r: value if r == b"bad" else r):
-        with ipcfast.Client(name) as client:
+def test_handler_returning_a_non_bytes_value(
+    name: str, value: Any, expected: str, make_server: MakeServer, make_client: MakeClient
+) -> None:
+    with make_server(name, lambda r: value if r == b"bad" else r):
+        with make_client(name) as client:
             with pytest.raises(ipcfast.RemoteError, match=expected):
                 client.request(b"bad")
             assert client.request(b"good") == b"good"
 
 
-def test_handler_raising_base_exceptions_does_not_kill_the_server(name: str) -> None:
+def test_handler_raising_base_exceptions_does_not_kill_the_server(
+    name: str, make_server: MakeServer, make_client: MakeClient
+) -> None:
     def handler(request: bytes) -> bytes:
         if request == b"exit":
             raise SystemExit(3)
@@ -139,8 +145,8 @@ def test_handler_raising_base_exceptions_does_not_kill_the_server(name: str) -> 
             raise KeyboardInterrupt
         return request
 
-    with ipcfast.Server(name, handler):
-        with ipcfast.Client(name) as client:
+    with make_server(name, handler):
+        with make_client(name) as client:
             with pytest.raises(ipcfast.RemoteError, match="SystemExit"):
                 client.request(b"exit")
             with pytest.raises(ipcfast.RemoteError, match="KeyboardInterrupt"):
@@ -151,10 +157,10 @@ def test_handler_raising_base_exceptions_does_not_kill_the_server(name: str) -> 
 # ---- connecting ---------------------------------------------------------------------
 
 
-def test_no_server_is_server_not_found_within_the_budget(name: str) -> None:
+def test_no_server_is_server_not_found_within_the_budget(name: str, make_client: MakeClient) -> None:
     t0 = time.monotonic()
     with pytest.raises(ipcfast.ServerNotFound) as info:
-        ipcfast.Client(name, connect_timeout=0.5)
+        make_client(name, connect_timeout=0.5)
     elapsed = time.monotonic() - t0
     assert 0.4 <= elapsed < 3.0, elapsed
     assert isinstance(info.value, FileNotFoundError)
@@ -162,47 +168,51 @@ def test_no_server_is_server_not_found_within_the_budget(name: str) -> None:
     assert name in str(info.value) and "start one" in str(info.value)
 
 
-def test_no_server_with_zero_budget_fails_at_once(name: str) -> None:
+def test_no_server_with_zero_budget_fails_at_once(name: str, make_client: MakeClient) -> None:
     t0 = time.monotonic()
     with pytest.raises(ipcfast.ServerNotFound):
-        ipcfast.Client(name, connect_timeout=0)
+        make_client(name, connect_timeout=0)
     assert time.monotonic() - t0 < 1.0
 
 
-def test_wrong_key_is_handshake_error(name: str, ipc_log: LogCatcher) -> None:
-    with ipcfast.Server(name, echo, key="right"):
+def test_wrong_key_is_handshake_error(
+    name: str, ipc_log: LogCatcher, make_server: MakeServer, make_client: MakeClient
+) -> None:
+    with make_server(name, echo, key="right"):
         t0 = time.monotonic()
         with pytest.raises(ipcfast.HandshakeError) as info:
-            ipcfast.Client(name, key="wrong", connect_timeout=5)
+            make_client(name, key="wrong", connect_timeout=5)
         assert time.monotonic() - t0 < 4.0, "a wrong key should fail fast, not time out"
         assert isinstance(info.value, ConnectionError)
         assert info.value.code == "IPC_E_HANDSHAKE"
         with pytest.raises(ipcfast.HandshakeError):
-            ipcfast.Client(name, connect_timeout=5)  # no key vs a key
-        with ipcfast.Client(name, key="right") as client:
+            make_client(name, connect_timeout=5)  # no key vs a key
+        with make_client(name, key="right") as client:
             assert client.request(b"ok") == b"ok"
     assert wait_for(lambda: ipc_log.find("handshake mismatch") is not None)
 
 
-def test_second_server_on_one_name_is_address_in_use(echo_server: ipcfast.Server) -> None:
-    second = ipcfast.Server(echo_server.name, echo)
-    with pytest.raises(ipcfast.AddressInUse) as info:
-        second.start()
-    assert info.value.code == "IPC_E_ADDRESS_IN_USE"
-    assert not second.running
-    second.stop()  # harmless
+def test_second_server_on_one_name_is_address_in_use(echo_server: ipcfast.Server, make_client: MakeClient) -> None:
+    for backend in BACKENDS:  # a live server's name is never taken over, whatever the backends
+        second = ipcfast.Server(echo_server.name, echo, backend=backend)
+        with pytest.raises(ipcfast.AddressInUse) as info:
+            second.start()
+        assert info.value.code == "IPC_E_ADDRESS_IN_USE"
+        assert "already serving" in str(info.value)
+        assert not second.running
+        second.stop()  # harmless
     # The first server is untouched.
-    with ipcfast.Client(echo_server.name) as client:
+    with make_client(echo_server.name) as client:
         assert client.request(b"first") == b"first"
 
 
-def test_name_too_long(name: str) -> None:
+def test_name_too_long(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
     with pytest.raises(ipcfast.NameTooLong) as info:
-        ipcfast.Server(name + "x" * 300, echo).start()
+        make_server(name + "x" * 300, echo).start()
     assert isinstance(info.value, ValueError)
     assert info.value.code == "IPC_E_NAME_TOO_LONG"
     with pytest.raises(ipcfast.NameTooLong):
-        ipcfast.Client(name + "x" * 300, connect_timeout=0.2)
+        make_client(name + "x" * 300, connect_timeout=0.2)
 
 
 # ---- raw sockets: foreign and wrong handshakes ----------------------------------------
@@ -225,15 +235,18 @@ def recv_all(sock: socket.socket) -> bytes:
 
 
 @posix_only
-def test_foreign_first_byte_gets_ff_then_eof(echo_server: ipcfast.Server, ipc_log: LogCatcher) -> None:
+def test_foreign_first_byte_gets_ff_then_eof(
+    echo_server: ipcfast.Server, ipc_log: LogCatcher, make_client: MakeClient
+) -> None:
     with raw_connect(echo_server.address) as sock:
         sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
         t0 = time.monotonic()
         assert recv_all(sock) == b"\xff"
         assert time.monotonic() - t0 < 3.0, "the refusal must not wait for the handshake timeout"
-    with ipcfast.Client(echo_server.name) as client:
+    with make_client(echo_server.name) as client:
         assert client.request(b"others still served") == b"others still served"
-    # The C core's warning reaches logging.getLogger("ipcfast").
+    # The server's warning reaches logging.getLogger("ipcfast") (native: the
+    # C core's, through the log bridge; pure: logged there directly).
     assert wait_for(lambda: ipc_log.find("foreign client", logging.WARNING) is not None), ipc_log.messages()
     assert ipc_log.find("foreign client").name == "ipcfast"  # type: ignore[union-attr]
 
@@ -246,13 +259,13 @@ def test_single_foreign_byte_is_refused_at_once(echo_server: ipcfast.Server) -> 
 
 
 @posix_only
-def test_wrong_handshake_bytes_get_eof(echo_server: ipcfast.Server) -> None:
+def test_wrong_handshake_bytes_get_eof(echo_server: ipcfast.Server, make_client: MakeClient) -> None:
     good = ipcfast.handshake_value()
     wrong = b"\x00" + bytes(b ^ 0xFF for b in good[1:])
     with raw_connect(echo_server.address) as sock:
         sock.sendall(wrong + b"\x01")
         assert recv_all(sock) == b""
-    with ipcfast.Client(echo_server.name) as client:
+    with make_client(echo_server.name) as client:
         assert client.request(b"x") == b"x"
 
 
@@ -283,7 +296,7 @@ def test_raw_handshake_and_packets(echo_server: ipcfast.Server) -> None:
 
 
 @posix_only
-def test_garbage_packet_closes_only_that_connection(echo_server: ipcfast.Server) -> None:
+def test_garbage_packet_closes_only_that_connection(echo_server: ipcfast.Server, make_client: MakeClient) -> None:
     value = ipcfast.handshake_value()
     with raw_connect(echo_server.address) as sock:
         sock.sendall(value + b"\x01")
@@ -293,13 +306,13 @@ def test_garbage_packet_closes_only_that_connection(echo_server: ipcfast.Server)
         sock.sendall(b"\x3f\x01\x00\x00\x00x")  # unknown packet type 63
         rest = recv_all(sock)  # an ERROR packet at most, then EOF
         assert rest == b"" or rest[0] == lib.IPC_PACKET_ERROR
-    with ipcfast.Client(echo_server.name) as client:
+    with make_client(echo_server.name) as client:
         assert client.request(b"fine") == b"fine"
 
 
 @posix_only
-def test_silent_client_is_dropped_after_the_handshake_timeout(name: str) -> None:
-    with ipcfast.Server(name, echo, handshake_timeout=0.3) as server:
+def test_silent_client_is_dropped_after_the_handshake_timeout(name: str, make_server: MakeServer) -> None:
+    with make_server(name, echo, handshake_timeout=0.3) as server:
         with raw_connect(server.address) as sock:
             sock.sendall(b"\x00")  # a valid first byte, then nothing
             t0 = time.monotonic()
@@ -310,9 +323,9 @@ def test_silent_client_is_dropped_after_the_handshake_timeout(name: str) -> None
 # ---- sizes -----------------------------------------------------------------------------
 
 
-def test_oversize_request_is_message_too_large(name: str) -> None:
-    with ipcfast.Server(name, echo, max_message=1024):
-        with ipcfast.Client(name) as client:
+def test_oversize_request_is_message_too_large(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
+    with make_server(name, echo, max_message=1024):
+        with make_client(name) as client:
             assert client.request(b"a" * 1024) == b"a" * 1024  # the limit itself is fine
             with pytest.raises(ipcfast.MessageTooLarge) as info:
                 client.request(b"a" * 4096)
@@ -323,39 +336,62 @@ def test_oversize_request_is_message_too_large(name: str) -> None:
             with pytest.raises(ipcfast.ConnectionClosed):
                 client.request(b"small")
         # ...but the server keeps serving.
-        with ipcfast.Client(name) as client:
+        with make_client(name) as client:
             assert client.request(b"small") == b"small"
 
 
-def test_oversize_response_from_the_handler(name: str, ipc_log: LogCatcher) -> None:
-    with ipcfast.Server(name, lambda r: r * 1000, max_message=4096):
-        with ipcfast.Client(name) as client:
+def test_oversize_request_refused_while_the_client_is_still_writing(
+    name: str, make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """8 MiB against max_message=1024: the server refuses on the header and
+    closes while the client is blocked writing; the client still reports
+    why (the ERROR packet waiting for it), not just a broken pipe."""
+    with make_server(name, echo, max_message=1024):
+        with make_client(name) as client:
+            t0 = time.monotonic()
+            with pytest.raises(ipcfast.MessageTooLarge) as info:
+                client.request(b"b" * (8 * 1024 * 1024), timeout=10)
+            assert time.monotonic() - t0 < 5
+            assert str(info.value) == (
+                "the request of 8388608 bytes exceeds the server's max_message of 1024 bytes"
+            ), str(info.value)
+            with pytest.raises(ipcfast.ConnectionClosed):
+                client.request(b"small")
+        with make_client(name) as client:
+            assert client.request(b"small") == b"small"
+
+
+def test_oversize_response_from_the_handler(
+    name: str, ipc_log: LogCatcher, make_server: MakeServer, make_client: MakeClient
+) -> None:
+    with make_server(name, lambda r: r * 1000, max_message=4096):
+        with make_client(name) as client:
             assert client.request(b"abc") == b"abc" * 1000  # 3000 bytes: fine
             with pytest.raises(ipcfast.MessageTooLarge) as info:
                 client.request(b"abcdefgh")  # 8000 bytes: above the server's max
             assert "8000" in str(info.value)
-        with ipcfast.Client(name) as client:
+        with make_client(name) as client:
             assert client.request(b"x") == b"x" * 1000
     assert wait_for(lambda: ipc_log.find("exceeds the server's max_message", logging.ERROR) is not None)
     assert ipc_log.find("above max_message") is not None  # the Python layer's note, with the name
 
 
-def test_response_above_client_max_message(name: str) -> None:
-    with ipcfast.Server(name, lambda r: b"z" * 5000):
-        with ipcfast.Client(name, max_message=4096) as client:
+def test_response_above_client_max_message(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
+    with make_server(name, lambda r: b"z" * 5000):
+        with make_client(name, max_message=4096) as client:
             with pytest.raises(ipcfast.MessageTooLarge) as info:
                 client.request(b"x")
             assert "5000" in str(info.value) and "4096" in str(info.value)
             with pytest.raises(ipcfast.ConnectionClosed):
                 client.request(b"x")
-        with ipcfast.Client(name, max_message=5000) as client:
+        with make_client(name, max_message=5000) as client:
             assert client.request(b"x") == b"z" * 5000
 
 
 # ---- timeouts and stopping ----------------------------------------------------------------
 
 
-def test_request_timeout(name: str) -> None:
+def test_request_timeout(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
     release = threading.Event()
 
     def slow(request: bytes) -> bytes:
@@ -363,9 +399,9 @@ def test_request_timeout(name: str) -> None:
             release.wait(10)
         return request
 
-    with ipcfast.Server(name, slow):
+    with make_server(name, slow):
         try:
-            with ipcfast.Client(name) as client:
+            with make_client(name) as client:
                 t0 = time.monotonic()
                 with pytest.raises(ipcfast.Timeout) as info:
                     client.request(b"slow", timeout=0.2)
@@ -376,16 +412,16 @@ def test_request_timeout(name: str) -> None:
                 # A late answer would be read by the next request: closed instead.
                 with pytest.raises(ipcfast.ConnectionClosed):
                     client.request(b"next")
-            with ipcfast.Client(name, timeout=0.2) as client:  # the client's default
+            with make_client(name, timeout=0.2) as client:  # the client's default
                 with pytest.raises(ipcfast.Timeout):
                     client.request(b"slow")
-            with ipcfast.Client(name, timeout=0.2) as client:  # per call overrides it
+            with make_client(name, timeout=0.2) as client:  # per call overrides it
                 assert client.request(b"quick", timeout=5) == b"quick"
         finally:
             release.set()
 
 
-def test_stop_while_a_request_is_in_flight(name: str) -> None:
+def test_stop_while_a_request_is_in_flight(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
     entered = threading.Event()
 
     def slow(request: bytes) -> bytes:
@@ -397,12 +433,12 @@ def test_stop_while_a_request_is_in_flight(name: str) -> None:
 
     def call() -> None:
         try:
-            with ipcfast.Client(name) as client:
+            with make_client(name) as client:
                 outcome["response"] = client.request(b"work")
         except BaseException as exc:
             outcome["error"] = exc
 
-    server = ipcfast.Server(name, slow)
+    server = make_server(name, slow)
     server.start()
     thread = threading.Thread(target=call)
     thread.start()
@@ -419,10 +455,10 @@ def test_stop_while_a_request_is_in_flight(name: str) -> None:
         assert outcome["response"] == b"done"
 
 
-def test_stop_with_idle_clients_connected(name: str) -> None:
-    server = ipcfast.Server(name, echo)
+def test_stop_with_idle_clients_connected(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
+    server = make_server(name, echo)
     server.start()
-    clients = [ipcfast.Client(name) for _ in range(5)]
+    clients = [make_client(name) for _ in range(5)]
     for c in clients:
         assert c.request(b"hi") == b"hi"
     t0 = time.monotonic()
@@ -434,7 +470,7 @@ def test_stop_with_idle_clients_connected(name: str) -> None:
         c.close()
 
 
-def test_client_blocked_in_a_request_sees_stop(name: str) -> None:
+def test_client_blocked_in_a_request_sees_stop(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
     """A handler that never finishes by itself: stop still returns (after the
     grace period) and the client gets ConnectionClosed, not a hang."""
     release = threading.Event()
@@ -449,12 +485,12 @@ def test_client_blocked_in_a_request_sees_stop(name: str) -> None:
 
     def call() -> None:
         try:
-            with ipcfast.Client(name) as client:
+            with make_client(name) as client:
                 outcome.append(client.request(b"x"))
         except BaseException as exc:
             outcome.append(exc)
 
-    server = ipcfast.Server(name, stuck)
+    server = make_server(name, stuck)
     server.start()
     thread = threading.Thread(target=call)
     thread.start()
@@ -473,15 +509,15 @@ def test_client_blocked_in_a_request_sees_stop(name: str) -> None:
 # ---- slots ---------------------------------------------------------------------------------
 
 
-def test_max_clients_full_then_a_slot_frees(name: str) -> None:
-    with ipcfast.Server(name, echo, max_clients=2):
-        first = ipcfast.Client(name)
-        second = ipcfast.Client(name)
+def test_max_clients_full_then_a_slot_frees(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
+    with make_server(name, echo, max_clients=2):
+        first = make_client(name)
+        second = make_client(name)
         assert first.request(b"1") == b"1" and second.request(b"2") == b"2"
 
         t0 = time.monotonic()
         with pytest.raises(ipcfast.ServerBusy) as info:
-            ipcfast.Client(name, connect_timeout=0.5)
+            make_client(name, connect_timeout=0.5)
         assert 0.4 <= time.monotonic() - t0 < 4.0
         assert info.value.code == "IPC_E_BUSY"
 
@@ -489,7 +525,7 @@ def test_max_clients_full_then_a_slot_frees(name: str) -> None:
 
         def third() -> None:
             try:
-                client = ipcfast.Client(name, connect_timeout=15)
+                client = make_client(name, connect_timeout=15)
                 result["answer"] = client.request(b"3")
                 client.close()
             except BaseException as exc:
@@ -505,3 +541,66 @@ def test_max_clients_full_then_a_slot_frees(name: str) -> None:
         assert result == {"answer": b"3"}, result
         assert second.request(b"2") == b"2"
         second.close()
+
+
+def test_a_client_waiting_for_a_slot_sees_the_stop(
+    name: str, make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """All slots taken, a client waits in the backlog; stopping the server
+    ends its wait at once with a clear error instead of the whole budget."""
+    server = make_server(name, echo, max_clients=1)
+    server.start()
+    holder = make_client(name)
+    assert holder.request(b"mine") == b"mine"
+    outcome: List[Any] = []
+
+    def wait_for_slot() -> None:
+        try:
+            outcome.append(make_client(name, connect_timeout=20))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=wait_for_slot)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        assert thread.is_alive() and not outcome
+        t0 = time.monotonic()
+        server.stop()
+        thread.join(10)
+        assert not thread.is_alive(), "the waiting client hung after the stop"
+        assert time.monotonic() - t0 < 5
+    finally:
+        server.stop()
+        holder.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], ipcfast.HandshakeError), outcome
+    assert "is stopping" in str(outcome[0])
+
+
+def test_an_interrupted_request_closes_the_connection(name: str, make_server: MakeServer) -> None:
+    """A pure client interrupted mid-request (KeyboardInterrupt from a signal
+    handler) must not leave the late answer for the next request to read."""
+    import signal
+
+    if not hasattr(signal, "setitimer"):
+        pytest.skip("needs setitimer")
+
+    def slow(request: bytes) -> bytes:
+        time.sleep(0.3)
+        return request
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with make_server(name, slow):
+            with ipcfast.Client(name, backend="pure") as client:
+                signal.setitimer(signal.ITIMER_REAL, 0.1)
+                with pytest.raises(KeyboardInterrupt):
+                    client.request(b"first")
+                with pytest.raises(ipcfast.ConnectionClosed, match="interrupted by KeyboardInterrupt"):
+                    client.request(b"second")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

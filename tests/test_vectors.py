@@ -1,9 +1,9 @@
 """Wire protocol v1 test vectors (tests/vectors/protocol_v1.json) against the codecs.
 
-The vectors are normative (docs/protocol.md, section 8). Every codec is
-reached through a small adapter with one fixed set of method names, so a
-new codec (the pure-Python one) only needs an adapter class and an entry in
-CODECS to be checked against the same vectors:
+The vectors are normative (docs/protocol.md, section 8). Every codec (the C
+core's and the pure-Python one, ipcfast._codec) is reached through a small
+adapter with one fixed set of method names, so each runs against the same
+vectors (one test per codec, PEP 399 style):
 
     default_handshake() -> bytes
     encode_handshake_request(value, version) -> bytes
@@ -16,6 +16,10 @@ CODECS to be checked against the same vectors:
 Verdicts are the names of the C enum ipc_verdict without the IPC_VERDICT_
 prefix ("OK", "NEED_MORE", ...). Header fields are only compared for OK and
 TOO_LARGE (the other verdicts leave them unspecified).
+
+At the end, hypothesis checks the two codecs against each other on generated
+input: valid packet streams split anywhere, random header bytes, random
+streams, random handshakes.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 VECTORS_PATH = Path(__file__).parent / "vectors" / "protocol_v1.json"
 VECTORS: Dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
@@ -127,8 +133,43 @@ class CCodec:
         return verdict, Header(header.type, header.version, header.length, header.header_size)
 
 
-#: name -> adapter factory. The pure-Python codec joins here.
-CODECS: Dict[str, Callable[[], Any]] = {"c": CCodec}
+class PureCodec:
+    """The pure-Python codec (python/ipcfast/_codec.py)."""
+
+    name = "pure"
+
+    def __init__(self) -> None:
+        from ipcfast import _codec
+
+        self.codec = _codec
+
+    def default_handshake(self) -> bytes:
+        return self.codec.DEFAULT_HANDSHAKE
+
+    def encode_handshake_request(self, value: bytes, version: int) -> bytes:
+        return self.codec.encode_handshake_request(value, version)
+
+    def check_handshake_request(self, data: bytes, expected: bytes) -> Tuple[str, Optional[int]]:
+        verdict, version = self.codec.check_handshake_request(data, expected)
+        return verdict.name, version
+
+    def encode_handshake_reply(self, client_value: bytes, version: int) -> bytes:
+        return self.codec.encode_handshake_reply(client_value, version)
+
+    def check_handshake_reply(self, data: bytes, client_value: bytes) -> Tuple[str, Optional[int]]:
+        verdict, version = self.codec.check_handshake_reply(data, client_value)
+        return verdict.name, version
+
+    def encode_header(self, type: int, length: int, version: int = 0) -> bytes:
+        return self.codec.encode_header(type, length, version)
+
+    def parse_header(self, data: bytes, max_message: int, max_version: int) -> Tuple[str, Header]:
+        verdict, header = self.codec.parse_header(data, max_message, max_version)
+        return verdict.name, Header(*header)
+
+
+#: name -> adapter factory: every vector test runs once per codec.
+CODECS: Dict[str, Callable[[], Any]] = {"c": CCodec, "pure": PureCodec}
 
 
 @pytest.fixture(params=sorted(CODECS))
@@ -401,3 +442,139 @@ def test_all_prefixes_of_valid_handshakes_need_more(codec: Any) -> None:
         bad[i] ^= flip
         for n in range(i + 1, 10):
             assert codec.check_handshake_request(bytes(bad[:n]), value)[0] == "MISMATCH", (i, n)
+
+
+# ---------------------------------------------------------------------------
+# The pure codec's incremental decoder, and both codecs against each other
+# ---------------------------------------------------------------------------
+
+
+def _pure_decode(pieces: List[bytes], max_message: int, max_version: int) -> Tuple[List[Dict[str, Any]], str]:
+    """Feeds pieces to ipcfast._codec.PacketDecoder; its packets and end verdict."""
+    from ipcfast._codec import PacketDecoder
+
+    decoder = PacketDecoder(max_message, max_version)
+    packets: List[Dict[str, Any]] = []
+    for piece in pieces:
+        for p in decoder.feed(piece):
+            packets.append({"type": p.type, "version": p.version, "payload": p.payload.hex()})
+    return packets, decoder.verdict.name
+
+
+def _c_decode(data: bytes, max_message: int, max_version: int) -> Tuple[List[Dict[str, Any]], str]:
+    """The same stream through the C core's header parser, in one piece."""
+    r = Reassembler(CCodec(), max_message, max_version)
+    r.feed(data)
+    return r.packets, r.end()
+
+
+@pytest.mark.parametrize("case", VECTORS["streams"], ids=_ids(VECTORS["streams"]))
+def test_pure_decoder_streams(case: Dict[str, Any]) -> None:
+    """PacketDecoder (not just parse_header) against the stream vectors, in every split."""
+    data = _hex(case["hex"])
+    for pieces in _splits(data):
+        packets, end = _pure_decode(pieces, case["max_message"], case["max_version"])
+        assert packets == case["packets"], [len(p) for p in pieces]
+        assert end == case["end"], [len(p) for p in pieces]
+
+
+def test_pure_decoder_details() -> None:
+    from ipcfast._codec import Packet, PacketDecoder, Verdict, encode_header
+
+    decoder = PacketDecoder(max_message=10, max_version=1)
+    assert decoder.verdict is Verdict.OK and decoder.needed == 0 and decoder.buffered == 0
+    assert decoder.feed(b"\x02") == []
+    assert decoder.verdict is Verdict.NEED_MORE and decoder.needed == 4
+    assert decoder.feed(b"\x03\x00\x00\x00ab") == []
+    assert decoder.needed == 1 and decoder.buffered == 7
+    assert decoder.feed(memoryview(b"c\x42")) == [Packet(2, 0, b"abc")]
+    assert decoder.needed == 5  # extended header: 6 bytes
+    assert decoder.take_buffered() == b"\x42"
+    assert decoder.verdict is Verdict.OK
+    # A too-large header stops decoding at once, reporting its length; later input is ignored.
+    assert decoder.feed(encode_header(1, 11) + b"x") == []
+    assert decoder.verdict is Verdict.TOO_LARGE and decoder.error is Verdict.TOO_LARGE
+    assert decoder.error_header is not None and decoder.error_header.length == 11
+    assert decoder.feed(encode_header(1, 0)) == [] and decoder.needed == 0
+    # Packets before a bad header are still handed out.
+    decoder = PacketDecoder()
+    assert decoder.feed(encode_header(1, 1) + b"a" + b"\x09") == [Packet(1, 0, b"a")]
+    assert decoder.verdict is Verdict.UNKNOWN_TYPE
+
+
+def _packets_strategy(max_version: int) -> Any:
+    packet = st.tuples(
+        st.integers(1, 7),
+        st.integers(0, max_version),
+        st.binary(max_size=300),
+    )
+    return st.lists(packet, max_size=12)
+
+
+def _cut(data: bytes, cuts: List[int]) -> List[bytes]:
+    bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    max_version=st.integers(1, 3),
+    data=st.data(),
+    cuts=st.lists(st.integers(0, 10_000), max_size=20),
+)
+def test_valid_streams_decode_alike_in_any_split(max_version: int, data: Any, cuts: List[int]) -> None:
+    """Valid packets back to back, split anywhere: the pure decoder gives
+    the packets that were encoded, and the same as the C parser."""
+    packets = data.draw(_packets_strategy(max_version))
+    stream = b"".join(
+        (bytes([t | 0x40, v]) if v else bytes([t])) + len(p).to_bytes(4, "little") + p for t, v, p in packets
+    )
+    expected = [{"type": t, "version": v, "payload": p.hex()} for t, v, p in packets]
+    pure = _pure_decode(_cut(stream, cuts), 0xFFFFFFFF, max_version)
+    assert pure == (expected, "OK")
+    assert _c_decode(stream, 0xFFFFFFFF, max_version) == pure
+    # Every proper prefix: the packets completed so far, then NEED_MORE.
+    if stream:
+        cut = cuts[0] % len(stream) if cuts else len(stream) // 2
+        assert _pure_decode([stream[:cut]], 0xFFFFFFFF, max_version) == _c_decode(
+            stream[:cut], 0xFFFFFFFF, max_version
+        )
+
+@settings(max_examples=500, deadline=None)
+@given(
+    data=st.binary(max_size=12),
+    max_message=st.one_of(st.sampled_from([0, 1, 5, 4096, 2**26, 2**32 - 1]), st.integers(0, 2**32 - 1)),
+    max_version=st.integers(1, 255),
+)
+def test_random_headers_get_the_same_verdict(data: bytes, max_message: int, max_version: int) -> None:
+    """Any bytes: the pure parse_header and the C ipc_packet_header_parse agree."""
+    from ipcfast import _codec
+    from ipcfast._ipcfast_cffi import ffi, lib
+
+    c_header = ffi.new("ipc_packet_header *")
+    buf = ffi.new("uint8_t[]", list(data) or [0])
+    c_verdict = lib.ipc_packet_header_parse(buf, len(data), max_message, max_version, c_header)
+    verdict, header = _codec.parse_header(data, max_message, max_version)
+    assert int(verdict) == c_verdict
+    assert verdict.c_name == ffi.string(lib.ipc_verdict_name(c_verdict)).decode()
+    if verdict.name in ("OK", "TOO_LARGE"):
+        assert tuple(header) == (c_header.type, c_header.version, c_header.length, c_header.header_size)
+
+@settings(max_examples=300, deadline=None)
+@given(
+    stream=st.binary(max_size=64),
+    cuts=st.lists(st.integers(0, 100), max_size=8),
+    max_message=st.sampled_from([0, 3, 16, 2**32 - 1]),
+    max_version=st.integers(1, 3),
+)
+def test_random_streams_decode_alike(stream: bytes, cuts: List[int], max_message: int, max_version: int) -> None:
+    """Any bytes, split anywhere: same packets and the same final verdict."""
+    pure = _pure_decode(_cut(stream, cuts), max_message, max_version)
+    assert pure == _c_decode(stream, max_message, max_version)
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=10), value=st.binary(min_size=8, max_size=8))
+def test_random_handshakes_get_the_same_verdict(data: bytes, value: bytes) -> None:
+    c, pure = CCodec(), PureCodec()
+    assert pure.check_handshake_request(data, value) == c.check_handshake_request(data, value)
+    assert pure.check_handshake_reply(data, value) == c.check_handshake_reply(data, value)

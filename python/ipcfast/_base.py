@@ -2,8 +2,8 @@
 
 ``Server(...)`` and ``Client(...)`` pick the backend implementation from
 their ``backend`` argument and return an instance of that backend's subclass
-(``_native.NativeServer`` / ``_native.NativeClient``; the pure-Python path
-slots in the same way). So ``isinstance(obj, ipcfast.Client)`` holds for
+(``_native.NativeServer`` / ``_native.NativeClient``, or ``_pure.PureServer``
+/ ``_pure.PureClient``). So ``isinstance(obj, ipcfast.Client)`` holds for
 every backend, and calls go straight to the implementation: no delegation
 layer on the hot path.
 """
@@ -78,10 +78,9 @@ def _backend_module(backend: str) -> Any:
             ) from cause
         return module
     if backend == "pure":
-        raise NotImplementedError(
-            "backend='pure' is not available yet: it lands with the pure-Python path; "
-            "use backend='native'"
-        )
+        from . import _pure
+
+        return _pure
     raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(map(repr, BACKENDS))}")
 
 

@@ -1,0 +1,371 @@
+"""Wire protocol v1 in pure Python, without I/O (docs/protocol.md).
+
+The same codec as the C core's (``csrc/ipc.h``, "codec" section), function
+for function, with the same verdicts decided by the same rules in the same
+order, so both paths can be checked against ``tests/vectors/protocol_v1.json``
+and against each other:
+
+* :func:`encode_handshake_request` / :func:`check_handshake_request`: the
+  client's 9 handshake bytes, and the server's verdict on the bytes
+  received so far;
+* :func:`encode_handshake_reply` / :func:`check_handshake_reply`: the
+  server's 9 reply bytes, and the client's verdict on them;
+* :func:`encode_header` / :func:`parse_header`: a packet header (5 bytes,
+  or 6 with the extended form);
+* :class:`PacketDecoder`: an incremental decoder. Feed it bytes split
+  anywhere; it hands out whole packets in order and stops at the first bad
+  header with that header's verdict.
+
+Nothing here reads, writes, sleeps or logs.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import List, NamedTuple, Optional, Tuple, Union
+
+__all__ = [
+    "DEFAULT_HANDSHAKE",
+    "DEFAULT_MAX_MESSAGE",
+    "FOREIGN_REPLY",
+    "HANDSHAKE_MESSAGE_SIZE",
+    "HANDSHAKE_REPLY_XOR",
+    "HANDSHAKE_SIZE",
+    "MAX_HEADER_SIZE",
+    "PROTOCOL_VERSION",
+    "TOO_LARGE_PREFIX",
+    "TYPE_EXTENDED",
+    "TYPE_MASK",
+    "TYPE_RESERVED",
+    "Header",
+    "Packet",
+    "PacketDecoder",
+    "PacketType",
+    "Verdict",
+    "check_handshake_reply",
+    "check_handshake_request",
+    "encode_handshake_reply",
+    "encode_handshake_request",
+    "encode_header",
+    "parse_header",
+]
+
+BytesLike = Union[bytes, bytearray, memoryview]
+
+#: Highest packet version this codec speaks.
+PROTOCOL_VERSION = 1
+#: Size of the handshake value; its first byte is always 0x00.
+HANDSHAKE_SIZE = 8
+#: What travels in each direction during the handshake: value + version byte.
+HANDSHAKE_MESSAGE_SIZE = HANDSHAKE_SIZE + 1
+#: The server's reply is the value XOR this, byte by byte.
+HANDSHAKE_REPLY_XOR = 0x5A
+#: The single byte a server sends to a client whose first byte is not 0x00.
+FOREIGN_REPLY = 0xFF
+#: Type byte + version byte + 4-byte length.
+MAX_HEADER_SIZE = 6
+#: Default largest payload, both sides (64 MiB).
+DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+#: The handshake value for ``key=None`` (``IPC_DEFAULT_HANDSHAKE``).
+DEFAULT_HANDSHAKE = bytes.fromhex("00f783ca2a317e38")
+
+TYPE_MASK = 0x3F
+TYPE_EXTENDED = 0x40
+TYPE_RESERVED = 0x80
+
+#: ERROR payloads starting with these 20 bytes mean "refused as too large"
+#: (sent by the transport, not by a failing handler).
+TOO_LARGE_PREFIX = b"ipcfast: too large: "
+
+_MAX_UINT32 = 0xFFFFFFFF
+_U32 = struct.Struct("<I")
+
+
+class PacketType(enum.IntEnum):
+    """Bits 0-5 of the type byte."""
+
+    REQUEST = 1
+    RESPONSE = 2
+    ERROR = 3
+    COMMAND = 4
+    CONSOLE_WRITE = 5
+    EXIT = 6
+    CANCEL = 7
+
+
+_LAST_TYPE = int(PacketType.CANCEL)
+
+
+class Verdict(enum.IntEnum):
+    """The verdicts of the C enum ``ipc_verdict`` (same numbers; the names
+    without the ``IPC_VERDICT_`` prefix)."""
+
+    OK = 0
+    NEED_MORE = 1  #: not enough bytes yet; nothing is wrong
+    FOREIGN = 2  #: a handshake that does not start as expected
+    MISMATCH = 3  #: a handshake value that differs
+    RESERVED_BIT = 4  #: bit 7 of the type byte is set
+    UNKNOWN_TYPE = 5  #: type 0 or above CANCEL
+    BAD_VERSION = 6  #: packet/handshake version 0 or above the allowed one
+    TOO_LARGE = 7  #: payload length above max_message
+
+    @property
+    def c_name(self) -> str:
+        """The C name, e.g. ``"IPC_VERDICT_TOO_LARGE"`` (``ipc_verdict_name()``)."""
+        return "IPC_VERDICT_" + self.name
+
+
+class Header(NamedTuple):
+    """A packet header, as ``ipc_packet_header``.
+
+    ``version`` is 0 for the short form. Like the C parser, fields that a
+    verdict was decided before are left 0 (only OK and TOO_LARGE headers
+    are complete).
+    """
+
+    type: int
+    version: int
+    length: int
+    header_size: int
+
+
+class Packet(NamedTuple):
+    """One decoded packet: its type, version (0: short header) and payload."""
+
+    type: int
+    version: int
+    payload: bytes
+
+
+_EMPTY_HEADER = Header(0, 0, 0, 0)
+
+
+def _check_value(value: BytesLike, what: str) -> bytes:
+    value = bytes(value)
+    if len(value) != HANDSHAKE_SIZE:
+        raise ValueError(f"{what} must be {HANDSHAKE_SIZE} bytes, got {len(value)}")
+    return value
+
+
+def _check_version(version: int, what: str = "version") -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version <= 255:
+        raise ValueError(f"{what} must be an int in 0..255, got {version!r}")
+    return version
+
+
+# ---- handshake ----------------------------------------------------------------
+
+
+def encode_handshake_request(value: BytesLike, version: int = PROTOCOL_VERSION) -> bytes:
+    """The client's 9 handshake bytes: the 8-byte value, then its version."""
+    return _check_value(value, "value") + bytes([_check_version(version)])
+
+
+def encode_handshake_reply(client_value: BytesLike, version: int = PROTOCOL_VERSION) -> bytes:
+    """The server's 9 reply bytes: ``client_value`` XOR 0x5A, then its version."""
+    value = _check_value(client_value, "client_value")
+    return bytes(b ^ HANDSHAKE_REPLY_XOR for b in value) + bytes([_check_version(version)])
+
+
+def _check_against(data: bytes, expected: bytes) -> Tuple[Verdict, Optional[int]]:
+    """Shared tail of both checks: compare what arrived, then the version byte."""
+    compare = min(len(data), HANDSHAKE_SIZE)
+    if data[:compare] != expected[:compare]:
+        return Verdict.MISMATCH, None
+    if len(data) < HANDSHAKE_MESSAGE_SIZE:
+        return Verdict.NEED_MORE, None
+    version = data[HANDSHAKE_SIZE]
+    if version == 0:
+        return Verdict.BAD_VERSION, None
+    return Verdict.OK, version
+
+
+def check_handshake_request(data: BytesLike, expected: BytesLike) -> Tuple[Verdict, Optional[int]]:
+    """Server side: the verdict on the client's handshake bytes received so far.
+
+    Returns ``(verdict, client_version)``; the version is set only for OK.
+    FOREIGN is decided from the first byte alone (anything but 0x00). Bytes
+    after the 9th are not looked at.
+    """
+    data = bytes(data[:HANDSHAKE_MESSAGE_SIZE])
+    expected = _check_value(expected, "expected")
+    if not data:
+        return Verdict.NEED_MORE, None
+    if data[0] != 0x00:
+        return Verdict.FOREIGN, None
+    return _check_against(data, expected)
+
+
+def check_handshake_reply(data: BytesLike, client_value: BytesLike) -> Tuple[Verdict, Optional[int]]:
+    """Client side: the verdict on the server's reply bytes received so far.
+
+    Returns ``(verdict, server_version)``; the version is set only for OK.
+    A first byte of 0xFF is FOREIGN (the server took us for a foreign client).
+    """
+    data = bytes(data[:HANDSHAKE_MESSAGE_SIZE])
+    value = _check_value(client_value, "client_value")
+    if not data:
+        return Verdict.NEED_MORE, None
+    if data[0] == FOREIGN_REPLY:
+        return Verdict.FOREIGN, None
+    return _check_against(data, bytes(b ^ HANDSHAKE_REPLY_XOR for b in value))
+
+
+# ---- packet headers -------------------------------------------------------------
+
+
+def encode_header(type: int, length: int, version: int = 0) -> bytes:
+    """A packet header: the short form for ``version`` 0, else the extended one.
+
+    As in C, only bits 0-5 of ``type`` are used.
+    """
+    if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= _MAX_UINT32:
+        raise ValueError(f"length must be an int in 0..{_MAX_UINT32}, got {length!r}")
+    _check_version(version)
+    if version:
+        return bytes([(type & TYPE_MASK) | TYPE_EXTENDED, version]) + _U32.pack(length)
+    return bytes([type & TYPE_MASK]) + _U32.pack(length)
+
+
+def parse_header(data: BytesLike, max_message: int, max_version: int) -> Tuple[Verdict, Header]:
+    """Parse a packet header from the bytes received so far.
+
+    The checks, in order (docs/protocol.md 4.4): no byte yet: NEED_MORE;
+    bit 7 set: RESERVED_BIT; type 0 or above 7: UNKNOWN_TYPE; extended with
+    one byte: NEED_MORE; extended version 0 or above ``max_version``:
+    BAD_VERSION; short of the header size: NEED_MORE; length above
+    ``max_message``: TOO_LARGE (the header holds the length); else OK.
+    Bytes after the header are not looked at.
+    """
+    size = len(data)
+    if size == 0:
+        return Verdict.NEED_MORE, _EMPTY_HEADER
+    first = data[0]
+    if first & TYPE_RESERVED:
+        return Verdict.RESERVED_BIT, _EMPTY_HEADER
+    type_ = first & TYPE_MASK
+    if type_ < 1 or type_ > _LAST_TYPE:
+        return Verdict.UNKNOWN_TYPE, _EMPTY_HEADER
+    version = 0
+    at = 1
+    if first & TYPE_EXTENDED:
+        if size < 2:
+            return Verdict.NEED_MORE, Header(type_, 0, 0, 0)
+        version = data[1]
+        if version == 0 or version > max_version:
+            return Verdict.BAD_VERSION, Header(type_, 0, 0, 0)
+        at = 2
+    header_size = at + 4
+    if size < header_size:
+        return Verdict.NEED_MORE, Header(type_, version, 0, header_size)
+    (length,) = _U32.unpack_from(data, at)
+    header = Header(type_, version, length, header_size)
+    if length > max_message:
+        return Verdict.TOO_LARGE, header
+    return Verdict.OK, header
+
+
+# ---- incremental decoding ---------------------------------------------------------
+
+
+class PacketDecoder:
+    """Splits a byte stream into packets, whatever pieces it arrives in.
+
+    ::
+
+        decoder = PacketDecoder(max_message=4096, max_version=1)
+        for chunk in chunks:
+            for packet in decoder.feed(chunk):
+                ...
+            if decoder.error is not None:
+                ...  # decoder.verdict says why; decoder.header is the bad header
+
+    ``max_version`` is the negotiated version (extended headers must carry
+    1..max_version). A header whose length is above ``max_message`` stops
+    decoding with TOO_LARGE as soon as the header is complete: no room is
+    made for its payload. After a bad header the decoder keeps its verdict
+    and ignores further input.
+    """
+
+    __slots__ = ("_buf", "_header", "error", "error_header", "max_message", "max_version")
+
+    def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE, max_version: int = PROTOCOL_VERSION) -> None:
+        self.max_message = max_message
+        self.max_version = max_version
+        self._buf = bytearray()
+        #: The header of the packet being assembled (its payload is incomplete).
+        self._header: Optional[Header] = None
+        #: The verdict of the bad header that stopped decoding, or None.
+        self.error: Optional[Verdict] = None
+        #: That header as far as it was parsed (for TOO_LARGE: its length).
+        self.error_header: Optional[Header] = None
+
+    @property
+    def verdict(self) -> Verdict:
+        """Where the stream stands: OK at a packet boundary, NEED_MORE inside
+        a packet, or the verdict of the bad header that stopped decoding."""
+        if self.error is not None:
+            return self.error
+        return Verdict.NEED_MORE if self._buf else Verdict.OK
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet handed out as a packet."""
+        return len(self._buf)
+
+    @property
+    def needed(self) -> int:
+        """At least how many more bytes the current packet needs (0 at a
+        boundary or after an error): readers can size their next read."""
+        if self.error is not None:
+            return 0
+        header = self._header
+        if header is not None:
+            return header.header_size + header.length - len(self._buf)
+        if not self._buf:
+            return 0
+        _, partial = parse_header(bytes(self._buf[:MAX_HEADER_SIZE]), self.max_message, self.max_version)
+        size = partial.header_size or (MAX_HEADER_SIZE if self._buf[0] & TYPE_EXTENDED else 5)
+        return max(size - len(self._buf), 1)
+
+    def peek(self, size: int) -> bytes:
+        """The first ``size`` buffered bytes, left in place (e.g. the first
+        byte of a bad header, for an error message)."""
+        return bytes(self._buf[:size])
+
+    def take_buffered(self) -> bytes:
+        """Remove and return the bytes not handed out yet (e.g. after a
+        handshake, or for another decoder)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        self._header = None
+        return data
+
+    def feed(self, data: BytesLike) -> List[Packet]:
+        """Add received bytes; return the packets they complete, in order."""
+        if self.error is not None:
+            return []
+        buf = self._buf
+        buf += data
+        packets: List[Packet] = []
+        while buf:
+            header = self._header
+            if header is None:
+                verdict, header = parse_header(bytes(buf[:MAX_HEADER_SIZE]), self.max_message, self.max_version)
+                if verdict == Verdict.NEED_MORE:
+                    break
+                if verdict != Verdict.OK:
+                    self.error = verdict
+                    self.error_header = header
+                    break
+                self._header = header
+            end = header.header_size + header.length
+            if len(buf) < end:
+                break
+            with memoryview(buf) as view:
+                payload = bytes(view[header.header_size:end])
+            del buf[:end]
+            self._header = None
+            packets.append(Packet(header.type, header.version, payload))
+        return packets

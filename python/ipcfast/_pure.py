@@ -1,0 +1,1419 @@
+"""The pure-Python backend: wire protocol v1 over ``socket`` and ``threading``.
+
+The reference and the fallback for the native backend (``backend="pure"``):
+the same names, the same lock-file ownership protocol, the same handshake,
+framing and limits, the same exceptions with the same messages, and the
+same server structure as the C core (``csrc/ipc.c``, ``csrc/ipc_posix.c``):
+
+* a listener thread (``listeners`` of them) that takes a free slot of the
+  slot table (``max_clients``) *before* it accepts, so when every slot is
+  taken new clients wait in the listen backlog;
+* one thread per connection: handshake within the handshake timeout, then
+  one request at a time, in order;
+* blocked reads wake at least every 500 ms; :meth:`PureServer.stop` wakes
+  them at once (``shutdown(SHUT_RD)`` on each connection, a byte on a wake
+  pipe for the accept loops), lets running handlers finish for up to a
+  second, then shuts the remaining connections hard and joins every thread.
+
+POSIX only (Unix-domain sockets). On other platforms constructing a server
+or client raises :class:`NotImplementedError`.
+
+Nothing here imports the native extension, so ``backend="pure"`` works when
+it could not be built.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import errno
+import logging
+import math
+import os
+import select
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+from typing import Any, Deque, List, Optional, Sequence, Set, Tuple, Union
+
+from ._base import (
+    DEFAULT_MAX_MESSAGE,
+    BytesLike,
+    Client,
+    Handler,
+    Name,
+    Server,
+    check_uint32,
+    encode_name,
+    timeout_ms,
+)
+from ._codec import (
+    HANDSHAKE_MESSAGE_SIZE,
+    PROTOCOL_VERSION,
+    TOO_LARGE_PREFIX,
+    Packet,
+    PacketDecoder,
+    PacketType,
+    Verdict,
+    check_handshake_reply,
+    check_handshake_request,
+    encode_handshake_reply,
+    encode_handshake_request,
+    encode_header,
+)
+from ._errors import ConnectionClosed, IPCError, error_for_code
+from ._names import handshake_value
+
+POSIX = os.name == "posix"
+if POSIX:
+    import fcntl
+
+__all__ = ["POSIX", "ClientImpl", "PureClient", "PureServer", "ServerImpl"]
+
+logger = logging.getLogger("ipcfast")
+
+#: Blocked reads and accepts wake at least this often (IPC_WAKE_INTERVAL_MS).
+WAKE_INTERVAL = 0.5
+#: How long stop() lets running handlers finish before it closes their
+#: connections under them (STOP_GRACE_MS in ipc.c).
+STOP_GRACE = 1.0
+#: The C core's limit on max_clients.
+MAX_CLIENTS_LIMIT = 4096
+#: Size of each connection's receive buffer (bytes read per recv).
+RECV_CHUNK = 64 * 1024
+#: Below this, a packet's header and payload are joined into one buffer
+#: before sending (one send, no iovec); above, sendmsg sends both in place.
+_JOIN_BELOW = 16 * 1024
+
+_MAX_UINT32 = 0xFFFFFFFF
+_MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+_SO_NOSIGPIPE = 0x1022  # macOS / BSD: a dead peer must not raise SIGPIPE
+_BSD_LIKE = sys.platform == "darwin" or "bsd" in sys.platform
+#: sizeof(sockaddr_un.sun_path): paths must be shorter (they need a NUL).
+SUN_PATH_SIZE = 104 if _BSD_LIKE else 108
+
+_get_ident = threading.get_ident
+_monotonic = time.monotonic
+
+_NOT_FOUND = "IPC_E_NOT_FOUND"
+_BUSY = "IPC_E_BUSY"
+_CLOSED = "IPC_E_CLOSED"
+_TIMEOUT = "IPC_E_TIMEOUT"
+
+
+def _require_posix() -> None:
+    if not POSIX:
+        raise NotImplementedError(
+            f"ipcfast's pure-Python backend is not implemented on this platform ({sys.platform}): "
+            f"it speaks Unix-domain sockets only (Linux, macOS, BSD); use backend='native'"
+        )
+
+
+# ---- errors ---------------------------------------------------------------------
+
+#: errno -> C result name, as map_errno() in ipc_posix.c.
+_ERRNO_CODES = {
+    errno.ENOENT: _NOT_FOUND,
+    errno.ECONNREFUSED: _NOT_FOUND,
+    errno.EAGAIN: _BUSY,
+    errno.EWOULDBLOCK: _BUSY,
+    errno.EACCES: "IPC_E_ACCESS_DENIED",
+    errno.EPERM: "IPC_E_ACCESS_DENIED",
+    errno.ENAMETOOLONG: "IPC_E_NAME_TOO_LONG",
+    errno.EADDRINUSE: "IPC_E_ADDRESS_IN_USE",
+    errno.EPIPE: _CLOSED,
+    errno.ECONNRESET: _CLOSED,
+    errno.ENOTCONN: _CLOSED,
+    errno.ENOMEM: "IPC_E_NO_MEMORY",
+    errno.ENOBUFS: "IPC_E_NO_MEMORY",
+    errno.ETIMEDOUT: _TIMEOUT,
+}
+
+_PEER_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
+
+
+def _error(code: str, message: str, system_error: int = 0) -> IPCError:
+    return error_for_code(code, message, system_error)
+
+
+def _errno_error(exc: Union[OSError, int], what: str, path: Optional[str] = None) -> IPCError:
+    """An OS failure as the ipcfast error the C core gives for it."""
+    number = exc if isinstance(exc, int) else (exc.errno or 0)
+    reason = os.strerror(number) if number else str(exc)
+    if path is not None:
+        message = f"{what} '{path}' failed: {reason}"
+    else:
+        message = f"{what} failed: {reason}"
+    return _error(_ERRNO_CODES.get(number, "IPC_E_SYSTEM"), message, number)
+
+
+def _remaining(deadline: Optional[float]) -> Optional[float]:
+    """Seconds left until deadline (None: no limit), never negative."""
+    if deadline is None:
+        return None
+    left = deadline - _monotonic()
+    return left if left > 0 else 0.0
+
+
+def _deadline_after(ms: int) -> Optional[float]:
+    return None if ms < 0 else _monotonic() + ms / 1000.0
+
+
+# ---- names: plain names live in a private per-user directory ------------------------
+
+
+def _check_private_dir(path: str) -> None:
+    """Refuses a directory that another user could control."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise _errno_error(exc, "checking the socket directory", path) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise _error(
+            "IPC_E_ACCESS_DENIED",
+            f"the socket directory '{path}' is a symbolic link; refusing to use it "
+            f"(remove it, or set XDG_RUNTIME_DIR)",
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise _error(
+            "IPC_E_ACCESS_DENIED", f"'{path}' should be the private socket directory but is not a directory"
+        )
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        raise _error(
+            "IPC_E_ACCESS_DENIED",
+            f"the socket directory '{path}' belongs to uid {st.st_uid}, not to us (uid {euid}); refusing to use it",
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise _error(
+            "IPC_E_ACCESS_DENIED",
+            f"the socket directory '{path}' is writable by group or others (mode "
+            f"{stat.S_IMODE(st.st_mode) & 0o777:03o}); refusing to use it (chmod 700 it)",
+        )
+
+
+def private_dir(create: bool) -> str:
+    """``$XDG_RUNTIME_DIR/ipcfast``, else ``${TMPDIR:-/tmp}/ipcfast-UID``.
+
+    A server (``create``) makes it with mode 0700; both sides refuse it when
+    it is unsafe. A client that finds no directory gets its path anyway
+    (connecting then reports "not found").
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        path = f"{runtime}/ipcfast"
+    else:
+        tmp = os.environ.get("TMPDIR") or "/tmp"
+        path = f"{tmp}/ipcfast-{os.geteuid()}"
+    if create:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise _errno_error(exc, "creating the socket directory", path) from None
+    else:
+        try:
+            os.lstat(path)
+        except FileNotFoundError:
+            return path
+        except OSError:
+            pass  # reported by the check below
+    _check_private_dir(path)
+    return path
+
+
+def resolve_name(name: str, create: bool) -> str:
+    """The socket path for a name: a name containing '/' is a path as is."""
+    if not name:
+        raise _error("IPC_E_INVALID", "empty name")
+    if "/" in name:
+        path = name
+    else:
+        if name in (".", ".."):
+            raise _error("IPC_E_INVALID", f"'{name}' is not a usable name")
+        path = f"{private_dir(create)}/{name}"
+    length = len(os.fsencode(path))
+    if length >= SUN_PATH_SIZE:
+        raise _error(
+            "IPC_E_NAME_TOO_LONG",
+            f"the socket path '{path}' is {length} bytes; Unix sockets allow at most {SUN_PATH_SIZE - 1}: "
+            f"use a shorter name (or a shorter XDG_RUNTIME_DIR/TMPDIR)",
+            errno.ENAMETOOLONG,
+        )
+    return path
+
+
+def _new_socket() -> socket.socket:
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # close-on-exec in Python
+    except OSError as exc:
+        raise _errno_error(exc, "socket(AF_UNIX)") from None
+    if _BSD_LIKE and not _MSG_NOSIGNAL:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_NOSIGPIPE, 1)
+        except OSError:
+            pass
+    return sock
+
+
+def _ready(read: Sequence[int] = (), write: Sequence[int] = (), timeout: Optional[float] = None) -> Set[int]:
+    """The descriptors ready to read (among ``read``) or to write (among
+    ``write``) within ``timeout`` seconds (None: no limit). poll(), or
+    select() where there is no poll()."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        for fd in read:
+            poller.register(fd, select.POLLIN)
+        for fd in write:
+            poller.register(fd, select.POLLOUT)
+        ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
+        return {fd for fd, _ in poller.poll(ms)}
+    readable, writable, _ = select.select(list(read), list(write), [], timeout)
+    return set(readable) | set(writable)
+
+
+# ---- sending ---------------------------------------------------------------------------
+
+
+def _send_all(
+    sock: socket.socket,
+    parts: Sequence[BytesLike],
+    deadline: Optional[float],
+    timeout_ms_for_message: int = -1,
+    abort: Optional[threading.Event] = None,
+) -> None:
+    """Write every byte of ``parts`` (in order) before ``deadline``.
+
+    Waits in slices of at most 500 ms. Raises Timeout at the deadline,
+    ConnectionClosed when the peer is gone (or ``abort`` is set).
+    """
+    views: List[memoryview] = []
+    for part in parts:
+        view = memoryview(part)
+        if view.nbytes:
+            views.append(view if view.format == "B" and view.ndim == 1 else view.cast("B"))
+    while views:
+        slice_ = WAKE_INTERVAL
+        if deadline is not None:
+            left = deadline - _monotonic()
+            if left <= 0:
+                raise _error(
+                    _TIMEOUT, f"the peer did not take the data in time ({timeout_ms_for_message} ms)"
+                )
+            slice_ = min(slice_, left)
+        sock.settimeout(slice_)
+        try:
+            if len(views) == 1:
+                sent = sock.send(views[0], _MSG_NOSIGNAL)
+            else:
+                sent = sock.sendmsg(views, (), _MSG_NOSIGNAL)
+        except socket.timeout:
+            if abort is not None and abort.is_set():
+                raise _error(_CLOSED, "the server is stopping") from None
+            continue
+        except OSError as exc:
+            if exc.errno in _PEER_GONE:
+                raise _error(_CLOSED, "the peer closed the connection", exc.errno) from None
+            raise _errno_error(exc, "sendmsg") from None
+        while sent and views:
+            first = views[0]
+            if sent >= first.nbytes:
+                sent -= first.nbytes
+                views.pop(0)
+            else:
+                views[0] = first[sent:]
+                sent = 0
+
+
+def _packet_parts(type_: int, payload: memoryview) -> List[BytesLike]:
+    header = encode_header(type_, payload.nbytes)
+    if payload.nbytes < _JOIN_BELOW:
+        return [header + payload.tobytes()]
+    return [header, payload]
+
+
+def _as_bytes_view(data: Any) -> memoryview:
+    """A flat byte view of a buffer-protocol object, without copying.
+
+    TypeError if ``data`` has no buffer; BufferError if it is not
+    C-contiguous (as the native backend, which hands the buffer to C).
+    """
+    view = memoryview(data)
+    if not view.c_contiguous:
+        raise BufferError("memoryview: underlying buffer is not C-contiguous")
+    if view.format == "B" and view.ndim == 1:
+        return view
+    return view.cast("B")
+
+
+# ---- the listening side of a name ----------------------------------------------------------
+
+
+class _Listener:
+    """The socket, the lock file that owns the name, and the wake pipe.
+
+    Ownership (docs/protocol.md 2.1): an exclusive ``flock`` on
+    ``PATH.lock`` held for the server's life; whatever sits at ``PATH`` is
+    replaced only while holding it, and only if it is a socket nobody
+    listens on.
+    """
+
+    def __init__(self, name: str, world: bool) -> None:
+        self.path = path = resolve_name(name, create=True)
+        self.lock_path = self.path + ".lock"
+        self.lock_fd = -1
+        self.sock: Optional[socket.socket] = None
+        self.bound = False
+        self.wake_r = -1
+        self.wake_w = -1
+        try:
+            self._take_name_lock()
+            self._clear_stale_socket()
+            self.wake_r, self.wake_w = os.pipe()
+            os.set_blocking(self.wake_r, False)
+            os.set_blocking(self.wake_w, False)
+            sock = self.sock = _new_socket()
+            try:
+                sock.bind(self.path)
+            except OSError as exc:
+                raise _errno_error(exc, "bind", self.path) from None
+            self.bound = True
+            try:
+                os.chmod(path, 0o666 if world else 0o600)
+            except OSError as exc:
+                raise _errno_error(exc, "chmod", path) from None
+            if world and "/" not in name:
+                self._let_others_traverse()
+            try:
+                sock.listen(socket.SOMAXCONN)
+                sock.setblocking(False)
+            except OSError as exc:
+                raise _errno_error(exc, "listen", self.path) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _let_others_traverse(self) -> None:
+        """access "world" on a plain name: other users must be able to pass
+        through the private directory to reach the socket by its full path.
+        Search permission only: they still cannot list it, and the other
+        sockets in it keep mode 0600 and the same-user check."""
+        directory = os.path.dirname(self.path)
+        try:
+            os.chmod(directory, 0o711)
+        except OSError as exc:
+            raise _errno_error(exc, "making the socket directory traversable", directory) from None
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        if runtime:
+            logger.warning(
+                'access is "world" but %s lives under XDG_RUNTIME_DIR (%s), which other users usually cannot '
+                "enter: give the server a path name in a shared directory instead",
+                self.path,
+                runtime,
+            )
+
+    def _take_name_lock(self) -> None:
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        for _ in range(5):
+            try:
+                fd = os.open(self.lock_path, flags, 0o600)
+            except OSError as exc:
+                raise _errno_error(exc, "opening the lock file", self.lock_path) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise _error(
+                        "IPC_E_ADDRESS_IN_USE", f"another server is already serving '{self.path}'", errno.EADDRINUSE
+                    ) from None
+                raise _errno_error(exc, "locking", self.lock_path) from None
+            # A stopping server unlinks its lock file: make sure we locked
+            # the file that is still at the path, not an orphan.
+            try:
+                held = os.fstat(fd)
+                named = os.stat(self.lock_path)
+            except OSError:
+                named = None
+            if named is not None and (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
+                self.lock_fd = fd
+                return
+            os.close(fd)
+        raise _error(
+            "IPC_E_ADDRESS_IN_USE",
+            f"could not claim '{self.path}': other servers keep replacing its lock file",
+            errno.EADDRINUSE,
+        )
+
+    def _clear_stale_socket(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _errno_error(exc, "checking", self.path) from None
+        if not stat.S_ISSOCK(st.st_mode):
+            raise _error(
+                "IPC_E_ADDRESS_IN_USE",
+                f"'{self.path}' exists and is not a socket; refusing to replace it",
+                errno.EEXIST,
+            )
+        probe = _new_socket()
+        try:
+            probe.setblocking(False)
+            result = probe.connect_ex(self.path)
+        finally:
+            probe.close()
+        # Connected, or queued behind a full backlog: something listens there.
+        if result in (0, errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
+            raise _error(
+                "IPC_E_ADDRESS_IN_USE",
+                f"a process that does not hold '{self.path}' is listening on it",
+                errno.EADDRINUSE,
+            )
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _errno_error(exc, "removing the stale socket", self.path) from None
+        logger.info("reclaimed the stale socket %s", self.path)
+
+    def accept(self) -> Optional[socket.socket]:
+        """The next connection, or None once the server is stopping."""
+        sock = self.sock
+        assert sock is not None
+        fd = sock.fileno()
+        while True:
+            ready = _ready(read=(fd, self.wake_r), timeout=WAKE_INTERVAL)
+            if self.wake_r in ready:
+                return None
+            if fd not in ready:
+                continue
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue  # another listener won the race, or the client gave up
+            except OSError as exc:
+                raise _errno_error(exc, "accept", self.path) from None
+            return conn
+
+    def interrupt(self) -> None:
+        if self.wake_w >= 0:
+            try:
+                os.write(self.wake_w, b"\x01")
+            except OSError:
+                pass  # a full pipe is already readable, which is all we need
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.bound:
+            self.bound = False
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+        if self.lock_fd >= 0:
+            # Remove the lock file while still holding it; a starting server
+            # notices that it locked the orphan.
+            try:
+                os.unlink(self.lock_path)
+            except OSError:
+                pass
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+        for fd in (self.wake_r, self.wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self.wake_r = self.wake_w = -1
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    """The effective uid of the process at the other end of a Unix socket."""
+    if hasattr(socket, "SO_PEERCRED"):
+        size = struct.calcsize("iII")
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, size)
+        _pid, uid, _gid = struct.unpack("iII", raw)
+        return int(uid)
+    if _BSD_LIKE:
+        # LOCAL_PEERCRED (SOL_LOCAL = 0): struct xucred {u_int cr_version;
+        # uid_t cr_uid; short cr_ngroups; gid_t cr_groups[16];}.
+        raw = sock.getsockopt(0, 0x001, 4 + 4 + 4 + 16 * 4)
+        _version, uid = struct.unpack_from("II", raw)
+        return int(uid)
+    raise OSError(errno.ENOTSUP, "no way to learn a Unix socket peer's user on this platform")
+
+
+# ---- server ------------------------------------------------------------------------------
+
+_SLOT_FREE, _SLOT_RESERVED, _SLOT_RUNNING, _SLOT_DONE = range(4)
+
+
+class _Slot:
+    __slots__ = ("conn", "index", "state", "thread")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.state = _SLOT_FREE
+        self.thread: Optional[threading.Thread] = None
+        self.conn: Optional[socket.socket] = None
+
+
+class _BadReturn(TypeError):
+    """The handler returned something that is not bytes-like."""
+
+
+class _Run:
+    """One run of a server, from start() to stop(): listener, threads, slots."""
+
+    def __init__(self, server: PureServer, listener: _Listener) -> None:
+        self.server = server
+        self.listener = listener
+        self.cond = threading.Condition(threading.Lock())
+        self.slots = [_Slot(i) for i in range(server._max_clients)]
+        self.stopping = False
+        self.hard = threading.Event()  # set when stop stops waiting for handlers
+        self.listener_threads: List[threading.Thread] = []
+        self.thread_idents: Set[int] = set()  # connection threads (stop/start from a handler)
+
+    # -- listener threads --
+
+    def launch(self, count: int) -> None:
+        try:
+            for i in range(count):
+                thread = threading.Thread(
+                    target=self.listener_main, name=f"ipcfast-pure-listener-{i}", daemon=True
+                )
+                thread.start()
+                self.listener_threads.append(thread)
+        except BaseException:
+            with self.cond:
+                self.stopping = True
+                self.cond.notify_all()
+            self.stop_listeners()
+            raise
+
+    def reserve_slot(self) -> Optional[_Slot]:
+        """Waits for a free slot (clients queue in the backlog meanwhile);
+        None once stopping."""
+        chosen: Optional[_Slot] = None
+        finished: Optional[threading.Thread] = None
+        with self.cond:
+            while not self.stopping and chosen is None:
+                for state in (_SLOT_FREE, _SLOT_DONE):
+                    for slot in self.slots:
+                        if slot.state == state:
+                            chosen = slot
+                            break
+                    if chosen is not None:
+                        break
+                if chosen is None:
+                    self.cond.wait()
+            if chosen is not None:
+                finished = chosen.thread
+                chosen.thread = None
+                chosen.state = _SLOT_RESERVED
+        if finished is not None:
+            finished.join()  # already finished: returns at once
+        return chosen
+
+    def release_slot(self, slot: _Slot) -> None:
+        with self.cond:
+            slot.state = _SLOT_FREE
+            self.cond.notify_all()
+
+    def start_connection(self, slot: _Slot, conn: socket.socket, accepted_at: float) -> None:
+        with self.cond:
+            if not self.stopping:
+                slot.conn = conn
+                slot.state = _SLOT_RUNNING
+                thread = threading.Thread(
+                    target=self.connection_main,
+                    args=(slot, conn, accepted_at),
+                    name=f"ipcfast-pure-conn-{slot.index}",
+                    daemon=True,
+                )
+                slot.thread = thread
+                try:
+                    thread.start()
+                    return
+                except RuntimeError as exc:  # can't start new thread
+                    slot.conn = None
+                    slot.thread = None
+                    logger.error("could not start a connection thread: %s", exc)
+            slot.state = _SLOT_FREE
+            self.cond.notify_all()
+        conn.close()
+
+    def pause_unless_stopping(self, seconds: float) -> None:
+        until = _monotonic() + seconds
+        with self.cond:
+            while not self.stopping:
+                left = until - _monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+
+    def listener_main(self) -> None:
+        while True:
+            slot = self.reserve_slot()
+            if slot is None:
+                break
+            try:
+                conn = self.listener.accept()
+            except IPCError as exc:
+                self.release_slot(slot)
+                logger.error("accept failed (retrying): %s", exc)
+                self.pause_unless_stopping(0.1)  # e.g. out of descriptors: back off
+                continue
+            except BaseException:  # pragma: no cover - the listener must not die silently
+                self.release_slot(slot)
+                logger.exception("ipcfast: the listener thread failed")
+                break
+            if conn is None:
+                self.release_slot(slot)
+                break
+            self.start_connection(slot, conn, _monotonic())
+
+    def stop_listeners(self) -> None:
+        self.listener.interrupt()
+        for thread in self.listener_threads:
+            thread.join()
+        self.listener_threads = []
+
+    # -- connection threads --
+
+    def connection_main(self, slot: _Slot, conn: socket.socket, accepted_at: float) -> None:
+        ident = _get_ident()
+        self.thread_idents.add(ident)
+        connection = _Connection(self, slot, conn)
+        try:
+            try:
+                connection.run(accepted_at)
+            except BaseException:  # pragma: no cover - a bug here must not kill the slot
+                logger.exception("[slot %d] ipcfast: internal error in the connection thread", slot.index)
+            # Drain while stop can still cut it short: end-of-stream goes
+            # after everything we wrote. Refused connections are closed as is.
+            if not connection.refused:
+                try:
+                    conn.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            with self.cond:
+                slot.conn = None
+            conn.close()
+        finally:
+            self.thread_idents.discard(ident)
+            with self.cond:
+                slot.state = _SLOT_DONE
+                self.cond.notify_all()
+
+    def interrupt_connections(self, hard: bool) -> None:
+        """Soft: end reads (running handlers may still answer); hard: end
+        everything. Caller holds the lock."""
+        how = socket.SHUT_RDWR if hard else socket.SHUT_RD
+        for slot in self.slots:
+            if slot.state == _SLOT_RUNNING and slot.conn is not None:
+                try:
+                    slot.conn.shutdown(how)
+                except OSError:
+                    pass
+
+    def count_running(self) -> int:
+        return sum(1 for slot in self.slots if slot.state == _SLOT_RUNNING)
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+            self.interrupt_connections(hard=False)
+        self.stop_listeners()
+        grace_end = _monotonic() + STOP_GRACE
+        with self.cond:
+            while self.count_running() > 0:
+                left = grace_end - _monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            self.hard.set()
+            self.interrupt_connections(hard=True)
+        # No new threads can start now: join without the lock.
+        for slot in self.slots:
+            thread = slot.thread
+            if thread is not None:
+                thread.join()
+                slot.thread = None
+                slot.state = _SLOT_FREE
+        address = self.listener.path
+        self.listener.close()
+        logger.info("server on %s stopped", address)
+
+
+class _Connection:
+    """One client's connection, owned by its thread."""
+
+    __slots__ = ("refused", "run_", "scratch", "server", "slot", "sock", "write_failed")
+
+    def __init__(self, run: _Run, slot: _Slot, sock: socket.socket) -> None:
+        self.run_ = run
+        self.server = run.server
+        self.slot = slot
+        self.sock = sock
+        self.scratch = bytearray(RECV_CHUNK)
+        self.refused = False  # closed for a bad packet: no drain
+        self.write_failed = False
+
+    def run(self, accepted_at: float) -> None:
+        result = self.handshake(accepted_at)
+        if result is not None:
+            version, leftover = result
+            self.serve(version, leftover)
+
+    def _recv(self, timeout: float) -> Optional[int]:
+        """Bytes read into scratch (0: closed), or None if none came in time."""
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv_into(self.scratch)
+        except socket.timeout:
+            return None
+
+    def handshake(self, accepted_at: float) -> Optional[Tuple[int, bytes]]:
+        server = self.server
+        index = self.slot.index
+        deadline = accepted_at + server._handshake_timeout_ms / 1000.0
+        expected = server._handshake
+        received = bytearray()
+        while True:
+            verdict, client_version = check_handshake_request(received, expected)
+            if verdict != Verdict.NEED_MORE:
+                break
+            left = deadline - _monotonic()
+            try:
+                if left <= 0:
+                    raise _error(_TIMEOUT, "timed out waiting for data")
+                n = self._recv(min(left, WAKE_INTERVAL))
+                if n == 0:
+                    raise _error(_CLOSED, "the peer closed the connection")
+            except IPCError as exc:
+                logger.info("[slot %d] client dropped during the handshake: %s", index, exc)
+                return None
+            except OSError as exc:
+                logger.info("[slot %d] client dropped during the handshake: %s", index, _errno_error(exc, "recv"))
+                return None
+            if n:
+                received += memoryview(self.scratch)[:n]
+        if verdict == Verdict.FOREIGN:
+            logger.warning(
+                "[slot %d] refused a foreign client (first byte 0x%02x, not an ipcfast handshake)", index, received[0]
+            )
+            try:
+                _send_all(self.sock, [b"\xff"], _monotonic() + WAKE_INTERVAL)
+            except (IPCError, OSError):
+                pass
+            return None
+        if verdict != Verdict.OK:
+            logger.warning(
+                "[slot %d] handshake %s: the client uses another key or protocol; dropped",
+                index,
+                "mismatch" if verdict == Verdict.MISMATCH else "with version 0",
+            )
+            return None
+        if not server._world:
+            try:
+                same_user = _peer_uid(self.sock) == os.geteuid()
+                reason = "it runs as another user (access is \"user\")"
+            except OSError as exc:
+                same_user = False
+                reason = str(_errno_error(exc, "getsockopt(SO_PEERCRED)"))
+            if not same_user:
+                logger.warning("[slot %d] refused a client: %s", index, reason)
+                return None
+        assert client_version is not None
+        version = min(client_version, PROTOCOL_VERSION)
+        try:
+            _send_all(self.sock, [encode_handshake_reply(expected, PROTOCOL_VERSION)], deadline, -1, self.run_.hard)
+        except (IPCError, OSError) as exc:
+            logger.info("[slot %d] could not send the handshake reply: %s", index, exc)
+            return None
+        return version, bytes(received[HANDSHAKE_MESSAGE_SIZE:])
+
+    def serve(self, version: int, leftover: bytes) -> None:
+        server = self.server
+        run = self.run_
+        decoder = PacketDecoder(server._max_message, version)
+        pending: Deque[Packet] = collections.deque(decoder.feed(leftover))
+        view = memoryview(self.scratch)
+        while True:
+            while not pending and decoder.error is None:
+                try:
+                    n = self._recv(WAKE_INTERVAL)
+                except OSError as exc:
+                    if exc.errno not in _PEER_GONE:
+                        logger.warning("[slot %d] read failed: %s", self.slot.index, _errno_error(exc, "recv"))
+                    return
+                if n is None:
+                    if run.stopping:
+                        return
+                    continue
+                if n == 0:
+                    return  # the client left (or stop ended the reads)
+                pending.extend(decoder.feed(view[:n]))
+            if not pending:
+                self.refuse(decoder)
+                return
+            packet = pending.popleft()
+            if packet.type != PacketType.REQUEST:
+                self.refuse(decoder, wrong_type=packet.type)
+                return
+            self.handle(packet.payload)
+            if self.write_failed:
+                return
+
+    def handle(self, request: bytes) -> None:
+        server = self.server
+        try:
+            result = server._handler(request)
+            payload = result if type(result) is bytes else _handler_result(result)
+        except BaseException as exc:
+            self.fail(exc)
+            return
+        view = memoryview(payload) if type(payload) is bytes else payload
+        limit = server._max_message
+        if view.nbytes > limit:
+            text = (
+                f"{TOO_LARGE_PREFIX.decode()}the response of {view.nbytes} bytes exceeds the server's "
+                f"max_message of {limit} bytes"
+            )
+            logger.error("%s", text)
+            logger.debug(
+                "server %r: the handler's response of %d bytes is above max_message (%d); "
+                "the client got an error instead",
+                server._name,
+                view.nbytes,
+                limit,
+            )
+            self.send(PacketType.ERROR, memoryview(text.encode()))
+            return
+        self.send(PacketType.RESPONSE, view)
+
+    def fail(self, exc: BaseException) -> None:
+        name = self.server._name
+        if isinstance(exc, _BadReturn):
+            text = f"TypeError: {exc}"
+            logger.error("server %r: %s", name, exc)
+        else:
+            text = f"{type(exc).__name__}: {exc}"
+            logger.error("server %r: the handler raised %s", name, text, exc_info=exc)
+        self.send(PacketType.ERROR, memoryview(text.encode("utf-8", "replace")))
+
+    def send(self, type_: int, payload: memoryview) -> None:
+        if self.write_failed:
+            return
+        # No deadline: a client that stops reading blocks only this thread,
+        # and stop() interrupts the write.
+        try:
+            _send_all(self.sock, _packet_parts(type_, payload), None, -1, self.run_.hard)
+        except (IPCError, OSError) as exc:
+            self.write_failed = True
+            logger.debug("server %r: the response was not delivered (%s)", self.server._name, exc)
+
+    def refuse(self, decoder: PacketDecoder, wrong_type: int = 0) -> None:
+        """Tells the client why its packet was refused; the caller closes."""
+        # The client may still be writing the rest of the refused packet and
+        # not reading: closing (no drain) keeps our reply readable.
+        self.refused = True
+        limit = self.server._max_message
+        if wrong_type:
+            text = f"protocol error: packet type {wrong_type} is not accepted by this server"
+        elif decoder.error == Verdict.TOO_LARGE:
+            assert decoder.error_header is not None
+            text = (
+                f"{TOO_LARGE_PREFIX.decode()}the request of {decoder.error_header.length} bytes exceeds the "
+                f"server's max_message of {limit} bytes"
+            )
+        else:
+            assert decoder.error is not None
+            text = (
+                f"protocol error: malformed packet header ({decoder.error.c_name}, "
+                f"first byte 0x{decoder.peek(1)[0]:02x})"
+            )
+        logger.warning("[slot %d] %s; closing the connection", self.slot.index, text)
+        try:  # best effort and bounded: the client may not be reading
+            _send_all(
+                self.sock,
+                _packet_parts(PacketType.ERROR, memoryview(text.encode())),
+                _monotonic() + WAKE_INTERVAL,
+                -1,
+                self.run_.hard,
+            )
+        except (IPCError, OSError):
+            pass
+
+
+def _handler_result(result: Any) -> memoryview:
+    """The handler's answer as bytes; _BadReturn (with native's wording) if it is not bytes-like."""
+    if isinstance(result, str):
+        raise _BadReturn("handler returned str, expected bytes-like (encode it, e.g. text.encode())")
+    try:
+        return _as_bytes_view(result)
+    except TypeError:
+        raise _BadReturn(
+            f"handler returned {type(result).__name__}, expected bytes-like (bytes, bytearray, memoryview)"
+        ) from None
+
+
+#: Servers between start() and stop(), stopped at interpreter exit.
+_running_servers: Set[PureServer] = set()
+_running_lock = threading.Lock()
+
+
+class PureServer(Server):
+    """The pure-Python implementation of :class:`ipcfast.Server`."""
+
+    def __init__(
+        self,
+        name: Name,
+        handler: Handler,
+        *,
+        key: Optional[Union[str, bytes]] = None,
+        max_clients: int = 32,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        access: str = "user",
+        listeners: int = 1,
+        handshake_timeout: float = 5.0,
+        backend: str = "pure",
+    ) -> None:
+        if backend != "pure":
+            raise ValueError(f"PureServer needs backend='pure', got {backend!r}")
+        _require_posix()
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        if access not in ("user", "world"):
+            raise ValueError(f"access must be 'user' or 'world', got {access!r}")
+        self._name = os.fspath(name)
+        encode_name(name)  # the same argument checks as native
+        self._handler = handler
+        self._max_message = check_uint32(max_message, "max_message")
+        self._max_clients = check_uint32(max_clients, "max_clients")
+        self._listeners = check_uint32(listeners, "listeners")
+        hs_ms = timeout_ms(handshake_timeout, "handshake_timeout")
+        if hs_ms <= 0:
+            raise ValueError("handshake_timeout must be a positive number of seconds")
+        self._handshake_timeout_ms = hs_ms
+        self._world = access == "world"
+        self._handshake = handshake_value(key)
+        self._run: Optional[_Run] = None
+        self._address: Optional[str] = None
+        self._lock = threading.Lock()  # start/stop
+        self._stopped_event = threading.Event()
+        self._stopped_event.set()
+
+    def __repr__(self) -> str:
+        state = "running" if self._run is not None else "stopped"
+        return f"<ipcfast.Server {self._name!r} {state} backend='pure'>"
+
+    @property
+    def name(self) -> str:
+        """The name the server was created with."""
+        return self._name
+
+    @property
+    def running(self) -> bool:
+        return self._run is not None
+
+    @property
+    def address(self) -> str:
+        if self._address is None:
+            raise RuntimeError("the server has not been started: call start() first")
+        return self._address
+
+    def _check_not_in_handler(self, what: str) -> None:
+        run = self._run
+        if run is not None and _get_ident() in run.thread_idents:
+            raise RuntimeError(
+                f"Server.{what}() called from inside this server's handler: that would deadlock "
+                f"(stop waits for running handlers). Call it from another thread, e.g. "
+                f"threading.Thread(target=server.{what}).start()"
+            )
+
+    def start(self) -> None:
+        self._check_not_in_handler("start")
+        with self._lock:
+            if self._run is not None:
+                raise RuntimeError(f"server {self._name!r} is already running")
+            if self._max_clients > MAX_CLIENTS_LIMIT:
+                raise _error(
+                    "IPC_E_INVALID", f"max_clients {self._max_clients} is above the limit of {MAX_CLIENTS_LIMIT}"
+                )
+            if self._listeners > self._max_clients:
+                raise _error(
+                    "IPC_E_INVALID",
+                    f"listeners ({self._listeners}) cannot exceed max_clients ({self._max_clients})",
+                )
+            listener = _Listener(self._name, self._world)
+            run = _Run(self, listener)
+            try:
+                run.launch(self._listeners)
+            except BaseException:
+                listener.close()
+                raise
+            self._run = run
+            self._address = listener.path
+            self._stopped_event.clear()
+            with _running_lock:
+                _running_servers.add(self)
+            logger.info("server listening on %s (%d slots)", listener.path, self._max_clients)
+
+    def stop(self) -> None:
+        self._check_not_in_handler("stop")
+        with self._lock:
+            run = self._run
+            if run is None:
+                return
+            try:
+                run.stop()
+            finally:
+                self._run = None
+                with _running_lock:
+                    _running_servers.discard(self)
+                self._stopped_event.set()
+
+
+# ---- client --------------------------------------------------------------------------------
+
+
+class PureClient(Client):
+    """The pure-Python implementation of :class:`ipcfast.Client`."""
+
+    _sock: Optional[socket.socket] = None
+
+    def __init__(
+        self,
+        name: Name,
+        *,
+        key: Optional[Union[str, bytes]] = None,
+        connect_timeout: Optional[float] = 5.0,
+        timeout: Optional[float] = None,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        backend: str = "pure",
+    ) -> None:
+        if backend != "pure":
+            raise ValueError(f"PureClient needs backend='pure', got {backend!r}")
+        _require_posix()
+        self._name = os.fspath(name)
+        encode_name(name)
+        self._timeout_ms = timeout_ms(timeout, "timeout")
+        connect_ms = timeout_ms(connect_timeout, "connect_timeout")
+        self._max_message = check_uint32(max_message, "max_message")
+        self._value = handshake_value(key)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._closed_reason = "closed"
+        self._version = 0
+        self._scratch = bytearray(RECV_CHUNK)
+        self._pending: Deque[Packet] = collections.deque()
+        self._decoder = PacketDecoder(self._max_message, PROTOCOL_VERSION)
+        deadline = _deadline_after(connect_ms)
+        sock = self._connect(deadline, connect_ms)
+        try:
+            self._handshake(sock, deadline)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<ipcfast.Client {self._name!r} {state} backend='pure'>"
+
+    @property
+    def name(self) -> str:
+        """The name the client connected to."""
+        return self._name
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def version(self) -> int:
+        """The packet version both sides agreed on."""
+        with self._lock:
+            if self._closed:
+                raise ConnectionClosed("the client is closed", code=_CLOSED)
+            return self._version
+
+    # -- connecting --
+
+    def _connect_once(self, timeout: Optional[float]) -> socket.socket:
+        path = resolve_name(self._name, create=False)
+        sock = _new_socket()
+        try:
+            # Non-blocking connect: a full backlog answers EAGAIN ("busy") at
+            # once instead of blocking past the budget.
+            sock.setblocking(False)
+            result = sock.connect_ex(path)
+            if result == errno.EINPROGRESS:
+                if not _ready(write=(sock.fileno(),), timeout=timeout):
+                    result = errno.EAGAIN
+                else:
+                    result = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except BaseException:
+            sock.close()
+            raise
+        if result == 0:
+            return sock
+        sock.close()
+        if result in (errno.EAGAIN, errno.EWOULDBLOCK):
+            raise _error(_BUSY, f"the server '{path}' has a full connection queue", result)
+        if result in (errno.ENOENT, errno.ECONNREFUSED):
+            raise _error(_NOT_FOUND, f"no server is listening on '{path}' ({os.strerror(result)})", result)
+        raise _errno_error(result, "connect to", path)
+
+    def _connect(self, deadline: Optional[float], budget_ms: int) -> socket.socket:
+        """Connection attempts until one works or the budget is spent; "not
+        found" and "busy" are retried with a backoff."""
+        backoff = 0.001
+        seen_busy = False
+        while True:
+            try:
+                return self._connect_once(_remaining(deadline))
+            except IPCError as exc:
+                if exc.code not in (_NOT_FOUND, _BUSY):
+                    raise
+                last = exc
+            # "Not found" is retried for a server that is (re)starting; a
+            # server we saw busy and that then vanished has stopped.
+            if last.code == _NOT_FOUND and seen_busy:
+                raise _error(
+                    _NOT_FOUND,
+                    f"the server '{self._name}' went away while we waited for a free slot",
+                    last.system_error,
+                ) from None
+            seen_busy = seen_busy or last.code == _BUSY
+            wait = _remaining(deadline)
+            if wait == 0:
+                if last.code == _NOT_FOUND:
+                    raise _error(
+                        _NOT_FOUND,
+                        f"no server is listening on '{self._name}' (waited {budget_ms} ms): start one",
+                        last.system_error,
+                    ) from None
+                raise _error(
+                    _BUSY, f"the server '{self._name}' stayed busy for {budget_ms} ms: retry later", last.system_error
+                ) from None
+            time.sleep(backoff if wait is None else min(backoff, wait))
+            backoff = min(backoff * 2, 0.05)
+
+    def _handshake(self, sock: socket.socket, deadline: Optional[float]) -> None:
+        name = self._name
+        received = bytearray()
+        view = memoryview(self._scratch)
+        verdict = Verdict.NEED_MORE
+        server_version: Optional[int] = None
+        try:
+            _send_all(sock, [encode_handshake_request(self._value, PROTOCOL_VERSION)], deadline)
+            while True:
+                verdict, server_version = check_handshake_reply(received, self._value)
+                if verdict != Verdict.NEED_MORE:
+                    break
+                n = self._recv_into(sock, deadline, "timed out waiting for data")
+                received += view[:n]
+        except IPCError as exc:
+            if exc.code == _TIMEOUT:
+                raise _error(
+                    _BUSY,
+                    f"the server '{name}' took the connection but did not answer the handshake in time: "
+                    f"all its connection slots are probably busy; retry later or raise max_clients",
+                ) from None
+            if exc.code == _CLOSED:
+                raise _error(
+                    "IPC_E_HANDSHAKE",
+                    f"the server '{name}' closed the connection during the handshake: it uses another key "
+                    f"or protocol version, refused this user, or is stopping",
+                ) from None
+            raise error_for_code(exc.code, f"handshake: {exc}", exc.system_error) from None
+        if verdict == Verdict.FOREIGN:
+            raise _error("IPC_E_HANDSHAKE", f"the server '{name}' rejected our handshake as foreign")
+        if verdict != Verdict.OK:
+            raise _error(
+                "IPC_E_HANDSHAKE",
+                f"'{name}' answered the handshake with unexpected bytes: not an ipcfast server, or one with "
+                f"another key",
+            )
+        assert server_version is not None
+        self._version = min(server_version, PROTOCOL_VERSION)
+        self._decoder = PacketDecoder(self._max_message, self._version)
+        self._pending.extend(self._decoder.feed(received[HANDSHAKE_MESSAGE_SIZE:]))
+
+    def _recv_into(self, sock: socket.socket, deadline: Optional[float], timeout_text: str) -> int:
+        """Bytes read into the scratch buffer (at least 1), or an IPCError."""
+        wait = _remaining(deadline)
+        if wait == 0:
+            raise _error(_TIMEOUT, timeout_text)
+        sock.settimeout(wait)
+        try:
+            n = sock.recv_into(self._scratch)
+        except socket.timeout:
+            raise _error(_TIMEOUT, timeout_text) from None
+        except OSError as exc:
+            if exc.errno in _PEER_GONE:
+                raise _error(
+                    _CLOSED, f"the connection was reset: {os.strerror(exc.errno or 0)}", exc.errno or 0
+                ) from None
+            raise _errno_error(exc, "recv") from None
+        if n == 0:
+            raise _error(_CLOSED, "the peer closed the connection")
+        return n
+
+    # -- requests --
+
+    def _abandon(self, why: BaseException) -> None:
+        """After a failure that leaves the stream in an unknown state, the
+        connection is closed for good."""
+        sock = self._sock
+        if sock is not None:
+            self._sock = None
+            self._closed_reason = str(why) or "the connection failed"
+            sock.close()
+            self._pending.clear()
+
+    def _read_packet(self, sock: socket.socket, deadline: Optional[float]) -> Packet:
+        pending = self._pending
+        decoder = self._decoder
+        view = memoryview(self._scratch)
+        while not pending:
+            if decoder.error is not None:
+                header = decoder.error_header
+                if decoder.error == Verdict.TOO_LARGE and header is not None:
+                    raise _error(
+                        "IPC_E_TOO_LARGE",
+                        f"the response of {header.length} bytes exceeds this client's max_message of "
+                        f"{self._max_message} bytes; raise max_message",
+                    )
+                raise _error(
+                    "IPC_E_PROTOCOL",
+                    f"malformed packet header ({decoder.error.c_name}, first byte 0x{decoder.peek(1)[0]:02x})",
+                )
+            n = self._recv_into(
+                sock,
+                deadline,
+                "no response within the timeout; the connection is closed because the late response would be "
+                "read by the next request",
+            )
+            pending.extend(decoder.feed(view[:n]))
+        return pending.popleft()
+
+    def _explain_refused_write(self, sock: socket.socket, exc: IPCError) -> IPCError:
+        """A server that refuses a request (too large) says why in an ERROR
+        packet and closes, possibly while we are still writing: then the
+        write fails, but the explanation may be waiting for us."""
+        try:
+            packet = self._read_packet(sock, _monotonic() + 0.1)
+        except IPCError:
+            return exc
+        if packet.type != PacketType.ERROR:
+            return exc
+        text = packet.payload
+        if text.startswith(TOO_LARGE_PREFIX):
+            return _error("IPC_E_TOO_LARGE", text[len(TOO_LARGE_PREFIX):].decode("utf-8", "replace"))
+        return _error(exc.code, f"the server closed the connection: {text.decode('utf-8', 'replace')}")
+
+    def request(self, data: BytesLike, timeout: Optional[float] = None) -> bytes:
+        try:
+            view = _as_bytes_view(data)
+        except TypeError:
+            raise TypeError(f"request data must be bytes-like, not {type(data).__name__}") from None
+        ms = self._timeout_ms if timeout is None else timeout_ms(timeout)
+        with self._lock:
+            sock = self._sock
+            if self._closed:
+                raise ConnectionClosed(f"the client for {self._name!r} is closed: open a new Client", code=_CLOSED)
+            if sock is None:
+                raise ConnectionClosed(
+                    f"the connection is closed ({self._closed_reason}); open a new client", code=_CLOSED
+                )
+            deadline = _deadline_after(ms)
+            size = view.nbytes
+            if size > _MAX_UINT32:
+                raise _error(
+                    "IPC_E_TOO_LARGE", f"a request of {size} bytes does not fit the 4-byte length field"
+                )
+            try:
+                try:
+                    _send_all(sock, _packet_parts(PacketType.REQUEST, view), deadline, ms)
+                except IPCError as exc:
+                    error = self._explain_refused_write(sock, exc) if exc.code == _CLOSED else exc
+                    self._abandon(error)
+                    raise error from None
+                try:
+                    packet = self._read_packet(sock, deadline)
+                except IPCError as exc:
+                    self._abandon(exc)
+                    raise exc from None
+            except IPCError:
+                raise
+            except BaseException as exc:
+                # E.g. KeyboardInterrupt in the middle of a request: the
+                # stream is at an unknown point, so it cannot be reused.
+                self._abandon(ConnectionClosed(f"interrupted by {type(exc).__name__}"))
+                raise
+            if packet.type == PacketType.RESPONSE:
+                return packet.payload
+            if packet.type == PacketType.ERROR:
+                text = packet.payload
+                if text.startswith(TOO_LARGE_PREFIX):
+                    error = _error("IPC_E_TOO_LARGE", text[len(TOO_LARGE_PREFIX):].decode("utf-8", "replace"))
+                    self._abandon(error)
+                    raise error
+                # A handler failure: the connection stays usable.
+                raise _error(
+                    "IPC_E_REMOTE", text.decode("utf-8", "replace") or "the server's handler failed without a message"
+                )
+            error = _error("IPC_E_PROTOCOL", f"unexpected packet type {packet.type} from the server")
+            self._abandon(error)
+            raise error
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            sock = self._sock
+            if sock is not None:
+                self._sock = None
+                sock.close()
+
+    def __del__(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            self._sock = None
+            try:
+                sock.close()
+            except Exception:
+                pass
+
+
+ServerImpl = PureServer
+ClientImpl = PureClient
+
+
+# ---- process lifetime ---------------------------------------------------------------------
+
+
+def _shutdown() -> None:
+    """atexit: stop running servers (their threads are daemon threads)."""
+    with _running_lock:
+        servers = list(_running_servers)
+    for server in servers:
+        try:
+            server.stop()
+        except BaseException:
+            pass
+
+
+atexit.register(_shutdown)
