@@ -1328,6 +1328,10 @@ int ipc_client_open(ipc_client_t **out, const char *name, const ipc_client_optio
     r = client_connect(client, name, deadline, timeout_ms, err);
     if (r != IPC_OK)
         goto fail;
+    /* A budget of 0 means one connection attempt without retries; the
+     * handshake that follows still needs a round trip. */
+    if (timeout_ms == 0)
+        deadline = ipc_plat_now_ms() + IPC_WAKE_INTERVAL_MS;
     r = client_handshake(client, name, deadline, err);
     if (r != IPC_OK)
         goto fail;
@@ -1338,6 +1342,44 @@ fail:
     return r;
 }
 
+/* Turns an ERROR packet into a result: IPC_E_TOO_LARGE for the transport's
+ * own refusals (TOO_LARGE_PREFIX), else `code` with the handler's text.
+ * The text may hold NUL bytes, which a C string cannot: each becomes
+ * U+FFFD, as in the pure-Python client. */
+static int fail_from_error_packet(const ipc_packet *packet, int code, ipc_error *err)
+{
+    static const char replacement[] = "\xEF\xBF\xBD";
+    size_t prefix = sizeof TOO_LARGE_PREFIX - 1;
+    size_t length = packet->header.length;
+    const uint8_t *text = packet->payload;
+    char *message, *at;
+    size_t i;
+    int r;
+
+    if (length >= prefix && memcmp(text, TOO_LARGE_PREFIX, prefix) == 0) {
+        code = IPC_E_TOO_LARGE;
+        text += prefix;
+        length -= prefix;
+    }
+    if (length == 0)
+        return ipc__fail(err, code, 0, "the server's handler failed without a message");
+    message = (char *)malloc(length * (sizeof replacement - 1) + 1);
+    if (!message)
+        return ipc__fail(err, code, 0, "(out of memory for the server's error message)");
+    for (i = 0, at = message; i < length; i++) {
+        if (text[i] == 0) {
+            memcpy(at, replacement, sizeof replacement - 1);
+            at += sizeof replacement - 1;
+        } else {
+            *at++ = (char)text[i];
+        }
+    }
+    *at = '\0';
+    r = ipc__fail(err, code, 0, "%s", message);
+    free(message);
+    return r;
+}
+
 /* A server that refuses a request (too large) says why in an ERROR packet
  * and closes, possibly while we are still writing the request: then the
  * write fails, but the explanation is waiting in our receive buffer. */
@@ -1345,17 +1387,13 @@ static int explain_refused_write(ipc_client_t *client, int code, ipc_error *err)
 {
     ipc_packet packet;
     ipc_error ignored = {0};
-    size_t prefix = sizeof TOO_LARGE_PREFIX - 1;
     int r = stream_read_packet(&client->stream, client->options.max_message, client->version,
                                ipc_plat_now_ms() + 100, -1, &packet, &ignored);
 
     ipc_error_clear(&ignored);
     if (r != IPC_OK || packet.header.type != IPC_PACKET_ERROR)
         return code;
-    if (packet.header.length >= prefix && memcmp(packet.payload, TOO_LARGE_PREFIX, prefix) == 0)
-        return ipc__fail(err, IPC_E_TOO_LARGE, 0, "%s", (const char *)packet.payload + prefix);
-    return ipc__fail(err, code, 0, "the server closed the connection: %s",
-                     (const char *)packet.payload);
+    return fail_from_error_packet(&packet, code, err);
 }
 
 static int client_write_locked(ipc_client_t *client, const void *request, size_t size,
@@ -1393,15 +1431,8 @@ static int client_read_locked(ipc_client_t *client, const uint8_t **response,
         ipc__fail(err, r, 0, "no response within the timeout; the connection is closed "
                   "because the late response would be read by the next request");
     } else if (r == IPC_OK && packet.header.type == IPC_PACKET_ERROR) {
-        size_t prefix = sizeof TOO_LARGE_PREFIX - 1;
-        int too_large = packet.header.length >= prefix &&
-                        memcmp(packet.payload, TOO_LARGE_PREFIX, prefix) == 0;
-
-        const char *text = (const char *)packet.payload + (too_large ? prefix : 0);
-
-        r = ipc__fail(err, too_large ? IPC_E_TOO_LARGE : IPC_E_REMOTE, 0, "%s",
-                      *text ? text : "the server's handler failed without a message");
-        if (!too_large)
+        r = fail_from_error_packet(&packet, IPC_E_REMOTE, err);
+        if (r == IPC_E_REMOTE)
             return r;   /* a handler failure: the connection stays usable */
     } else if (r == IPC_OK && packet.header.type != IPC_PACKET_RESPONSE) {
         r = ipc__fail(err, IPC_E_PROTOCOL, 0, "unexpected packet type %u from the server",

@@ -557,7 +557,11 @@ static int clear_stale_socket(ipc_plat_listener *l, const struct sockaddr_un *ad
     probe = new_socket(err);
     if (probe < 0)
         return -probe;
-    if (connect(probe, (const struct sockaddr *)addr, sizeof *addr) == 0) {
+    /* Non-blocking: a listener with a full backlog (EAGAIN) is live too,
+     * and must not hang our start. */
+    set_nonblocking(probe, 1);
+    if (connect(probe, (const struct sockaddr *)addr, sizeof *addr) == 0 ||
+        errno == EAGAIN || errno == EWOULDBLOCK || errno == EINPROGRESS) {
         close_quietly(probe);
         return ipc__fail(err, IPC_E_ADDRESS_IN_USE, EADDRINUSE,
                          "a process that does not hold '%s' is listening on it", l->path);
@@ -618,6 +622,9 @@ int ipc_plat_listen(ipc_plat_listener **out, const char *name,
     }
     if (bind(l->fd, (const struct sockaddr *)&addr, sizeof addr) != 0) {
         r = fail_errno(err, errno, "bind", l->path);
+        /* Whatever is at the path now is not ours to remove. */
+        close_quietly(l->fd);
+        l->fd = -1;
         goto fail;
     }
     /* The private directory already keeps other users out of plain names;

@@ -604,3 +604,32 @@ def test_an_interrupted_request_closes_the_connection(name: str, make_server: Ma
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def test_error_text_with_nul_bytes_arrives_whole(
+    name: str, make_server: MakeServer, make_client: MakeClient
+) -> None:
+    # A NUL inside the handler's error text used to cut the native client's
+    # message short; both clients now show it as U+FFFD and keep the rest.
+    def handler(request: bytes) -> bytes:
+        raise ValueError("before\x00after")
+
+    with make_server(name, handler):
+        with make_client(name) as client:
+            with pytest.raises(ipcfast.RemoteError) as info:
+                client.request(b"x")
+    assert str(info.value) == "ValueError: before\ufffdafter"
+
+
+def test_zero_connect_timeout_means_one_attempt(
+    name: str, make_server: MakeServer, make_client: MakeClient
+) -> None:
+    # connect_timeout=0 used to leave no time for the handshake, so it could
+    # never reach even an idle live server.
+    with make_server(name, echo):
+        with make_client(name, connect_timeout=0) as client:
+            assert client.request(b"ping") == b"ping"
+    started = time.monotonic()
+    with pytest.raises(ipcfast.ServerNotFound):
+        make_client(name, connect_timeout=0)
+    assert time.monotonic() - started < 1.0

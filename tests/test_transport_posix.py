@@ -330,3 +330,43 @@ def test_several_listeners_serve_a_burst(name: str, make_server: MakeServer, mak
         for t in threads:
             t.join(60)
     assert not errors, errors[:3]
+
+
+def test_foreign_listener_with_a_full_backlog_does_not_hang_start(
+    tmp_path: Any, make_server: MakeServer
+) -> None:
+    # The stale-socket probe used to be a blocking connect: a listener that
+    # does not hold the lock and has a full backlog hung start() for good.
+    path = str(tmp_path / "squatted.sock")
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    squatter.bind(path)
+    squatter.listen(0)
+    queued: List[socket.socket] = []
+    try:
+        for _ in range(8):  # fill the backlog
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            queued.append(s)
+            try:
+                s.connect(path)
+            except BlockingIOError:
+                break
+        outcome: Dict[str, Any] = {}
+
+        def start() -> None:
+            try:
+                make_server(path, echo).start()
+                outcome["started"] = True
+            except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=start, daemon=True)
+        thread.start()
+        thread.join(10.0)
+        assert not thread.is_alive(), "start() hung on a squatted socket"
+        assert isinstance(outcome.get("error"), ipcfast.AddressInUse), outcome
+        assert os.path.exists(path), "the squatter's socket must not be removed"
+    finally:
+        for s in queued:
+            s.close()
+        squatter.close()

@@ -158,6 +158,17 @@ def _remaining(deadline: Optional[float]) -> Optional[float]:
     return left if left > 0 else 0.0
 
 
+def _error_from_packet(payload: bytes, code: str) -> IPCError:
+    """An ERROR packet as an exception, by the same rules as the C client:
+    the transport's own refusals (TOO_LARGE_PREFIX) are MessageTooLarge, an
+    empty text gets a default, NUL bytes become U+FFFD."""
+    if payload.startswith(TOO_LARGE_PREFIX):
+        code = "IPC_E_TOO_LARGE"
+        payload = payload[len(TOO_LARGE_PREFIX):]
+    text = payload.replace(b"\x00", "\ufffd".encode()).decode("utf-8", "replace")
+    return _error(code, text or "the server's handler failed without a message")
+
+
 def _deadline_after(ms: int) -> Optional[float]:
     return None if ms < 0 else _monotonic() + ms / 1000.0
 
@@ -1121,6 +1132,10 @@ class PureClient(Client):
         self._decoder = PacketDecoder(self._max_message, PROTOCOL_VERSION)
         deadline = _deadline_after(connect_ms)
         sock = self._connect(deadline, connect_ms)
+        if connect_ms == 0:
+            # A budget of 0 means one attempt without retries; the handshake
+            # that follows still needs a round trip (same rule as native).
+            deadline = _deadline_after(int(WAKE_INTERVAL * 1000))
         try:
             self._handshake(sock, deadline)
         except BaseException:
@@ -1320,10 +1335,7 @@ class PureClient(Client):
             return exc
         if packet.type != PacketType.ERROR:
             return exc
-        text = packet.payload
-        if text.startswith(TOO_LARGE_PREFIX):
-            return _error("IPC_E_TOO_LARGE", text[len(TOO_LARGE_PREFIX):].decode("utf-8", "replace"))
-        return _error(exc.code, f"the server closed the connection: {text.decode('utf-8', 'replace')}")
+        return _error_from_packet(packet.payload, exc.code)
 
     def request(self, data: BytesLike, timeout: Optional[float] = None) -> bytes:
         try:
@@ -1367,15 +1379,11 @@ class PureClient(Client):
             if packet.type == PacketType.RESPONSE:
                 return packet.payload
             if packet.type == PacketType.ERROR:
-                text = packet.payload
-                if text.startswith(TOO_LARGE_PREFIX):
-                    error = _error("IPC_E_TOO_LARGE", text[len(TOO_LARGE_PREFIX):].decode("utf-8", "replace"))
+                error = _error_from_packet(packet.payload, "IPC_E_REMOTE")
+                if error.code != "IPC_E_REMOTE":
                     self._abandon(error)
-                    raise error
-                # A handler failure: the connection stays usable.
-                raise _error(
-                    "IPC_E_REMOTE", text.decode("utf-8", "replace") or "the server's handler failed without a message"
-                )
+                # A handler failure leaves the connection usable.
+                raise error
             error = _error("IPC_E_PROTOCOL", f"unexpected packet type {packet.type} from the server")
             self._abandon(error)
             raise error
