@@ -760,7 +760,16 @@ static void serve_requests(ipc_connection *c)
         }
         call.connection = c;
         call.answered = 0;
-        server->handler(server->user_data, &call, packet.payload, packet.header.length);
+        if (server->options.returning_handler) {
+            size_t size = 0;
+            const void *response = server->options.returning_handler(
+                server->user_data, &call, packet.payload, packet.header.length, &size);
+
+            if (response && !call.answered)
+                ipc_call_respond(&call, response, size, NULL);
+        } else {
+            server->handler(server->user_data, &call, packet.payload, packet.header.length);
+        }
         if (!call.answered) {
             static const char text[] = "the server's handler returned without a response";
             ipc__log(IPC_LOG_ERROR, "[slot %u] %s", (unsigned)c->slot->index, text);
@@ -794,7 +803,13 @@ static void connection_main(void *arg)
         /* Tell the handler the client is gone; answering is refused. */
         farewell.connection = &c;
         farewell.answered = 1;
-        server->handler(server->user_data, &farewell, NULL, 0);
+        if (server->options.returning_handler) {
+            size_t ignored = 0;
+
+            server->options.returning_handler(server->user_data, &farewell, NULL, 0, &ignored);
+        } else {
+            server->handler(server->user_data, &farewell, NULL, 0);
+        }
     }
     stream_free(&c.stream);
     free(c.scratch);
@@ -973,7 +988,7 @@ static int server_create(ipc_server_t **out, const char *name, const ipc_server_
     int r;
 
     *out = NULL;
-    if (!name || !*name || !handler)
+    if (!name || !*name || (!handler && !(options && options->returning_handler)))
         return ipc__fail(err, IPC_E_INVALID, 0, "ipc_server_open needs a name and a handler");
     server = (ipc_server_t *)calloc(1, sizeof *server);
     if (!server)

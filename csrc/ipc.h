@@ -192,20 +192,6 @@ enum ipc_access {
     IPC_ACCESS_WORLD = 1   /* any local user (POSIX socket mode 0666; Windows World SID) */
 };
 
-typedef struct ipc_server_options {
-    uint32_t max_clients;          /* connection slots; 0: 32 */
-    uint32_t listeners;            /* parallel pending accepts; 0: 1 */
-    uint32_t max_message;          /* largest request accepted; 0: 64 MiB */
-    uint32_t handshake_timeout_ms; /* 0: 5000 */
-    int access;                    /* enum ipc_access */
-    uint8_t handshake[IPC_HANDSHAKE_SIZE]; /* expected value; first byte 0x00 */
-    uint8_t version;               /* packet version offered; 0: IPC_PROTOCOL_VERSION */
-} ipc_server_options;
-
-/* Fills defaults: 32 clients, 1 listener, 64 MiB, user access,
- * IPC_DEFAULT_HANDSHAKE, version 1. */
-void ipc_server_options_init(ipc_server_options *options);
-
 /* Called on a connection's thread for each request (request != NULL), and
  * once more with request == NULL and size 0 after the client disconnected
  * (only for clients that completed the handshake). Several connections call
@@ -217,6 +203,36 @@ void ipc_server_options_init(ipc_server_options *options);
  * returns without doing either, the client receives an ERROR packet. */
 typedef void (*ipc_handler_fn)(void *user_data, ipc_call *call,
                                const uint8_t *request, size_t size);
+
+/* Alternative to ipc_handler_fn, for bindings whose every call into C is
+ * costly (a Python binding releases and retakes its interpreter lock around
+ * each): the handler returns its response instead of sending it, and sets
+ * *response_size. The core sends it after the handler returns, without a
+ * copy, so the bytes must stay valid until the handler's next call for the
+ * same connection (the disconnect call included). Returning NULL means the
+ * handler answered itself (ipc_call_respond / ipc_call_fail) or, if it did
+ * not, that the client gets an ERROR packet. Called with request == NULL on
+ * disconnect, like ipc_handler_fn (the return value is then ignored). */
+typedef const void *(*ipc_returning_handler_fn)(void *user_data, ipc_call *call,
+                                                const uint8_t *request, size_t size,
+                                                size_t *response_size);
+
+typedef struct ipc_server_options {
+    uint32_t max_clients;          /* connection slots; 0: 32 */
+    uint32_t listeners;            /* parallel pending accepts; 0: 1 */
+    uint32_t max_message;          /* largest request accepted; 0: 64 MiB */
+    uint32_t handshake_timeout_ms; /* 0: 5000 */
+    int access;                    /* enum ipc_access */
+    uint8_t handshake[IPC_HANDSHAKE_SIZE]; /* expected value; first byte 0x00 */
+    uint8_t version;               /* packet version offered; 0: IPC_PROTOCOL_VERSION */
+    /* If set, used instead of the handler given to ipc_server_open (which
+     * may then be NULL). */
+    ipc_returning_handler_fn returning_handler;
+} ipc_server_options;
+
+/* Fills defaults: 32 clients, 1 listener, 64 MiB, user access,
+ * IPC_DEFAULT_HANDSHAKE, version 1. */
+void ipc_server_options_init(ipc_server_options *options);
 
 /* Sends the response now (header and data in one write; data is not
  * copied). A response above the server's max_message is not sent: the

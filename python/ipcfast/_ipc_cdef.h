@@ -131,6 +131,13 @@ enum ipc_access {
     IPC_ACCESS_WORLD = 1
 };
 
+typedef void (*ipc_handler_fn)(void *user_data, ipc_call *call,
+                               const uint8_t *request, size_t size);
+
+typedef const void *(*ipc_returning_handler_fn)(void *user_data, ipc_call *call,
+                                                const uint8_t *request, size_t size,
+                                                size_t *response_size);
+
 typedef struct ipc_server_options {
     uint32_t max_clients;
     uint32_t listeners;
@@ -139,12 +146,10 @@ typedef struct ipc_server_options {
     int access;
     uint8_t handshake[8];
     uint8_t version;
+    ipc_returning_handler_fn returning_handler;
 } ipc_server_options;
 
 void ipc_server_options_init(ipc_server_options *options);
-
-typedef void (*ipc_handler_fn)(void *user_data, ipc_call *call,
-                               const uint8_t *request, size_t size);
 
 int ipc_call_respond(ipc_call *call, const void *data, size_t size, ipc_error *err);
 int ipc_call_fail(ipc_call *call, const char *message, size_t size, ipc_error *err);
@@ -205,5 +210,5 @@ ipc_receive_status_t ipc_client_receive(ipc_client_t *connection, char *output,
 
 /* ---- callbacks implemented in Python (ipcfast/_native.py) ---- */
 
-extern "Python" void _ipcfast_handler(void *, ipc_call *, const uint8_t *, size_t);
+extern "Python" const void *_ipcfast_reply(void *, ipc_call *, const uint8_t *, size_t, size_t *);
 extern "Python" void _ipcfast_log(void *, int, const char *);

@@ -2,8 +2,8 @@
 
 The hot path stays in C: a request is one ``ipc_client_request`` call with
 the GIL released (cffi releases it around every call into the library), and
-a handler call is one ``extern "Python"`` callback plus one zero-copy
-``ipc_call_respond``.
+a handler call is one ``extern "Python"`` callback that returns the response,
+which the C core then sends without a copy (the GIL is taken once per request).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import atexit
 import logging
 import os
 import threading
-from typing import Any, Optional, Set, Union
+from typing import Any, Dict, Optional, Set, Union
 
 from ._base import (
     DEFAULT_MAX_MESSAGE,
@@ -81,12 +81,12 @@ def _handler_onerror(exc_type: Any, exc: Any, tb: Any) -> None:
 
 
 @ffi.def_extern(onerror=_handler_onerror)
-def _ipcfast_handler(user_data: Any, call: Any, request: Any, size: int) -> None:
-    """C handler callback: runs the Python handler of the server in user_data."""
-    if request == _NULL:  # the client disconnected
-        return
+def _ipcfast_reply(user_data: Any, call: Any, request: Any, size: int, response_size: Any) -> Any:
+    """C handler callback: runs the Python handler of the server in user_data
+    and returns its response for the C core to send (one GIL acquisition per
+    request: no call back into C on the success path)."""
     server: NativeServer = ffi.from_handle(user_data)
-    server._handle_call(call, request, size)
+    return server._reply(call, request, size, response_size)
 
 
 # ---- server -------------------------------------------------------------------
@@ -131,12 +131,15 @@ class NativeServer(Server):
         options.handshake_timeout_ms = hs_ms
         options.access = _ACCESS[access]
         ffi.memmove(options.handshake, handshake_value(key), lib.IPC_HANDSHAKE_SIZE)
+        options.returning_handler = lib._ipcfast_reply
         self._options = options
         self._server: Any = None  # ipc_server_t *, while running
         self._handle: Any = None  # ffi.new_handle(self), while running
         self._address: Optional[str] = None
         self._lock = threading.Lock()  # start/stop
-        self._handler_threads: Set[int] = set()
+        # Connection thread ident -> the response being sent on it (see
+        # _reply); its keys are also the threads running our handler.
+        self._held: Dict[int, Any] = {}
         self._stopped_event = threading.Event()
         self._stopped_event.set()
 
@@ -160,7 +163,7 @@ class NativeServer(Server):
         return self._address
 
     def _check_not_in_handler(self, what: str) -> None:
-        if _get_ident() in self._handler_threads:
+        if _get_ident() in self._held:
             raise RuntimeError(
                 f"Server.{what}() called from inside this server's handler: that would deadlock "
                 f"(stop waits for running handlers). Call it from another thread, e.g. "
@@ -175,7 +178,7 @@ class NativeServer(Server):
             handle = ffi.new_handle(self)
             out = ffi.new("ipc_server_t **")
             err = ffi.new("ipc_error *")
-            rc = lib.ipc_server_open(out, self._name_bytes, self._options, lib._ipcfast_handler, handle, err)
+            rc = lib.ipc_server_open(out, self._name_bytes, self._options, _NULL, handle, err)
             if rc != lib.IPC_OK:
                 raise_from_error(err)
             self._handle = handle
@@ -200,27 +203,37 @@ class NativeServer(Server):
                     _running_servers.discard(self)
                 self._stopped_event.set()
 
-    # Called on a C connection thread (with the GIL) for each request.
-    def _handle_call(self, call: Any, request: Any, size: int) -> None:
+    # Called on a C connection thread (with the GIL) for each request, and
+    # with request == NULL when its client disconnected.
+    def _reply(self, call: Any, request: Any, size: int, response_size: Any) -> Any:
         ident = _get_ident()
-        threads = self._handler_threads
-        threads.add(ident)
+        held = self._held
+        if request == _NULL:
+            held.pop(ident, None)
+            return _NULL
+        # Drops the previous response of this connection: it has been sent.
+        held[ident] = None
         try:
-            data = ffi.buffer(request, size)[:]
-            try:
-                result = self._handler(data)
-                if type(result) is bytes:
-                    buf = ffi.from_buffer(result)
-                else:
-                    buf = self._as_buffer(result)
-            except BaseException as exc:
-                self._fail(call, exc)
-                return
-            rc = lib.ipc_call_respond(call, buf, len(buf), _NULL)
-            if rc != lib.IPC_OK:
-                self._respond_failed(rc, len(buf))
-        finally:
-            threads.discard(ident)
+            result = self._handler(ffi.buffer(request, size)[:])
+            buf = ffi.from_buffer(result) if type(result) is bytes else self._as_buffer(result)
+        except BaseException as exc:
+            self._fail(call, exc)
+            return _NULL
+        # The C core sends buf after we return, without a copy: keep it
+        # (and the object it points into) alive until this connection's next
+        # call. A response above max_message is refused by the core.
+        held[ident] = buf
+        size = response_size[0] = len(buf)
+        if size > self._max_message:
+            # The core refuses it and logs at ERROR; add the server's name.
+            logger.debug(
+                "server %r: the handler's response of %d bytes is above max_message (%d); "
+                "the client gets an error instead",
+                self._name,
+                size,
+                self._max_message,
+            )
+        return buf
 
     @staticmethod
     def _as_buffer(result: Any) -> Any:
@@ -243,21 +256,8 @@ class NativeServer(Server):
         message = text.encode("utf-8", "replace")
         rc = lib.ipc_call_fail(call, message, len(message), _NULL)
         if rc != lib.IPC_OK:
-            self._respond_failed(rc, len(message))
-
-    def _respond_failed(self, rc: int, size: int) -> None:
-        name = ffi.string(lib.ipc_result_name(rc)).decode("ascii", "replace")
-        if rc == lib.IPC_E_TOO_LARGE:
-            # The C core already logs this at ERROR; add the server's name.
-            logger.debug(
-                "server %r: the handler's response of %d bytes is above max_message (%d); "
-                "the client got an error instead",
-                self._name,
-                size,
-                self._max_message,
-            )
-        else:
-            logger.debug("server %r: the response was not delivered (%s)", self._name, name)
+            name = ffi.string(lib.ipc_result_name(rc)).decode("ascii", "replace")
+            logger.debug("server %r: the error was not delivered (%s)", self._name, name)
 
 
 # ---- client -------------------------------------------------------------------
