@@ -331,9 +331,9 @@ def test_running_server_needs_no_reference(
     gc.collect()
     with make_client(name) as client:
         assert client.request(b"alive") == b"alive"
-    from ipcfast._base import _backend_module
+    from ipcfast._base import _running_servers
 
-    for s in list(_backend_module(server_backend)._running_servers):
+    for s in list(_running_servers):
         if s.address == address:
             s.stop()
 

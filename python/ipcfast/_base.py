@@ -10,6 +10,7 @@ layer on the hot path.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import threading
@@ -125,6 +126,38 @@ def check_uint32(value: int, what: str, minimum: int = 1) -> int:
     return value
 
 
+# ---- running servers ------------------------------------------------------------
+
+#: Servers between start() and stop(), of every backend. Strong references:
+#: a running server must outlive the threads that call its handler.
+_running_servers: "set[Server]" = set()
+_running_lock = threading.Lock()
+
+
+def track_running(server: "Server", running: bool) -> None:
+    """Called by the backends when a server starts (True) or stops (False)."""
+    with _running_lock:
+        if running:
+            _running_servers.add(server)
+        else:
+            _running_servers.discard(server)
+
+
+def stop_running_servers() -> None:
+    """Stop every running server (at interpreter exit, before anything they
+    use is torn down)."""
+    with _running_lock:
+        servers = list(_running_servers)
+    for server in servers:
+        try:
+            server.stop()
+        except BaseException:
+            pass
+
+
+atexit.register(stop_running_servers)
+
+
 # ---- facades ----------------------------------------------------------------
 
 
@@ -155,6 +188,10 @@ class Server:
     """
 
     _stopped_event: threading.Event
+    _name: str
+    _address: Optional[str]
+    #: The backend's name ("native" or "pure"), set by each implementation.
+    backend: str = ""
 
     def __new__(cls, *args: Any, backend: str = "native", **kwargs: Any) -> "Server":
         if cls is Server:
@@ -182,9 +219,20 @@ class Server:
         raise NotImplementedError
 
     @property
+    def name(self) -> str:
+        """The name the server was created with."""
+        return self._name
+
+    @property
     def address(self) -> str:
         """The address clients reach: the socket path, or ``\\\\.\\pipe\\NAME``."""
-        raise NotImplementedError
+        if self._address is None:
+            raise RuntimeError("the server has not been started: call start() first")
+        return self._address
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<ipcfast.Server {self._name!r} {state} backend={self.backend!r}>"
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Start the server if needed and block until :meth:`stop` is called
@@ -227,6 +275,10 @@ class Client:
     requests are serialized.
     """
 
+    _name: str
+    #: The backend's name ("native" or "pure"), set by each implementation.
+    backend: str = ""
+
     def __new__(cls, *args: Any, backend: str = "native", **kwargs: Any) -> "Client":
         if cls is Client:
             cls = _backend_module(backend).ClientImpl
@@ -253,6 +305,15 @@ class Client:
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
         raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        """The name the client connected to."""
+        return self._name
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<ipcfast.Client {self._name!r} {state} backend={self.backend!r}>"
 
     def __enter__(self) -> "Client":
         return self

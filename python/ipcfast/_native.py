@@ -12,7 +12,7 @@ import atexit
 import logging
 import os
 import threading
-from typing import Any, Dict, Optional, Set, Union
+from typing import Any, Dict, Optional, Union
 
 from ._base import (
     DEFAULT_MAX_MESSAGE,
@@ -23,7 +23,9 @@ from ._base import (
     Server,
     check_uint32,
     encode_name,
+    stop_running_servers,
     timeout_ms,
+    track_running,
 )
 from ._errors import ConnectionClosed, raise_from_error
 from ._ipcfast_cffi import ffi, lib
@@ -36,10 +38,6 @@ logger = logging.getLogger("ipcfast")
 _get_ident = threading.get_ident
 _NULL = ffi.NULL
 
-#: Servers between start() and stop(). Strong references: a running server
-#: must outlive its C threads, which hold a handle to it.
-_running_servers: Set["NativeServer"] = set()
-_running_lock = threading.Lock()
 
 
 # ---- logging bridge -----------------------------------------------------------
@@ -97,6 +95,8 @@ _ACCESS = {"user": lib.IPC_ACCESS_USER, "world": lib.IPC_ACCESS_WORLD}
 class NativeServer(Server):
     """The native implementation of :class:`ipcfast.Server`."""
 
+    backend = "native"
+
     def __init__(
         self,
         name: Name,
@@ -143,24 +143,9 @@ class NativeServer(Server):
         self._stopped_event = threading.Event()
         self._stopped_event.set()
 
-    def __repr__(self) -> str:
-        state = "running" if self._server is not None else "stopped"
-        return f"<ipcfast.Server {self._name!r} {state} backend='native'>"
-
-    @property
-    def name(self) -> str:
-        """The name the server was created with."""
-        return self._name
-
     @property
     def running(self) -> bool:
         return self._server is not None
-
-    @property
-    def address(self) -> str:
-        if self._address is None:
-            raise RuntimeError("the server has not been started: call start() first")
-        return self._address
 
     def _check_not_in_handler(self, what: str) -> None:
         if _get_ident() in self._held:
@@ -185,8 +170,7 @@ class NativeServer(Server):
             self._server = out[0]
             self._address = os.fsdecode(ffi.string(lib.ipc_server_address(self._server)))
             self._stopped_event.clear()
-            with _running_lock:
-                _running_servers.add(self)
+            track_running(self, True)
 
     def stop(self) -> None:
         self._check_not_in_handler("stop")
@@ -199,8 +183,7 @@ class NativeServer(Server):
             finally:
                 self._server = None
                 self._handle = None
-                with _running_lock:
-                    _running_servers.discard(self)
+                track_running(self, False)
                 self._stopped_event.set()
 
     # Called on a C connection thread (with the GIL) for each request, and
@@ -266,6 +249,8 @@ class NativeServer(Server):
 class NativeClient(Client):
     """The native implementation of :class:`ipcfast.Client`."""
 
+    backend = "native"
+
     _client: Any = None
 
     def __init__(
@@ -297,15 +282,6 @@ class NativeClient(Client):
         if rc != lib.IPC_OK:
             raise_from_error(self._err)
         self._client = out[0]
-
-    def __repr__(self) -> str:
-        state = "closed" if self._client is None else "open"
-        return f"<ipcfast.Client {self._name!r} {state} backend='native'>"
-
-    @property
-    def name(self) -> str:
-        """The name the client connected to."""
-        return self._name
 
     @property
     def closed(self) -> bool:
@@ -362,14 +338,9 @@ ClientImpl = NativeClient
 
 
 def _shutdown() -> None:
-    """atexit: stop running servers, then detach the log callback."""
-    with _running_lock:
-        servers = list(_running_servers)
-    for server in servers:
-        try:
-            server.stop()
-        except BaseException:
-            pass
+    """atexit: stop running servers, then detach the log callback (this runs
+    before _base's own stop_running_servers, registered earlier)."""
+    stop_running_servers()
     _uninstall_log_handler()
 
 

@@ -24,7 +24,6 @@ it could not be built.
 
 from __future__ import annotations
 
-import atexit
 import collections
 import errno
 import logging
@@ -49,6 +48,7 @@ from ._base import (
     check_uint32,
     encode_name,
     timeout_ms,
+    track_running,
 )
 from ._codec import (
     HANDSHAKE_MESSAGE_SIZE,
@@ -979,13 +979,12 @@ def _handler_result(result: Any) -> memoryview:
         ) from None
 
 
-#: Servers between start() and stop(), stopped at interpreter exit.
-_running_servers: Set[PureServer] = set()
-_running_lock = threading.Lock()
 
 
 class PureServer(Server):
     """The pure-Python implementation of :class:`ipcfast.Server`."""
+
+    backend = "pure"
 
     def __init__(
         self,
@@ -1025,24 +1024,9 @@ class PureServer(Server):
         self._stopped_event = threading.Event()
         self._stopped_event.set()
 
-    def __repr__(self) -> str:
-        state = "running" if self._run is not None else "stopped"
-        return f"<ipcfast.Server {self._name!r} {state} backend='pure'>"
-
-    @property
-    def name(self) -> str:
-        """The name the server was created with."""
-        return self._name
-
     @property
     def running(self) -> bool:
         return self._run is not None
-
-    @property
-    def address(self) -> str:
-        if self._address is None:
-            raise RuntimeError("the server has not been started: call start() first")
-        return self._address
 
     def _check_not_in_handler(self, what: str) -> None:
         run = self._run
@@ -1077,8 +1061,7 @@ class PureServer(Server):
             self._run = run
             self._address = listener.path
             self._stopped_event.clear()
-            with _running_lock:
-                _running_servers.add(self)
+            track_running(self, True)
             logger.info("server listening on %s (%d slots)", listener.path, self._max_clients)
 
     def stop(self) -> None:
@@ -1091,8 +1074,7 @@ class PureServer(Server):
                 run.stop()
             finally:
                 self._run = None
-                with _running_lock:
-                    _running_servers.discard(self)
+                track_running(self, False)
                 self._stopped_event.set()
 
 
@@ -1101,6 +1083,8 @@ class PureServer(Server):
 
 class PureClient(Client):
     """The pure-Python implementation of :class:`ipcfast.Client`."""
+
+    backend = "pure"
 
     _sock: Optional[socket.socket] = None
 
@@ -1142,15 +1126,6 @@ class PureClient(Client):
             sock.close()
             raise
         self._sock = sock
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<ipcfast.Client {self._name!r} {state} backend='pure'>"
-
-    @property
-    def name(self) -> str:
-        """The name the client connected to."""
-        return self._name
 
     @property
     def closed(self) -> bool:
@@ -1408,20 +1383,3 @@ class PureClient(Client):
 
 ServerImpl = PureServer
 ClientImpl = PureClient
-
-
-# ---- process lifetime ---------------------------------------------------------------------
-
-
-def _shutdown() -> None:
-    """atexit: stop running servers (their threads are daemon threads)."""
-    with _running_lock:
-        servers = list(_running_servers)
-    for server in servers:
-        try:
-            server.stop()
-        except BaseException:
-            pass
-
-
-atexit.register(_shutdown)
