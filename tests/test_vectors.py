@@ -204,7 +204,7 @@ def test_vector_file_is_well_formed() -> None:
     for case in VECTORS["streams"]:
         assert case["end"] in VERDICTS, case
     # every byte string is hex
-    for key, cases in VECTORS.items():
+    for cases in VECTORS.values():
         if isinstance(cases, list):
             for case in cases:
                 for field in ("hex", "value", "expected", "client_value"):

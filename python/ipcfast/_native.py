@@ -43,7 +43,6 @@ _NULL = ffi.NULL
 # ---- logging bridge -----------------------------------------------------------
 
 
-@ffi.def_extern()
 def _ipcfast_log(user_data: Any, level: int, message: Any) -> None:
     """C log callback: forwards to logging.getLogger("ipcfast")."""
     try:
@@ -52,6 +51,10 @@ def _ipcfast_log(user_data: Any, level: int, message: Any) -> None:
             logger.log(level, "%s", text)
     except BaseException:  # never propagate into C
         pass
+
+
+# Registered without decorator syntax: cffi's decorators are untyped.
+ffi.def_extern(name="_ipcfast_log")(_ipcfast_log)
 
 
 def _install_log_handler() -> None:
@@ -78,13 +81,15 @@ def _handler_onerror(exc_type: Any, exc: Any, tb: Any) -> None:
         pass
 
 
-@ffi.def_extern(onerror=_handler_onerror)
 def _ipcfast_reply(user_data: Any, call: Any, request: Any, size: int, response_size: Any) -> Any:
     """C handler callback: runs the Python handler of the server in user_data
     and returns its response for the C core to send (one GIL acquisition per
     request: no call back into C on the success path)."""
     server: NativeServer = ffi.from_handle(user_data)
     return server._reply(call, request, size, response_size)
+
+
+ffi.def_extern(name="_ipcfast_reply", onerror=_handler_onerror)(_ipcfast_reply)
 
 
 # ---- server -------------------------------------------------------------------

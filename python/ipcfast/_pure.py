@@ -890,11 +890,10 @@ class _Connection:
         server = self.server
         try:
             result = server._handler(request)
-            payload = result if type(result) is bytes else _handler_result(result)
+            view = memoryview(result) if type(result) is bytes else _handler_result(result)
         except BaseException as exc:
             self.fail(exc)
             return
-        view = memoryview(payload) if type(payload) is bytes else payload
         limit = server._max_message
         if view.nbytes > limit:
             text = (

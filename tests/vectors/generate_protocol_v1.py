@@ -177,7 +177,7 @@ def build() -> dict:
 
     # ---- header encoding -----------------------------------------------------
     enc = []
-    for name, t in TYPES.items():
+    for t in TYPES.values():
         enc.append({"type": t, "length": 5, "version": 0, "hex": header(t, 5).hex()})
     for t, length, ver in [
         (1, 0, 0),
@@ -259,7 +259,10 @@ def build() -> dict:
     parse("length_2p32_minus_1", header(1, 0xFFFFFFFF), "TOO_LARGE", fields=(1, 0, 0xFFFFFFFF))
     parse("length_2p32_minus_1_extended", header(3, 0xFFFFFFFF, 1), "TOO_LARGE", fields=(3, 1, 0xFFFFFFFF))
     parse("length_2p32_minus_1_allowed", header(2, 0xFFFFFFFF), "OK", max_message=0xFFFFFFFF, fields=(2, 0, 0xFFFFFFFF))
-    parse("length_little_endian", bytes([1, 0x78, 0x56, 0x34, 0x12]), "OK", max_message=0xFFFFFFFF, fields=(1, 0, 0x12345678))
+    parse(
+        "length_little_endian", bytes([1, 0x78, 0x56, 0x34, 0x12]), "OK",
+        max_message=0xFFFFFFFF, fields=(1, 0, 0x12345678),
+    )
     parse("length_high_byte_only", bytes([1, 0, 0, 0, 0x80]), "TOO_LARGE", fields=(1, 0, 0x80000000))
     # only the header is examined: payload bytes that follow are ignored
     parse("followed_by_payload", header(2, 3) + b"abc", "OK", fields=(2, 0, 3))
