@@ -450,6 +450,13 @@ static int stream_read_packet(ipc_stream *s, uint32_t max_message, uint8_t max_v
     if (packet->verdict != IPC_VERDICT_OK)
         return ipc__fail(err, IPC_E_PROTOCOL, 0, "malformed packet header (%s, first byte 0x%02x)",
                          ipc_verdict_name(packet->verdict), s->buf[s->start]);
+    /* Where size_t is 32 bits, a length near 4 GiB would wrap the sum. */
+    if (packet->header.length > (size_t)-1 - packet->header.header_size - 1) {
+        packet->verdict = IPC_VERDICT_TOO_LARGE;
+        return ipc__fail(err, IPC_E_TOO_LARGE, 0,
+                         "a packet of %lu bytes does not fit this process's address space",
+                         (unsigned long)packet->header.length);
+    }
     total = (size_t)packet->header.header_size + packet->header.length;
     r = stream_fill(s, total, deadline, slice_ms, err);
     if (r != IPC_OK)

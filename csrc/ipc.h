@@ -200,7 +200,9 @@ enum ipc_access {
  * as C strings.
  *
  * The handler answers with ipc_call_respond() or ipc_call_fail(); if it
- * returns without doing either, the client receives an ERROR packet. */
+ * returns without doing either, the client receives an ERROR packet. The
+ * call is only valid until the handler returns (answer from the handler's
+ * thread, before returning). */
 typedef void (*ipc_handler_fn)(void *user_data, ipc_call *call,
                                const uint8_t *request, size_t size);
 
