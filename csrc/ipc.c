@@ -521,6 +521,13 @@ struct ipc_server_t {
     ipc_plat_cond *changed;   /* a slot changed state, or stopping was set */
     ipc_slot *slots;
     int stopping;
+
+    /* MANUAL dispatch: calls waiting for ipc_server_next_call, oldest
+     * first, guarded by lock; `ready` is set while the queue is not empty. */
+    ipc_call *queue_head;
+    ipc_call *queue_tail;
+    ipc_plat_cond *queued;
+    ipc_plat_ready *ready;
 };
 
 /* State of one connection, owned by its thread. */
@@ -533,11 +540,18 @@ typedef struct ipc_connection {
     size_t scratch_capacity;
     int write_failed;
     int refused;               /* closed for a bad packet: do not drain */
+    ipc_plat_cond *done;       /* MANUAL dispatch: our queued call finished */
 } ipc_connection;
 
 struct ipc_call {
     ipc_connection *connection;
     int answered;
+    /* MANUAL dispatch only; guarded by the server's lock. */
+    ipc_call *next;
+    const uint8_t *request;
+    size_t size;
+    int finished;
+    int abandoned;             /* finished by stop, unanswered */
 };
 
 static void fill_server_defaults(ipc_server_options *o)
@@ -738,6 +752,33 @@ static void refuse_packet(ipc_connection *c, const ipc_packet *p, int r, const i
     free(text);
 }
 
+/* MANUAL dispatch: hands the call to ipc_server_next_call and waits until
+ * ipc_call_finish (or stop) ends it. 0 if stop ended it unanswered. */
+static int queue_and_wait(ipc_connection *c, ipc_call *call)
+{
+    ipc_server_t *server = c->server;
+    int handled;
+
+    ipc_plat_mutex_lock(server->lock);
+    if (server->stopping) {
+        ipc_plat_mutex_unlock(server->lock);
+        return 0;
+    }
+    if (server->queue_tail) {
+        server->queue_tail->next = call;
+    } else {
+        server->queue_head = call;
+        ipc_plat_ready_set(server->ready);
+    }
+    server->queue_tail = call;
+    ipc_plat_cond_broadcast(server->queued);
+    while (!call->finished)
+        ipc_plat_cond_wait(c->done, server->lock, -1);
+    handled = !call->abandoned;
+    ipc_plat_mutex_unlock(server->lock);
+    return handled;
+}
+
 static void serve_requests(ipc_connection *c)
 {
     ipc_server_t *server = c->server;
@@ -765,9 +806,14 @@ static void serve_requests(ipc_connection *c)
             refuse_packet(c, &packet, IPC_E_INVALID, &err);
             break;
         }
+        memset(&call, 0, sizeof call);
         call.connection = c;
-        call.answered = 0;
-        if (server->options.returning_handler) {
+        if (server->options.dispatch == IPC_DISPATCH_MANUAL) {
+            call.request = packet.payload;
+            call.size = packet.header.length;
+            if (!queue_and_wait(c, &call))
+                break;   /* the server is stopping */
+        } else if (server->options.returning_handler) {
             size_t size = 0;
             const void *response = server->options.returning_handler(
                 server->user_data, &call, packet.payload, packet.header.length, &size);
@@ -803,14 +849,27 @@ static void connection_main(void *arg)
     ipc_plat_mutex_unlock(server->lock);
     c.stream.conn = conn;
 
-    if (server_handshake(&c) == IPC_OK) {
+    if (server->options.dispatch == IPC_DISPATCH_MANUAL) {
+        ipc_error err = {0};
+
+        if (ipc_plat_cond_create(&c.done, &err) != IPC_OK) {
+            ipc__log(IPC_LOG_ERROR, "[slot %u] dropped a client: %s", (unsigned)slot->index,
+                     err.message ? err.message : "no condition variable");
+            ipc_error_clear(&err);
+            c.refused = 1;
+        }
+    }
+    if (!c.refused && server_handshake(&c) == IPC_OK) {
         ipc_call farewell;
 
         serve_requests(&c);
         /* Tell the handler the client is gone; answering is refused. */
+        memset(&farewell, 0, sizeof farewell);
         farewell.connection = &c;
         farewell.answered = 1;
-        if (server->options.returning_handler) {
+        if (server->options.dispatch == IPC_DISPATCH_MANUAL) {
+            /* no handler to tell */
+        } else if (server->options.returning_handler) {
             size_t ignored = 0;
 
             server->options.returning_handler(server->user_data, &farewell, NULL, 0, &ignored);
@@ -820,6 +879,8 @@ static void connection_main(void *arg)
     }
     stream_free(&c.stream);
     free(c.scratch);
+    if (c.done)
+        ipc_plat_cond_destroy(c.done);
 
     /* Drain while stop can still cut it short (a client that never reads
      * must not hold the server). Once conn is detached, stop no longer
@@ -958,6 +1019,9 @@ static int validate_server_options(const ipc_server_options *o, ipc_error *err)
     if (o->max_clients > 4096)
         return ipc__fail(err, IPC_E_INVALID, 0, "max_clients %lu is above the limit of 4096",
                          (unsigned long)o->max_clients);
+    if (o->dispatch != IPC_DISPATCH_THREAD && o->dispatch != IPC_DISPATCH_MANUAL)
+        return ipc__fail(err, IPC_E_INVALID, 0, "dispatch must be IPC_DISPATCH_THREAD or "
+                         "IPC_DISPATCH_MANUAL, not %d", o->dispatch);
     if (o->listeners > o->max_clients)
         return ipc__fail(err, IPC_E_INVALID, 0,
                          "listeners (%lu) cannot exceed max_clients (%lu)",
@@ -981,6 +1045,9 @@ static void server_free(ipc_server_t *server)
         ipc_plat_listener_close(server->listener);
     if (server->changed)
         ipc_plat_cond_destroy(server->changed);
+    if (server->queued)
+        ipc_plat_cond_destroy(server->queued);
+    ipc_plat_ready_destroy(server->ready);
     if (server->lock)
         ipc_plat_mutex_destroy(server->lock);
     free(server->slots);
@@ -995,7 +1062,9 @@ static int server_create(ipc_server_t **out, const char *name, const ipc_server_
     int r;
 
     *out = NULL;
-    if (!name || !*name || (!handler && !(options && options->returning_handler)))
+    if (!name || !*name ||
+        (!handler && !(options && (options->returning_handler ||
+                                    options->dispatch == IPC_DISPATCH_MANUAL))))
         return ipc__fail(err, IPC_E_INVALID, 0, "ipc_server_open needs a name and a handler");
     server = (ipc_server_t *)calloc(1, sizeof *server);
     if (!server)
@@ -1022,6 +1091,11 @@ static int server_create(ipc_server_t **out, const char *name, const ipc_server_
     r = ipc_plat_mutex_create(&server->lock, err);
     if (r == IPC_OK)
         r = ipc_plat_cond_create(&server->changed, err);
+    if (r == IPC_OK && server->options.dispatch == IPC_DISPATCH_MANUAL) {
+        r = ipc_plat_cond_create(&server->queued, err);
+        if (r == IPC_OK)
+            r = ipc_plat_ready_create(&server->ready, err);
+    }
     if (r != IPC_OK)
         goto fail;
     *out = server;
@@ -1111,6 +1185,71 @@ const char *ipc_server_address(const ipc_server_t *server)
     return server && server->listener ? ipc_plat_listener_address(server->listener) : "";
 }
 
+int ipc_server_next_call(ipc_server_t *server, ipc_call **call, const uint8_t **request,
+                         size_t *size, int timeout_ms, ipc_error *err)
+{
+    int64_t deadline = timeout_ms < 0 ? -1 : ipc_plat_now_ms() + timeout_ms;
+    ipc_call *taken;
+
+    if (!server || !call || !request || !size)
+        return ipc__fail(err, IPC_E_INVALID, 0, "ipc_server_next_call: NULL argument");
+    *call = NULL;
+    if (server->options.dispatch != IPC_DISPATCH_MANUAL)
+        return ipc__fail(err, IPC_E_INVALID, 0, "the server does not use manual dispatch");
+    ipc_plat_mutex_lock(server->lock);
+    while (!server->queue_head && !server->stopping) {
+        int wait = remaining_ms(deadline);
+
+        if (wait == 0)
+            break;
+        ipc_plat_cond_wait(server->queued, server->lock, wait);
+    }
+    if (server->stopping) {
+        ipc_plat_mutex_unlock(server->lock);
+        return ipc__fail(err, IPC_E_CLOSED, 0, "the server is stopping");
+    }
+    taken = server->queue_head;
+    if (!taken) {
+        ipc_plat_mutex_unlock(server->lock);
+        return ipc__fail(err, IPC_E_TIMEOUT, 0, "no request is pending");
+    }
+    server->queue_head = taken->next;
+    if (!server->queue_head) {
+        server->queue_tail = NULL;
+        ipc_plat_ready_clear(server->ready);
+    }
+    taken->next = NULL;
+    ipc_plat_mutex_unlock(server->lock);
+    *call = taken;
+    *request = taken->request;
+    *size = taken->size;
+    return IPC_OK;
+}
+
+void ipc_call_finish(ipc_call *call)
+{
+    ipc_connection *c;
+
+    if (!call)
+        return;
+    c = call->connection;
+    if (!call->answered) {
+        static const char text[] = "the application finished the request without answering it";
+
+        ipc__log(IPC_LOG_ERROR, "[slot %u] %s", (unsigned)c->slot->index, text);
+        send_on_call(call, IPC_PACKET_ERROR, text, sizeof text - 1, NULL);
+    }
+    ipc_plat_mutex_lock(c->server->lock);
+    call->finished = 1;
+    ipc_plat_cond_broadcast(c->done);
+    ipc_plat_mutex_unlock(c->server->lock);
+}
+
+intptr_t ipc_server_ready_handle(const ipc_server_t *server)
+{
+    return server && server->ready ? ipc_plat_ready_handle(server->ready) : -1;
+}
+
 static int count_running(ipc_server_t *server)
 {
     int running = 0;
@@ -1146,6 +1285,39 @@ static int called_from_server_thread(ipc_server_t *server)
     return inside;
 }
 
+/* MANUAL dispatch, on stop: calls nobody has taken yet end unanswered
+ * (their clients see the connection closed), and next_call waiters wake.
+ * Caller holds the lock. */
+static void abandon_queued_calls(ipc_server_t *server)
+{
+    ipc_call *call = server->queue_head;
+
+    if (server->options.dispatch != IPC_DISPATCH_MANUAL)
+        return;
+    while (call) {
+        ipc_call *next = call->next;
+
+        call->finished = 1;
+        call->abandoned = 1;
+        ipc_plat_cond_broadcast(call->connection->done);
+        call = next;
+    }
+    server->queue_head = server->queue_tail = NULL;
+    ipc_plat_ready_clear(server->ready);
+    ipc_plat_cond_broadcast(server->queued);
+}
+
+void ipc_server_interrupt(ipc_server_t *server)
+{
+    if (!server)
+        return;
+    ipc_plat_mutex_lock(server->lock);
+    server->stopping = 1;
+    ipc_plat_cond_broadcast(server->changed);
+    abandon_queued_calls(server);
+    ipc_plat_mutex_unlock(server->lock);
+}
+
 void ipc_server_stop(ipc_server_t *server)
 {
     int64_t grace_end;
@@ -1161,6 +1333,7 @@ void ipc_server_stop(ipc_server_t *server)
     ipc_plat_mutex_lock(server->lock);
     server->stopping = 1;
     ipc_plat_cond_broadcast(server->changed);
+    abandon_queued_calls(server);
     interrupt_connections(server, 0);
     ipc_plat_mutex_unlock(server->lock);
 

@@ -219,6 +219,18 @@ typedef const void *(*ipc_returning_handler_fn)(void *user_data, ipc_call *call,
                                                 const uint8_t *request, size_t size,
                                                 size_t *response_size);
 
+/* Where requests are handled. THREAD: the handler runs on the connection's
+ * thread as soon as a request is complete (several at once). MANUAL: the
+ * connection threads receive and frame requests and queue them; the
+ * application takes them with ipc_server_next_call on a thread of its
+ * choosing (a game's or GUI's main loop) and answers them there. In MANUAL
+ * mode no handler is called (disconnects are not reported) and the handler
+ * given to ipc_server_open may be NULL. */
+enum ipc_dispatch {
+    IPC_DISPATCH_THREAD = 0,
+    IPC_DISPATCH_MANUAL = 1
+};
+
 typedef struct ipc_server_options {
     uint32_t max_clients;          /* connection slots; 0: 32 */
     uint32_t listeners;            /* parallel pending accepts; 0: 1 */
@@ -230,6 +242,7 @@ typedef struct ipc_server_options {
     /* If set, used instead of the handler given to ipc_server_open (which
      * may then be NULL). */
     ipc_returning_handler_fn returning_handler;
+    int dispatch;                  /* enum ipc_dispatch; 0: IPC_DISPATCH_THREAD */
 } ipc_server_options;
 
 /* Fills defaults: 32 clients, 1 listener, 64 MiB, user access,
@@ -269,6 +282,33 @@ int ipc_server_open(ipc_server_t **server, const char *name,
 
 /* The address clients reach: the socket path, or \\.\pipe\NAME. */
 const char *ipc_server_address(const ipc_server_t *server);
+
+/* MANUAL dispatch: takes the oldest pending request, waiting up to
+ * timeout_ms for one (0: do not wait; < 0: no limit). IPC_OK: *call,
+ * *request and *size describe it (request NUL-terminated as for handlers);
+ * answer with ipc_call_respond / ipc_call_fail, then always end it with
+ * ipc_call_finish. IPC_E_TIMEOUT: nothing pending. IPC_E_CLOSED: the server
+ * is stopping. IPC_E_INVALID: the server does not use MANUAL dispatch. */
+int ipc_server_next_call(ipc_server_t *server, ipc_call **call, const uint8_t **request,
+                         size_t *size, int timeout_ms, ipc_error *err);
+
+/* Begins stopping without freeing: stops taking requests and wakes every
+ * ipc_server_next_call waiter (they return IPC_E_CLOSED), so threads that
+ * dispatch can leave before ipc_server_stop frees the server. Optional;
+ * idempotent. */
+void ipc_server_interrupt(ipc_server_t *server);
+
+/* MANUAL dispatch: ends a call from ipc_server_next_call (the client gets an
+ * ERROR packet if it was not answered) and hands the connection back to its
+ * thread. The call and its request are invalid afterwards. Do not stop the
+ * server while holding an unfinished call on the same thread. */
+void ipc_call_finish(ipc_call *call);
+
+/* MANUAL dispatch: something to wait on in an event loop, ready while
+ * requests are pending: a file descriptor that polls readable (POSIX) or an
+ * event HANDLE that is signaled (Windows). -1 for THREAD dispatch. Do not
+ * read from it or reset it: ipc_server_next_call does. */
+intptr_t ipc_server_ready_handle(const ipc_server_t *server);
 
 /* Stops and frees a server (from ipc_server_open or ipc_server_start):
  * stops accepting, wakes every blocked read at once, lets handlers that are

@@ -77,6 +77,19 @@ void ipc_plat_sleep_ms(int ms);
 void ipc_plat_global_lock(void);
 void ipc_plat_global_unlock(void);
 
+/* ---- readiness signal (manual dispatch) ---------------------------------- */
+
+/* A level-triggered "requests are pending" flag that an event loop can wait
+ * on (POSIX: a pipe's read end; Windows: a manual-reset event). ipc.c calls
+ * set and clear only on transitions, under its own lock. */
+typedef struct ipc_plat_ready ipc_plat_ready;
+
+int ipc_plat_ready_create(ipc_plat_ready **ready, ipc_error *err);
+void ipc_plat_ready_destroy(ipc_plat_ready *ready);
+void ipc_plat_ready_set(ipc_plat_ready *ready);
+void ipc_plat_ready_clear(ipc_plat_ready *ready);
+intptr_t ipc_plat_ready_handle(const ipc_plat_ready *ready);
+
 /* ---- listening --------------------------------------------------------- */
 
 typedef struct ipc_plat_listener ipc_plat_listener;

@@ -320,6 +320,63 @@ static void close_quietly(int fd)
 }
 
 /* ======================================================================
+ * Readiness signal: a pipe whose read end polls readable while set
+ * ====================================================================== */
+
+struct ipc_plat_ready {
+    int pipe[2];
+};
+
+static int open_wake_pipe(int wake[2], ipc_error *err);
+
+int ipc_plat_ready_create(ipc_plat_ready **out, ipc_error *err)
+{
+    ipc_plat_ready *ready = (ipc_plat_ready *)malloc(sizeof *ready);
+    int r;
+
+    *out = NULL;
+    if (!ready)
+        return ipc__fail(err, IPC_E_NO_MEMORY, 0, "out of memory for a readiness signal");
+    r = open_wake_pipe(ready->pipe, err);
+    if (r != IPC_OK) {
+        free(ready);
+        return r;
+    }
+    *out = ready;
+    return IPC_OK;
+}
+
+void ipc_plat_ready_destroy(ipc_plat_ready *ready)
+{
+    if (!ready)
+        return;
+    close_quietly(ready->pipe[0]);
+    close_quietly(ready->pipe[1]);
+    free(ready);
+}
+
+void ipc_plat_ready_set(ipc_plat_ready *ready)
+{
+    char byte = 1;
+    ssize_t ignored = write(ready->pipe[1], &byte, 1);
+
+    (void)ignored;   /* a full pipe is readable already */
+}
+
+void ipc_plat_ready_clear(ipc_plat_ready *ready)
+{
+    char drain[64];
+
+    while (read(ready->pipe[0], drain, sizeof drain) > 0) {
+    }
+}
+
+intptr_t ipc_plat_ready_handle(const ipc_plat_ready *ready)
+{
+    return (intptr_t)ready->pipe[0];
+}
+
+/* ======================================================================
  * Names: plain names live in a private per-user directory
  * ====================================================================== */
 

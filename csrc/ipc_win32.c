@@ -241,6 +241,55 @@ void ipc_plat_cond_broadcast(ipc_plat_cond *c)
 }
 
 /* ======================================================================
+ * Readiness signal: a manual-reset event
+ * ====================================================================== */
+
+struct ipc_plat_ready {
+    HANDLE event;
+};
+
+int ipc_plat_ready_create(ipc_plat_ready **out, ipc_error *err)
+{
+    ipc_plat_ready *ready = (ipc_plat_ready *)malloc(sizeof *ready);
+
+    *out = NULL;
+    if (!ready)
+        return ipc__fail(err, IPC_E_NO_MEMORY, 0, "out of memory for a readiness signal");
+    ready->event = CreateEventW(NULL, TRUE, FALSE, NULL);
+    if (!ready->event) {
+        DWORD e = GetLastError();
+
+        free(ready);
+        return fail_win(err, e, "CreateEvent");
+    }
+    *out = ready;
+    return IPC_OK;
+}
+
+void ipc_plat_ready_destroy(ipc_plat_ready *ready)
+{
+    if (!ready)
+        return;
+    CloseHandle(ready->event);
+    free(ready);
+}
+
+void ipc_plat_ready_set(ipc_plat_ready *ready)
+{
+    SetEvent(ready->event);
+}
+
+void ipc_plat_ready_clear(ipc_plat_ready *ready)
+{
+    ResetEvent(ready->event);
+}
+
+intptr_t ipc_plat_ready_handle(const ipc_plat_ready *ready)
+{
+    return (intptr_t)ready->event;
+}
+
+/* ======================================================================
  * Names and security
  * ====================================================================== */
 

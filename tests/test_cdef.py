@@ -34,6 +34,7 @@ typedef int int8_t;
 typedef int int16_t;
 typedef int int32_t;
 typedef int int64_t;
+typedef int intptr_t;
 """
 PRELUDE_NAMES = set(re.findall(r"typedef int (\w+);", PRELUDE))
 

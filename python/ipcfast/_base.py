@@ -165,7 +165,8 @@ class Server:
     """A request/response server.
 
     ``Server(name, handler, *, key=None, max_clients=32, max_message=64 MiB,
-    access="user", listeners=1, handshake_timeout=5.0, backend="native")``
+    access="user", listeners=1, handshake_timeout=5.0, dispatch="thread",
+    backend="native")``
 
     * ``name``: a plain name (POSIX: a socket in a private per-user
       directory; Windows: ``\\\\.\\pipe\\NAME``), or on POSIX a socket path
@@ -181,6 +182,11 @@ class Server:
     * ``listeners``: parallel pending accepts.
     * ``handshake_timeout``: seconds a connecting client has to send its
       handshake.
+    * ``dispatch``: ``"thread"`` (default) runs the handler on the
+      connection threads as requests arrive; ``"manual"`` queues complete
+      requests (received and framed without the GIL) until the application
+      calls :meth:`dispatch` from its own loop, which runs the handler on
+      that thread. :meth:`fileno` is ready while requests are pending.
 
     The server runs from :meth:`start` (or entering ``with``) until
     :meth:`stop` (or leaving ``with``), even if no reference to it is kept.
@@ -188,6 +194,7 @@ class Server:
     """
 
     _stopped_event: threading.Event
+    _manual: bool
     _name: str
     _address: Optional[str]
     #: The backend's name ("native" or "pure"), set by each implementation.
@@ -234,15 +241,38 @@ class Server:
         state = "running" if self.running else "stopped"
         return f"<ipcfast.Server {self._name!r} {state} backend={self.backend!r}>"
 
+    def dispatch(self, timeout: Optional[float] = 0.0) -> int:
+        """``dispatch="manual"``: run the handler on this thread for every
+        pending request and send the answers; returns how many. Waits up to
+        ``timeout`` seconds for the first (0: not at all; None: until one
+        comes or the server stops)."""
+        raise NotImplementedError
+
+    def fileno(self) -> int:
+        """``dispatch="manual"``: a descriptor (Windows: an event handle)
+        that is ready while requests are pending, for select/selectors."""
+        raise NotImplementedError
+
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Start the server if needed and block until :meth:`stop` is called
-        from another thread. On KeyboardInterrupt the server is stopped and
-        the KeyboardInterrupt is re-raised."""
+        from another thread (with ``dispatch="manual"``, handling requests on
+        this thread meanwhile). On KeyboardInterrupt the server is stopped
+        and the KeyboardInterrupt is re-raised."""
         if not self.running:
             self.start()
         try:
-            while not self._stopped_event.wait(poll_interval):
-                pass
+            while not self._stopped_event.is_set():
+                if not self._manual:
+                    self._stopped_event.wait(poll_interval)
+                    continue
+                try:
+                    if self.dispatch(poll_interval) == 0:
+                        # Nothing came, or the server is stopping: either
+                        # way, do not spin.
+                        self._stopped_event.wait(0.001)
+                except RuntimeError:
+                    if self.running:
+                        raise
         except KeyboardInterrupt:
             self.stop()
             raise

@@ -138,6 +138,11 @@ typedef const void *(*ipc_returning_handler_fn)(void *user_data, ipc_call *call,
                                                 const uint8_t *request, size_t size,
                                                 size_t *response_size);
 
+enum ipc_dispatch {
+    IPC_DISPATCH_THREAD = 0,
+    IPC_DISPATCH_MANUAL = 1
+};
+
 typedef struct ipc_server_options {
     uint32_t max_clients;
     uint32_t listeners;
@@ -147,6 +152,7 @@ typedef struct ipc_server_options {
     uint8_t handshake[8];
     uint8_t version;
     ipc_returning_handler_fn returning_handler;
+    int dispatch;
 } ipc_server_options;
 
 void ipc_server_options_init(ipc_server_options *options);
@@ -160,6 +166,11 @@ int ipc_server_open(ipc_server_t **server, const char *name,
                     const ipc_server_options *options, ipc_handler_fn handler,
                     void *user_data, ipc_error *err);
 const char *ipc_server_address(const ipc_server_t *server);
+int ipc_server_next_call(ipc_server_t *server, ipc_call **call, const uint8_t **request,
+                         size_t *size, int timeout_ms, ipc_error *err);
+void ipc_server_interrupt(ipc_server_t *server);
+void ipc_call_finish(ipc_call *call);
+intptr_t ipc_server_ready_handle(const ipc_server_t *server);
 void ipc_server_stop(ipc_server_t *server);
 
 /* ---- client ---- */

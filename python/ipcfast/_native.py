@@ -95,6 +95,7 @@ ffi.def_extern(name="_ipcfast_reply", onerror=_handler_onerror)(_ipcfast_reply)
 # ---- server -------------------------------------------------------------------
 
 _ACCESS = {"user": lib.IPC_ACCESS_USER, "world": lib.IPC_ACCESS_WORLD}
+_DISPATCH = {"thread": lib.IPC_DISPATCH_THREAD, "manual": lib.IPC_DISPATCH_MANUAL}
 
 
 class NativeServer(Server):
@@ -113,10 +114,13 @@ class NativeServer(Server):
         access: str = "user",
         listeners: int = 1,
         handshake_timeout: float = 5.0,
+        dispatch: str = "thread",
         backend: str = "native",
     ) -> None:
         if backend != "native":
             raise ValueError(f"NativeServer needs backend='native', got {backend!r}")
+        if dispatch not in _DISPATCH:
+            raise ValueError(f"dispatch must be 'thread' or 'manual', got {dispatch!r}")
         if not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
         if access not in _ACCESS:
@@ -136,8 +140,16 @@ class NativeServer(Server):
         options.handshake_timeout_ms = hs_ms
         options.access = _ACCESS[access]
         ffi.memmove(options.handshake, handshake_value(key), lib.IPC_HANDSHAKE_SIZE)
-        options.returning_handler = lib._ipcfast_reply
+        options.dispatch = _DISPATCH[dispatch]
+        if dispatch == "thread":
+            options.returning_handler = lib._ipcfast_reply
+        self._manual = dispatch == "manual"
         self._options = options
+        # Manual dispatch: threads inside dispatch(); stop() waits for them
+        # to leave before the C server is freed.
+        self._dispatching: Dict[int, int] = {}
+        self._stopping = False
+        self._dispatch_idle = threading.Condition(threading.Lock())
         self._server: Any = None  # ipc_server_t *, while running
         self._handle: Any = None  # ffi.new_handle(self), while running
         self._address: Optional[str] = None
@@ -153,7 +165,7 @@ class NativeServer(Server):
         return self._server is not None
 
     def _check_not_in_handler(self, what: str) -> None:
-        if _get_ident() in self._held:
+        if _get_ident() in self._held or _get_ident() in self._dispatching:
             raise RuntimeError(
                 f"Server.{what}() called from inside this server's handler: that would deadlock "
                 f"(stop waits for running handlers). Call it from another thread, e.g. "
@@ -184,12 +196,83 @@ class NativeServer(Server):
             if server is None:
                 return
             try:
+                if self._manual:
+                    self._wait_for_dispatchers(server)
                 lib.ipc_server_stop(server)  # GIL released; joins every C thread
             finally:
                 self._server = None
                 self._handle = None
+                self._stopping = False
                 track_running(self, False)
                 self._stopped_event.set()
+
+    def _wait_for_dispatchers(self, server: Any) -> None:
+        # Wake dispatch() calls waiting in C, then let them return before
+        # the server they use is freed.
+        with self._dispatch_idle:
+            self._stopping = True
+        lib.ipc_server_interrupt(server)
+        with self._dispatch_idle:
+            while self._dispatching:
+                self._dispatch_idle.wait()
+
+    def fileno(self) -> int:
+        """Manual dispatch: a descriptor (Windows: an event handle) that is
+        ready while requests are pending, for select/selectors/poll or an
+        event loop's add_reader. Call :meth:`dispatch` when it is."""
+        server = self._running_manual("fileno")
+        return int(lib.ipc_server_ready_handle(server))
+
+    def dispatch(self, timeout: Optional[float] = 0.0) -> int:
+        """Manual dispatch: run the handler, on this thread, for every
+        pending request and send the answers; returns how many were handled.
+        Waits up to ``timeout`` seconds for the first one (0: not at all;
+        None: until one comes or the server stops)."""
+        server = self._running_manual("dispatch")
+        ident = _get_ident()
+        with self._dispatch_idle:
+            if self._stopping:
+                return 0  # stop() is waiting for dispatchers to leave
+            self._dispatching[ident] = self._dispatching.get(ident, 0) + 1
+        call_p = ffi.new("ipc_call **")
+        request_p = ffi.new("const uint8_t **")
+        size_p = ffi.new("size_t *")
+        wait = timeout_ms(timeout)
+        handled = 0
+        try:
+            while lib.ipc_server_next_call(server, call_p, request_p, size_p, wait, _NULL) == lib.IPC_OK:
+                call = call_p[0]
+                try:
+                    self._answer(call, request_p[0], size_p[0])
+                finally:
+                    lib.ipc_call_finish(call)
+                handled += 1
+                wait = 0
+        finally:
+            with self._dispatch_idle:
+                count = self._dispatching.pop(ident) - 1
+                if count:
+                    self._dispatching[ident] = count
+                self._dispatch_idle.notify_all()
+        return handled
+
+    def _running_manual(self, what: str) -> Any:
+        if not self._manual:
+            raise RuntimeError(f"Server.{what}() needs Server(..., dispatch='manual')")
+        server = self._server
+        if server is None:
+            raise RuntimeError(f"server {self._name!r} is not running: call start() first")
+        return server
+
+    # Manual dispatch: answer one call on the dispatching thread.
+    def _answer(self, call: Any, request: Any, size: int) -> None:
+        try:
+            result = self._handler(ffi.buffer(request, size)[:])
+            buf = ffi.from_buffer(result) if type(result) is bytes else self._as_buffer(result)
+        except BaseException as exc:
+            self._fail(call, exc)
+            return
+        lib.ipc_call_respond(call, buf, len(buf), _NULL)
 
     # Called on a C connection thread (with the GIL) for each request, and
     # with request == NULL when its client disconnected.

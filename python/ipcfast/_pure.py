@@ -36,7 +36,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Deque, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from ._base import (
     DEFAULT_MAX_MESSAGE,
@@ -592,6 +592,74 @@ class _Run:
         self.hard = threading.Event()  # set when stop stops waiting for handlers
         self.listener_threads: List[threading.Thread] = []
         self.thread_idents: Set[int] = set()  # connection threads (stop/start from a handler)
+        # Manual dispatch (all guarded by cond): requests waiting for
+        # dispatch(), oldest first; a pipe readable while there are some;
+        # threads inside dispatch(), which stop() waits for.
+        self.queue: Deque[_Pending] = collections.deque()
+        self.ready: Optional[Tuple[int, int]] = None
+        self.dispatchers: Dict[int, int] = {}
+        if server._manual:
+            read_end, write_end = os.pipe()
+            os.set_blocking(read_end, False)
+            os.set_blocking(write_end, False)
+            self.ready = (read_end, write_end)
+
+    # -- manual dispatch --
+
+    def queue_and_wait(self, conn: "_Connection", request: bytes) -> bool:
+        """Hands a request to dispatch() and waits until it is answered;
+        False if stop ended it unanswered."""
+        item = _Pending(conn, request)
+        with self.cond:
+            if self.stopping:
+                return False
+            self.queue.append(item)
+            if len(self.queue) == 1 and self.ready is not None:
+                os.write(self.ready[1], b"\x01")
+            self.cond.notify_all()
+            while not item.finished:
+                self.cond.wait()
+        return not item.abandoned
+
+    def take(self, timeout: Optional[float]) -> Optional["_Pending"]:
+        """The oldest pending request, waiting up to timeout (None: no
+        limit); None on timeout or once stopping."""
+        deadline = None if timeout is None else _monotonic() + timeout
+        with self.cond:
+            while not self.queue and not self.stopping:
+                left = None if deadline is None else deadline - _monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self.cond.wait(left)
+            if self.stopping:
+                return None
+            item = self.queue.popleft()
+            if not self.queue:
+                self._clear_ready()
+            return item
+
+    def finish(self, item: "_Pending", abandoned: bool = False) -> None:
+        with self.cond:
+            item.finished = True
+            item.abandoned = abandoned
+            self.cond.notify_all()
+
+    def _clear_ready(self) -> None:
+        if self.ready is not None:
+            try:
+                while os.read(self.ready[0], 64):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def abandon_queued(self) -> None:
+        """On stop: requests nobody took end unanswered (their clients see
+        the connection closed). Caller holds cond."""
+        while self.queue:
+            item = self.queue.popleft()
+            item.finished = item.abandoned = True
+        self._clear_ready()
+        self.cond.notify_all()
 
     # -- listener threads --
 
@@ -742,8 +810,11 @@ class _Run:
     def stop(self) -> None:
         with self.cond:
             self.stopping = True
+            self.abandon_queued()
             self.cond.notify_all()
             self.interrupt_connections(hard=False)
+            while self.dispatchers:  # dispatch() calls leave on stopping
+                self.cond.wait()
         self.stop_listeners()
         grace_end = _monotonic() + STOP_GRACE
         with self.cond:
@@ -763,7 +834,22 @@ class _Run:
                 slot.state = _SLOT_FREE
         address = self.listener.path
         self.listener.close()
+        if self.ready is not None:
+            os.close(self.ready[0])
+            os.close(self.ready[1])
         logger.info("server on %s stopped", address)
+
+
+class _Pending:
+    """Manual dispatch: a request waiting for (or in) dispatch()."""
+
+    __slots__ = ("conn", "request", "finished", "abandoned")
+
+    def __init__(self, conn: "_Connection", request: bytes) -> None:
+        self.conn = conn
+        self.request = request
+        self.finished = False
+        self.abandoned = False
 
 
 class _Connection:
@@ -882,7 +968,11 @@ class _Connection:
             if packet.type != PacketType.REQUEST:
                 self.refuse(decoder, wrong_type=packet.type)
                 return
-            self.handle(packet.payload)
+            if server._manual:
+                if not run.queue_and_wait(self, packet.payload):
+                    return  # the server is stopping
+            else:
+                self.handle(packet.payload)
             if self.write_failed:
                 return
 
@@ -996,10 +1086,14 @@ class PureServer(Server):
         access: str = "user",
         listeners: int = 1,
         handshake_timeout: float = 5.0,
+        dispatch: str = "thread",
         backend: str = "pure",
     ) -> None:
         if backend != "pure":
             raise ValueError(f"PureServer needs backend='pure', got {backend!r}")
+        if dispatch not in ("thread", "manual"):
+            raise ValueError(f"dispatch must be 'thread' or 'manual', got {dispatch!r}")
+        self._manual = dispatch == "manual"
         _require_posix()
         if not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
@@ -1027,9 +1121,56 @@ class PureServer(Server):
     def running(self) -> bool:
         return self._run is not None
 
+    def fileno(self) -> int:
+        """Manual dispatch: a descriptor that polls readable while requests
+        are pending. Call :meth:`dispatch` when it does."""
+        run = self._running_manual("fileno")
+        assert run.ready is not None
+        return run.ready[0]
+
+    def dispatch(self, timeout: Optional[float] = 0.0) -> int:
+        """Manual dispatch: run the handler, on this thread, for every
+        pending request and send the answers; returns how many were handled.
+        Waits up to ``timeout`` seconds for the first one (0: not at all;
+        None: until one comes or the server stops)."""
+        run = self._running_manual("dispatch")
+        ident = _get_ident()
+        with run.cond:
+            if run.stopping:
+                return 0  # stop() is waiting for dispatchers to leave
+            run.dispatchers[ident] = run.dispatchers.get(ident, 0) + 1
+        handled = 0
+        wait = None if timeout is None else max(0.0, float(timeout))
+        try:
+            while True:
+                item = run.take(wait)
+                if item is None:
+                    break
+                try:
+                    item.conn.handle(item.request)
+                finally:
+                    run.finish(item)
+                handled += 1
+                wait = 0.0
+        finally:
+            with run.cond:
+                count = run.dispatchers.pop(ident) - 1
+                if count:
+                    run.dispatchers[ident] = count
+                run.cond.notify_all()
+        return handled
+
+    def _running_manual(self, what: str) -> _Run:
+        if not self._manual:
+            raise RuntimeError(f"Server.{what}() needs Server(..., dispatch='manual')")
+        run = self._run
+        if run is None:
+            raise RuntimeError(f"server {self._name!r} is not running: call start() first")
+        return run
+
     def _check_not_in_handler(self, what: str) -> None:
         run = self._run
-        if run is not None and _get_ident() in run.thread_idents:
+        if run is not None and (_get_ident() in run.thread_idents or _get_ident() in run.dispatchers):
             raise RuntimeError(
                 f"Server.{what}() called from inside this server's handler: that would deadlock "
                 f"(stop waits for running handlers). Call it from another thread, e.g. "
