@@ -34,6 +34,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 TEST_C = ROOT / "tests" / "c" / "test_ipc.c"
+STRESS_C = ROOT / "tests" / "c" / "stress.c"
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX compiler toolchain only")
 
@@ -146,6 +147,44 @@ def test_c_core_under_sanitizer(variant: str, build_dir: Path) -> None:
     _run_test_binary(exe, dict(config["env"]))  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("variant", sorted(SANITIZERS))
+def test_c_stress_under_sanitizer(variant: str, build_dir: Path) -> None:
+    """tests/c/stress.c: 12 client threads against servers with 2 listeners and
+    8 slots (reconnects, pipelining, a client shared by two threads, handler
+    failures, random sizes, every answer checked byte for byte), then a stop
+    while they hammer and some sit idle-connected. Under ASan+UBSan (LSan:
+    nothing left after stop with clients connected) and under TSan; any
+    sanitizer report, failed check or hang fails. IPCFAST_STRESS_ROUNDS sets
+    the number of rounds (default 4)."""
+    _need_compiler()
+    config = SANITIZERS[variant]
+    if variant == "tsan":
+        reason = _tsan_unusable_reason(build_dir)
+        if reason:
+            pytest.skip(reason)
+    exe = build_dir / f"stress_{variant}"
+    built = _compile(
+        STD_FLAGS + list(config["flags"]) + [str(STRESS_C), *c_sources(), "-o", str(exe), "-lpthread"],
+        ROOT,
+    )
+    assert built.returncode == 0 and not built.stderr.strip(), f"build failed:\n{built.stderr}"
+    env = dict(os.environ)
+    env.update(config["env"])  # type: ignore[arg-type]
+    try:
+        ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900, env=env,
+                             cwd=exe.parent)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"{exe.name} hung:\n{_output_of(exc)[-6000:]}") from None
+    output = ran.stdout + ran.stderr
+    assert ran.returncode == 0 and "stress: OK" in ran.stdout, (
+        f"{exe.name} exited {ran.returncode}:\n{output[-8000:]}"
+    )
+    for marker in ("runtime error:", "ERROR: AddressSanitizer", "WARNING: ThreadSanitizer",
+                   "ERROR: LeakSanitizer"):
+        assert marker not in output, f"{marker!r} in the output of {exe.name}:\n{output[-8000:]}"
+    print(ran.stdout.strip().splitlines()[-2])
+
+
 @pytest.mark.parametrize(
     "defines",
     [[], ["-D_POSIX_C_SOURCE=200809L"]],
@@ -155,7 +194,7 @@ def test_c_core_compiles_without_warnings(defines: List[str], build_dir: Path) -
     """`cc csrc/*.c` as a vendoring project would, with every warning an error."""
     _need_compiler()
     flags = ["-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", *defines]
-    for source in c_sources() + [str(TEST_C)]:
+    for source in c_sources() + [str(TEST_C), str(STRESS_C)]:
         obj = build_dir / (Path(source).stem + "_warn.o")
         built = _compile(flags + ["-c", source, "-o", str(obj)], ROOT)
         assert built.returncode == 0 and not built.stderr.strip(), (

@@ -1,0 +1,439 @@
+/*
+ * Multi-threaded stress program for the C core, run under
+ * AddressSanitizer + UndefinedBehaviorSanitizer (with LeakSanitizer) and,
+ * separately, ThreadSanitizer by tests/test_c_core.py (POSIX).
+ *
+ * Each round opens a server (2 listeners, 8 slots, alternately a plain and a
+ * returning handler) and runs 12 client threads against it:
+ *   phase 1  every thread connects, reconnects, pipelines (write x3, then
+ *            read x3), sends requests of random sizes 0..64 KiB with content
+ *            of its own, and some that the handler fails; every answer is
+ *            checked byte for byte (zero lost, crossed or corrupted), and
+ *            two threads share one client to hit IPC_E_IN_USE;
+ *   phase 2  the threads keep hammering (some idle-connected) while the
+ *            main thread stops the server: every call must then end with a
+ *            defined error, never hang, and the stop must return.
+ * A watchdog aborts the program if anything hangs. The sanitizers report
+ * races, memory errors and leaks (LSan: nothing may remain after stop with
+ * clients connected). Exit status 0 and a last line "stress: OK ..." on
+ * success.
+ *
+ *   cc -std=c99 -D_POSIX_C_SOURCE=200809L -fsanitize=thread -g \
+ *      tests/c/stress.c csrc/ipc.c csrc/ipc_posix.c csrc/ipc_win32.c -lpthread \
+ *      -o stress && ./stress [rounds]
+ */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L   /* POSIX only: pthreads, barriers, nanosleep */
+#endif
+
+#include "../../csrc/ipc.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define THREADS 12
+#define MAX_REQ (64 * 1024)
+
+static int g_rounds = 4;
+static int g_requests = 150;     /* per thread, phase 1 */
+static char g_name[128];
+static volatile int g_phase2_stop;   /* only read/written under g_lock */
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static long g_ok, g_remote, g_in_use, g_connects, g_failures;
+static long g_handled;
+
+static void fail(const char *what, int thread, int code, const char *message)
+{
+    pthread_mutex_lock(&g_lock);
+    g_failures++;
+    printf("FAIL thread %d: %s: %s %s\n", thread, what, ipc_result_name(code),
+           message ? message : "");
+    fflush(stdout);
+    pthread_mutex_unlock(&g_lock);
+}
+
+static void count(long *counter)
+{
+    pthread_mutex_lock(&g_lock);
+    (*counter)++;
+    pthread_mutex_unlock(&g_lock);
+}
+
+static uint32_t rnd(uint32_t *state)
+{
+    *state ^= *state << 13;
+    *state ^= *state >> 17;
+    *state ^= *state << 5;
+    return *state;
+}
+
+/* Request: 4-byte thread id, 4-byte sequence, 1 mode byte, then filler
+ * derived from (thread, seq). The answer is the request with every byte
+ * xor 0x33 ("F" mode: the handler fails with a text naming the request). */
+static size_t make_request(uint8_t *buf, int thread, uint32_t seq, uint32_t *rs, int fail_it)
+{
+    size_t size = 9 + rnd(rs) % (MAX_REQ - 9);
+    size_t i;
+
+    if (rnd(rs) % 8 == 0)
+        size = 9 + rnd(rs) % 32;
+    memcpy(buf, &thread, 4);
+    memcpy(buf + 4, &seq, 4);
+    buf[8] = fail_it ? 'F' : 'R';
+    for (i = 9; i < size; i++)
+        buf[i] = (uint8_t)(thread * 31 + seq * 7 + i);
+    return size;
+}
+
+static int check_response(const uint8_t *req, size_t size, const uint8_t *resp, size_t rsize)
+{
+    size_t i;
+
+    if (rsize != size)
+        return 0;
+    for (i = 0; i < size; i++)
+        if (resp[i] != (uint8_t)(req[i] ^ 0x33))
+            return 0;
+    return 1;
+}
+
+static void plain_handler(void *user_data, ipc_call *call, const uint8_t *request, size_t size)
+{
+    uint8_t *out;
+    size_t i;
+
+    (void)user_data;
+    if (!request)
+        return;
+    count(&g_handled);
+    if (size >= 9 && request[8] == 'F') {
+        char text[64];
+        uint32_t seq;
+        memcpy(&seq, request + 4, 4);
+        snprintf(text, sizeof text, "failed %u", (unsigned)seq);
+        ipc_call_fail(call, text, strlen(text), NULL);
+        return;
+    }
+    out = (uint8_t *)ipc_call_buffer(call, size);
+    if (!out)
+        return;
+    for (i = 0; i < size; i++)
+        out[i] = request[i] ^ 0x33;
+    ipc_call_respond(call, out, size, NULL);
+}
+
+/* Per-connection buffers for the returning handler, indexed by slot. */
+static uint8_t *g_slot_buf[8];
+static size_t g_slot_cap[8];
+
+static const void *returning_handler(void *user_data, ipc_call *call, const uint8_t *request,
+                                     size_t size, size_t *response_size)
+{
+    uint32_t slot = ipc_call_connection(call);
+    size_t i;
+
+    (void)user_data;
+    if (!request)
+        return NULL;
+    count(&g_handled);
+    if (size >= 9 && request[8] == 'F') {
+        ipc_call_fail(call, "failed", 6, NULL);
+        return NULL;
+    }
+    if (slot >= 8)
+        return NULL;
+    if (g_slot_cap[slot] < size + 1) {
+        uint8_t *grown = (uint8_t *)realloc(g_slot_buf[slot], size + 1);
+        if (!grown)
+            return NULL;
+        g_slot_buf[slot] = grown;
+        g_slot_cap[slot] = size + 1;
+    }
+    for (i = 0; i < size; i++)
+        g_slot_buf[slot][i] = request[i] ^ 0x33;
+    *response_size = size;
+    return g_slot_buf[slot];
+}
+
+static ipc_client_t *connect_client(int thread)
+{
+    ipc_client_t *client = NULL;
+    ipc_error err = {0};
+    int r = ipc_client_open(&client, g_name, NULL, 20000, &err);
+
+    if (r != IPC_OK) {
+        fail("connect", thread, r, err.message);
+        ipc_error_clear(&err);
+        return NULL;
+    }
+    count(&g_connects);
+    return client;
+}
+
+typedef struct {
+    int id;
+    ipc_client_t *shared;   /* used by two threads at once */
+} worker_arg;
+
+static void phase1(int id, ipc_client_t *shared)
+{
+    uint32_t rs = 0x9E3779B9u * (uint32_t)(id + 1) + (uint32_t)g_rounds;
+    uint8_t *req[3];
+    size_t size[3];
+    ipc_client_t *client = connect_client(id);
+    uint32_t seq;
+    int k;
+
+    for (k = 0; k < 3; k++)
+        req[k] = (uint8_t *)malloc(MAX_REQ);
+    for (seq = 0; client && seq < (uint32_t)g_requests; seq++) {
+        ipc_error err = {0};
+        const uint8_t *resp;
+        size_t rsize;
+        uint32_t choice = rnd(&rs) % 16;
+        int r;
+
+        if (choice == 0) {            /* reconnect */
+            ipc_client_close(client);
+            client = connect_client(id);
+            if (!client)
+                break;
+        }
+        if (choice == 1) {            /* pipeline three requests */
+            for (k = 0; k < 3; k++) {
+                size[k] = make_request(req[k], id, seq * 4 + k, &rs, 0);
+                r = ipc_client_write(client, req[k], size[k], 20000, &err);
+                if (r != IPC_OK)
+                    fail("pipelined write", id, r, err.message);
+                ipc_error_clear(&err);
+            }
+            for (k = 0; k < 3; k++) {
+                r = ipc_client_read(client, &resp, &rsize, 20000, &err);
+                if (r != IPC_OK || !check_response(req[k], size[k], resp, rsize))
+                    fail("pipelined read: lost, crossed or corrupted", id, r, err.message);
+                else
+                    count(&g_ok);
+                ipc_error_clear(&err);
+            }
+            continue;
+        }
+        if (choice == 2 && shared) {  /* a client shared between two threads */
+            size[0] = make_request(req[0], id, seq, &rs, 0);
+            r = ipc_client_request(shared, req[0], size[0], &resp, &rsize, 20000, &err);
+            if (r == IPC_E_IN_USE)
+                count(&g_in_use);
+            else if (r != IPC_OK)
+                fail("shared client", id, r, err.message);
+            /* resp may be overwritten by the other thread's next call only
+             * after ours returned, and the client serializes calls, but
+             * the buffer belongs to the client: do not check it here. */
+            else
+                count(&g_ok);
+            ipc_error_clear(&err);
+            continue;
+        }
+        {
+            int fail_it = choice == 3;
+            size[0] = make_request(req[0], id, seq, &rs, fail_it);
+            r = ipc_client_request(client, req[0], size[0], &resp, &rsize, 20000, &err);
+            if (fail_it) {
+                if (r != IPC_E_REMOTE || !err.message || strncmp(err.message, "failed", 6) != 0)
+                    fail("expected the handler's failure", id, r, err.message);
+                else
+                    count(&g_remote);
+            } else if (r != IPC_OK || !check_response(req[0], size[0], resp, rsize)) {
+                fail("request: lost, crossed or corrupted", id, r, err.message);
+            } else {
+                count(&g_ok);
+            }
+            ipc_error_clear(&err);
+        }
+    }
+    ipc_client_close(client);
+    for (k = 0; k < 3; k++)
+        free(req[k]);
+}
+
+static int phase2_running(void)
+{
+    int stop;
+    pthread_mutex_lock(&g_lock);
+    stop = g_phase2_stop;
+    pthread_mutex_unlock(&g_lock);
+    return !stop;
+}
+
+/* Hammers until the server is gone; every result must be a defined one. */
+static void phase2(int id)
+{
+    uint32_t rs = 12345u + (uint32_t)id;
+    uint8_t *buf = (uint8_t *)malloc(MAX_REQ);
+    ipc_client_t *client = NULL;
+    ipc_client_t *idle = NULL;
+    uint32_t seq = 0;
+
+    if (id % 4 == 0) {
+        /* connected, never used: stop must close it. The slots may all be
+         * taken and the stop may come first: then connecting fails cleanly. */
+        ipc_error err = {0};
+        int r = ipc_client_open(&idle, g_name, NULL, 20000, &err);
+        if (r != IPC_OK) {
+            idle = NULL;
+            if (r != IPC_E_HANDSHAKE && r != IPC_E_NOT_FOUND && r != IPC_E_CLOSED)
+                fail("phase 2 idle connect", id, r, err.message);
+        }
+        ipc_error_clear(&err);
+    }
+    while (phase2_running()) {
+        ipc_error err = {0};
+        const uint8_t *resp;
+        size_t rsize, size;
+        int r;
+
+        if (!client) {
+            r = ipc_client_open(&client, g_name, NULL, 200, &err);
+            ipc_error_clear(&err);
+            if (r != IPC_OK) {
+                client = NULL;
+                if (r != IPC_E_NOT_FOUND && r != IPC_E_HANDSHAKE && r != IPC_E_BUSY &&
+                    r != IPC_E_CLOSED)
+                    fail("phase 2 connect", id, r, NULL);
+                continue;
+            }
+        }
+        size = make_request(buf, id, seq++, &rs, 0);
+        r = ipc_client_request(client, buf, size, &resp, &rsize, 20000, &err);
+        if (r == IPC_OK) {
+            if (!check_response(buf, size, resp, rsize))
+                fail("phase 2: corrupted answer", id, r, NULL);
+        } else if (r == IPC_E_CLOSED) {
+            ipc_client_close(client);
+            client = NULL;
+        } else {
+            fail("phase 2 request", id, r, err.message);
+            ipc_client_close(client);
+            client = NULL;
+        }
+        ipc_error_clear(&err);
+    }
+    if (idle) {
+        ipc_error err = {0};
+        const uint8_t *resp;
+        size_t rsize;
+        int r = ipc_client_request(idle, "x", 1, &resp, &rsize, 5000, &err);
+        if (r != IPC_E_CLOSED)
+            fail("an idle client after stop", id, r, err.message);
+        ipc_error_clear(&err);
+        ipc_client_close(idle);
+    }
+    ipc_client_close(client);
+    free(buf);
+}
+
+static pthread_barrier_t g_barrier;
+
+static void *worker(void *p)
+{
+    worker_arg *a = (worker_arg *)p;
+    phase1(a->id, a->shared);
+    pthread_barrier_wait(&g_barrier);   /* phase 1 done everywhere */
+    phase2(a->id);
+    return NULL;
+}
+
+static void *watchdog(void *p)
+{
+    (void)p;
+    sleep(600);
+    printf("FAIL watchdog: the stress run hangs\n");
+    fflush(stdout);
+    _Exit(3);
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    pthread_t threads[THREADS], dog;
+    worker_arg args[THREADS];
+    int round, i;
+    const char *env = getenv("IPCFAST_STRESS_ROUNDS");
+
+    if (argc > 1)
+        g_rounds = atoi(argv[1]);
+    else if (env && *env)
+        g_rounds = atoi(env);
+    env = getenv("IPCFAST_STRESS_REQUESTS");
+    if (env && *env)
+        g_requests = atoi(env);
+    pthread_create(&dog, NULL, watchdog, NULL);
+    pthread_detach(dog);
+
+    for (round = 0; round < g_rounds; round++) {
+        ipc_server_options options;
+        ipc_server_t *server = NULL;
+        ipc_client_t *shared;
+        ipc_error err = {0};
+        int r;
+        long long t0, t1;
+        struct timespec ts;
+
+        snprintf(g_name, sizeof g_name, "stress-%ld-%d", (long)getpid(), round);
+        ipc_server_options_init(&options);
+        options.max_clients = 8;
+        options.listeners = 2;
+        options.max_message = 1024 * 1024;
+        if (round % 2)
+            options.returning_handler = returning_handler;
+        r = ipc_server_open(&server, g_name, &options, round % 2 ? NULL : plain_handler, NULL,
+                            &err);
+        if (r != IPC_OK) {
+            printf("FAIL server open: %s %s\n", ipc_result_name(r), err.message);
+            return 1;
+        }
+        pthread_mutex_lock(&g_lock);
+        g_phase2_stop = 0;
+        pthread_mutex_unlock(&g_lock);
+        shared = connect_client(-1);
+        pthread_barrier_init(&g_barrier, NULL, THREADS + 1);
+        for (i = 0; i < THREADS; i++) {
+            args[i].id = i;
+            args[i].shared = i < 2 ? shared : NULL;
+            pthread_create(&threads[i], NULL, worker, &args[i]);
+        }
+        pthread_barrier_wait(&g_barrier);
+        ipc_client_close(shared);
+        {
+            struct timespec pause = {0, 100 * 1000 * 1000};
+            nanosleep(&pause, NULL);   /* phase 2 under way */
+        }
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        t0 = ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+        ipc_server_stop(server);
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        t1 = ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+        if (t1 - t0 > 5000) {
+            printf("FAIL stop took %lld ms\n", t1 - t0);
+            g_failures++;
+        }
+        pthread_mutex_lock(&g_lock);
+        g_phase2_stop = 1;
+        pthread_mutex_unlock(&g_lock);
+        for (i = 0; i < THREADS; i++)
+            pthread_join(threads[i], NULL);
+        pthread_barrier_destroy(&g_barrier);
+        printf("round %d: stop took %lld ms\n", round, t1 - t0);
+    }
+    for (i = 0; i < 8; i++)
+        free(g_slot_buf[i]);
+    printf("stress: %ld ok, %ld remote errors, %ld in-use refusals, %ld connects, %ld handled, "
+           "%d rounds, %ld failures\n", g_ok, g_remote, g_in_use, g_connects, g_handled,
+           g_rounds, g_failures);
+    if (g_failures == 0)
+        printf("stress: OK\n");
+    return g_failures ? 1 : 0;
+}

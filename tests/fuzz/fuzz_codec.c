@@ -1,0 +1,451 @@
+/*
+ * libFuzzer harness over the ipcfast C codec and the code that reassembles
+ * packets from split reads, on both sides of a connection.
+ *
+ * csrc/ipc.c is compiled into this file (#include) together with an
+ * in-memory platform layer instead of ipc_posix.c / ipc_win32.c: a
+ * "connection" reads the fuzz input in chunks whose sizes the input itself
+ * chooses, and collects what the core writes. Nothing touches the OS, so
+ * every execution is deterministic and fast.
+ *
+ * Input layout:
+ *   byte 0      mode: bit 0 server side / client side, bits 1-3 max_message
+ *               choice, bit 4 extended handshake value (application key)
+ *   byte 1      seed of the read-chunk sizes (0: one byte per read)
+ *   rest        the bytes the peer sends
+ *
+ * Checked on every input:
+ *   - the sans-I/O functions decide consistently as bytes arrive: once a
+ *     prefix gets a verdict other than NEED_MORE, every longer prefix gets
+ *     the same verdict; an OK header re-encodes to the same bytes;
+ *     TOO_LARGE never comes with a length <= max_message;
+ *   - server side: server_handshake + serve_requests (the real request
+ *     loop, with an echo handler) never read outside their buffers, never
+ *     allocate for a payload above max_message, and what they write back is
+ *     a well-formed reply: nothing, 0xFF, or the 9-byte handshake reply
+ *     followed by whole RESPONSE/ERROR packets;
+ *   - client side: ipc_client_open + ipc_client_request over the input as
+ *     the server's answer return a defined result, and an OK response is
+ *     exactly the payload of the first packet.
+ * ASan/UBSan (built with -fsanitize=fuzzer,address,undefined) catch the rest.
+ *
+ * Maintenance: the fake platform below must define every function declared
+ * in csrc/ipc_platform.h (a new one shows up as an undefined reference when
+ * tests/test_fuzz.py builds this file).
+ *
+ * Build and run (tests/test_fuzz.py does this for ~60 s):
+ *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Icsrc \
+ *       tests/fuzz/fuzz_codec.c -o fuzz_codec
+ *   ./fuzz_codec -max_len=4096 -rss_limit_mb=1024 tests/fuzz/corpus
+ */
+#include "../../csrc/ipc.c"
+
+#include <assert.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FUZZ_CHECK(cond)                                                     \
+    do {                                                                     \
+        if (!(cond)) {                                                       \
+            fprintf(stderr, "fuzz_codec: check failed: %s (line %d)\n", #cond, \
+                    __LINE__);                                               \
+            abort();                                                         \
+        }                                                                    \
+    } while (0)
+
+/* ---- in-memory platform ------------------------------------------------- */
+
+struct ipc_plat_conn {
+    const uint8_t *data;
+    size_t size;
+    size_t at;
+    uint32_t seed;       /* chunk-size generator; 0: one byte per read */
+    uint8_t *out;        /* what the core wrote */
+    size_t out_size;
+    size_t out_capacity;
+    int interrupted;
+};
+
+struct ipc_plat_mutex { int held; };
+struct ipc_plat_cond { int unused; };
+struct ipc_plat_thread { int unused; };
+
+static ipc_plat_conn *fuzz_next_conn;   /* handed out by ipc_plat_connect */
+static size_t fuzz_alloc_limit;         /* largest payload a read may reserve */
+
+int64_t ipc_plat_now_ms(void) { return 1000; }
+
+int ipc_plat_thread_start(ipc_plat_thread **thread, void (*main_fn)(void *), void *arg,
+                          ipc_error *err)
+{
+    (void)thread; (void)main_fn; (void)arg;
+    return ipc__fail(err, IPC_E_SYSTEM, 0, "no threads in the fuzzer");
+}
+void ipc_plat_thread_join(ipc_plat_thread *thread) { (void)thread; }
+int ipc_plat_thread_is_current(const ipc_plat_thread *thread) { (void)thread; return 0; }
+
+int ipc_plat_mutex_create(ipc_plat_mutex **mutex, ipc_error *err)
+{
+    *mutex = (ipc_plat_mutex *)calloc(1, sizeof **mutex);
+    return *mutex ? IPC_OK : ipc__fail(err, IPC_E_NO_MEMORY, 0, "oom");
+}
+void ipc_plat_mutex_destroy(ipc_plat_mutex *mutex) { free(mutex); }
+void ipc_plat_mutex_lock(ipc_plat_mutex *mutex) { FUZZ_CHECK(!mutex->held); mutex->held = 1; }
+void ipc_plat_mutex_unlock(ipc_plat_mutex *mutex) { FUZZ_CHECK(mutex->held); mutex->held = 0; }
+int ipc_plat_mutex_trylock(ipc_plat_mutex *mutex)
+{
+    if (mutex->held)
+        return 0;
+    mutex->held = 1;
+    return 1;
+}
+int ipc_plat_cond_create(ipc_plat_cond **cond, ipc_error *err)
+{
+    *cond = (ipc_plat_cond *)calloc(1, sizeof **cond);
+    return *cond ? IPC_OK : ipc__fail(err, IPC_E_NO_MEMORY, 0, "oom");
+}
+void ipc_plat_cond_destroy(ipc_plat_cond *cond) { free(cond); }
+void ipc_plat_cond_wait(ipc_plat_cond *cond, ipc_plat_mutex *mutex, int timeout_ms)
+{
+    (void)cond; (void)mutex; (void)timeout_ms;
+}
+void ipc_plat_cond_broadcast(ipc_plat_cond *cond) { (void)cond; }
+void ipc_plat_sleep_ms(int ms) { (void)ms; }
+void ipc_plat_global_lock(void) {}
+void ipc_plat_global_unlock(void) {}
+
+/* Readiness signal (manual dispatch): never used by the paths fuzzed here. */
+struct ipc_plat_ready { int set; };
+int ipc_plat_ready_create(ipc_plat_ready **ready, ipc_error *err)
+{
+    *ready = (ipc_plat_ready *)calloc(1, sizeof **ready);
+    return *ready ? IPC_OK : ipc__fail(err, IPC_E_NO_MEMORY, 0, "oom");
+}
+void ipc_plat_ready_destroy(ipc_plat_ready *ready) { free(ready); }
+void ipc_plat_ready_set(ipc_plat_ready *ready) { ready->set = 1; }
+void ipc_plat_ready_clear(ipc_plat_ready *ready) { ready->set = 0; }
+intptr_t ipc_plat_ready_handle(const ipc_plat_ready *ready) { (void)ready; return -1; }
+
+int ipc_plat_listen(ipc_plat_listener **listener, const char *name,
+                    const ipc_plat_listen_params *params, ipc_error *err)
+{
+    (void)listener; (void)name; (void)params;
+    return ipc__fail(err, IPC_E_SYSTEM, 0, "no listening in the fuzzer");
+}
+const char *ipc_plat_listener_address(const ipc_plat_listener *listener)
+{
+    (void)listener;
+    return "fuzz";
+}
+int ipc_plat_acceptor_create(ipc_plat_listener *listener, ipc_plat_acceptor **acceptor,
+                             ipc_error *err)
+{
+    (void)listener; (void)acceptor;
+    return ipc__fail(err, IPC_E_SYSTEM, 0, "no accepting in the fuzzer");
+}
+void ipc_plat_acceptor_destroy(ipc_plat_acceptor *acceptor) { (void)acceptor; }
+int ipc_plat_accept(ipc_plat_acceptor *acceptor, ipc_plat_conn **conn, ipc_error *err)
+{
+    (void)acceptor; (void)conn;
+    return ipc__fail(err, IPC_E_CLOSED, 0, "no accepting in the fuzzer");
+}
+void ipc_plat_listener_interrupt(ipc_plat_listener *listener) { (void)listener; }
+void ipc_plat_listener_close(ipc_plat_listener *listener) { (void)listener; }
+
+int ipc_plat_connect(ipc_plat_conn **conn, const char *name, int timeout_ms, ipc_error *err)
+{
+    (void)name; (void)timeout_ms;
+    if (!fuzz_next_conn)
+        return ipc__fail(err, IPC_E_NOT_FOUND, 0, "no connection prepared");
+    *conn = fuzz_next_conn;
+    fuzz_next_conn = NULL;
+    return IPC_OK;
+}
+
+int ipc_plat_read(ipc_plat_conn *conn, void *buf, size_t capacity, size_t *got,
+                  int timeout_ms, ipc_error *err)
+{
+    size_t left = conn->size - conn->at;
+    size_t chunk;
+
+    (void)timeout_ms;
+    *got = 0;
+    FUZZ_CHECK(capacity > 0);
+    if (conn->interrupted || left == 0)
+        return ipc__fail(err, IPC_E_CLOSED, 0, "end of the fuzz input");
+    if (conn->seed == 0) {
+        chunk = 1;
+    } else {
+        conn->seed = conn->seed * 1103515245u + 12345u;
+        chunk = 1 + (conn->seed >> 16) % 23u;
+    }
+    if (chunk > left)
+        chunk = left;
+    if (chunk > capacity)
+        chunk = capacity;
+    memcpy(buf, conn->data + conn->at, chunk);
+    conn->at += chunk;
+    *got = chunk;
+    return IPC_OK;
+}
+
+int ipc_plat_write(ipc_plat_conn *conn, const ipc_plat_buf *parts, int count, int timeout_ms,
+                   ipc_error *err)
+{
+    int i;
+
+    (void)timeout_ms;
+    if (conn->interrupted)
+        return ipc__fail(err, IPC_E_CLOSED, 0, "interrupted");
+    for (i = 0; i < count; i++) {
+        size_t need = conn->out_size + parts[i].size;
+        if (need > conn->out_capacity) {
+            size_t cap = need * 2 + 64;
+            uint8_t *grown = (uint8_t *)realloc(conn->out, cap);
+            if (!grown)
+                return ipc__fail(err, IPC_E_NO_MEMORY, 0, "oom");
+            conn->out = grown;
+            conn->out_capacity = cap;
+        }
+        if (parts[i].size)
+            memcpy(conn->out + conn->out_size, parts[i].data, parts[i].size);
+        conn->out_size += parts[i].size;
+    }
+    return IPC_OK;
+}
+
+int ipc_plat_peer_same_user(ipc_plat_conn *conn, int *same, ipc_error *err)
+{
+    (void)conn; (void)err;
+    *same = 1;
+    return IPC_OK;
+}
+void ipc_plat_conn_interrupt(ipc_plat_conn *conn, int hard) { (void)hard; conn->interrupted = 1; }
+void ipc_plat_conn_drain(ipc_plat_conn *conn) { (void)conn; }
+void ipc_plat_conn_close(ipc_plat_conn *conn)
+{
+    /* Connections live on the fuzzer's stack; only the client closes one. */
+    conn->interrupted = 1;
+}
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static const uint32_t MAX_MESSAGES[8] = {0, 1, 5, 16, 255, 4096, 65536, 1u << 20};
+
+static void echo_handler(void *user_data, ipc_call *call, const uint8_t *request, size_t size)
+{
+    (void)user_data;
+    if (!request)
+        return;   /* disconnect notice */
+    FUZZ_CHECK(request[size] == 0);   /* the promised NUL terminator */
+    FUZZ_CHECK(size <= fuzz_alloc_limit);
+    if (size > 0 && request[0] == 'F')
+        ipc_call_fail(call, "failed", 6, NULL);
+    else if (size > 0 && request[0] == 'N')
+        return;   /* no answer: the core must send an ERROR packet */
+    else if (size > 0 && request[0] == 'B') {
+        /* above max_message when it is small: refused with an ERROR */
+        uint8_t *big = (uint8_t *)ipc_call_buffer(call, size * 2 + 1);
+        FUZZ_CHECK(big != NULL);
+        memset(big, 'b', size * 2 + 1);
+        ipc_call_respond(call, big, size * 2 + 1, NULL);
+    } else
+        ipc_call_respond(call, request, size, NULL);
+}
+
+/* The sans-I/O functions, prefix by prefix. */
+static void check_codec(const uint8_t *data, size_t size, uint32_t max_message,
+                        const uint8_t value[IPC_HANDSHAKE_SIZE])
+{
+    ipc_verdict first = IPC_VERDICT_NEED_MORE;
+    size_t n;
+    uint8_t version = 0;
+
+    for (n = 0; n <= size && n <= IPC_HANDSHAKE_SIZE + 1; n++) {
+        ipc_verdict v = ipc_handshake_check_request(data, n, value, &version);
+        if (first != IPC_VERDICT_NEED_MORE)
+            FUZZ_CHECK(v == first);
+        else
+            first = v;
+        FUZZ_CHECK(v == IPC_VERDICT_OK || v == IPC_VERDICT_NEED_MORE ||
+                   v == IPC_VERDICT_FOREIGN || v == IPC_VERDICT_MISMATCH ||
+                   v == IPC_VERDICT_BAD_VERSION);
+        if (v == IPC_VERDICT_OK) {
+            uint8_t again[IPC_HANDSHAKE_SIZE + 1];
+            FUZZ_CHECK(n == IPC_HANDSHAKE_SIZE + 1);
+            FUZZ_CHECK(version != 0);
+            ipc_handshake_encode_request(again, value, version);
+            FUZZ_CHECK(memcmp(again, data, sizeof again) == 0);
+        }
+        {
+            uint8_t sv = 0;
+            ipc_verdict r = ipc_handshake_check_reply(data, n, value, &sv);
+            FUZZ_CHECK(r != IPC_VERDICT_OK || (n == IPC_HANDSHAKE_SIZE + 1 && sv != 0));
+        }
+    }
+
+    for (uint8_t max_version = 1; max_version <= 2; max_version++) {
+        ipc_verdict decided = IPC_VERDICT_NEED_MORE;
+        ipc_packet_header h;
+
+        for (n = 0; n <= size && n <= IPC_MAX_HEADER_SIZE + 1; n++) {
+            ipc_verdict v;
+            memset(&h, 0xAB, sizeof h);
+            v = ipc_packet_header_parse(data, n, max_message, max_version, &h);
+            if (decided != IPC_VERDICT_NEED_MORE)
+                FUZZ_CHECK(v == decided);
+            else
+                decided = v;
+            if (v == IPC_VERDICT_OK || v == IPC_VERDICT_TOO_LARGE) {
+                FUZZ_CHECK(h.header_size == 5 || h.header_size == 6);
+                FUZZ_CHECK(n >= h.header_size);
+                FUZZ_CHECK(h.type >= 1 && h.type <= 7);
+                FUZZ_CHECK(v == IPC_VERDICT_OK ? h.length <= max_message
+                                               : h.length > max_message);
+                if (v == IPC_VERDICT_OK) {
+                    uint8_t again[IPC_MAX_HEADER_SIZE];
+                    size_t k = ipc_packet_header_encode(again, h.type, h.length, h.version);
+                    FUZZ_CHECK(k == h.header_size);
+                    FUZZ_CHECK(memcmp(again, data, k) == 0);
+                    FUZZ_CHECK(h.version == 0 || (h.version >= 1 && h.version <= max_version));
+                }
+            }
+        }
+    }
+}
+
+/* What a server wrote back must be a well-formed reply. */
+static void check_server_output(const ipc_plat_conn *conn, uint32_t max_message)
+{
+    const uint8_t *out = conn->out;
+    size_t size = conn->out_size, at;
+
+    if (size == 0)
+        return;
+    if (size == 1 && out[0] == IPC_FOREIGN_REPLY)
+        return;
+    FUZZ_CHECK(size >= IPC_HANDSHAKE_SIZE + 1);
+    FUZZ_CHECK(out[0] == IPC_HANDSHAKE_REPLY_XOR);
+    at = IPC_HANDSHAKE_SIZE + 1;
+    while (at < size) {
+        ipc_packet_header h;
+        /* ERROR texts (too large, protocol error) may exceed a tiny limit */
+        ipc_verdict v = ipc_packet_header_parse(out + at, size - at, 0xFFFFFFFFu, 1, &h);
+        FUZZ_CHECK(v == IPC_VERDICT_OK);
+        FUZZ_CHECK(h.type == IPC_PACKET_RESPONSE || h.type == IPC_PACKET_ERROR);
+        if (h.type == IPC_PACKET_RESPONSE)
+            FUZZ_CHECK(h.length <= max_message);
+        FUZZ_CHECK(size - at >= h.header_size + (size_t)h.length);
+        at += h.header_size + h.length;
+    }
+}
+
+static void run_server(const uint8_t *data, size_t size, uint8_t seed, uint32_t max_message,
+                       const uint8_t value[IPC_HANDSHAKE_SIZE])
+{
+    ipc_server_t server;
+    ipc_slot slot;
+    ipc_connection c;
+    ipc_plat_conn conn;
+
+    memset(&server, 0, sizeof server);
+    ipc_server_options_init(&server.options);
+    server.options.max_message = max_message;
+    memcpy(server.options.handshake, value, IPC_HANDSHAKE_SIZE);
+    server.options.version = (seed & 0x80) ? 2 : 1;
+    server.handler = echo_handler;
+    memset(&slot, 0, sizeof slot);
+    slot.server = &server;
+    memset(&conn, 0, sizeof conn);
+    conn.data = data;
+    conn.size = size;
+    conn.seed = seed;
+    memset(&c, 0, sizeof c);
+    c.server = &server;
+    c.slot = &slot;
+    c.stream.conn = &conn;
+    fuzz_alloc_limit = max_message;
+
+    if (server_handshake(&c) == IPC_OK)
+        serve_requests(&c);
+    /* never a receive buffer sized by an unchecked length */
+    FUZZ_CHECK(c.stream.capacity <= STREAM_INITIAL_CAPACITY ||
+               c.stream.capacity <= 2 * ((size_t)max_message + IPC_MAX_HEADER_SIZE + 1));
+    stream_free(&c.stream);
+    free(c.scratch);
+    check_server_output(&conn, max_message);
+    free(conn.out);
+}
+
+static void run_client(const uint8_t *data, size_t size, uint8_t seed, uint32_t max_message,
+                       const uint8_t value[IPC_HANDSHAKE_SIZE])
+{
+    ipc_client_options options;
+    ipc_client_t *client = NULL;
+    ipc_plat_conn conn;
+    ipc_error err = {0};
+    int r;
+
+    ipc_client_options_init(&options);
+    options.max_message = max_message;
+    memcpy(options.handshake, value, IPC_HANDSHAKE_SIZE);
+    memset(&conn, 0, sizeof conn);
+    conn.data = data;
+    conn.size = size;
+    conn.seed = seed;
+    fuzz_next_conn = &conn;
+    r = ipc_client_open(&client, "fuzz", &options, 1000, &err);
+    fuzz_next_conn = NULL;
+    if (r == IPC_OK) {
+        FUZZ_CHECK(client != NULL);
+        for (int i = 0; i < 4; i++) {
+            const uint8_t *response = NULL;
+            size_t response_size = 0;
+            ipc_error_clear(&err);
+            r = ipc_client_request(client, "ping", 4, &response, &response_size, 1000, &err);
+            FUZZ_CHECK(r == IPC_OK || r == IPC_E_CLOSED || r == IPC_E_PROTOCOL ||
+                       r == IPC_E_TOO_LARGE || r == IPC_E_REMOTE || r == IPC_E_TIMEOUT);
+            if (r == IPC_OK) {
+                FUZZ_CHECK(response_size <= max_message);
+                FUZZ_CHECK(response[response_size] == 0);
+            } else if (r != IPC_E_REMOTE) {
+                FUZZ_CHECK(err.message != NULL);
+                break;
+            }
+        }
+        ipc_client_close(client);
+    } else {
+        FUZZ_CHECK(client == NULL);
+        FUZZ_CHECK(r == IPC_E_HANDSHAKE || r == IPC_E_BUSY || r == IPC_E_CLOSED);
+    }
+    ipc_error_clear(&err);
+    free(conn.out);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    uint8_t value[IPC_HANDSHAKE_SIZE];
+    uint8_t mode, seed;
+    uint32_t max_message;
+
+    if (size < 2)
+        return 0;
+    mode = data[0];
+    seed = data[1];
+    data += 2;
+    size -= 2;
+    max_message = MAX_MESSAGES[(mode >> 1) & 7];
+    if (max_message == 0)
+        max_message = IPC_DEFAULT_MAX_MESSAGE;
+    memcpy(value, IPC_DEFAULT_HANDSHAKE, IPC_HANDSHAKE_SIZE);
+    if (mode & 0x10)
+        value[7] ^= 0x01;
+
+    check_codec(data, size, max_message, value);
+    if (mode & 1)
+        run_client(data, size, seed, max_message, value);
+    else
+        run_server(data, size, seed, max_message, value);
+    return 0;
+}
