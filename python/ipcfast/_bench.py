@@ -1003,7 +1003,8 @@ def _connect(impl: str, addr: str) -> Tuple[Callable[[bytes], bytes], Callable[[
 
         def zmq_roundtrip(data: bytes) -> bytes:
             zsend(data)
-            return zrecv()
+            reply: bytes = zrecv()
+            return reply
 
         def zmq_close() -> None:
             sock.close(linger=0)
