@@ -117,6 +117,16 @@ def timeout_ms(timeout: Optional[float], what: str = "timeout") -> int:
     return min(int(math.ceil(seconds * 1000.0)), _MAX_TIMEOUT_MS)
 
 
+def check_server_args(handler: Any, access: str, dispatch: str) -> None:
+    """The Server arguments both backends validate the same way."""
+    if not callable(handler):
+        raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+    if access not in ("user", "world"):
+        raise ValueError(f"access must be 'user' or 'world', got {access!r}")
+    if dispatch not in ("thread", "manual"):
+        raise ValueError(f"dispatch must be 'thread' or 'manual', got {dispatch!r}")
+
+
 def check_uint32(value: int, what: str, minimum: int = 1) -> int:
     """Validate an integer option that the C core stores as uint32_t."""
     if isinstance(value, bool) or not isinstance(value, int):

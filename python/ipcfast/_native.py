@@ -21,6 +21,7 @@ from ._base import (
     Handler,
     Name,
     Server,
+    check_server_args,
     check_uint32,
     encode_name,
     stop_running_servers,
@@ -119,12 +120,7 @@ class NativeServer(Server):
     ) -> None:
         if backend != "native":
             raise ValueError(f"NativeServer needs backend='native', got {backend!r}")
-        if dispatch not in _DISPATCH:
-            raise ValueError(f"dispatch must be 'thread' or 'manual', got {dispatch!r}")
-        if not callable(handler):
-            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
-        if access not in _ACCESS:
-            raise ValueError(f"access must be 'user' or 'world', got {access!r}")
+        check_server_args(handler, access, dispatch)
         self._name = os.fspath(name)
         self._name_bytes = encode_name(name)
         self._handler = handler

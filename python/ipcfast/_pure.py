@@ -45,6 +45,7 @@ from ._base import (
     Handler,
     Name,
     Server,
+    check_server_args,
     check_uint32,
     encode_name,
     timeout_ms,
@@ -1091,14 +1092,9 @@ class PureServer(Server):
     ) -> None:
         if backend != "pure":
             raise ValueError(f"PureServer needs backend='pure', got {backend!r}")
-        if dispatch not in ("thread", "manual"):
-            raise ValueError(f"dispatch must be 'thread' or 'manual', got {dispatch!r}")
+        check_server_args(handler, access, dispatch)
         self._manual = dispatch == "manual"
         _require_posix()
-        if not callable(handler):
-            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
-        if access not in ("user", "world"):
-            raise ValueError(f"access must be 'user' or 'world', got {access!r}")
         self._name = os.fspath(name)
         encode_name(name)  # the same argument checks as native
         self._handler = handler
