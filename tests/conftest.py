@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -137,6 +138,17 @@ def echo_server(name: str, make_server: MakeServer) -> Iterator[ipcfast.Server]:
     request with itself."""
     with make_server(name, echo) as server:
         yield server
+
+
+def recv_exactly(sock: "socket.socket", n: int) -> bytes:
+    """Reads exactly n bytes from a raw socket (EOFError if it closes first)."""
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError(f"EOF after {len(data)} of {n} bytes")
+        data += chunk
+    return data
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> bool:

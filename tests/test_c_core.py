@@ -130,21 +130,25 @@ def _run_test_binary(exe: Path, extra_env: Dict[str, str]) -> None:
         assert marker not in output, f"{marker!r} in the output of {exe.name}:\n{output[-8000:]}"
 
 
-@pytest.mark.parametrize("variant", sorted(SANITIZERS))
-def test_c_core_under_sanitizer(variant: str, build_dir: Path) -> None:
+def _build_sanitized(source: Path, variant: str, build_dir: Path) -> Path:
+    """source + every csrc/*.c built with a SANITIZERS variant, warning-free;
+    skips where the toolchain cannot (no compiler, unusable TSan)."""
     _need_compiler()
-    config = SANITIZERS[variant]
     if variant == "tsan":
         reason = _tsan_unusable_reason(build_dir)
         if reason:
             pytest.skip(reason)
-    exe = build_dir / f"test_ipc_{variant}"
-    built = _compile(
-        STD_FLAGS + list(config["flags"]) + [str(TEST_C), *c_sources(), "-o", str(exe), "-lpthread"],
-        ROOT,
-    )
-    assert built.returncode == 0, f"build failed:\n{built.stderr}"
-    _run_test_binary(exe, dict(config["env"]))  # type: ignore[arg-type]
+    exe = build_dir / f"{source.stem}_{variant}"
+    flags = list(SANITIZERS[variant]["flags"])  # type: ignore[call-overload]
+    built = _compile(STD_FLAGS + flags + [str(source), *c_sources(), "-o", str(exe), "-lpthread"], ROOT)
+    assert built.returncode == 0 and not built.stderr.strip(), f"build failed:\n{built.stderr}"
+    return exe
+
+
+@pytest.mark.parametrize("variant", sorted(SANITIZERS))
+def test_c_core_under_sanitizer(variant: str, build_dir: Path) -> None:
+    exe = _build_sanitized(TEST_C, variant, build_dir)
+    _run_test_binary(exe, dict(SANITIZERS[variant]["env"]))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("variant", sorted(SANITIZERS))
@@ -156,18 +160,8 @@ def test_c_stress_under_sanitizer(variant: str, build_dir: Path) -> None:
     nothing left after stop with clients connected) and under TSan; any
     sanitizer report, failed check or hang fails. IPCFAST_STRESS_ROUNDS sets
     the number of rounds (default 4)."""
-    _need_compiler()
     config = SANITIZERS[variant]
-    if variant == "tsan":
-        reason = _tsan_unusable_reason(build_dir)
-        if reason:
-            pytest.skip(reason)
-    exe = build_dir / f"stress_{variant}"
-    built = _compile(
-        STD_FLAGS + list(config["flags"]) + [str(STRESS_C), *c_sources(), "-o", str(exe), "-lpthread"],
-        ROOT,
-    )
-    assert built.returncode == 0 and not built.stderr.strip(), f"build failed:\n{built.stderr}"
+    exe = _build_sanitized(STRESS_C, variant, build_dir)
     env = dict(os.environ)
     env.update(config["env"])  # type: ignore[arg-type]
     try:

@@ -24,7 +24,16 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 
 import ipcfast
-from conftest import MakeClient, MakeServer, ServerProcess, child_env, echo, linux_only, posix_only
+from conftest import (
+    MakeClient,
+    MakeServer,
+    ServerProcess,
+    child_env,
+    echo,
+    linux_only,
+    posix_only,
+    recv_exactly,
+)
 
 pytestmark = posix_only
 
@@ -37,16 +46,6 @@ TOO_LARGE_PREFIX = b"ipcfast: too large: "
 
 def header(type_byte: int, length: int) -> bytes:
     return bytes([type_byte]) + length.to_bytes(4, "little")
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError(f"EOF after {len(data)} of {n} bytes")
-        data += chunk
-    return data
 
 
 def recv_until_eof(sock: socket.socket, limit: int = 1 << 20) -> bytes:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import ipcfast
 import pytest
-from conftest import BACKENDS, MakeClient, MakeServer, echo, posix_only
+from conftest import BACKENDS, MakeClient, MakeServer, echo, posix_only, recv_exactly
 
 pytestmark = posix_only
 
@@ -29,16 +29,6 @@ def packet(type_: int, payload: bytes = b"", version: int = 0) -> bytes:
     if version:
         return bytes([type_ | 0x40, version]) + len(payload).to_bytes(4, "little") + payload
     return bytes([type_]) + len(payload).to_bytes(4, "little") + payload
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError(f"EOF after {len(data)} of {n} bytes")
-        data += chunk
-    return data
 
 
 def recv_all(sock: socket.socket) -> bytes:
