@@ -92,7 +92,7 @@ def test_smoke_report(smoke: dict) -> None:
     assert "| native |" in table and "## Targets" in table
     assert "| native |" in smoke["stdout"]
     # Every target of the issue is listed, with a verdict or n/a.
-    assert len(results["targets"]) == 11
+    assert len(results["targets"]) == 13
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "latency_vs_size.png").stat().st_size > 0
     else:
@@ -101,6 +101,28 @@ def test_smoke_report(smoke: dict) -> None:
     for impl in ("pure", "pyzmq"):
         info = results["implementations"][impl]
         assert info["measured"] or info["skipped"]
+
+
+@posix_only
+def test_smoke_mainloop(smoke: dict) -> None:
+    """The main-loop cases ran: every case has samples, the added latency is
+    reported against the idle baseline, and the table is in results.md."""
+    mainloop = smoke["results"]["mainloop"]
+    assert mainloop is not None
+    summary = mainloop["summary"]
+    assert set(summary) == {"idle", "frame/thread", "frame/manual", "spin/thread", "spin/manual"}
+    for case, entry in summary.items():
+        assert entry["failed_rounds"] == 0, case
+        assert entry["samples"] > 0, case
+        assert _positive(entry["p50_ns"]) and entry["p99_ns"] >= entry["p50_ns"], case
+        assert isinstance(entry["added_p50_ns"], float) and math.isfinite(entry["added_p50_ns"]), case
+    loops = {case: rounds[0]["loop"] for case, rounds in mainloop["raw"].items()}
+    assert loops["frame/manual"]["handled"] > 0 and loops["spin/manual"]["handled"] > 0
+    assert loops["frame/thread"]["turns"] > 0 and loops["spin/thread"]["turns"] > 0
+    table = (smoke["out"] / "results.md").read_text()
+    assert "## Main-loop dispatch" in table and "| spin/manual |" in table
+    units = [t for t in smoke["results"]["targets"] if t.get("unit") == "ns"]
+    assert len(units) == 2 and all(t["value"] is not None for t in units)
 
 
 def test_run_script_help() -> None:

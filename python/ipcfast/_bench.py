@@ -71,6 +71,8 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "warmup": [1000, 300, 150, 25],
         "concurrency": [1, 4, 16],
         "rate_seconds": 1.0,
+        "mainloop_rounds": 3,
+        "mainloop_requests": 2000,
     },
     "quick": {
         "rounds": 1,
@@ -79,6 +81,8 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "warmup": [200, 60, 30, 5],
         "concurrency": [1, 4, 16],
         "rate_seconds": 0.25,
+        "mainloop_rounds": 1,
+        "mainloop_requests": 600,
     },
     "smoke": {
         "rounds": 1,
@@ -87,12 +91,41 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "warmup": [20, 20, 10, 2],
         "concurrency": [1, 4],
         "rate_seconds": 0.1,
+        "mainloop_rounds": 1,
+        "mainloop_requests": 40,
     },
 }
 RATE_SIZE = 16          # request size in the concurrency test
 RATE_WARMUP = 50        # untimed requests per client before the timed window
 RATE_LEAD_NS = 50_000_000  # time from "go" to the start of the timed window
 C_FLAGS = ["-O3", "-DNDEBUG", "-pthread"]  # CMake's Release flags, as the extension is built
+
+#: Main-loop cases: (key, dispatch, loop style). "idle" is the baseline: a
+#: thread-dispatch server whose main thread only waits. The others keep the
+#: server's main thread busy running Python (see _loop_serve).
+MAINLOOP_CASES: List[Tuple[str, str, str]] = [
+    ("idle", "thread", "idle"),
+    ("frame/thread", "thread", "frame"),
+    ("frame/manual", "manual", "frame"),
+    ("spin/thread", "thread", "spin"),
+    ("spin/manual", "manual", "spin"),
+]
+MAINLOOP_DESCRIPTIONS = {
+    "idle": "baseline: thread dispatch, the main thread idle (blocked reading stdin)",
+    "frame/thread": "1 kHz frames: 0.5 ms of busy Python, then time.sleep for the rest of the frame; "
+    "the handler runs on a C connection thread",
+    "frame/manual": "1 kHz frames: 0.5 ms of busy Python, then selectors on server.fileno() for the rest of "
+    "the frame, server.dispatch(0) when ready and at frame end",
+    "spin/thread": "the main thread spins in a Python loop (never releases the GIL on its own); "
+    "the handler runs on a C connection thread",
+    "spin/manual": "the main thread spins in a Python loop calling server.dispatch(0) every iteration",
+}
+MAINLOOP_FRAME_S = 0.001   # a 1 kHz main loop
+MAINLOOP_BUSY_S = 0.0005   # busy Python work per frame
+MAINLOOP_SPIN_WORK = 100   # Python loop iterations per spin iteration (a few µs)
+MAINLOOP_GAP_S = (0.0002, 0.0013)  # client pause between requests: uniform, not in step with frames
+MAINLOOP_WARMUP = 50
+MAINLOOP_SIZE = 16
 
 
 class BenchError(RuntimeError):
@@ -575,11 +608,102 @@ class Harness:
             for c in clients:
                 c.kill()
 
+    def measure_mainloop(self, case: str, dispatch: str, style: str) -> Dict[str, Any]:
+        """One main-loop case: a loopserve server and a paced client."""
+        count = int(self.profile["mainloop_requests"])
+        addr = self._address("loop")
+        server = Child(
+            self._cmd("native", "loopserve", addr, ["--dispatch", dispatch, "--style", style], False),
+            self.env,
+            f"main-loop server ({case})",
+        )
+        result: Dict[str, Any] = {}
+        try:
+            line = server.readline(60)
+            if not line.startswith("READY"):
+                raise BenchError(f"main-loop server ({case}): unexpected first line {line!r}")
+            # A generous cap: a starving server must not hang the run.
+            deadline = 30.0 + count * 0.005
+            client = Child(
+                self._cmd("native", "paced", addr, ["--count", str(count), "--deadline", str(deadline)], False),
+                self.env,
+                f"main-loop client ({case})",
+            )
+            try:
+                record = json.loads(client.readline(deadline + 120))
+                client.finish(30)
+            finally:
+                client.kill()
+            samples = record["ns"]
+            if not samples or min(samples) <= 0:
+                raise BenchError(f"main-loop client ({case}): bad samples")
+            result["ns"] = samples
+            if record.get("truncated"):
+                self.note(f"main-loop {case}: the client stopped after {len(samples)} of {count} requests "
+                          f"(time cap {deadline:.0f} s)")
+            server.close_stdin()
+            result["loop"] = json.loads(server.readline(30))
+        finally:
+            try:
+                server.finish(20)
+            except BenchError as exc:
+                self.note(f"{exc} (while stopping)")
+            server.kill()
+        return result
+
+    def run_mainloop(self) -> Optional[Dict[str, Any]]:
+        """Rounds of every main-loop case (interleaved); None if not run."""
+        if getattr(self.args, "no_mainloop", False):
+            return None
+        if not self.available.get("native"):
+            self.note("main-loop cases skipped: they need the native backend")
+            return None
+        if sys.platform == "win32":
+            self.note("main-loop cases skipped: selectors cannot wait on the Windows event handle")
+            return None
+        rounds = int(self.profile["mainloop_rounds"])
+        raw: Dict[str, List[Dict[str, Any]]] = {case: [] for case, _, _ in MAINLOOP_CASES}
+        for r in range(rounds):
+            for case, dispatch, style in MAINLOOP_CASES:
+                t0 = time.monotonic()
+                meter = LoadMeter()
+                try:
+                    res = self.measure_mainloop(case, dispatch, style)
+                    res["error"] = None
+                except (BenchError, ValueError, KeyError) as exc:
+                    res = {"ns": [], "error": str(exc)}
+                    self.note(f"round {r + 1} main-loop {case}: {exc}")
+                res["round"] = r
+                res["other_load"] = meter.read()
+                res["seconds"] = round(time.monotonic() - t0, 3)
+                raw[case].append(res)
+                _log(f"round {r + 1}/{rounds} main-loop {case:14s} {res['seconds']:6.2f} s"
+                     + ("" if res["error"] is None else "  FAILED"))
+        return {
+            "config": {
+                "rounds": rounds,
+                "requests": int(self.profile["mainloop_requests"]),
+                "request_size": MAINLOOP_SIZE,
+                "frame_ms": MAINLOOP_FRAME_S * 1e3,
+                "busy_ms": MAINLOOP_BUSY_S * 1e3,
+                "spin_work": MAINLOOP_SPIN_WORK,
+                "client_gap_ms": [g * 1e3 for g in MAINLOOP_GAP_S],
+                "switch_interval_ms": sys.getswitchinterval() * 1e3,
+            },
+            "cases": {case: {"dispatch": d, "style": st, "description": MAINLOOP_DESCRIPTIONS[case]}
+                      for case, d, st in MAINLOOP_CASES},
+            "summary": summarize_mainloop(raw),
+            "raw": raw,
+        }
+
     # -- the run --
 
     def run(self) -> Dict[str, Any]:
         args = self.args
         self.selected = [k for k in IMPL_KEYS if not args.impl or k in args.impl]
+        mainloop_only = getattr(args, "mainloop_only", False)
+        if mainloop_only:
+            self.selected = ["native"]
         t_start = time.monotonic()
         started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         load_start = _loadavg()
@@ -596,6 +720,8 @@ class Harness:
         if "pinned" in modes and pinned_possible and self.cpu not in os.sched_getaffinity(0):
             raise SystemExit(f"--cpu {self.cpu}: this process may not run on that CPU")
         impls = [k for k in self.selected if self.available.get(k)]
+        if mainloop_only:
+            impls, modes = [], []
         raw: Dict[str, Dict[str, List[Dict[str, Any]]]] = {m: {k: [] for k in impls} for m in modes}
         for r in range(self.profile["rounds"]):
             for mode in modes:
@@ -619,6 +745,7 @@ class Harness:
                     raw[mode][impl].append(res)
                     _log(f"round {r + 1}/{self.profile['rounds']} {mode:8s} {impl:14s} {res['seconds']:6.2f} s"
                          + ("" if res["error"] is None else "  FAILED"))
+        mainloop = self.run_mainloop()
         summary = {mode: summarize(raw[mode], impls) for mode in modes}
         loads = [res["other_load"] for m in raw.values() for rounds in m.values() for res in rounds
                  if res.get("other_load")]
@@ -650,7 +777,8 @@ class Harness:
             "source_root": self.source_root,
             "notes": self.notes,
             "summary": summary,
-            "targets": evaluate_targets(summary),
+            "targets": evaluate_targets(summary, mainloop),
+            "mainloop": mainloop,
             "raw": raw,
             "elapsed_seconds": round(time.monotonic() - t_start, 1),
             "other_load": {
@@ -735,6 +863,37 @@ def summarize(raw: Dict[str, List[Dict[str, Any]]], impls: List[str]) -> Dict[st
     return summary
 
 
+def summarize_mainloop(raw: Dict[str, List[Dict[str, Any]]]) -> Dict[str, Any]:
+    """Per case: median RTT (median over rounds), p99 (all samples), and the
+    added latency: the case's p50 / p99 minus the idle baseline's in the same
+    round, median over rounds."""
+    def per_round(case: str, q: float) -> List[Optional[float]]:
+        return [percentile(sorted(res["ns"]), q) if res.get("ns") else None for res in raw.get(case, [])]
+
+    base50, base99 = per_round("idle", 50), per_round("idle", 99)
+    out: Dict[str, Any] = {}
+    for case, rounds in raw.items():
+        pooled = sorted(x for res in rounds for x in res.get("ns", []))
+        if not pooled:
+            out[case] = {"samples": 0, "failed_rounds": sum(1 for res in rounds if res.get("error"))}
+            continue
+        p50s, p99s = per_round(case, 50), per_round(case, 99)
+        added50 = [a - b for a, b in zip(p50s, base50) if a is not None and b is not None]
+        added99 = [a - b for a, b in zip(p99s, base99) if a is not None and b is not None]
+        out[case] = {
+            "p50_ns": _median_or_none(p50s),
+            "p99_ns": percentile(pooled, 99),
+            "max_ns": float(pooled[-1]),
+            "samples": len(pooled),
+            "added_p50_ns": _median_or_none(added50) if case != "idle" else 0.0,
+            "added_p99_ns": _median_or_none(added99) if case != "idle" else 0.0,
+            "round_p50_ns": p50s,
+            "round_p99_ns": p99s,
+            "failed_rounds": sum(1 for res in rounds if res.get("error")),
+        }
+    return out
+
+
 def _pair(summary: Dict[str, Any], a: str, b: str, metric: str, key: int) -> Optional[float]:
     """Median over rounds of a's figure / b's figure in the same round."""
     raw = summary.get("_raw_rounds", {})
@@ -745,13 +904,16 @@ def _pair(summary: Dict[str, Any], a: str, b: str, metric: str, key: int) -> Opt
     return _paired_ratio(_round_rps(raw[a], key), _round_rps(raw[b], key))
 
 
-def evaluate_targets(summary: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """The speed goals of the benchmark issue, checked against this run."""
+def evaluate_targets(summary: Dict[str, Dict[str, Any]], mainloop: Optional[Dict[str, Any]] = None
+                     ) -> List[Dict[str, Any]]:
+    """The speed goals of the benchmark issue (and of main-loop dispatch,
+    issue #7), checked against this run."""
     targets: List[Dict[str, Any]] = []
 
-    def add(text: str, mode: str, value: Optional[float], op: str, limit: float) -> None:
+    def add(text: str, mode: str, value: Optional[float], op: str, limit: float, unit: str = "ratio") -> None:
         met = None if value is None else (value <= limit if op == "<=" else value >= limit)
-        targets.append({"target": text, "mode": mode, "value": value, "op": op, "limit": limit, "met": met})
+        targets.append({"target": text, "mode": mode, "value": value, "op": op, "limit": limit, "met": met,
+                        "unit": unit})
 
     pinned = summary.get("pinned", {})
     unpinned = summary.get("unpinned", {})
@@ -768,6 +930,10 @@ def evaluate_targets(summary: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]
         _pair(unpinned, "native", "floor", "latency", MIB), "<=", 0.6)
     add("native req/s / c2c req/s, 16 clients", "pinned", _pair(pinned, "native", "c2c", "rate", 16), ">=", 0.6)
     add("native req/s / pure req/s, 16 clients", "pinned", _pair(pinned, "native", "pure", "rate", 16), ">=", 2.0)
+    loops = (mainloop or {}).get("summary", {})
+    for case, what in (("frame/manual", "1 kHz frame loop"), ("spin/manual", "spinning main thread")):
+        add(f"manual dispatch, {what}: added p50 latency", "unpinned",
+            loops.get(case, {}).get("added_p50_ns"), "<=", 50_000.0, unit="ns")
     return targets
 
 
@@ -793,6 +959,42 @@ def _fmt_rps(x: Optional[float]) -> str:
     if x is None:
         return "-"
     return f"{x / 1000:.1f} k/s" if x >= 1000 else f"{x:.0f}/s"
+
+
+def _render_mainloop(mainloop: Optional[Dict[str, Any]]) -> List[str]:
+    if not mainloop:
+        return []
+    c = mainloop["config"]
+    lines = [
+        "## Main-loop dispatch: a request while the server's main thread runs Python",
+        "",
+        f"Unpinned; {c['rounds']} round(s) of {c['requests']} requests of {c['request_size']} B per case, one "
+        f"client pausing {c['client_gap_ms'][0]:g}-{c['client_gap_ms'][1]:g} ms (uniform) before each request. "
+        f"Added = the case's figure minus the idle server's in the same round (median over rounds). "
+        f"GIL switch interval {c['switch_interval_ms']:g} ms.",
+        "",
+        "| case | median RTT | p99 RTT | max | added p50 | added p99 | main loop |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case, s in mainloop["summary"].items():
+        if not s.get("samples"):
+            lines.append(f"| {case} | - | - | - | - | - | failed |")
+            continue
+        lines.append(
+            f"| {case} | {_fmt_ns(s['p50_ns'])} | {_fmt_ns(s['p99_ns'])} | {_fmt_ns(s['max_ns'])} | "
+            f"{_fmt_ns(s['added_p50_ns']) if case != 'idle' else 'baseline'} | "
+            f"{_fmt_ns(s['added_p99_ns']) if case != 'idle' else 'baseline'} | "
+            f"{mainloop['cases'][case]['description']} |"
+        )
+    lines.append("")
+    summary = mainloop["summary"]
+    for style in ("frame", "spin"):
+        t, m = summary.get(f"{style}/thread", {}), summary.get(f"{style}/manual", {})
+        if t.get("p50_ns") and m.get("p50_ns"):
+            lines.append(f"- {style}: thread dispatch median RTT ÷ manual dispatch median RTT: "
+                         f"{t['p50_ns'] / m['p50_ns']:.1f}×; p99: {t['p99_ns'] / m['p99_ns']:.1f}×")
+    lines.append("")
+    return lines
 
 
 def render_markdown(results: Dict[str, Any]) -> str:
@@ -861,13 +1063,18 @@ def render_markdown(results: Dict[str, Any]) -> str:
                 row.append(_fmt_rps(s["rate"].get(str(k), {}).get("rps")))
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+    lines.extend(_render_mainloop(results.get("mainloop")))
     lines.append("## Targets")
     lines.append("")
     lines.append("| target | mode | measured | goal | met |")
     lines.append("|---|---|---|---|---|")
     for t in results["targets"]:
         met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
-        lines.append(f"| {t['target']} | {t['mode']} | {_fmt_ratio(t['value'])} | {t['op']} {t['limit']:g} | {met} |")
+        if t.get("unit") == "ns":
+            value, limit = _fmt_ns(t["value"]), _fmt_ns(t["limit"])
+        else:
+            value, limit = _fmt_ratio(t["value"]), f"{t['limit']:g}"
+        lines.append(f"| {t['target']} | {t['mode']} | {value} | {t['op']} {limit} | {met} |")
     lines.append("")
     skipped = {k: v["skipped"] for k, v in results["implementations"].items() if "skipped" in v}
     if skipped or results["notes"]:
@@ -889,6 +1096,8 @@ def plot(results: Dict[str, Any], path: str) -> Optional[str]:
     except ImportError:
         return "no plot: matplotlib is not installed (pip install 'ipcfast[bench]')"
     modes = list(results["summary"])
+    if not modes:
+        return "no plot: no latency-versus-size figures in this run"
     fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 5), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for impl, s in results["summary"][mode].items():
@@ -1065,6 +1274,133 @@ def _rate(impl: str, addr: str, size: int, warmup: int) -> None:
     close()
 
 
+def _busy_until(deadline: float) -> int:
+    """Python work that holds the GIL until ``deadline`` (perf_counter)."""
+    perf = time.perf_counter
+    x = 0
+    while perf() < deadline:
+        x += 1
+    return x
+
+
+def _loop_serve(addr: str, dispatch: str, style: str) -> None:
+    """A native echo server whose main thread runs a main loop of ``style``:
+
+    idle   the main thread waits for stdin to close (the baseline);
+    frame  1 kHz frames: MAINLOOP_BUSY_S of busy Python, then the rest of the
+           frame waiting: manual dispatch waits on server.fileno() with
+           selectors and calls server.dispatch(0) when it is ready and once at
+           the frame's end; thread dispatch sleeps (the GIL is free meanwhile);
+    spin   a tight Python loop (MAINLOOP_SPIN_WORK iterations of work per
+           turn) that calls server.dispatch(0) every turn with manual dispatch.
+
+    Stops when stdin closes (watched by a thread that waits in read() without
+    the GIL), then prints the loop's counters as JSON.
+    """
+    import selectors
+
+    import ipcfast
+
+    server = ipcfast.Server(addr, _echo, dispatch=dispatch)
+    server.start()
+    done = threading.Event()
+
+    def watch_stdin() -> None:
+        sys.stdin.read()
+        done.set()
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    print(f"READY {server.address}", flush=True)
+    manual = dispatch == "manual"
+    perf = time.perf_counter
+    turns = handled = late_frames = 0
+    started = perf()
+    try:
+        if style == "idle":
+            done.wait()
+        elif style == "frame":
+            selector: Optional[selectors.BaseSelector] = None
+            if manual:
+                selector = selectors.DefaultSelector()
+                selector.register(server.fileno(), selectors.EVENT_READ)
+            frame_start = perf()
+            while not done.is_set():
+                frame_end = frame_start + MAINLOOP_FRAME_S
+                _busy_until(frame_start + MAINLOOP_BUSY_S)
+                if selector is not None:
+                    while True:
+                        remaining = frame_end - perf()
+                        if remaining <= 0:
+                            break
+                        if selector.select(remaining):
+                            handled += server.dispatch(0)
+                    handled += server.dispatch(0)
+                else:
+                    remaining = frame_end - perf()
+                    if remaining > 0:
+                        time.sleep(remaining)
+                turns += 1
+                now = perf()
+                if now - frame_end > MAINLOOP_FRAME_S:
+                    late_frames += 1
+                    frame_start = now  # fell behind by a whole frame: do not try to catch up
+                else:
+                    frame_start = frame_end
+        elif style == "spin":
+            work = range(MAINLOOP_SPIN_WORK)
+            if manual:
+                dispatch_now = server.dispatch
+                while not done.is_set():
+                    for _ in work:
+                        pass
+                    handled += dispatch_now(0)
+                    turns += 1
+            else:
+                while not done.is_set():
+                    for _ in work:
+                        pass
+                    turns += 1
+        else:
+            raise SystemExit(f"unknown main-loop style {style!r}")
+    finally:
+        server.stop()
+    elapsed = perf() - started
+    print(json.dumps({"turns": turns, "handled": handled, "late_frames": late_frames, "seconds": elapsed}),
+          flush=True)
+
+
+def _paced(addr: str, count: int, deadline_s: float) -> None:
+    """A client that sends ``count`` 16-byte requests with a random pause
+    (uniform in MAINLOOP_GAP_S) before each, so requests land anywhere in the
+    server's frames; prints the round-trip times (ns) as JSON. Stops early,
+    with the samples it has, after ``deadline_s`` seconds."""
+    import random
+
+    import ipcfast
+
+    rng = random.Random(7)
+    client = ipcfast.Client(addr, connect_timeout=30)
+    payload = _payload(MAINLOOP_SIZE)
+    perf = time.perf_counter_ns
+    sleep = time.sleep
+    low, high = MAINLOOP_GAP_S
+    for _ in range(MAINLOOP_WARMUP):
+        sleep(rng.uniform(low, high))
+        _check(client.request(payload), MAINLOOP_SIZE)
+    ns: List[int] = []
+    end = time.monotonic() + deadline_s
+    for _ in range(count):
+        sleep(rng.uniform(low, high))
+        t0 = perf()
+        response = client.request(payload)
+        ns.append(perf() - t0)
+        _check(response, MAINLOOP_SIZE)
+        if time.monotonic() > end:
+            break
+    client.close()
+    print(json.dumps({"ns": ns, "truncated": len(ns) < count}), flush=True)
+
+
 def _ints(text: str) -> List[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -1073,17 +1409,25 @@ def child_main(argv: List[str]) -> None:
     """``python -m ipcfast._bench child IMPL MODE ADDR ...``: same modes as the C programs."""
     p = argparse.ArgumentParser(prog="ipcfast._bench child")
     p.add_argument("impl")
-    p.add_argument("mode", choices=["serve", "lat", "rate"])
+    p.add_argument("mode", choices=["serve", "lat", "rate", "loopserve", "paced"])
     p.add_argument("addr")
     p.add_argument("--cpu", type=int)
     p.add_argument("--sizes", type=_ints)
     p.add_argument("--iters", type=_ints)
     p.add_argument("--warmup", type=_ints)
     p.add_argument("--size", type=int, default=RATE_SIZE)
+    p.add_argument("--dispatch", choices=["thread", "manual"], default="thread")
+    p.add_argument("--style", choices=["idle", "frame", "spin"], default="idle")
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--deadline", type=float, default=60.0)
     a = p.parse_args(argv)
     _pin(a.cpu)
     if a.mode == "serve":
         _serve(a.impl, a.addr)
+    elif a.mode == "loopserve":
+        _loop_serve(a.addr, a.dispatch, a.style)
+    elif a.mode == "paced":
+        _paced(a.addr, a.count, a.deadline)
     elif a.mode == "lat":
         _latency(a.impl, a.addr, a.sizes, a.iters, a.warmup)
     else:
@@ -1118,6 +1462,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--modes", type=lambda s: s.split(","), help="comma-separated subset of: unpinned,pinned")
     p.add_argument("--cpu", type=int, default=0, help="the CPU for pinned mode (default 0)")
     p.add_argument("--no-plot", action="store_true", help="do not draw latency_vs_size.png")
+    loop = p.add_mutually_exclusive_group()
+    loop.add_argument("--no-mainloop", action="store_true",
+                      help="skip the main-loop cases (a request while the server's main thread runs Python)")
+    loop.add_argument("--mainloop-only", action="store_true",
+                      help="run only the main-loop cases (thread vs manual dispatch, busy main thread)")
     a = p.parse_args(argv)
     for impl in a.impl or []:
         if impl not in IMPL_KEYS:
