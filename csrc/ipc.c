@@ -29,6 +29,9 @@ static const char TOO_LARGE_PREFIX[] = "ipcfast: too large: ";
 /* How long ipc_server_stop lets running handlers finish before it closes
  * their connections under them. */
 #define STOP_GRACE_MS 1000
+/* Exit code of a command cancelled before it ran: what a shell reports for
+ * a process ended by Ctrl-C (128 + SIGINT). */
+#define CANCELLED_EXIT_CODE 130
 
 /* ======================================================================
  * Errors and logging
@@ -468,17 +471,32 @@ static int stream_read_packet(ipc_stream *s, uint32_t max_message, uint8_t max_v
     return IPC_OK;
 }
 
+/* Writes a header and a payload made of a prefix and a body, in one write. */
+static int write_packet_parts(ipc_plat_conn *conn, uint8_t type, const void *prefix,
+                              size_t prefix_size, const void *body, size_t body_size,
+                              int timeout_ms, ipc_error *err)
+{
+    uint8_t header[IPC_MAX_HEADER_SIZE];
+    ipc_plat_buf parts[3];
+    size_t count = 1;
+
+    parts[0].data = header;
+    parts[0].size = ipc_packet_header_encode(header, type, (uint32_t)(prefix_size + body_size), 0);
+    if (prefix_size) {
+        parts[count].data = prefix;
+        parts[count++].size = prefix_size;
+    }
+    if (body_size) {
+        parts[count].data = body;
+        parts[count++].size = body_size;
+    }
+    return ipc_plat_write(conn, parts, count, timeout_ms, err);
+}
+
 static int write_packet(ipc_plat_conn *conn, uint8_t type, const void *data, size_t size,
                         int timeout_ms, ipc_error *err)
 {
-    uint8_t header[IPC_MAX_HEADER_SIZE];
-    ipc_plat_buf parts[2];
-
-    parts[0].data = header;
-    parts[0].size = ipc_packet_header_encode(header, type, (uint32_t)size, 0);
-    parts[1].data = data;
-    parts[1].size = size;
-    return ipc_plat_write(conn, parts, size ? 2 : 1, timeout_ms, err);
+    return write_packet_parts(conn, type, NULL, 0, data, size, timeout_ms, err);
 }
 
 /* ======================================================================
@@ -528,6 +546,8 @@ struct ipc_server_t {
     ipc_call *queue_tail;
     ipc_plat_cond *queued;
     ipc_plat_ready *ready;
+    /* Server node: commands queued or running, guarded by lock; at most 1. */
+    uint32_t commands_active;
 };
 
 /* State of one connection, owned by its thread. */
@@ -538,20 +558,30 @@ typedef struct ipc_connection {
     uint8_t version;
     uint8_t *scratch;          /* ipc_call_buffer */
     size_t scratch_capacity;
-    int write_failed;
+    int write_failed;          /* guarded by write_lock where there is one */
     int refused;               /* closed for a bad packet: do not drain */
-    ipc_plat_cond *done;       /* MANUAL dispatch: our queued call finished */
+    ipc_plat_cond *done;       /* MANUAL dispatch or node: our queued call finished */
+    /* Server node: output comes from several threads of the application
+     * while this thread reads, so writes are serialized. */
+    ipc_plat_mutex *write_lock;
+    ipc_call *command;         /* node: the command in flight (heap), or NULL */
 } ipc_connection;
 
 struct ipc_call {
     ipc_connection *connection;
-    int answered;
-    /* MANUAL dispatch only; guarded by the server's lock. */
+    int type;                  /* IPC_PACKET_REQUEST or IPC_PACKET_COMMAND */
+    int answered;              /* guarded by write_lock where there is one */
+    /* Queued calls only; guarded by the server's lock. */
     ipc_call *next;
     const uint8_t *request;
     size_t size;
     int finished;
     int abandoned;             /* finished by stop, unanswered */
+    int taken;                 /* handed out by ipc_server_next_call */
+    /* Commands only. */
+    int cancelled;             /* guarded by the server's lock */
+    int released;              /* counted off commands_active; server's lock */
+    uint8_t *owned;            /* the payload, copied: reading goes on */
 };
 
 static void fill_server_defaults(ipc_server_options *o)
@@ -578,22 +608,60 @@ void ipc_server_options_init(ipc_server_options *options)
 
 /* ---- answering a call ---------------------------------------------------- */
 
+static void lock_writes(ipc_connection *c)
+{
+    if (c->write_lock)
+        ipc_plat_mutex_lock(c->write_lock);
+}
+
+static void unlock_writes(ipc_connection *c)
+{
+    if (c->write_lock)
+        ipc_plat_mutex_unlock(c->write_lock);
+}
+
+/* Writes one packet on the connection; the caller holds the write lock.
+ * A failed write marks the connection broken for every later write. */
+static int write_locked(ipc_connection *c, uint8_t type, const void *prefix, size_t prefix_size,
+                        const void *body, size_t body_size, int timeout_ms, ipc_error *err)
+{
+    int r;
+
+    if (c->write_failed)
+        return ipc__fail(err, IPC_E_CLOSED, 0, "the client is gone");
+    r = write_packet_parts(c->stream.conn, type, prefix, prefix_size, body, body_size,
+                           timeout_ms, err);
+    if (r != IPC_OK)
+        c->write_failed = 1;
+    return r;
+}
+
+static int connection_broken(ipc_connection *c)
+{
+    int broken;
+
+    lock_writes(c);
+    broken = c->write_failed;
+    unlock_writes(c);
+    return broken;
+}
+
 static int send_on_call(ipc_call *call, uint8_t type, const void *data, size_t size,
                         ipc_error *err)
 {
     ipc_connection *c = call->connection;
     int r;
 
-    if (call->answered)
-        return ipc__fail(err, IPC_E_INVALID, 0, "this request was already answered");
-    call->answered = 1;
-    if (c->write_failed)
-        return ipc__fail(err, IPC_E_CLOSED, 0, "the client is gone");
-    /* No timeout: a client that stops reading blocks only its own thread,
-     * and ipc_server_stop interrupts the write. */
-    r = write_packet(c->stream.conn, type, data, size, -1, err);
-    if (r != IPC_OK)
-        c->write_failed = 1;
+    lock_writes(c);
+    if (call->answered) {
+        r = ipc__fail(err, IPC_E_INVALID, 0, "this request was already answered");
+    } else {
+        call->answered = 1;
+        /* No timeout: a client that stops reading blocks only its own
+         * thread, and ipc_server_stop interrupts the write. */
+        r = write_locked(c, type, NULL, 0, data, size, -1, err);
+    }
+    unlock_writes(c);
     return r;
 }
 
@@ -603,6 +671,8 @@ int ipc_call_respond(ipc_call *call, const void *data, size_t size, ipc_error *e
 
     if (!call || (!data && size))
         return ipc__fail(err, IPC_E_INVALID, 0, "ipc_call_respond: NULL call or data");
+    if (call->type == IPC_PACKET_COMMAND)
+        return ipc__fail(err, IPC_E_INVALID, 0, "a command is answered with ipc_call_exit");
     limit = call->connection->server->options.max_message;
     if (size > limit) {
         char *text = ipc__format("%sthe response of %lu bytes exceeds the server's "
@@ -622,6 +692,8 @@ int ipc_call_fail(ipc_call *call, const char *message, size_t size, ipc_error *e
 {
     if (!call || (!message && size))
         return ipc__fail(err, IPC_E_INVALID, 0, "ipc_call_fail: NULL call or message");
+    if (call->type == IPC_PACKET_COMMAND)
+        return ipc__fail(err, IPC_E_INVALID, 0, "a command is answered with ipc_call_exit");
     return send_on_call(call, IPC_PACKET_ERROR, message, size, err);
 }
 
@@ -746,10 +818,52 @@ static void refuse_packet(ipc_connection *c, const ipc_packet *p, int r, const i
     ipc__log(IPC_LOG_WARNING, "[slot %u] %s; closing the connection", slot,
              text ? text : "bad packet");
     /* Best effort and bounded: the client may not be reading. */
-    if (text)
-        write_packet(c->stream.conn, IPC_PACKET_ERROR, text, strlen(text),
-                     IPC_WAKE_INTERVAL_MS, NULL);
+    if (text) {
+        lock_writes(c);
+        write_locked(c, IPC_PACKET_ERROR, NULL, 0, text, strlen(text), IPC_WAKE_INTERVAL_MS,
+                     NULL);
+        unlock_writes(c);
+    }
     free(text);
+}
+
+/* Appends a call to the queue ipc_server_next_call takes from. Caller
+ * holds the lock; 0 (not queued) if the server is stopping. */
+static int enqueue_locked(ipc_server_t *server, ipc_call *call)
+{
+    if (server->stopping)
+        return 0;
+    if (server->queue_tail) {
+        server->queue_tail->next = call;
+    } else {
+        server->queue_head = call;
+        ipc_plat_ready_set(server->ready);
+    }
+    server->queue_tail = call;
+    ipc_plat_cond_broadcast(server->queued);
+    return 1;
+}
+
+/* Removes a call nobody has taken yet from the queue. Caller holds the lock. */
+static void unqueue_locked(ipc_server_t *server, ipc_call *call)
+{
+    ipc_call *prev = NULL, *at = server->queue_head;
+
+    while (at && at != call) {
+        prev = at;
+        at = at->next;
+    }
+    if (!at)
+        return;
+    if (prev)
+        prev->next = call->next;
+    else
+        server->queue_head = call->next;
+    if (server->queue_tail == call)
+        server->queue_tail = prev;
+    call->next = NULL;
+    if (!server->queue_head)
+        ipc_plat_ready_clear(server->ready);
 }
 
 /* MANUAL dispatch: hands the call to ipc_server_next_call and waits until
@@ -760,23 +874,237 @@ static int queue_and_wait(ipc_connection *c, ipc_call *call)
     int handled;
 
     ipc_plat_mutex_lock(server->lock);
-    if (server->stopping) {
+    if (!enqueue_locked(server, call)) {
         ipc_plat_mutex_unlock(server->lock);
         return 0;
     }
-    if (server->queue_tail) {
-        server->queue_tail->next = call;
-    } else {
-        server->queue_head = call;
-        ipc_plat_ready_set(server->ready);
-    }
-    server->queue_tail = call;
-    ipc_plat_cond_broadcast(server->queued);
     while (!call->finished)
         ipc_plat_cond_wait(c->done, server->lock, -1);
     handled = !call->abandoned;
     ipc_plat_mutex_unlock(server->lock);
     return handled;
+}
+
+/* ---- server node: commands ------------------------------------------------ */
+
+/* A command stops counting against the one-at-a-time limit as soon as its
+ * EXIT is about to go out: the client may send its next COMMAND the moment
+ * it reads the EXIT. Caller holds the lock. */
+static void release_command_locked(ipc_server_t *server, ipc_call *call)
+{
+    if (call->type == IPC_PACKET_COMMAND && !call->released) {
+        call->released = 1;
+        server->commands_active--;
+    }
+}
+
+static void send_exit(ipc_connection *c, int32_t code, uint8_t type)
+{
+    uint8_t payload[IPC_EXIT_PAYLOAD_SIZE];
+
+    ipc_exit_encode(payload, code, type);
+    lock_writes(c);
+    write_locked(c, IPC_PACKET_EXIT, NULL, 0, payload, sizeof payload, -1, NULL);
+    unlock_writes(c);
+}
+
+/* Frees the connection's command once it is finished; with `wait`, first
+ * waits for that (the client sent something that must follow the EXIT). */
+static void reap_command(ipc_connection *c, int wait)
+{
+    ipc_server_t *server = c->server;
+    ipc_call *call = c->command;
+    int finished;
+
+    if (!call)
+        return;
+    ipc_plat_mutex_lock(server->lock);
+    while (wait && !call->finished)
+        ipc_plat_cond_wait(c->done, server->lock, -1);
+    finished = call->finished;
+    ipc_plat_mutex_unlock(server->lock);
+    if (finished) {
+        free(call->owned);
+        free(call);
+        c->command = NULL;
+    }
+}
+
+/* Queues a COMMAND for ipc_server_next_call, or answers EXIT BUSY when the
+ * node already has one. 0 if the server is stopping. */
+static int start_command(ipc_connection *c, const ipc_packet *packet)
+{
+    ipc_server_t *server = c->server;
+    ipc_call *call;
+    int busy, stopping;
+
+    ipc_plat_mutex_lock(server->lock);
+    stopping = server->stopping;
+    busy = server->commands_active > 0;
+    if (!stopping && !busy)
+        server->commands_active++;
+    ipc_plat_mutex_unlock(server->lock);
+    if (stopping)
+        return 0;
+    if (busy) {
+        send_exit(c, 0, IPC_EXIT_BUSY);
+        return 1;
+    }
+    call = (ipc_call *)calloc(1, sizeof *call);
+    if (call)
+        call->owned = (uint8_t *)malloc((size_t)packet->header.length + 1);
+    if (!call || !call->owned) {
+        ipc__log(IPC_LOG_ERROR, "[slot %u] out of memory for a command",
+                 (unsigned)c->slot->index);
+        free(call);
+        ipc_plat_mutex_lock(server->lock);
+        server->commands_active--;
+        ipc_plat_mutex_unlock(server->lock);
+        send_exit(c, 1, IPC_EXIT_REFUSED);
+        return 1;
+    }
+    memcpy(call->owned, packet->payload, packet->header.length);
+    call->owned[packet->header.length] = 0;
+    call->connection = c;
+    call->type = IPC_PACKET_COMMAND;
+    call->request = call->owned;
+    call->size = packet->header.length;
+    c->command = call;
+    ipc_plat_mutex_lock(server->lock);
+    if (!enqueue_locked(server, call)) {
+        call->finished = 1;
+        release_command_locked(server, call);
+        stopping = 1;
+    }
+    ipc_plat_mutex_unlock(server->lock);
+    return !stopping;
+}
+
+/* CANCEL, or the client vanished. A command still in the queue ends here
+ * (EXIT cancelled) and never runs; a running one is the application's to
+ * stop: its cancel_handler is told. */
+static void cancel_command(ipc_connection *c)
+{
+    ipc_server_t *server = c->server;
+    ipc_call *call = c->command;
+    int notify = 0, unqueued = 0;
+
+    if (!call)
+        return;
+    ipc_plat_mutex_lock(server->lock);
+    if (!call->finished && !call->cancelled) {
+        call->cancelled = 1;
+        if (call->taken) {
+            notify = 1;
+        } else {
+            unqueue_locked(server, call);
+            release_command_locked(server, call);
+            call->finished = 1;
+            unqueued = 1;
+        }
+    }
+    ipc_plat_mutex_unlock(server->lock);
+    if (unqueued) {
+        uint8_t payload[IPC_EXIT_PAYLOAD_SIZE];
+
+        ipc_exit_encode(payload, CANCELLED_EXIT_CODE, IPC_EXIT_CANCELLED);
+        send_on_call(call, IPC_PACKET_EXIT, payload, sizeof payload, NULL);
+    }
+    /* The call stays allocated until this thread reaps it, so the pointer
+     * is valid in the callback even if the command just finished. */
+    if (notify && server->options.cancel_handler)
+        server->options.cancel_handler(server->user_data, call);
+}
+
+int ipc_call_type(const ipc_call *call)
+{
+    return call ? call->type : 0;
+}
+
+int ipc_call_console_write(ipc_call *call, int stream, const void *text, size_t size,
+                           ipc_error *err)
+{
+    /* Bounded packets, so a client's max_message never refuses output. */
+    const size_t chunk = 1024u * 1024u;
+    const uint8_t *at = (const uint8_t *)text;
+    uint8_t stream_byte = (uint8_t)stream;
+    ipc_connection *c;
+    int r = IPC_OK;
+
+    if (!call || (!text && size))
+        return ipc__fail(err, IPC_E_INVALID, 0, "ipc_call_console_write: NULL call or text");
+    if (call->type != IPC_PACKET_COMMAND)
+        return ipc__fail(err, IPC_E_INVALID, 0, "console output belongs to a command call");
+    if (stream != IPC_STREAM_STDOUT && stream != IPC_STREAM_STDERR)
+        return ipc__fail(err, IPC_E_INVALID, 0, "stream must be 1 (stdout) or 2 (stderr), not %d",
+                         stream);
+    c = call->connection;
+    lock_writes(c);
+    if (call->answered)
+        r = ipc__fail(err, IPC_E_INVALID, 0, "the command already exited");
+    do {
+        size_t part = size < chunk ? size : chunk;
+
+        if (r == IPC_OK)
+            r = write_locked(c, IPC_PACKET_CONSOLE_WRITE, &stream_byte, 1, at, part, -1, err);
+        at += part;
+        size -= part;
+    } while (r == IPC_OK && size > 0);
+    unlock_writes(c);
+    return r;
+}
+
+int ipc_call_exit(ipc_call *call, int32_t exit_code, uint8_t exit_type, ipc_error *err)
+{
+    uint8_t payload[IPC_EXIT_PAYLOAD_SIZE];
+    ipc_server_t *server;
+
+    if (!call)
+        return ipc__fail(err, IPC_E_INVALID, 0, "ipc_call_exit: NULL call");
+    if (call->type != IPC_PACKET_COMMAND)
+        return ipc__fail(err, IPC_E_INVALID, 0, "ipc_call_exit: not a command call");
+    server = call->connection->server;
+    ipc_plat_mutex_lock(server->lock);
+    release_command_locked(server, call);
+    ipc_plat_mutex_unlock(server->lock);
+    ipc_exit_encode(payload, exit_code, exit_type);
+    return send_on_call(call, IPC_PACKET_EXIT, payload, sizeof payload, err);
+}
+
+int ipc_call_cancelled(ipc_call *call)
+{
+    ipc_server_t *server;
+    int cancelled;
+
+    if (!call || call->type != IPC_PACKET_COMMAND)
+        return 0;
+    server = call->connection->server;
+    ipc_plat_mutex_lock(server->lock);
+    cancelled = call->cancelled;
+    ipc_plat_mutex_unlock(server->lock);
+    return cancelled;
+}
+
+/* Server node packets. 0: close the connection. */
+static int serve_node_packet(ipc_connection *c, const ipc_packet *packet)
+{
+    if (packet->header.type == IPC_PACKET_CANCEL) {
+        if (packet->header.length != 0) {
+            ipc_error err = {0};
+
+            ipc__fail(&err, IPC_E_PROTOCOL, 0, "CANCEL with a %lu-byte payload",
+                      (unsigned long)packet->header.length);
+            refuse_packet(c, packet, IPC_E_PROTOCOL, &err);
+            ipc_error_clear(&err);
+            return 0;
+        }
+        cancel_command(c);   /* none in flight: it came after the EXIT; ignored */
+        return 1;
+    }
+    /* COMMAND. A client sends the next one only after the EXIT of the
+     * previous, which may still be finishing. */
+    reap_command(c, 1);
+    return start_command(c, packet) && !connection_broken(c);
 }
 
 static void serve_requests(ipc_connection *c)
@@ -791,6 +1119,7 @@ static void serve_requests(ipc_connection *c)
 
         r = stream_read_packet(&c->stream, server->options.max_message, c->version, -1,
                                IPC_WAKE_INTERVAL_MS, &packet, &err);
+        reap_command(c, 0);
         if (r == IPC_E_CLOSED)
             break;
         if (r == IPC_E_TOO_LARGE || r == IPC_E_PROTOCOL) {
@@ -802,12 +1131,20 @@ static void serve_requests(ipc_connection *c)
                      err.message ? err.message : ipc_result_name(r));
             break;
         }
+        if (server->options.node && (packet.header.type == IPC_PACKET_COMMAND ||
+                                     packet.header.type == IPC_PACKET_CANCEL)) {
+            if (!serve_node_packet(c, &packet))
+                break;
+            continue;
+        }
         if (packet.header.type != IPC_PACKET_REQUEST) {
             refuse_packet(c, &packet, IPC_E_INVALID, &err);
             break;
         }
+        reap_command(c, 1);
         memset(&call, 0, sizeof call);
         call.connection = c;
+        call.type = IPC_PACKET_REQUEST;
         if (server->options.dispatch == IPC_DISPATCH_MANUAL) {
             call.request = packet.payload;
             call.size = packet.header.length;
@@ -828,9 +1165,13 @@ static void serve_requests(ipc_connection *c)
             ipc__log(IPC_LOG_ERROR, "[slot %u] %s", (unsigned)c->slot->index, text);
             send_on_call(&call, IPC_PACKET_ERROR, text, sizeof text - 1, NULL);
         }
-        if (c->write_failed)
+        if (connection_broken(c))
             break;
     }
+    /* A command still running has lost its client: stop it, and wait for
+     * the application to finish it before the connection goes away. */
+    cancel_command(c);
+    reap_command(c, 1);
     ipc_error_clear(&err);
 }
 
@@ -849,10 +1190,11 @@ static void connection_main(void *arg)
     ipc_plat_mutex_unlock(server->lock);
     c.stream.conn = conn;
 
-    if (server->options.dispatch == IPC_DISPATCH_MANUAL) {
+    if (server->options.dispatch == IPC_DISPATCH_MANUAL || server->options.node) {
         ipc_error err = {0};
 
-        if (ipc_plat_cond_create(&c.done, &err) != IPC_OK) {
+        if (ipc_plat_cond_create(&c.done, &err) != IPC_OK ||
+            (server->options.node && ipc_plat_mutex_create(&c.write_lock, &err) != IPC_OK)) {
             ipc__log(IPC_LOG_ERROR, "[slot %u] dropped a client: %s", (unsigned)slot->index,
                      err.message ? err.message : "no condition variable");
             ipc_error_clear(&err);
@@ -881,6 +1223,8 @@ static void connection_main(void *arg)
     free(c.scratch);
     if (c.done)
         ipc_plat_cond_destroy(c.done);
+    if (c.write_lock)
+        ipc_plat_mutex_destroy(c.write_lock);
 
     /* Drain while stop can still cut it short (a client that never reads
      * must not hold the server). Once conn is detached, stop no longer
@@ -1091,7 +1435,7 @@ static int server_create(ipc_server_t **out, const char *name, const ipc_server_
     r = ipc_plat_mutex_create(&server->lock, err);
     if (r == IPC_OK)
         r = ipc_plat_cond_create(&server->changed, err);
-    if (r == IPC_OK && server->options.dispatch == IPC_DISPATCH_MANUAL) {
+    if (r == IPC_OK && (server->options.dispatch == IPC_DISPATCH_MANUAL || server->options.node)) {
         r = ipc_plat_cond_create(&server->queued, err);
         if (r == IPC_OK)
             r = ipc_plat_ready_create(&server->ready, err);
@@ -1194,8 +1538,9 @@ int ipc_server_next_call(ipc_server_t *server, ipc_call **call, const uint8_t **
     if (!server || !call || !request || !size)
         return ipc__fail(err, IPC_E_INVALID, 0, "ipc_server_next_call: NULL argument");
     *call = NULL;
-    if (server->options.dispatch != IPC_DISPATCH_MANUAL)
-        return ipc__fail(err, IPC_E_INVALID, 0, "the server does not use manual dispatch");
+    if (!server->queued)
+        return ipc__fail(err, IPC_E_INVALID, 0, "the server uses neither manual dispatch nor "
+                         "node commands");
     ipc_plat_mutex_lock(server->lock);
     while (!server->queue_head && !server->stopping) {
         int wait = remaining_ms(deadline);
@@ -1219,6 +1564,7 @@ int ipc_server_next_call(ipc_server_t *server, ipc_call **call, const uint8_t **
         ipc_plat_ready_clear(server->ready);
     }
     taken->next = NULL;
+    taken->taken = 1;
     ipc_plat_mutex_unlock(server->lock);
     *call = taken;
     *request = taken->request;
@@ -1229,11 +1575,19 @@ int ipc_server_next_call(ipc_server_t *server, ipc_call **call, const uint8_t **
 void ipc_call_finish(ipc_call *call)
 {
     ipc_connection *c;
+    int answered;
 
     if (!call)
         return;
     c = call->connection;
-    if (!call->answered) {
+    lock_writes(c);
+    answered = call->answered;
+    unlock_writes(c);
+    if (!answered && call->type == IPC_PACKET_COMMAND) {
+        ipc__log(IPC_LOG_ERROR, "[slot %u] the application finished a command without its "
+                 "EXIT; reporting it as crashed", (unsigned)c->slot->index);
+        ipc_call_exit(call, 1, IPC_EXIT_CRASHED, NULL);
+    } else if (!answered) {
         static const char text[] = "the application finished the request without answering it";
 
         ipc__log(IPC_LOG_ERROR, "[slot %u] %s", (unsigned)c->slot->index, text);
@@ -1292,11 +1646,12 @@ static void abandon_queued_calls(ipc_server_t *server)
 {
     ipc_call *call = server->queue_head;
 
-    if (server->options.dispatch != IPC_DISPATCH_MANUAL)
+    if (!server->queued)
         return;
     while (call) {
         ipc_call *next = call->next;
 
+        release_command_locked(server, call);
         call->finished = 1;
         call->abandoned = 1;
         ipc_plat_cond_broadcast(call->connection->done);
@@ -1702,6 +2057,78 @@ int ipc_client_request(ipc_client_t *client, const void *request, size_t size,
     if (r == IPC_OK)
         r = client_read_locked(client, response, response_size, deadline, err);
     ipc_plat_mutex_unlock(client->busy);
+    return r;
+}
+
+int ipc_client_write_packet(ipc_client_t *client, uint8_t type, const void *data, size_t size,
+                            int timeout_ms, ipc_error *err)
+{
+    int64_t deadline = timeout_ms < 0 ? -1 : ipc_plat_now_ms() + timeout_ms;
+    int r;
+
+    if (!data && size)
+        return ipc__fail(err, IPC_E_INVALID, 0, "NULL data with a nonzero size");
+    if (type != IPC_PACKET_REQUEST && type != IPC_PACKET_COMMAND && type != IPC_PACKET_CANCEL)
+        return ipc__fail(err, IPC_E_INVALID, 0, "packet type %u is not sent by clients",
+                         (unsigned)type);
+    if (size > 0xFFFFFFFFu)
+        return ipc__fail(err, IPC_E_TOO_LARGE, 0,
+                         "a packet of %lu bytes does not fit the 4-byte length field",
+                         (unsigned long)size);
+    r = client_enter(client, err);
+    if (r != IPC_OK)
+        return r;
+    r = write_packet(client->stream.conn, type, data, size, remaining_ms(deadline), err);
+    if (r == IPC_E_CLOSED)
+        r = explain_refused_write(client, r, err);
+    if (r != IPC_OK)
+        client_abandon(client, err);
+    ipc_plat_mutex_unlock(client->busy);
+    return r;
+}
+
+int ipc_client_read_packet(ipc_client_t *client, uint8_t *type, const uint8_t **payload,
+                           size_t *size, int timeout_ms, ipc_error *err)
+{
+    int64_t deadline = timeout_ms < 0 ? -1 : ipc_plat_now_ms() + timeout_ms;
+    ipc_packet packet;
+    int r;
+
+    if (!type || !payload || !size)
+        return ipc__fail(err, IPC_E_INVALID, 0, "NULL packet pointers");
+    r = client_enter(client, err);
+    if (r != IPC_OK)
+        return r;
+    client->legacy_left = 0;
+    r = stream_read_packet(&client->stream, client->options.max_message, client->version,
+                           deadline, -1, &packet, err);
+    if (r == IPC_OK && packet.header.type != IPC_PACKET_RESPONSE &&
+        packet.header.type != IPC_PACKET_ERROR && packet.header.type != IPC_PACKET_CONSOLE_WRITE &&
+        packet.header.type != IPC_PACKET_EXIT)
+        r = ipc__fail(err, IPC_E_PROTOCOL, 0, "unexpected packet type %u from the server",
+                      (unsigned)packet.header.type);
+    if (r == IPC_OK) {
+        *type = packet.header.type;
+        *payload = packet.payload;
+        *size = packet.header.length;
+    } else if (r != IPC_E_TIMEOUT) {
+        /* A timeout leaves what arrived buffered: the next read goes on. */
+        client_abandon(client, err);
+    }
+    ipc_plat_mutex_unlock(client->busy);
+    return r;
+}
+
+int ipc_client_send_command(ipc_client_t *client, const ipc_command *command, int timeout_ms,
+                            ipc_error *err)
+{
+    uint8_t *payload = NULL;
+    size_t size = 0;
+    int r = ipc_command_encode(command, &payload, &size, err);
+
+    if (r == IPC_OK)
+        r = ipc_client_write_packet(client, IPC_PACKET_COMMAND, payload, size, timeout_ms, err);
+    ipc_free(payload);
     return r;
 }
 

@@ -243,6 +243,14 @@ typedef struct ipc_server_options {
      * may then be NULL). */
     ipc_returning_handler_fn returning_handler;
     int dispatch;                  /* enum ipc_dispatch; 0: IPC_DISPATCH_THREAD */
+    /* Nonzero: a server node (see "server node" below). COMMAND packets are
+     * accepted and queued for ipc_server_next_call, whatever `dispatch` says
+     * (REQUESTs still follow `dispatch`); CANCEL packets are accepted. */
+    int node;
+    /* Server node: called on the connection's thread when the client of a
+     * command taken by ipc_server_next_call sends CANCEL or disconnects. May
+     * be NULL (poll ipc_call_cancelled instead). */
+    void (*cancel_handler)(void *user_data, ipc_call *call);
 } ipc_server_options;
 
 /* Fills defaults: 32 clients, 1 listener, 64 MiB, user access,
@@ -288,7 +296,8 @@ const char *ipc_server_address(const ipc_server_t *server);
  * *request and *size describe it (request NUL-terminated as for handlers);
  * answer with ipc_call_respond / ipc_call_fail, then always end it with
  * ipc_call_finish. IPC_E_TIMEOUT: nothing pending. IPC_E_CLOSED: the server
- * is stopping. IPC_E_INVALID: the server does not use MANUAL dispatch. */
+ * is stopping. IPC_E_INVALID: the server uses neither MANUAL dispatch nor
+ * options.node. */
 int ipc_server_next_call(ipc_server_t *server, ipc_call **call, const uint8_t **request,
                          size_t *size, int timeout_ms, ipc_error *err);
 
@@ -304,9 +313,9 @@ void ipc_server_interrupt(ipc_server_t *server);
  * server while holding an unfinished call on the same thread. */
 void ipc_call_finish(ipc_call *call);
 
-/* MANUAL dispatch: something to wait on in an event loop, ready while
- * requests are pending: a file descriptor that polls readable (POSIX) or an
- * event HANDLE that is signaled (Windows). -1 for THREAD dispatch. Do not
+/* MANUAL dispatch or node: something to wait on in an event loop, ready
+ * while calls are pending: a file descriptor that polls readable (POSIX) or
+ * an event HANDLE that is signaled (Windows). -1 when there is no queue. Do not
  * read from it or reset it: ipc_server_next_call does. */
 intptr_t ipc_server_ready_handle(const ipc_server_t *server);
 
@@ -316,6 +325,102 @@ intptr_t ipc_server_ready_handle(const ipc_server_t *server);
  * see the connection closed), joins every thread, closes every handle,
  * removes the socket. Must not be called from a handler. NULL is allowed. */
 void ipc_server_stop(ipc_server_t *server);
+
+/* ---- server node: commands for a warm process ------------------------- */
+
+/* A server node runs commands for short-lived clients (docs/protocol.md,
+ * section 8): the client sends a COMMAND (argv, working directory,
+ * environment, locale), the server streams the command's output back as
+ * CONSOLE_WRITE packets and ends with one EXIT packet; a CANCEL packet asks
+ * it to stop the running command.
+ *
+ * With options.node set, the connection threads queue each COMMAND for
+ * ipc_server_next_call (ipc_call_type() tells it from a REQUEST) and keep
+ * reading, so a CANCEL is seen while the command runs. A node runs one
+ * command at a time: a COMMAND that arrives while another one is queued or
+ * running (on any connection) is answered at once with EXIT type
+ * IPC_EXIT_BUSY, so that client can run the command itself. */
+
+enum ipc_console_stream {
+    IPC_STREAM_STDOUT = 1,
+    IPC_STREAM_STDERR = 2
+};
+
+enum ipc_exit_type {
+    IPC_EXIT_COMPLETED = 0,  /* ran to its end; exit_code is its status */
+    IPC_EXIT_CANCELLED = 1,  /* stopped by CANCEL (or its client vanished) */
+    IPC_EXIT_CRASHED = 2,    /* the command, or the server running it, failed */
+    IPC_EXIT_BUSY = 3,       /* not run: the node runs another command */
+    IPC_EXIT_STALE = 4,      /* not run: the node's code changed; it is exiting */
+    IPC_EXIT_REFUSED = 5     /* not run: the node cannot run it (reason on stderr) */
+};
+
+/* Bits of ipc_command.flags: which of the client's streams are terminals. */
+#define IPC_COMMAND_STDIN_TTY 0x1u
+#define IPC_COMMAND_STDOUT_TTY 0x2u
+#define IPC_COMMAND_STDERR_TTY 0x4u
+
+#define IPC_EXIT_PAYLOAD_SIZE 5   /* int32 exit code, exit type byte */
+
+/* A decoded COMMAND. Strings are NUL-terminated and contain no NUL. */
+typedef struct ipc_command {
+    uint32_t flags;    /* IPC_COMMAND_*_TTY bits */
+    uint32_t argc;
+    char **argv;       /* argc strings */
+    char *cwd;         /* working directory */
+    uint32_t envc;
+    char **env;        /* envc "NAME=value" strings */
+    char *locale;      /* the client's LC_CTYPE locale name, may be "" */
+} ipc_command;
+
+/* Encodes a COMMAND payload into a new buffer (*out, freed with ipc_free).
+ * IPC_E_INVALID: a NULL string or a count with a NULL array;
+ * IPC_E_TOO_LARGE: the payload would exceed 4 GiB. */
+int ipc_command_encode(const ipc_command *command, uint8_t **out, size_t *out_size,
+                       ipc_error *err);
+
+/* Decodes a COMMAND payload into *command (free it with ipc_command_free,
+ * also after a failure). IPC_E_PROTOCOL: malformed (a length past the end,
+ * a NUL inside a string, bytes after the last field). */
+int ipc_command_decode(const uint8_t *payload, size_t size, ipc_command *command,
+                       ipc_error *err);
+
+/* Frees what ipc_command_decode allocated and zeroes *command. */
+void ipc_command_free(ipc_command *command);
+
+/* Frees a buffer this library allocated (ipc_command_encode). */
+void ipc_free(void *buffer);
+
+/* Decodes a CONSOLE_WRITE payload: *stream is 1 or 2, *text points into
+ * payload. IPC_E_PROTOCOL: empty payload or another stream number. */
+int ipc_console_write_decode(const uint8_t *payload, size_t size, int *stream,
+                             const uint8_t **text, size_t *text_size, ipc_error *err);
+
+/* Encodes / decodes an EXIT payload (IPC_EXIT_PAYLOAD_SIZE bytes). Decoding
+ * accepts exit types this version does not know (treat them as crashed);
+ * IPC_E_PROTOCOL: not exactly 5 bytes. */
+size_t ipc_exit_encode(uint8_t out[IPC_EXIT_PAYLOAD_SIZE], int32_t exit_code, uint8_t exit_type);
+int ipc_exit_decode(const uint8_t *payload, size_t size, int32_t *exit_code,
+                    uint8_t *exit_type, ipc_error *err);
+
+/* The packet type of a call from ipc_server_next_call: IPC_PACKET_REQUEST
+ * or IPC_PACKET_COMMAND (its payload is the encoded command). */
+int ipc_call_type(const ipc_call *call);
+
+/* Command calls: sends a CONSOLE_WRITE (stream 1 or 2). Callable from any
+ * thread (writes are serialized per connection) until the call is
+ * answered with ipc_call_exit or finished. IPC_E_CLOSED: the client is
+ * gone (keep running or stop; the output is lost either way). */
+int ipc_call_console_write(ipc_call *call, int stream, const void *text, size_t size,
+                           ipc_error *err);
+
+/* Command calls: sends the EXIT packet that ends the command; then end the
+ * call with ipc_call_finish. (Finishing without it sends EXIT type
+ * IPC_EXIT_CRASHED, exit code 1.) */
+int ipc_call_exit(ipc_call *call, int32_t exit_code, uint8_t exit_type, ipc_error *err);
+
+/* Command calls: nonzero once the client sent CANCEL or disconnected. */
+int ipc_call_cancelled(ipc_call *call);
 
 /* ---- client ------------------------------------------------------------ */
 
@@ -357,6 +462,22 @@ int ipc_client_write(ipc_client_t *client, const void *request, size_t size,
                      int timeout_ms, ipc_error *err);
 int ipc_client_read(ipc_client_t *client, const uint8_t **response,
                     size_t *response_size, int timeout_ms, ipc_error *err);
+
+/* Packet-level access, for the server node's client side. Sends one packet
+ * of a client-to-server type (REQUEST, COMMAND, CANCEL). */
+int ipc_client_write_packet(ipc_client_t *client, uint8_t type, const void *data, size_t size,
+                            int timeout_ms, ipc_error *err);
+
+/* Receives the next packet of any server-to-client type (RESPONSE, ERROR,
+ * CONSOLE_WRITE, EXIT) as it is: *payload stays valid until the client's
+ * next read. IPC_E_TIMEOUT leaves the connection usable (the packet is
+ * still coming: call again); other failures close it. */
+int ipc_client_read_packet(ipc_client_t *client, uint8_t *type, const uint8_t **payload,
+                           size_t *size, int timeout_ms, ipc_error *err);
+
+/* Encodes and sends a COMMAND packet. */
+int ipc_client_send_command(ipc_client_t *client, const ipc_command *command, int timeout_ms,
+                            ipc_error *err);
 
 /* The packet version both sides agreed on. */
 uint8_t ipc_client_version(const ipc_client_t *client);

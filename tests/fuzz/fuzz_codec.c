@@ -39,6 +39,7 @@
  *   ./fuzz_codec -max_len=4096 -rss_limit_mb=1024 tests/fuzz/corpus
  */
 #include "../../csrc/ipc.c"
+#include "../../csrc/ipc_node.c"
 
 #include <assert.h>
 #include <stdint.h>
@@ -255,6 +256,41 @@ static void echo_handler(void *user_data, ipc_call *call, const uint8_t *request
 }
 
 /* The sans-I/O functions, prefix by prefix. */
+/* Server-node payloads: a COMMAND that decodes re-encodes to the same
+ * bytes; nothing crashes, leaks or reads past the end. */
+static void check_node_codec(const uint8_t *data, size_t size)
+{
+    ipc_command command;
+    int r = ipc_command_decode(data, size, &command, NULL);
+
+    FUZZ_CHECK(r == IPC_OK || r == IPC_E_PROTOCOL || r == IPC_E_NO_MEMORY);
+    if (r == IPC_OK) {
+        uint8_t *again = NULL;
+        size_t again_size = 0;
+
+        FUZZ_CHECK(command.argc > 0);
+        FUZZ_CHECK(ipc_command_encode(&command, &again, &again_size, NULL) == IPC_OK);
+        FUZZ_CHECK(again_size == size && memcmp(again, data, size) == 0);
+        ipc_free(again);
+    }
+    ipc_command_free(&command);
+    {
+        int stream = 0;
+        const uint8_t *text = NULL;
+        size_t text_size = 0;
+        int32_t code = 0;
+        uint8_t type = 0;
+
+        if (ipc_console_write_decode(data, size, &stream, &text, &text_size, NULL) == IPC_OK)
+            FUZZ_CHECK((stream == 1 || stream == 2) && text_size == size - 1);
+        if (ipc_exit_decode(data, size, &code, &type, NULL) == IPC_OK) {
+            uint8_t again[IPC_EXIT_PAYLOAD_SIZE];
+            ipc_exit_encode(again, code, type);
+            FUZZ_CHECK(size == IPC_EXIT_PAYLOAD_SIZE && memcmp(again, data, size) == 0);
+        }
+    }
+}
+
 static void check_codec(const uint8_t *data, size_t size, uint32_t max_message,
                         const uint8_t value[IPC_HANDSHAKE_SIZE])
 {
@@ -443,6 +479,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         value[7] ^= 0x01;
 
     check_codec(data, size, max_message, value);
+    check_node_codec(data, size);
     if (mode & 1)
         run_client(data, size, seed, max_message, value);
     else
