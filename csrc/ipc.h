@@ -231,6 +231,9 @@ enum ipc_dispatch {
     IPC_DISPATCH_MANUAL = 1
 };
 
+/* Server node: see options.cancel_handler. */
+typedef void (*ipc_cancel_fn)(void *user_data, ipc_call *call);
+
 typedef struct ipc_server_options {
     uint32_t max_clients;          /* connection slots; 0: 32 */
     uint32_t listeners;            /* parallel pending accepts; 0: 1 */
@@ -250,7 +253,7 @@ typedef struct ipc_server_options {
     /* Server node: called on the connection's thread when the client of a
      * command taken by ipc_server_next_call sends CANCEL or disconnects. May
      * be NULL (poll ipc_call_cancelled instead). */
-    void (*cancel_handler)(void *user_data, ipc_call *call);
+    ipc_cancel_fn cancel_handler;
 } ipc_server_options;
 
 /* Fills defaults: 32 clients, 1 listener, 64 MiB, user access,
@@ -329,7 +332,7 @@ void ipc_server_stop(ipc_server_t *server);
 /* ---- server node: commands for a warm process ------------------------- */
 
 /* A server node runs commands for short-lived clients (docs/protocol.md,
- * section 8): the client sends a COMMAND (argv, working directory,
+ * section 10): the client sends a COMMAND (argv, working directory,
  * environment, locale), the server streams the command's output back as
  * CONSOLE_WRITE packets and ends with one EXIT packet; a CANCEL packet asks
  * it to stop the running command.

@@ -1,6 +1,6 @@
 /*
  * ipc_node.c - sans-I/O codec of the server-node payloads (COMMAND,
- * CONSOLE_WRITE, EXIT), docs/protocol.md section 8. Pure functions over
+ * CONSOLE_WRITE, EXIT), docs/protocol.md section 10. Pure functions over
  * buffers: no OS calls, so the fuzzer and the test vectors exercise them
  * directly, and the pure-Python codec (_codec.py) mirrors them.
  *

@@ -62,6 +62,24 @@ class Header(NamedTuple):
 # ---------------------------------------------------------------------------
 
 
+class NodeCommand(NamedTuple):
+    argv: List[bytes]
+    cwd: bytes
+    env: List[bytes]
+    locale: bytes
+    flags: int
+
+
+def _command_of(case: Dict[str, Any]) -> NodeCommand:
+    return NodeCommand(
+        [bytes.fromhex(a) for a in case["argv"]],
+        bytes.fromhex(case["cwd"]),
+        [bytes.fromhex(e) for e in case["env"]],
+        bytes.fromhex(case["locale"]),
+        case["flags"],
+    )
+
+
 class CCodec:
     """The C core's codec (csrc/ipc.c) through the cffi extension module."""
 
@@ -133,6 +151,88 @@ class CCodec:
         return verdict, Header(header.type, header.version, header.length, header.header_size)
 
 
+    # server-node payloads: (result, error message) pairs
+    def _error(self, err: Any) -> str:
+        return self.ffi.string(err.message).decode("utf-8", "replace") if err.message else ""
+
+    def encode_command(self, command: NodeCommand) -> bytes:
+        keep = [self.ffi.new("char[]", a) for a in command.argv + command.env]
+        argv = self.ffi.new("char *[]", keep[: len(command.argv)] or 1)
+        env = self.ffi.new("char *[]", keep[len(command.argv) :] or 1)
+        c = self.ffi.new("ipc_command *")
+        c.flags = command.flags
+        c.argc = len(command.argv)
+        c.argv = argv
+        cwd = self.ffi.new("char[]", command.cwd)
+        locale = self.ffi.new("char[]", command.locale)
+        c.cwd = cwd
+        c.envc = len(command.env)
+        c.env = env
+        c.locale = locale
+        out = self.ffi.new("uint8_t **")
+        size = self.ffi.new("size_t *")
+        err = self.ffi.new("ipc_error *")
+        assert self.lib.ipc_command_encode(c, out, size, err) == 0, self._error(err)
+        try:
+            return bytes(self.ffi.buffer(out[0], size[0]))
+        finally:
+            self.lib.ipc_free(out[0])
+
+    def decode_command(self, data: bytes) -> Tuple[Optional[NodeCommand], str]:
+        c = self.ffi.new("ipc_command *")
+        err = self.ffi.new("ipc_error *")
+        rc = self.lib.ipc_command_decode(self._in(data), len(data), c, err)
+        try:
+            if rc != 0:
+                assert rc == self.lib.IPC_E_PROTOCOL
+                return None, self._error(err)
+            s = self.ffi.string
+            return (
+                NodeCommand(
+                    [s(c.argv[i]) for i in range(c.argc)],
+                    s(c.cwd),
+                    [s(c.env[i]) for i in range(c.envc)],
+                    s(c.locale),
+                    c.flags,
+                ),
+                "",
+            )
+        finally:
+            self.lib.ipc_command_free(c)
+            self.lib.ipc_error_clear(err)
+
+    def decode_console_write(self, data: bytes) -> Tuple[Optional[Tuple[int, bytes]], str]:
+        stream = self.ffi.new("int *")
+        text = self.ffi.new("const uint8_t **")
+        size = self.ffi.new("size_t *")
+        err = self.ffi.new("ipc_error *")
+        buf = self._in(data)
+        rc = self.lib.ipc_console_write_decode(buf, len(data), stream, text, size, err)
+        try:
+            if rc != 0:
+                return None, self._error(err)
+            return (stream[0], bytes(self.ffi.buffer(text[0], size[0]))), ""
+        finally:
+            self.lib.ipc_error_clear(err)
+
+    def encode_exit(self, code: int, kind: int) -> bytes:
+        out = self.ffi.new("uint8_t[5]")
+        n = self.lib.ipc_exit_encode(out, code, kind)
+        return bytes(self.ffi.buffer(out, n))
+
+    def decode_exit(self, data: bytes) -> Tuple[Optional[Tuple[int, int]], str]:
+        code = self.ffi.new("int32_t *")
+        kind = self.ffi.new("uint8_t *")
+        err = self.ffi.new("ipc_error *")
+        rc = self.lib.ipc_exit_decode(self._in(data), len(data), code, kind, err)
+        try:
+            if rc != 0:
+                return None, self._error(err)
+            return (code[0], kind[0]), ""
+        finally:
+            self.lib.ipc_error_clear(err)
+
+
 class PureCodec:
     """The pure-Python codec (python/ipcfast/_codec.py)."""
 
@@ -166,6 +266,32 @@ class PureCodec:
     def parse_header(self, data: bytes, max_message: int, max_version: int) -> Tuple[str, Header]:
         verdict, header = self.codec.parse_header(data, max_message, max_version)
         return verdict.name, Header(*header)
+
+
+    def encode_command(self, command: NodeCommand) -> bytes:
+        return self.codec.encode_command(self.codec.Command(*command))
+
+    def decode_command(self, data: bytes) -> Tuple[Optional[NodeCommand], str]:
+        try:
+            c = self.codec.decode_command(data)
+        except self.codec.MalformedPayload as exc:
+            return None, str(exc)
+        return NodeCommand(c.argv, c.cwd, c.env, c.locale, c.flags), ""
+
+    def decode_console_write(self, data: bytes) -> Tuple[Optional[Tuple[int, bytes]], str]:
+        try:
+            return self.codec.decode_console_write(data), ""
+        except self.codec.MalformedPayload as exc:
+            return None, str(exc)
+
+    def encode_exit(self, code: int, kind: int) -> bytes:
+        return self.codec.encode_exit(code, kind)
+
+    def decode_exit(self, data: bytes) -> Tuple[Optional[Tuple[int, int]], str]:
+        try:
+            return self.codec.decode_exit(data), ""
+        except self.codec.MalformedPayload as exc:
+            return None, str(exc)
 
 
 #: name -> adapter factory: every vector test runs once per codec.
@@ -578,3 +704,64 @@ def test_random_handshakes_get_the_same_verdict(data: bytes, value: bytes) -> No
     c, pure = CCodec(), PureCodec()
     assert pure.check_handshake_request(data, value) == c.check_handshake_request(data, value)
     assert pure.check_handshake_reply(data, value) == c.check_handshake_reply(data, value)
+
+
+# ---------------------------------------------------------------------------
+# Server-node payloads
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", VECTORS["command"], ids=_ids(VECTORS["command"]))
+def test_encode_command(codec: Any, case: Dict[str, Any]) -> None:
+    assert codec.encode_command(_command_of(case)).hex() == case["hex"]
+
+
+@pytest.mark.parametrize("case", VECTORS["command"], ids=_ids(VECTORS["command"]))
+def test_decode_command(codec: Any, case: Dict[str, Any]) -> None:
+    decoded, error = codec.decode_command(bytes.fromhex(case["hex"]))
+    assert error == ""
+    assert decoded == _command_of(case)
+
+
+@pytest.mark.parametrize("case", VECTORS["command_malformed"], ids=_ids(VECTORS["command_malformed"]))
+def test_malformed_command(codec: Any, case: Dict[str, Any]) -> None:
+    decoded, error = codec.decode_command(bytes.fromhex(case["hex"]))
+    assert decoded is None
+    assert case["error"] in error
+
+
+def test_every_truncated_command_is_malformed(codec: Any) -> None:
+    data = bytes.fromhex(VECTORS["command"][0]["hex"])
+    for n in range(len(data)):
+        decoded, error = codec.decode_command(data[:n])
+        assert decoded is None and error, n
+
+
+@pytest.mark.parametrize("case", VECTORS["console_write"], ids=_ids(VECTORS["console_write"]))
+def test_console_write(codec: Any, case: Dict[str, Any]) -> None:
+    decoded, error = codec.decode_console_write(bytes.fromhex(case["hex"]))
+    if "error" in case:
+        assert decoded is None and case["error"] in error
+    else:
+        assert decoded == (case["stream"], bytes.fromhex(case["text"]))
+
+
+@pytest.mark.parametrize("case", VECTORS["exit"], ids=_ids(VECTORS["exit"]))
+def test_exit(codec: Any, case: Dict[str, Any]) -> None:
+    decoded, error = codec.decode_exit(bytes.fromhex(case["hex"]))
+    if "error" in case:
+        assert decoded is None and case["error"] in error
+    else:
+        assert decoded == (case["exit_code"], case["exit_type"])
+        assert codec.encode_exit(case["exit_code"], case["exit_type"]).hex() == case["hex"]
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=300, deadline=None)
+def test_command_codecs_agree_on_any_bytes(data: bytes) -> None:
+    c_result, c_error = CCodec().decode_command(data)
+    p_result, p_error = PureCodec().decode_command(data)
+    assert c_result == p_result
+    assert c_error == p_error
+    if c_result is not None:
+        assert CCodec().encode_command(c_result) == data

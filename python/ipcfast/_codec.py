@@ -14,7 +14,12 @@ and against each other:
   or 6 with the extended form);
 * :class:`PacketDecoder`: an incremental decoder. Feed it bytes split
   anywhere; it hands out whole packets in order and stops at the first bad
-  header with that header's verdict.
+  header with that header's verdict;
+* :func:`encode_command` / :func:`decode_command`,
+  :func:`encode_console_write` / :func:`decode_console_write`,
+  :func:`encode_exit` / :func:`decode_exit`: the server-node payloads
+  (docs/protocol.md section 10), like ``ipc_command_encode`` & co. A
+  malformed payload raises :class:`MalformedPayload`.
 
 Nothing here reads, writes, sleeps or logs.
 """
@@ -38,13 +43,22 @@ __all__ = [
     "TYPE_EXTENDED",
     "TYPE_MASK",
     "TYPE_RESERVED",
+    "Command",
+    "ExitType",
     "Header",
+    "MalformedPayload",
     "Packet",
     "PacketDecoder",
     "PacketType",
     "Verdict",
     "check_handshake_reply",
     "check_handshake_request",
+    "decode_command",
+    "decode_console_write",
+    "decode_exit",
+    "encode_command",
+    "encode_console_write",
+    "encode_exit",
     "encode_handshake_reply",
     "encode_handshake_request",
     "encode_header",
@@ -369,3 +383,158 @@ class PacketDecoder:
             self._header = None
             packets.append(Packet(header.type, header.version, payload))
         return packets
+
+
+# ---- server-node payloads (docs/protocol.md section 10) ---------------------
+
+#: Bits of Command.flags: which of the client's streams are terminals.
+COMMAND_STDIN_TTY = 0x1
+COMMAND_STDOUT_TTY = 0x2
+COMMAND_STDERR_TTY = 0x4
+#: CONSOLE_WRITE stream numbers.
+STDOUT = 1
+STDERR = 2
+EXIT_PAYLOAD_SIZE = 5
+
+
+class ExitType(enum.IntEnum):
+    """How a command ended (EXIT packet); ``ipc_exit_type`` in C."""
+
+    COMPLETED = 0  #: ran to its end; the exit code is its status
+    CANCELLED = 1  #: stopped by CANCEL, or its client vanished
+    CRASHED = 2  #: the command, or the server running it, failed
+    BUSY = 3  #: not run: the node runs another command
+    STALE = 4  #: not run: the node's code changed on disk; it is exiting
+    REFUSED = 5  #: not run: the node cannot run it (the reason went to stderr)
+
+
+class MalformedPayload(ValueError):
+    """A node payload that does not follow docs/protocol.md section 10."""
+
+
+class Command(NamedTuple):
+    """A decoded COMMAND: what a node client asks its server to run."""
+
+    argv: List[bytes]
+    cwd: bytes
+    env: List[bytes]  #: b"NAME=value" entries
+    locale: bytes  #: the client's LC_CTYPE locale name, may be empty
+    flags: int = 0  #: COMMAND_*_TTY bits
+
+
+def _check_string(value: bytes, what: str) -> bytes:
+    value = bytes(value)
+    if b"\0" in value:
+        raise ValueError(f"{what} contains a NUL byte, which a command cannot carry")
+    return value
+
+
+def encode_command(command: Command) -> bytes:
+    """The COMMAND payload for ``command`` (the C ``ipc_command_encode``)."""
+    if not command.argv:
+        raise ValueError("a command needs at least one argv entry")
+    if not 0 <= command.flags <= 0xFFFFFFFF:
+        raise ValueError("flags must fit in 32 bits")
+    parts = [struct.pack("<II", command.flags, len(command.argv))]
+
+    def put(value: bytes, what: str) -> None:
+        data = _check_string(value, what)
+        parts.append(struct.pack("<I", len(data)))
+        parts.append(data)
+
+    for i, arg in enumerate(command.argv):
+        put(arg, f"argv[{i}]")
+    put(command.cwd, "cwd")
+    parts.append(struct.pack("<I", len(command.env)))
+    for i, entry in enumerate(command.env):
+        put(entry, f"env[{i}]")
+    put(command.locale, "locale")
+    payload = b"".join(parts)
+    if len(payload) > 0xFFFFFFFF:
+        raise ValueError("the command does not fit in 4 GiB")
+    return payload
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.at = 0
+
+    @property
+    def left(self) -> int:
+        return len(self.data) - self.at
+
+    def u32(self, what: str) -> int:
+        if self.left < 4:
+            raise MalformedPayload(f"malformed COMMAND: it ends inside {what}")
+        (value,) = struct.unpack_from("<I", self.data, self.at)
+        self.at += 4
+        return int(value)
+
+    def string(self, what: str) -> bytes:
+        length = self.u32(what)
+        if length > self.left:
+            raise MalformedPayload(f"malformed COMMAND: {what} is {length} bytes but only {self.left} remain")
+        value = self.data[self.at : self.at + length]
+        if b"\0" in value:
+            raise MalformedPayload(f"malformed COMMAND: {what} contains a NUL byte")
+        self.at += length
+        return value
+
+    def strings(self, what: str) -> List[bytes]:
+        count = self.u32(what)
+        if count > self.left // 4:
+            raise MalformedPayload(f"malformed COMMAND: {count} {what} entries cannot fit in {self.left} bytes")
+        return [self.string(what) for _ in range(count)]
+
+
+def decode_command(payload: BytesLike) -> Command:
+    """Decodes a COMMAND payload; raises :class:`MalformedPayload` exactly
+    where the C ``ipc_command_decode`` fails."""
+    r = _Reader(bytes(payload))
+    flags = r.u32("flags")
+    argv = r.strings("argv")
+    cwd = r.string("cwd")
+    env = r.strings("env")
+    locale = r.string("locale")
+    if r.left:
+        raise MalformedPayload(f"malformed COMMAND: {r.left} bytes after the last field")
+    if not argv:
+        raise MalformedPayload("malformed COMMAND: argv is empty")
+    return Command(argv, cwd, env, locale, flags)
+
+
+def encode_console_write(stream: int, text: BytesLike) -> bytes:
+    """The CONSOLE_WRITE payload: the stream number (1 stdout, 2 stderr), then the bytes."""
+    if stream not in (STDOUT, STDERR):
+        raise ValueError(f"stream must be 1 (stdout) or 2 (stderr), not {stream}")
+    return bytes((stream,)) + bytes(text)
+
+
+def decode_console_write(payload: BytesLike) -> Tuple[int, bytes]:
+    """(stream, text) of a CONSOLE_WRITE payload."""
+    data = bytes(payload)
+    if not data:
+        raise MalformedPayload("malformed CONSOLE_WRITE: empty payload")
+    if data[0] not in (STDOUT, STDERR):
+        raise MalformedPayload(f"malformed CONSOLE_WRITE: stream {data[0]}")
+    return data[0], data[1:]
+
+
+def encode_exit(exit_code: int, exit_type: int) -> bytes:
+    """The EXIT payload: int32 exit code (two's complement), exit type byte."""
+    if not -(2**31) <= exit_code < 2**31:
+        raise ValueError(f"exit code {exit_code} does not fit in 32 bits")
+    if not 0 <= exit_type <= 255:
+        raise ValueError(f"exit type {exit_type} does not fit in a byte")
+    return struct.pack("<iB", exit_code, exit_type)
+
+
+def decode_exit(payload: BytesLike) -> Tuple[int, int]:
+    """(exit_code, exit_type) of an EXIT payload. Unknown exit types are
+    returned as they are (treat them as crashed)."""
+    data = bytes(payload)
+    if len(data) != EXIT_PAYLOAD_SIZE:
+        raise MalformedPayload(f"malformed EXIT: {len(data)} bytes instead of {EXIT_PAYLOAD_SIZE}")
+    code, kind = struct.unpack("<iB", data)
+    return int(code), int(kind)

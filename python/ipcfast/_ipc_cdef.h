@@ -143,6 +143,8 @@ enum ipc_dispatch {
     IPC_DISPATCH_MANUAL = 1
 };
 
+typedef void (*ipc_cancel_fn)(void *user_data, ipc_call *call);
+
 typedef struct ipc_server_options {
     uint32_t max_clients;
     uint32_t listeners;
@@ -153,6 +155,8 @@ typedef struct ipc_server_options {
     uint8_t version;
     ipc_returning_handler_fn returning_handler;
     int dispatch;
+    int node;
+    ipc_cancel_fn cancel_handler;
 } ipc_server_options;
 
 void ipc_server_options_init(ipc_server_options *options);
@@ -172,6 +176,54 @@ void ipc_server_interrupt(ipc_server_t *server);
 void ipc_call_finish(ipc_call *call);
 intptr_t ipc_server_ready_handle(const ipc_server_t *server);
 void ipc_server_stop(ipc_server_t *server);
+
+/* ---- server node ---- */
+
+enum ipc_console_stream {
+    IPC_STREAM_STDOUT = 1,
+    IPC_STREAM_STDERR = 2
+};
+
+enum ipc_exit_type {
+    IPC_EXIT_COMPLETED = 0,
+    IPC_EXIT_CANCELLED = 1,
+    IPC_EXIT_CRASHED = 2,
+    IPC_EXIT_BUSY = 3,
+    IPC_EXIT_STALE = 4,
+    IPC_EXIT_REFUSED = 5
+};
+
+#define IPC_COMMAND_STDIN_TTY ...
+#define IPC_COMMAND_STDOUT_TTY ...
+#define IPC_COMMAND_STDERR_TTY ...
+#define IPC_EXIT_PAYLOAD_SIZE 5
+
+typedef struct ipc_command {
+    uint32_t flags;
+    uint32_t argc;
+    char **argv;
+    char *cwd;
+    uint32_t envc;
+    char **env;
+    char *locale;
+} ipc_command;
+
+int ipc_command_encode(const ipc_command *command, uint8_t **out, size_t *out_size,
+                       ipc_error *err);
+int ipc_command_decode(const uint8_t *payload, size_t size, ipc_command *command,
+                       ipc_error *err);
+void ipc_command_free(ipc_command *command);
+void ipc_free(void *buffer);
+int ipc_console_write_decode(const uint8_t *payload, size_t size, int *stream,
+                             const uint8_t **text, size_t *text_size, ipc_error *err);
+size_t ipc_exit_encode(uint8_t *out, int32_t exit_code, uint8_t exit_type);
+int ipc_exit_decode(const uint8_t *payload, size_t size, int32_t *exit_code,
+                    uint8_t *exit_type, ipc_error *err);
+int ipc_call_type(const ipc_call *call);
+int ipc_call_console_write(ipc_call *call, int stream, const void *text, size_t size,
+                           ipc_error *err);
+int ipc_call_exit(ipc_call *call, int32_t exit_code, uint8_t exit_type, ipc_error *err);
+int ipc_call_cancelled(ipc_call *call);
 
 /* ---- client ---- */
 
@@ -193,6 +245,12 @@ int ipc_client_write(ipc_client_t *client, const void *request, size_t size,
                      int timeout_ms, ipc_error *err);
 int ipc_client_read(ipc_client_t *client, const uint8_t **response,
                     size_t *response_size, int timeout_ms, ipc_error *err);
+int ipc_client_write_packet(ipc_client_t *client, uint8_t type, const void *data, size_t size,
+                            int timeout_ms, ipc_error *err);
+int ipc_client_read_packet(ipc_client_t *client, uint8_t *type, const uint8_t **payload,
+                           size_t *size, int timeout_ms, ipc_error *err);
+int ipc_client_send_command(ipc_client_t *client, const ipc_command *command, int timeout_ms,
+                            ipc_error *err);
 uint8_t ipc_client_version(const ipc_client_t *client);
 void ipc_client_close(ipc_client_t *client);
 
@@ -223,3 +281,4 @@ ipc_receive_status_t ipc_client_receive(ipc_client_t *connection, char *output,
 
 extern "Python" const void *_ipcfast_reply(void *, ipc_call *, const uint8_t *, size_t, size_t *);
 extern "Python" void _ipcfast_log(void *, int, const char *);
+extern "Python" void _ipcfast_cancel(void *, ipc_call *);

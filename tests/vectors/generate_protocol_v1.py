@@ -310,7 +310,92 @@ def build() -> dict:
     stream("then_too_large", [(1, 0, b"x" * 64)], end="TOO_LARGE", tail=header(1, 65) + b"x" * 65, max_message=64)
     stream("version_2_negotiated", [(1, 2, b"v2"), (1, 1, b"v1"), (1, 0, b"short")], max_version=2)
     doc["streams"] = streams
+    add_node_vectors(doc)
     return doc
+
+
+# ---- server-node payloads (docs/protocol.md section 10) ----------------------
+
+
+def u32(value: int) -> bytes:
+    return struct.pack("<I", value)
+
+
+def string(value: bytes) -> bytes:
+    return u32(len(value)) + value
+
+
+def command_bytes(flags: int, argv: list, cwd: bytes, env: list, locale: bytes) -> bytes:
+    out = u32(flags) + u32(len(argv)) + b"".join(string(a) for a in argv) + string(cwd)
+    return out + u32(len(env)) + b"".join(string(e) for e in env) + string(locale)
+
+
+def add_node_vectors(doc: dict) -> None:
+    commands = []
+
+    def command(name: str, flags: int, argv: list, cwd: bytes, env: list, locale: bytes) -> None:
+        commands.append({
+            "name": name,
+            "flags": flags,
+            "argv": [a.hex() for a in argv],
+            "cwd": cwd.hex(),
+            "env": [e.hex() for e in env],
+            "locale": locale.hex(),
+            "hex": command_bytes(flags, argv, cwd, env, locale).hex(),
+        })
+
+    command("python_module", 0, [b"python", b"-m", b"tool", b"--flag"], b"/home/u/project",
+            [b"HOME=/home/u", b"LANG=C.UTF-8"], b"C.UTF-8")
+    command("ttys_and_utf8", 0x6, [b"prog", "caf\u00e9".encode()], "/tmp/d\u00e9j\u00e0".encode(),
+            [b"A=", b"B==c"], b"")
+    command("no_environment", 0x1, [b"x"], b"/", [], b"POSIX")
+    command("empty_strings", 0, [b""], b"", [b""], b"")
+    command("raw_bytes", 0, [b"\xff\xfe", b"\x1b[31m"], b"/tmp/\x80", [b"K=\xc3"], b"en_US.ISO-8859-1")
+    doc["command"] = commands
+
+    good = bytes.fromhex(commands[0]["hex"])
+    malformed = []
+
+    def bad(name: str, data: bytes, error: str) -> None:
+        malformed.append({"name": name, "hex": data.hex(), "error": error})
+
+    bad("empty", b"", "ends inside flags")
+    bad("only_flags", u32(0), "ends inside argv")
+    bad("no_argv", command_bytes(0, [], b"/", [], b""), "argv is empty")
+    bad("truncated_at_end", good[:-1], "remain")
+    bad("trailing_byte", good + b"\x00", "bytes after the last field")
+    bad("nul_in_argv", command_bytes(0, [b"a\x00b"], b"/", [], b""), "NUL")
+    bad("nul_in_cwd", command_bytes(0, [b"a"], b"/\x00", [], b""), "NUL")
+    bad("nul_in_env", command_bytes(0, [b"a"], b"/", [b"A=\x00"], b""), "NUL")
+    bad("nul_in_locale", command_bytes(0, [b"a"], b"/", [], b"C\x00"), "NUL")
+    bad("forged_argc", u32(0) + u32(0x40000000) + string(b"a"), "cannot fit")
+    bad("forged_envc", u32(0) + u32(1) + string(b"a") + string(b"/") + u32(0xFFFFFFFF), "cannot fit")
+    bad("string_past_end", u32(0) + u32(1) + u32(100) + b"abc", "remain")
+    bad("missing_locale", command_bytes(0, [b"a"], b"/", [], b"")[:-4], "ends inside locale")
+    doc["command_malformed"] = malformed
+
+    doc["console_write"] = [
+        {"name": "stdout", "hex": "01" + b"hello\n".hex(), "stream": 1, "text": b"hello\n".hex()},
+        {"name": "stderr_ansi", "hex": "02" + b"\x1b[31mred\x1b[0m\r\n".hex(), "stream": 2,
+         "text": b"\x1b[31mred\x1b[0m\r\n".hex()},
+        {"name": "empty_text", "hex": "01", "stream": 1, "text": ""},
+        {"name": "empty_payload", "hex": "", "error": "empty payload"},
+        {"name": "stream_0", "hex": "0078", "error": "stream 0"},
+        {"name": "stream_3", "hex": "0378", "error": "stream 3"},
+    ]
+    doc["exit"] = [
+        {"name": "completed_0", "hex": "0000000000", "exit_code": 0, "exit_type": 0},
+        {"name": "completed_3", "hex": "0300000000", "exit_code": 3, "exit_type": 0},
+        {"name": "cancelled_130", "hex": "8200000001", "exit_code": 130, "exit_type": 1},
+        {"name": "crashed_1", "hex": "0100000002", "exit_code": 1, "exit_type": 2},
+        {"name": "busy", "hex": "0000000003", "exit_code": 0, "exit_type": 3},
+        {"name": "negative", "hex": "feffffff00", "exit_code": -2, "exit_type": 0},
+        {"name": "int32_min", "hex": "0000008002", "exit_code": -2147483648, "exit_type": 2},
+        {"name": "int32_max", "hex": "ffffff7f00", "exit_code": 2147483647, "exit_type": 0},
+        {"name": "unknown_type", "hex": "07000000c8", "exit_code": 7, "exit_type": 200},
+        {"name": "too_short", "hex": "00000000", "error": "instead of 5"},
+        {"name": "too_long", "hex": "000000000000", "error": "instead of 5"},
+    ]
 
 
 def dumps(doc: dict) -> str:
