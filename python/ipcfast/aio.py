@@ -97,13 +97,16 @@ class _AsyncServer:
 
     @property
     def address(self) -> str:
+        """The address clients reach (see :attr:`ipcfast.Server.address`)."""
         return self._server.address
 
     @property
     def running(self) -> bool:
+        """True until :meth:`stop` has stopped the server."""
         return self._server.running
 
     async def stop(self) -> None:
+        """Stop the server (off the loop, so running handlers can finish). Idempotent."""
         # stop() joins the connection threads, which may be waiting for
         # handlers on this very loop: run it off the loop so they can finish.
         await asyncio.get_running_loop().run_in_executor(None, self._server.stop)
