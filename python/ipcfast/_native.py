@@ -12,7 +12,7 @@ import atexit
 import logging
 import os
 import threading
-from typing import Any, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 from ._base import (
     DEFAULT_MAX_MESSAGE,
@@ -93,6 +93,18 @@ def _ipcfast_reply(user_data: Any, call: Any, request: Any, size: int, response_
 ffi.def_extern(name="_ipcfast_reply", onerror=_handler_onerror)(_ipcfast_reply)
 
 
+def _ipcfast_cancel(user_data: Any, call: Any) -> None:
+    """C cancel callback (server nodes, ipcfast.node): a client sent CANCEL
+    for, or vanished during, the command ``call``."""
+    server: NativeServer = ffi.from_handle(user_data)
+    listener = server._cancel_listener
+    if listener is not None:
+        listener(call)
+
+
+ffi.def_extern(name="_ipcfast_cancel", onerror=_handler_onerror)(_ipcfast_cancel)
+
+
 # ---- server -------------------------------------------------------------------
 
 _ACCESS = {"user": lib.IPC_ACCESS_USER, "world": lib.IPC_ACCESS_WORLD}
@@ -155,6 +167,21 @@ class NativeServer(Server):
         self._held: Dict[int, Any] = {}
         self._stopped_event = threading.Event()
         self._stopped_event.set()
+        # ipcfast.node: called (on a C thread) with the call of a cancelled command.
+        self._cancel_listener: Optional[Callable[[Any], None]] = None
+
+    def _enable_node(self, cancel_listener: Callable[[Any], None]) -> None:
+        """Makes this (not yet started) server a node (ipcfast.node): COMMAND
+        packets are queued for ``ipc_server_next_call`` and CANCELs reported
+        to ``cancel_listener``; REQUESTs still go to the handler."""
+        self._options.node = 1
+        self._options.cancel_handler = lib._ipcfast_cancel
+        self._cancel_listener = cancel_listener
+
+    @property
+    def _c_server(self) -> Any:
+        """The ipc_server_t * while running (ipcfast.node), else None."""
+        return self._server
 
     @property
     def running(self) -> bool:

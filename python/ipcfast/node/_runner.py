@@ -1,0 +1,163 @@
+"""Running a ``python ...`` command line inside an already running interpreter.
+
+Both sides of the node use this: the warm server runs each COMMAND with it,
+and a client whose server is busy runs the command in its own process with
+it (the fallback). It emulates what ``python ARGS`` does for the forms a
+command-line tool is started with::
+
+    python [-u] [-B] [-E] [-s] [-X opt] [-W arg] -m module args...
+    python [...] script.py args...
+    python [...] -c code args...
+
+``sys.argv``, ``sys.path[0]`` and ``__main__`` are set as the interpreter
+would set them; an uncaught exception prints the same traceback (without the
+frames of this module and runpy) and exits 1; ``SystemExit`` gives the same
+exit status and message.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import runpy
+import sys
+import traceback
+from typing import Any, List, NamedTuple, Optional
+
+__all__ = ["PythonCommand", "UnsupportedCommand", "parse_python_argv", "run_python_command", "exit_status"]
+
+# Options that change nothing a warm interpreter could still change, or that
+# the client's environment already expresses: accepted and ignored.
+_FLAGS_IGNORED = set("uBEsqOdR")
+_FLAGS_WITH_ARGUMENT = set("XW")
+
+
+class UnsupportedCommand(ValueError):
+    """A command line the node cannot run the way ``python`` would."""
+
+
+class PythonCommand(NamedTuple):
+    """What ``python ARGS`` would run."""
+
+    kind: str  #: "module", "script" or "code"
+    target: str  #: module name, script path or code
+    args: List[str]  #: the arguments after the target
+
+
+def parse_python_argv(argv: List[str]) -> PythonCommand:
+    """Parses ``[python, options..., target, args...]``; raises
+    :class:`UnsupportedCommand` for what cannot be run in-process (an
+    interactive interpreter, an unknown option)."""
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "-m" or arg == "-c":
+            if i + 1 >= len(argv):
+                raise UnsupportedCommand(f"Argument expected for the {arg} option")
+            kind = "module" if arg == "-m" else "code"
+            return PythonCommand(kind, argv[i + 1], argv[i + 2 :])
+        if arg.startswith("-m") or arg.startswith("-c"):
+            kind = "module" if arg[1] == "m" else "code"
+            return PythonCommand(kind, arg[2:], argv[i + 1 :])
+        if arg == "--":
+            i += 1
+            break
+        if arg.startswith("-") and arg != "-":
+            letters = arg[1:]
+            if letters[0] in _FLAGS_WITH_ARGUMENT:
+                i += 1 if len(letters) > 1 else 2
+                continue
+            if not all(c in _FLAGS_IGNORED for c in letters):
+                raise UnsupportedCommand(f"the node cannot run python with option {arg}")
+            i += 1
+            continue
+        break
+    if i >= len(argv) or argv[i] == "-":
+        raise UnsupportedCommand("an interactive interpreter (no script, -m or -c) cannot run in a node")
+    return PythonCommand("script", argv[i], argv[i + 1 :])
+
+
+def exit_status(code: Any) -> int:
+    """The process exit status ``SystemExit(code)`` gives, writing the
+    message to stderr as the interpreter does for a non-integer code."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    try:
+        sys.stderr.write(f"{code}\n")
+        sys.stderr.flush()
+    except Exception:
+        pass
+    return 1
+
+
+def _trimmed_traceback(exc: BaseException) -> Any:
+    # Drop the frames of this module and runpy, which `python` itself never
+    # shows (its own -m machinery is in C).
+    tb = exc.__traceback__
+    skip = {os.path.abspath(__file__), os.path.abspath(runpy.__file__ or "")}
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) in skip:
+        tb = tb.tb_next
+    return tb
+
+
+def print_exception(exc: BaseException) -> None:
+    """Prints ``exc`` to sys.stderr the way an uncaught exception is printed."""
+    exc.__traceback__ = _trimmed_traceback(exc)
+    try:
+        sys.stderr.flush()
+    except Exception:
+        pass
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    try:
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def run_python_command(command: PythonCommand, cwd: Optional[str] = None) -> None:
+    """Runs the command on this thread as ``__main__``. Returns normally when
+    it ran to its end; lets SystemExit, KeyboardInterrupt and the command's
+    own exceptions propagate (see :func:`exit_status`, :func:`print_exception`).
+    The caller saves and restores sys.argv and sys.path."""
+    base = cwd if cwd is not None else os.getcwd()
+    if command.kind == "module":
+        sys.argv = [command.target, *command.args]  # runpy sets argv[0] to the module's file
+        sys.path[0] = base
+        if not _module_exists(command.target):
+            sys.stderr.write(f"{sys.executable}: No module named {command.target}\n")
+            raise SystemExit(1)
+        runpy.run_module(command.target, run_name="__main__", alter_sys=True)
+    elif command.kind == "script":
+        path = command.target
+        full = path if os.path.isabs(path) else os.path.join(base, path)
+        if not os.path.exists(full):
+            sys.stderr.write(
+                f"{sys.executable}: can't open file {os.path.abspath(full)!r}: "
+                f"[Errno 2] No such file or directory\n"
+            )
+            raise SystemExit(2)
+        sys.argv = [path, *command.args]
+        sys.path[0] = os.path.dirname(os.path.realpath(full))
+        runpy.run_path(full, run_name="__main__")
+    else:
+        sys.argv = ["-c", *command.args]
+        sys.path[0] = ""
+        code = compile(command.target, "<string>", "exec")
+        main = type(sys)("__main__")
+        main.__dict__["__builtins__"] = __builtins__
+        saved = sys.modules.get("__main__")
+        sys.modules["__main__"] = main
+        try:
+            exec(code, main.__dict__)
+        finally:
+            if saved is not None:
+                sys.modules["__main__"] = saved
