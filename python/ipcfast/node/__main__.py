@@ -102,8 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.log:
         handler: logging.Handler = logging.FileHandler(args.log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"))
-        for name in ("ipcfast", "ipcfast.node"):
-            logging.getLogger(name).addHandler(handler)
+        logging.getLogger("ipcfast").addHandler(handler)  # ipcfast.node propagates to it
         logging.getLogger("ipcfast").setLevel(logging.INFO)
     server = NodeServer(args.name, preload=args.preload, idle_timeout=_idle(args.idle_timeout))
     try:

@@ -107,7 +107,7 @@ def connect(name: str, timeout: float) -> Optional[NodeConnection]:
     return NodeConnection(out[0])
 
 
-def start_node(name: str, preload: Sequence[str], idle_timeout: Optional[float]) -> None:
+def start_node(name: str, preload: Sequence[str], idle_timeout: Optional[float]) -> "subprocess.Popen[bytes]":
     """Starts the node ``name`` detached from this process (its own session,
     stdio on its log file), so it outlives this client."""
     log = log_path(name)
@@ -117,7 +117,7 @@ def start_node(name: str, preload: Sequence[str], idle_timeout: Optional[float])
         args += ["--preload", module]
     args += ["--idle-timeout", "0" if idle_timeout is None else repr(idle_timeout)]
     with open(log, "ab") as log_file:
-        subprocess.Popen(
+        return subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -244,6 +244,28 @@ def _die_of_sigint() -> None:
         time.sleep(1)
 
 
+def _start_and_connect(
+    name: str, preload: Sequence[str], idle_timeout: Optional[float], start_timeout: float
+) -> Optional[NodeConnection]:
+    process = start_node(name, preload, idle_timeout)
+    deadline = time.monotonic() + start_timeout
+    while True:
+        conn = connect(name, min(0.2, max(0.0, deadline - time.monotonic())))
+        if conn is not None:
+            return conn
+        code = process.poll()
+        if code is not None and code != 0:
+            sys.stderr.write(
+                f"ipcfast.node: the node could not start (exit status {code}, log: {log_path(name)}); "
+                f"running the command in this process\n"
+            )
+            return None
+        if code == 0:  # another client's node won the name: use that one
+            return connect(name, max(0.0, deadline - time.monotonic()))
+        if time.monotonic() >= deadline:
+            return None
+
+
 def run(
     python_argv: List[str],
     *,
@@ -262,8 +284,7 @@ def run(
     name = node_name(preload, prefix=prefix, options={"idle_timeout": idle_timeout})
     conn = connect(name, 0)
     if conn is None and start:
-        start_node(name, preload, idle_timeout)
-        conn = connect(name, start_timeout)
+        conn = _start_and_connect(name, preload, idle_timeout, start_timeout)
     if conn is None:
         return run_in_process(python_argv)
     try:

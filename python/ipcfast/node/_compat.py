@@ -91,7 +91,9 @@ def node_name(
     with different settings never share a name."""
     from .. import __version__
 
-    return pipe_name(
+    # 128 bits of the digest are plenty, and the shorter name leaves room
+    # for a long socket directory (sun_path holds 107 bytes).
+    full = pipe_name(
         prefix,
         ipcfast=__version__,
         python=sys.version,
@@ -104,6 +106,7 @@ def node_name(
         # What decides the node's own sys.path and site packages at start.
         environment={k: os.environ.get(k) for k in _PATH_VARIABLES},
     )
+    return full[: len(prefix) + 1 + 32]
 
 
 class CodeWatch:

@@ -26,10 +26,11 @@ from typing import Any, List, NamedTuple, Optional
 
 __all__ = ["PythonCommand", "UnsupportedCommand", "parse_python_argv", "run_python_command", "exit_status"]
 
-# Options that change nothing a warm interpreter could still change, or that
-# the client's environment already expresses: accepted and ignored.
-_FLAGS_IGNORED = set("uBEsqOdR")
-_FLAGS_WITH_ARGUMENT = set("XW")
+# Options that change nothing in how a command runs in a warm interpreter
+# (-B: do not write .pyc files): accepted. Any other option (-W, -X, -O, -u,
+# -E, -I, ...) would have to be in effect from the interpreter's start, so
+# the node refuses the command and the client runs it itself.
+_FLAGS_IGNORED = set("B")
 
 
 class UnsupportedCommand(ValueError):
@@ -64,9 +65,6 @@ def parse_python_argv(argv: List[str]) -> PythonCommand:
             break
         if arg.startswith("-") and arg != "-":
             letters = arg[1:]
-            if letters[0] in _FLAGS_WITH_ARGUMENT:
-                i += 1 if len(letters) > 1 else 2
-                continue
             if not all(c in _FLAGS_IGNORED for c in letters):
                 raise UnsupportedCommand(f"the node cannot run python with option {arg}")
             i += 1
@@ -96,8 +94,13 @@ def _trimmed_traceback(exc: BaseException) -> Any:
     # Drop the frames of this module and runpy, which `python` itself never
     # shows (its own -m machinery is in C).
     tb = exc.__traceback__
-    skip = {os.path.abspath(__file__), os.path.abspath(runpy.__file__ or "")}
-    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) in skip:
+    node_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
+    runpy_file = os.path.abspath(runpy.__file__ or "")
+    while tb is not None:
+        raw = tb.tb_frame.f_code.co_filename
+        filename = raw if raw.startswith("<") else os.path.abspath(raw)
+        if not (filename.startswith(node_dir) or filename in (runpy_file, "<frozen runpy>")):
+            break
         tb = tb.tb_next
     return tb
 

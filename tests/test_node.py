@@ -1,0 +1,435 @@
+"""The server node (ipcfast.node, SPEC section 7): real node processes started
+by real clients, driven through the CLI as a user would.
+
+Every test gets its own socket directory (XDG_RUNTIME_DIR) and log directory
+(XDG_CACHE_HOME), so its nodes are its own; the fixture shuts them down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import pytest
+
+from conftest import wait_for
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the node captures output through POSIX fds")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TOOL = r'''
+import logging, os, subprocess, sys
+print("argv", sys.argv[1:])
+print("cwd", os.getcwd())
+print("env", os.environ.get("NODE_TEST_VALUE"))
+print("\x1b[1;31mred stderr\x1b[0m", file=sys.stderr)
+sys.stdout.write("no newline")
+sys.stdout.flush()
+print(" | stdout again")
+for i in range(3):
+    print("out", i, flush=True)
+    print("err", i, file=sys.stderr, flush=True)
+logging.basicConfig(format="%(levelname)s:%(message)s")
+logging.warning("a warning through logging")
+subprocess.run([sys.executable, "-c", "import sys; print('child out'); print('child err', file=sys.stderr)"])
+print("caf\u00e9 \u2603")
+code = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+sys.exit(code)
+'''
+
+CRASH = r'''
+def fail(x):
+    raise ValueError(f"bad value {x}")
+
+print("before the crash")
+fail(42)
+'''
+
+SLOW = r'''
+import sys, time
+try:
+    print("started", flush=True)
+    for _ in range(600):
+        time.sleep(0.05)
+finally:
+    print("cleanup ran", flush=True)
+print("not cancelled")
+'''
+
+HELPER_USER = r'''
+import helper_mod
+print(helper_mod.VALUE)
+'''
+
+
+class Node:
+    """Runs the node CLI in an isolated environment."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        # A short socket directory: pytest's tmp paths can exceed sun_path.
+        run_dir = Path(tempfile.mkdtemp(prefix="ipn", dir="/tmp"))
+        self.run_dir = run_dir
+        self.env = dict(os.environ)
+        pythonpath = [p for p in sys.path if p]
+        self.env["PYTHONPATH"] = os.pathsep.join(pythonpath)
+        self.env.pop("PYTHONUNBUFFERED", None)
+        self.env["XDG_RUNTIME_DIR"] = str(run_dir)
+        self.env["XDG_CACHE_HOME"] = str(tmp / "cache")
+        self.env["NODE_TEST_VALUE"] = "from-the-client"
+        self.work = tmp / "work"
+        self.work.mkdir()
+        (self.work / "tool.py").write_text(TOOL, encoding="utf-8")
+        (self.work / "crash.py").write_text(CRASH, encoding="utf-8")
+        (self.work / "slow.py").write_text(SLOW, encoding="utf-8")
+        (self.work / "helper_user.py").write_text(HELPER_USER, encoding="utf-8")
+        (self.work / "helper_mod.py").write_text("VALUE = 'first version'\n", encoding="utf-8")
+        pkg = self.work / "nodepkg"
+        pkg.mkdir()
+        (pkg / "__init__.py").write_text("", encoding="utf-8")
+        (pkg / "__main__.py").write_text(TOOL, encoding="utf-8")
+        self.options = ["--idle-timeout", "120"]
+
+    def cli(self, *args: str, timeout: float = 60, **kwargs: object) -> "subprocess.CompletedProcess[bytes]":
+        return subprocess.run(
+            [sys.executable, "-m", "ipcfast.node", *args],
+            cwd=str(self.work),
+            env=self.env,
+            capture_output=True,
+            timeout=timeout,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def run(self, *python_args: str, options: Optional[List[str]] = None) -> "subprocess.CompletedProcess[bytes]":
+        return self.cli("run", *(self.options if options is None else options), "--", *python_args)
+
+    def cold(self, *python_args: str) -> "subprocess.CompletedProcess[bytes]":
+        return subprocess.run(
+            [sys.executable, *python_args], cwd=str(self.work), env=self.env, capture_output=True, timeout=60
+        )
+
+    def status(self, options: Optional[List[str]] = None) -> Optional[Dict[str, object]]:
+        done = self.cli("status", *(self.options if options is None else options))
+        if done.returncode != 0:
+            return None
+        result: Dict[str, object] = json.loads(done.stdout)
+        return result
+
+    def pid(self) -> int:
+        status = self.status()
+        assert status is not None, "no node is running"
+        return int(status["pid"])  # type: ignore[call-overload]
+
+    def shutdown_all(self) -> None:
+        for options in (self.options, ["--idle-timeout", "1"]):
+            status = self.status(options)
+            if status is None:
+                continue
+            self.cli("shutdown", *options)
+            pid = int(status["pid"])  # type: ignore[call-overload]
+            if not wait_for(lambda pid=pid: not _alive(pid), timeout=10):  # type: ignore[misc]
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes; /proc tells (Linux).
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    n = Node(tmp_path)
+    try:
+        yield n
+    finally:
+        n.shutdown_all()
+
+
+def _same_as_cold(node: Node, *python_args: str) -> "subprocess.CompletedProcess[bytes]":
+    cold = node.cold(*python_args)
+    warm = node.run(*python_args)
+    assert warm.stdout == cold.stdout
+    assert warm.stderr == cold.stderr
+    assert warm.returncode == cold.returncode
+    return warm
+
+
+# ---- launch-or-connect --------------------------------------------------------
+
+
+def test_first_run_starts_a_node_and_later_runs_reuse_it(node: Node) -> None:
+    assert node.status() is None
+    first = node.run("tool.py", "0")
+    assert first.returncode == 0, first.stderr
+    pid = node.pid()
+    assert _alive(pid)
+    for code in (0, 3):
+        again = node.run("tool.py", str(code))
+        assert again.returncode == code
+    status = node.status()
+    assert status is not None and status["pid"] == pid and status["commands"] == 3
+    log = list((node.tmp / "cache" / "ipcfast").glob("*.log"))
+    assert log and "serving" in log[0].read_text()
+
+
+def test_output_and_exit_code_match_a_cold_run(node: Node) -> None:
+    node.run("tool.py")  # start the node
+    for args in (("tool.py", "0"), ("tool.py", "7", "--flag", "two words"), ("-m", "nodepkg", "5")):
+        warm = _same_as_cold(node, *args)
+        assert b"\x1b[1;31mred stderr\x1b[0m\n" in warm.stderr  # ANSI codes intact
+        assert b"child out\n" in warm.stdout and b"child err\n" in warm.stderr  # subprocess output
+        assert b"WARNING:a warning through logging\n" in warm.stderr  # logging, again in a later command
+        assert "caf\u00e9 \u2603".encode() in warm.stdout
+
+
+def test_cwd_env_and_argv_are_the_clients(node: Node) -> None:
+    sub = node.work / "sub dir"
+    sub.mkdir()
+    node.run("tool.py")
+    env = dict(node.env, NODE_TEST_VALUE="changed value")
+    done = subprocess.run(
+        [sys.executable, "-m", "ipcfast.node", "run", *node.options, "--", str(node.work / "tool.py"), "0", "ä"],
+        cwd=str(sub),
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    lines = done.stdout.decode().splitlines()
+    assert lines[0] == "argv ['0', 'ä']"
+    assert lines[1] == f"cwd {sub}"
+    assert lines[2] == "env changed value"
+    # The node's own directory and environment are back for the next one.
+    again = node.run("tool.py", "0").stdout.decode().splitlines()
+    assert again[1] == f"cwd {node.work}" and again[2] == "env from-the-client"
+
+
+def test_streams_keep_their_order(node: Node) -> None:
+    warm = _same_as_cold(node, "tool.py", "0")
+    out = warm.stdout.decode().splitlines()
+    assert [line for line in out if line.startswith("out ")] == ["out 0", "out 1", "out 2"]
+    err = warm.stderr.decode().splitlines()
+    assert [line for line in err if line.startswith("err ")] == ["err 0", "err 1", "err 2"]
+
+
+# ---- failures ------------------------------------------------------------------
+
+
+def test_a_crashing_command_reports_like_python_and_the_node_survives(node: Node) -> None:
+    node.run("tool.py")
+    pid = node.pid()
+    warm = _same_as_cold(node, "crash.py")
+    assert warm.returncode == 1
+    assert b"ValueError: bad value 42" in warm.stderr and b"runpy" not in warm.stderr
+    assert node.pid() == pid
+    assert node.run("tool.py", "4").returncode == 4
+
+
+def test_missing_module_and_script_match_python(node: Node) -> None:
+    node.run("tool.py")
+    _same_as_cold(node, "-m", "no_such_module_xyz")
+    _same_as_cold(node, "no_such_script.py")
+
+
+def test_a_killed_node_is_replaced_by_the_next_client(node: Node) -> None:
+    node.run("tool.py")
+    pid = node.pid()
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: not _alive(pid), timeout=10)
+    done = node.run("tool.py", "2")
+    assert done.returncode == 2 and b"argv ['2']" in done.stdout
+    new_pid = node.pid()
+    assert new_pid != pid
+
+
+def test_code_changed_on_disk_is_never_run_stale(node: Node) -> None:
+    assert node.run("helper_user.py").stdout == b"first version\n"
+    pid = node.pid()
+    helper = node.work / "helper_mod.py"
+    helper.write_text("VALUE = 'second version'\n", encoding="utf-8")
+    os.utime(helper, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    assert node.run("helper_user.py").stdout == b"second version\n"
+    # The node that had the old module loaded went away.
+    assert wait_for(lambda: not _alive(pid), timeout=10)
+    assert node.run("helper_user.py").stdout == b"second version\n"
+
+
+def test_options_the_node_cannot_emulate_run_locally(node: Node) -> None:
+    node.run("tool.py")
+    warm = _same_as_cold(node, "-W", "error", "tool.py", "0")
+    assert warm.returncode == 0
+    status = node.status()
+    assert status is not None and status["commands"] == 1
+
+
+# ---- busy, cancel, idle ----------------------------------------------------------
+
+
+def _start(node: Node, *python_args: str) -> "subprocess.Popen[bytes]":
+    return subprocess.Popen(
+        [sys.executable, "-m", "ipcfast.node", "run", *node.options, "--", *python_args],
+        cwd=str(node.work),
+        env=node.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_a_busy_node_makes_the_client_run_the_command_itself(node: Node) -> None:
+    node.run("tool.py")
+    slow = _start(node, "slow.py")
+    try:
+        assert slow.stdout is not None
+        assert slow.stdout.readline() == b"started\n"
+        status = node.status()
+        assert status is not None and status["busy"] is True
+        started = time.monotonic()
+        other = node.run("tool.py", "6")
+        assert time.monotonic() - started < 20
+        assert other.returncode == 6 and b"argv ['6']" in other.stdout
+        status = node.status()
+        assert status is not None and status["commands"] == 1  # it did not run on the node
+    finally:
+        slow.kill()
+        slow.wait()
+
+
+def test_ctrl_c_cancels_the_command_like_a_cold_run(node: Node) -> None:
+    node.run("tool.py")
+    pid = node.pid()
+    results = {}
+    for mode in ("cold", "warm"):
+        if mode == "cold":
+            proc = subprocess.Popen(
+                [sys.executable, "slow.py"], cwd=str(node.work), env=node.env,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+        else:
+            proc = _start(node, "slow.py")
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"started\n"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+        results[mode] = (proc.returncode, out, err)
+    cold, warm = results["cold"], results["warm"]
+    assert warm[0] == cold[0] == -signal.SIGINT
+    assert warm[1] == cold[1] == b"cleanup ran\n"
+    assert warm[2].endswith(b"KeyboardInterrupt\n") and cold[2].endswith(b"KeyboardInterrupt\n")
+    assert warm[2].splitlines()[-1] == cold[2].splitlines()[-1]
+    # The node survives and is free again.
+    assert node.pid() == pid
+    assert node.run("tool.py", "1").returncode == 1
+    status = node.status()
+    assert status is not None and status["busy"] is False
+
+
+def test_an_idle_node_exits(node: Node) -> None:
+    options = ["--idle-timeout", "1"]
+    assert node.run("tool.py", options=options).returncode == 0
+    status = node.status(options)
+    assert status is not None
+    pid = int(status["pid"])  # type: ignore[call-overload]
+    assert wait_for(lambda: not _alive(pid), timeout=15)
+    assert node.status(options) is None
+
+
+def test_shutdown_stops_the_node(node: Node) -> None:
+    node.run("tool.py")
+    pid = node.pid()
+    done = node.cli("shutdown", *node.options)
+    assert done.returncode == 0 and done.stdout == b"ok\n"
+    assert wait_for(lambda: not _alive(pid), timeout=10)
+    missing = node.cli("status", *node.options)
+    assert missing.returncode == 1 and b"no node is running" in missing.stderr
+
+
+# ---- the C client ----------------------------------------------------------------
+
+
+def _c_client(tmp: Path) -> str:
+    installed = Path(sys.executable).with_name("ipcfast-node-client")
+    if installed.exists():
+        return str(installed)
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("neither an installed ipcfast-node-client nor a C compiler")
+    exe = tmp / "ipcfast-node-client"
+    sources = [str(p) for p in sorted((ROOT / "csrc").glob("*.c"))]
+    subprocess.run(
+        [cc, "-std=c99", "-O2", f"-I{ROOT / 'csrc'}", str(ROOT / "csrc" / "cli" / "ipcfast_node_client.c"),
+         *sources, "-o", str(exe), "-lpthread"],
+        check=True,
+    )
+    return str(exe)
+
+
+def test_c_client_and_python_client_share_one_node(node: Node) -> None:
+    client = _c_client(node.tmp)
+    line = node.cli("c-command", *node.options).stdout.decode().strip()
+    words = shlex.split(line)
+    assert Path(words[0]).name == "ipcfast-node-client"
+    words[0] = client
+    # The C client starts the node...
+    done = subprocess.run(words + ["tool.py", "3"], cwd=str(node.work), env=node.env, capture_output=True, timeout=60)
+    cold = node.cold("tool.py", "3")
+    assert (done.returncode, done.stdout, done.stderr) == (cold.returncode, cold.stdout, cold.stderr)
+    pid = node.pid()
+    # ...the Python client reuses it, and the C client again.
+    assert node.run("tool.py", "0").returncode == 0
+    again = subprocess.run(words + ["-m", "nodepkg", "9"], cwd=str(node.work), env=node.env,
+                           capture_output=True, timeout=60)
+    assert again.returncode == 9 and b"argv ['9']" in again.stdout
+    status = node.status()
+    assert status is not None and status["pid"] == pid and status["commands"] == 3
+
+
+def test_c_client_ctrl_c_cancels(node: Node) -> None:
+    client = _c_client(node.tmp)
+    words = shlex.split(node.cli("c-command", *node.options).stdout.decode().strip())
+    words[0] = client
+    proc = subprocess.Popen(words + ["slow.py"], cwd=str(node.work), env=node.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"started\n"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == -signal.SIGINT
+    assert out == b"cleanup ran\n" and err.endswith(b"KeyboardInterrupt\n")
+
+
+def test_c_client_without_a_node_runs_the_command_itself(node: Node) -> None:
+    client = _c_client(node.tmp)
+    done = subprocess.run(
+        [client, "--name", "no-node-here", "--", sys.executable, "tool.py", "5"],
+        cwd=str(node.work), env=node.env, capture_output=True, timeout=60,
+    )
+    cold = node.cold("tool.py", "5")
+    assert (done.returncode, done.stdout, done.stderr) == (cold.returncode, cold.stdout, cold.stderr)
+
+
+def test_cli_help_and_usage_errors(node: Node) -> None:
+    helped = node.cli("--help")
+    assert helped.returncode == 0 and b"run" in helped.stdout and b"status" in helped.stdout
+    assert node.cli("run", "--help").returncode == 0
+    missing = node.cli("run")
+    assert missing.returncode != 0 and b"--" in missing.stderr
+
+
