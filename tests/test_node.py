@@ -431,5 +431,7 @@ def test_cli_help_and_usage_errors(node: Node) -> None:
     assert node.cli("run", "--help").returncode == 0
     missing = node.cli("run")
     assert missing.returncode != 0 and b"--" in missing.stderr
+    alias = subprocess.run([sys.executable, "-m", "ipcfast", "node", "--help"], capture_output=True, timeout=60)
+    assert alias.returncode == 0 and alias.stdout == helped.stdout
 
 

@@ -160,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     ping.set_defaults(run=_cmd_ping)
 
     commands.add_parser("bench", help="run the benchmark (bench --help for its options)", add_help=False)
+    commands.add_parser(
+        "node", help="run Python commands through a warm server node (node --help)", add_help=False
+    )
     demo = commands.add_parser("demo", help="run a server and a client doing real requests")
     demo.set_defaults(run=_cmd_demo)
     return parser
@@ -169,6 +172,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     if args_list and args_list[0] == "bench":
         return _cmd_bench(args_list[1:])  # the benchmark parses its own options
+    if args_list and args_list[0] == "node":
+        from .node.__main__ import main as node_main
+
+        return node_main(args_list[1:])
     parser = _parser()
     args = parser.parse_args(args_list)
     if not getattr(args, "run", None):

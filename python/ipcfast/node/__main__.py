@@ -41,6 +41,7 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ipcfast.node",
+        epilog="`ipcfast node ...` is the same.",
         description="Run Python commands through a warm server process (ipcfast server node).",
     )
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")

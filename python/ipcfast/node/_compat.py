@@ -19,7 +19,7 @@ import importlib.util
 import os
 import sys
 import sysconfig
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .._names import pipe_name
 
@@ -117,6 +117,7 @@ class CodeWatch:
 
     def __init__(self) -> None:
         self._stamps: Dict[str, Tuple[int, int]] = {}
+        self._ignored: Set[str] = set()  # standard-library files
         self._seen_modules = 0
         stdlib = sysconfig.get_paths().get("stdlib", "")
         self._stdlib = os.path.join(os.path.realpath(stdlib), "") if stdlib else None
@@ -132,9 +133,10 @@ class CodeWatch:
         self._seen_modules = len(modules)
         for module in modules:
             path = getattr(module, "__file__", None)
-            if not isinstance(path, str) or path in self._stamps:
+            if not isinstance(path, str) or path in self._stamps or path in self._ignored:
                 continue
             if self._stdlib and os.path.realpath(path).startswith(self._stdlib):
+                self._ignored.add(path)
                 continue
             self._stamps[path] = _file_stamp(path)
 

@@ -17,12 +17,13 @@ exit status and message.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
 import runpy
 import sys
 import traceback
-from typing import Any, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 __all__ = ["PythonCommand", "UnsupportedCommand", "parse_python_argv", "run_python_command", "exit_status"]
 
@@ -119,6 +120,45 @@ def print_exception(exc: BaseException) -> None:
         pass
 
 
+# Compiled scripts by path, (mtime, size): a warm node compiles a script
+# again only when it changed.
+_SCRIPT_CACHE: Dict[str, Tuple[Tuple[int, int], Any]] = {}
+
+
+def _run_script(path: str) -> None:
+    """What ``python path`` runs, like runpy.run_path for a source file,
+    with the compiled code cached."""
+    if not path.endswith((".py", ".pyw")) or not os.path.isfile(path):
+        runpy.run_path(path, run_name="__main__")  # a zip, a directory, a .pyc: runpy knows them
+        return
+    st = os.stat(path)
+    stamp = (st.st_mtime_ns, st.st_size)
+    cached = _SCRIPT_CACHE.get(path)
+    if cached is not None and cached[0] == stamp:
+        code = cached[1]
+    else:
+        with open(path, "rb") as f:
+            source = f.read()
+        code = compile(source, path, "exec", dont_inherit=True)
+        _SCRIPT_CACHE[path] = (stamp, code)
+    main = type(sys)("__main__")
+    main.__dict__.update(
+        __file__=path,
+        __builtins__=__builtins__,
+        __cached__=None,
+        __loader__=importlib.machinery.SourceFileLoader("__main__", path),
+        __package__=None,
+        __spec__=None,
+    )
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = main
+    try:
+        exec(code, main.__dict__)
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
+
+
 def _module_exists(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
@@ -150,7 +190,7 @@ def run_python_command(command: PythonCommand, cwd: Optional[str] = None) -> Non
             raise SystemExit(2)
         sys.argv = [path, *command.args]
         sys.path[0] = os.path.dirname(os.path.realpath(full))
-        runpy.run_path(full, run_name="__main__")
+        _run_script(os.path.abspath(full))
     else:
         sys.argv = ["-c", *command.args]
         sys.path[0] = ""

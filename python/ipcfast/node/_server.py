@@ -389,8 +389,7 @@ class NodeServer:
         capture = _Capture(call, command, env)
         code, kind = 0, int(ExitType.COMPLETED)
         try:
-            os.environ.clear()
-            os.environ.update(env)
+            _replace_environ(env)
             capture.start()
             signal.signal(signal.SIGINT, self._sigint)
             with self._lock:
@@ -402,8 +401,7 @@ class NodeServer:
                 self._current = None
             signal.signal(signal.SIGINT, saved_sigint)
             capture.finish()
-            os.environ.clear()
-            os.environ.update(saved_env)
+            _replace_environ(saved_env)
             os.chdir(saved_cwd)
             sys.argv[:], sys.path[:] = saved_argv, saved_path
         return code, kind
@@ -424,6 +422,17 @@ class NodeServer:
         except BaseException as exc:
             print_exception(exc)
             return 1, ExitType.CRASHED
+
+
+def _replace_environ(env: Dict[str, str]) -> None:
+    # Only what differs: every os.environ change is a putenv/unsetenv call,
+    # and two environments of one user differ in a few variables.
+    current = os.environ
+    for key in [k for k in current if k not in env]:
+        del current[key]
+    for key, value in env.items():
+        if current.get(key) != value:
+            current[key] = value
 
 
 def _int32(code: int) -> int:
