@@ -1004,12 +1004,8 @@ static void cancel_command(ipc_connection *c)
         }
     }
     ipc_plat_mutex_unlock(server->lock);
-    if (unqueued) {
-        uint8_t payload[IPC_EXIT_PAYLOAD_SIZE];
-
-        ipc_exit_encode(payload, CANCELLED_EXIT_CODE, IPC_EXIT_CANCELLED);
-        send_on_call(call, IPC_PACKET_EXIT, payload, sizeof payload, NULL);
-    }
+    if (unqueued)
+        send_exit(c, CANCELLED_EXIT_CODE, IPC_EXIT_CANCELLED);
     /* The call stays allocated until this thread reaps it, so the pointer
      * is valid in the callback even if the command just finished. */
     if (notify && server->options.cancel_handler)

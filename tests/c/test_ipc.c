@@ -3818,6 +3818,24 @@ static int read_until_exit(ipc_client_t *client, char *out, char *errs, size_t c
     return 0;
 }
 
+/* Sends "wait" and waits until the application has taken it (a command
+ * still queued would be cancelled without ever running). */
+static int start_wait_command(node_app *app, ipc_client_t *client) {
+    long long deadline = t_now_ms() + 5000;
+    int before, running = 0;
+    t_mutex_lock(app->lock);
+    before = app->commands;
+    t_mutex_unlock(app->lock);
+    if (!send_command(client, "wait")) return 0;
+    while (!running && t_now_ms() < deadline) {
+        t_mutex_lock(app->lock);
+        running = app->running != NULL && app->commands == before + 1;
+        t_mutex_unlock(app->lock);
+        if (!running) t_sleep_ms(5);
+    }
+    return running;
+}
+
 static void test_node_commands(void) {
     char name[96], out[256], errs[256];
     ipc_server_options so;
@@ -3827,7 +3845,6 @@ static void test_node_commands(void) {
     ipc_client_t *a, *b;
     int32_t code = -1;
     uint8_t type = 99;
-    int commands_before = 0;
     make_name(name, sizeof name, "node");
     memset(&app, 0, sizeof app);
     app.lock = t_mutex_new();
@@ -3850,23 +3867,7 @@ static void test_node_commands(void) {
         /* REQUESTs are still served by the handler on the same connection. */
         expect_text(a, "ping", "ping");
         /* One command at a time: a second client is told BUSY at once. */
-        t_mutex_lock(app.lock);
-        commands_before = app.commands;
-        t_mutex_unlock(app.lock);
-        send_command(a, "wait");
-        {
-            /* Taken by the application (a queued command would be
-             * cancelled without it ever running). */
-            long long deadline = t_now_ms() + 5000;
-            int running = 0;
-            while (!running && t_now_ms() < deadline) {
-                t_mutex_lock(app.lock);
-                running = app.running != NULL && app.commands == commands_before + 1;
-                t_mutex_unlock(app.lock);
-                if (!running) t_sleep_ms(5);
-            }
-            CHECK(running);
-        }
+        CHECK(start_wait_command(&app, a));
         send_command(b, "print");
         CHECK(read_until_exit(b, out, errs, sizeof out, &code, &type));
         CHECK(type == IPC_EXIT_BUSY && out[0] == 0 && errs[0] == 0);
@@ -3883,22 +3884,7 @@ static void test_node_commands(void) {
         CHECK(read_until_exit(b, out, errs, sizeof out, &code, &type));
         CHECK(code == 3 && type == IPC_EXIT_COMPLETED);
         /* A client that vanishes mid-command cancels it. */
-        t_mutex_lock(app.lock);
-        commands_before = app.commands;
-        t_mutex_unlock(app.lock);
-        send_command(a, "wait");
-        {
-            /* Taken by the application (a queued command would be
-             * cancelled without it ever running). */
-            long long deadline = t_now_ms() + 5000;
-            int running = 0;
-            while (!running && t_now_ms() < deadline) {
-                t_mutex_lock(app.lock);
-                running = app.running != NULL && app.commands == commands_before + 1;
-                t_mutex_unlock(app.lock);
-                if (!running) t_sleep_ms(5);
-            }
-        }
+        CHECK(start_wait_command(&app, a));
         ipc_client_close(a);
         a = NULL;
         {

@@ -21,7 +21,15 @@ from .._codec import ExitType
 from .._errors import raise_from_error
 from .._native import ffi, lib
 from ._compat import DEFAULT_PREFIX, node_name
-from ._runner import UnsupportedCommand, exit_status, parse_python_argv, print_exception, run_python_command
+from ._runner import (
+    CANCELLED_STATUS,
+    UnsupportedCommand,
+    exit_status,
+    flush_std_streams,
+    parse_python_argv,
+    print_exception,
+    run_python_command,
+)
 
 __all__ = ["NodeConnection", "connect", "log_path", "run", "run_in_process", "start_node"]
 
@@ -127,7 +135,7 @@ def start_node(name: str, preload: Sequence[str], idle_timeout: Optional[float])
         )
 
 
-def _command_fields() -> Tuple[bytes, bytes, List[bytes], bytes, int]:
+def _command_fields() -> Tuple[bytes, List[bytes], bytes, int]:
     cwd = os.fsencode(os.getcwd())
     env = [k + b"=" + v for k, v in os.environb.items()] if hasattr(os, "environb") else [
         f"{k}={v}".encode() for k, v in os.environ.items()
@@ -143,7 +151,7 @@ def _command_fields() -> Tuple[bytes, bytes, List[bytes], bytes, int]:
                 flags |= bit
         except OSError:
             pass
-    return cwd, b"", env, locale_name, flags
+    return cwd, env, locale_name, flags
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -166,7 +174,7 @@ class _Interrupted(Exception):
 def _run_remote(conn: NodeConnection, python_argv: List[str]) -> Tuple[Optional[int], int, bool]:
     """Runs the command on the node: (exit code, or None if the node did not
     run it; exit type; whether this process got Ctrl-C)."""
-    cwd, _, env, locale_name, flags = _command_fields()
+    cwd, env, locale_name, flags = _command_fields()
     try:
         conn.send_command([os.fsencode(a) for a in python_argv], cwd, env, locale_name, flags)
     except OSError:
@@ -217,27 +225,19 @@ def run_in_process(python_argv: List[str]) -> int:
     except KeyboardInterrupt as exc:
         print_exception(exc)
         _die_of_sigint()
-        return 130
+        return CANCELLED_STATUS
     except BaseException as exc:
         print_exception(exc)
         return 1
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
+        flush_std_streams()
     return 0
 
 
 def _die_of_sigint() -> None:
     """Ends the process the way an interrupted ``python`` does: killed by
     SIGINT, so the caller sees the same status as for a cold run."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
+    flush_std_streams()
     if hasattr(signal, "SIGINT") and hasattr(os, "kill") and sys.platform != "win32":
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
@@ -293,7 +293,7 @@ def run(
         except _Interrupted:
             conn.close()
             _die_of_sigint()
-            return 130
+            return CANCELLED_STATUS
         except OSError as exc:
             # The node vanished mid-command (killed, crashed): say so.
             sys.stderr.write(f"ipcfast.node: the node failed while running the command: {exc}\n")

@@ -25,7 +25,19 @@ import sys
 import traceback
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-__all__ = ["PythonCommand", "UnsupportedCommand", "parse_python_argv", "run_python_command", "exit_status"]
+__all__ = [
+    "CANCELLED_STATUS",
+    "PythonCommand",
+    "UnsupportedCommand",
+    "exit_status",
+    "flush_std_streams",
+    "parse_python_argv",
+    "print_exception",
+    "run_python_command",
+]
+
+#: Exit status of a command stopped by Ctrl-C, as a shell reports it (128 + SIGINT).
+CANCELLED_STATUS = 130
 
 # Options that change nothing in how a command runs in a warm interpreter
 # (-B: do not write .pyc files): accepted. Any other option (-W, -X, -O, -u,
@@ -106,18 +118,23 @@ def _trimmed_traceback(exc: BaseException) -> Any:
     return tb
 
 
+def flush_std_streams() -> None:
+    """Flushes sys.stdout and sys.stderr (and the originals), ignoring
+    streams that are closed or gone."""
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+
+
 def print_exception(exc: BaseException) -> None:
     """Prints ``exc`` to sys.stderr the way an uncaught exception is printed."""
     exc.__traceback__ = _trimmed_traceback(exc)
-    try:
-        sys.stderr.flush()
-    except Exception:
-        pass
+    flush_std_streams()
     traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    try:
-        sys.stderr.flush()
-    except Exception:
-        pass
+    flush_std_streams()
 
 
 # Compiled scripts by path, (mtime, size): a warm node compiles a script

@@ -12,6 +12,7 @@ and subprocesses are all captured) and streams it back as it comes.
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import logging
@@ -27,9 +28,11 @@ from .._codec import Command, ExitType
 from .._native import NativeServer, ffi, lib
 from ._compat import CodeWatch
 from ._runner import (
+    CANCELLED_STATUS,
     PythonCommand,
     UnsupportedCommand,
     exit_status,
+    flush_std_streams,
     parse_python_argv,
     print_exception,
     run_python_command,
@@ -40,7 +43,6 @@ __all__ = ["NodeServer", "stdio_encoding"]
 logger = logging.getLogger("ipcfast.node")
 
 _NULL = ffi.NULL
-CANCELLED_EXIT_CODE = 130  # what a shell reports for Ctrl-C (128 + SIGINT)
 
 
 def stdio_encoding(env: Dict[str, str], locale_name: str) -> Tuple[str, str]:
@@ -57,7 +59,7 @@ def stdio_encoding(env: Dict[str, str], locale_name: str) -> Tuple[str, str]:
     if not codeset:
         return ("utf-8", "strict")
     try:
-        return (__import__("codecs").lookup(codeset).name, "strict")
+        return (codecs.lookup(codeset).name, "strict")
     except LookupError:
         return ("utf-8", "strict")
 
@@ -97,12 +99,7 @@ def install_streams() -> None:
     object that a command keeps a reference to (e.g. logging.basicConfig in
     one command) still writes to the right place in later commands: each
     command only points fds 1 and 2 elsewhere and reconfigures them."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except Exception:
-            pass
+    flush_std_streams()
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
@@ -140,7 +137,7 @@ class _Capture:
         self.client_gone = False
 
     def start(self) -> None:
-        _flush_std()
+        flush_std_streams()
         self._saved_fds = {fd: os.dup(fd) for fd in (1, 2)}
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -186,7 +183,7 @@ class _Capture:
             self.client_gone = True
 
     def finish(self) -> None:
-        _flush_std()
+        flush_std_streams()
         restore_streams()
         # Restoring fds 1 and 2 drops our write ends of the pipes, so the
         # pump sees the end of the output (unless a child still holds them).
@@ -200,15 +197,6 @@ class _Capture:
             os.close(fd)
         _reconfigure(sys.stdout, "utf-8", "strict", False, False)
         _reconfigure(sys.stderr, "utf-8", "backslashreplace", True, False)
-
-
-def _flush_std() -> None:
-    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        try:
-            if stream is not None:
-                stream.flush()
-        except Exception:
-            pass
 
 
 def _reconfigure(stream: Any, encoding: str, errors: str, line_buffering: bool, tty: bool) -> None:
@@ -418,7 +406,7 @@ class NodeServer:
             print_exception(exc)
             with self._lock:
                 cancelled = self._cancelled
-            return CANCELLED_EXIT_CODE, (ExitType.CANCELLED if cancelled else ExitType.COMPLETED)
+            return CANCELLED_STATUS, (ExitType.CANCELLED if cancelled else ExitType.COMPLETED)
         except BaseException as exc:
             print_exception(exc)
             return 1, ExitType.CRASHED
