@@ -70,24 +70,34 @@ enum ipc_packet_type {
 
 /* ---- results and errors ---------------------------------------------- */
 
+/* Every result code, once: XX(name, value, meaning). The enum below and
+ * ipc_result_name are generated from this list (libuv's UV_ERRNO_MAP
+ * pattern), so adding a code is one line. The values are on the wire and
+ * in the Python layer: never renumber. */
+#define IPC_RESULT_MAP(XX)                                                      \
+    XX(IPC_OK, 0, "success")                                                    \
+    XX(IPC_E_INVALID, 1, "a bad argument, or a call in the wrong state")       \
+    XX(IPC_E_NAME_TOO_LONG, 2, "the name does not fit the platform's limit")   \
+    XX(IPC_E_ADDRESS_IN_USE, 3, "a live server already serves this name")      \
+    XX(IPC_E_ACCESS_DENIED, 4, "permissions, or an unsafe socket directory")   \
+    XX(IPC_E_NOT_FOUND, 5, "no server is listening under this name")           \
+    XX(IPC_E_BUSY, 6, "the server exists but has no free slot")                \
+    XX(IPC_E_TIMEOUT, 7, "the operation's time budget ran out")                \
+    XX(IPC_E_CLOSED, 8, "the peer closed the connection")                      \
+    XX(IPC_E_HANDSHAKE, 9, "the peer refused or failed the handshake")         \
+    XX(IPC_E_TOO_LARGE, 10, "a message above max_message")                     \
+    XX(IPC_E_PROTOCOL, 11, "malformed or unexpected bytes on the wire")        \
+    XX(IPC_E_REMOTE, 12, "the server's handler failed (ERROR packet)")         \
+    XX(IPC_E_NO_MEMORY, 13, "out of memory")                                   \
+    XX(IPC_E_IN_USE, 14, "a client used from two threads at once")             \
+    XX(IPC_E_SYSTEM, 15, "another OS failure; see system_error")
+
+/* C99 allows the trailing comma the expansion leaves. */
+#define IPC__RESULT_ENUM(name, value, meaning) name = value,
 typedef enum ipc_result {
-    IPC_OK = 0,
-    IPC_E_INVALID = 1,        /* a bad argument, or a call in the wrong state */
-    IPC_E_NAME_TOO_LONG = 2,  /* the name does not fit the platform's limit */
-    IPC_E_ADDRESS_IN_USE = 3, /* a live server already serves this name */
-    IPC_E_ACCESS_DENIED = 4,  /* permissions, or an unsafe socket directory */
-    IPC_E_NOT_FOUND = 5,      /* no server is listening under this name */
-    IPC_E_BUSY = 6,           /* the server exists but has no free slot */
-    IPC_E_TIMEOUT = 7,        /* the operation's time budget ran out */
-    IPC_E_CLOSED = 8,         /* the peer closed the connection */
-    IPC_E_HANDSHAKE = 9,      /* the peer refused or failed the handshake */
-    IPC_E_TOO_LARGE = 10,     /* a message above max_message */
-    IPC_E_PROTOCOL = 11,      /* malformed or unexpected bytes on the wire */
-    IPC_E_REMOTE = 12,        /* the server's handler failed (ERROR packet) */
-    IPC_E_NO_MEMORY = 13,
-    IPC_E_IN_USE = 14,        /* a client used from two threads at once */
-    IPC_E_SYSTEM = 15         /* another OS failure; see system_error */
+    IPC_RESULT_MAP(IPC__RESULT_ENUM)
 } ipc_result;
+#undef IPC__RESULT_ENUM
 
 typedef struct ipc_error {
     int code;          /* an ipc_result */
@@ -122,16 +132,23 @@ void ipc_set_log_handler(ipc_log_fn fn, void *user_data);
 /* ---- codec: sans-I/O handshake and packet headers ---------------------- */
 
 /* Verdict of parsing bytes received so far. */
+/* Every verdict, once: XX(name, value, meaning); generates the enum and
+ * ipc_verdict_name. The values are shared with the Python codec. */
+#define IPC_VERDICT_MAP(XX)                                                     \
+    XX(IPC_VERDICT_OK, 0, "the bytes are complete and valid")                  \
+    XX(IPC_VERDICT_NEED_MORE, 1, "not enough bytes yet; nothing is wrong")     \
+    XX(IPC_VERDICT_FOREIGN, 2, "handshake does not start with 0x00")           \
+    XX(IPC_VERDICT_MISMATCH, 3, "handshake value differs")                     \
+    XX(IPC_VERDICT_RESERVED_BIT, 4, "bit 7 of the type byte is set")           \
+    XX(IPC_VERDICT_UNKNOWN_TYPE, 5, "type 0 or above IPC_PACKET_CANCEL")       \
+    XX(IPC_VERDICT_BAD_VERSION, 6, "packet/handshake version 0 or above allowed") \
+    XX(IPC_VERDICT_TOO_LARGE, 7, "length above max_message")
+
+#define IPC__VERDICT_ENUM(name, value, meaning) name = value,
 typedef enum ipc_verdict {
-    IPC_VERDICT_OK = 0,
-    IPC_VERDICT_NEED_MORE = 1,      /* not enough bytes yet; nothing is wrong */
-    IPC_VERDICT_FOREIGN = 2,        /* handshake does not start with 0x00 */
-    IPC_VERDICT_MISMATCH = 3,       /* handshake value differs */
-    IPC_VERDICT_RESERVED_BIT = 4,   /* bit 7 of the type byte is set */
-    IPC_VERDICT_UNKNOWN_TYPE = 5,   /* type 0 or above IPC_PACKET_CANCEL */
-    IPC_VERDICT_BAD_VERSION = 6,    /* packet/handshake version 0 or above allowed */
-    IPC_VERDICT_TOO_LARGE = 7       /* length above max_message */
+    IPC_VERDICT_MAP(IPC__VERDICT_ENUM)
 } ipc_verdict;
+#undef IPC__VERDICT_ENUM
 
 /* A stable name for a verdict ("IPC_VERDICT_TOO_LARGE"); never NULL. */
 const char *ipc_verdict_name(int verdict);

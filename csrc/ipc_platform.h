@@ -1,6 +1,8 @@
 /*
- * The internal platform contract: everything ipc.c needs from the OS.
- * ipc.c holds the protocol logic (handshake, framing, slot table, retries);
+ * The internal platform contract: everything the core needs from the OS.
+ * The portable core files (ipc.c, ipc_stream.c, ipc_client.c, ...; see
+ * docs/design.md) hold the protocol logic (handshake, framing, slot table,
+ * retries);
  * ipc_posix.c (Unix-domain sockets, pthreads) and ipc_win32.c (named pipes,
  * Win32 threads) implement this file and nothing else. Not part of the
  * public API.
@@ -17,30 +19,9 @@
 
 #include <stdarg.h>
 
-/* ---- shared helpers implemented in ipc.c ------------------------------- */
-
-/* Fills err (if non-NULL) with code, OS error and a formatted message;
- * returns code. The message is allocated to fit. */
-int ipc__fail(ipc_error *err, int code, int system_error, const char *format, ...)
-#if defined(__GNUC__) || defined(__clang__)
-    __attribute__((format(printf, 4, 5)))
-#endif
-    ;
-
-/* Formats into a new heap string (NULL if out of memory). */
-char *ipc__format(const char *format, ...)
-#if defined(__GNUC__) || defined(__clang__)
-    __attribute__((format(printf, 1, 2)))
-#endif
-    ;
-char *ipc__vformat(const char *format, va_list args);
-
-/* Sends a message to the embedder's log callback, if any. */
-void ipc__log(int level, const char *format, ...)
-#if defined(__GNUC__) || defined(__clang__)
-    __attribute__((format(printf, 2, 3)))
-#endif
-    ;
+/* Failures are reported through ipc__fail() and diagnostics through
+ * ipc__log(), declared in ipc_error.h. */
+#include "ipc_error.h"
 
 /* ---- time, threads, locks ---------------------------------------------- */
 

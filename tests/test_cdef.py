@@ -1,10 +1,14 @@
 """The cffi cdef (python/ipcfast/_ipc_cdef.h) must mirror csrc/ipc.h.
 
-Both files are parsed with pycparser (after stripping the preprocessor and
-substituting the header's integer #defines) and compared declaration by
-declaration: every function signature, typedef, struct field, enum member
-and value, global variable and integer #define. Array parameters compare
-equal to pointers (C adjusts them); parameter names are ignored.
+Both files are parsed with pycparser (after stripping the preprocessor,
+expanding the header's X-macro lists such as IPC_RESULT_MAP and substituting
+its integer #defines) and compared declaration by declaration: every
+function signature, typedef, struct field, enum member, global variable and
+integer #define. Enum values are compared too, except for enums the cdef
+ends with "..." (cffi then takes the values from the compiler): those are
+compared by member names in order, and test_compiled_constants_match_the_header
+checks the compiled values. Array parameters compare equal to pointers (C
+adjusts them); parameter names are ignored.
 """
 
 from __future__ import annotations
@@ -44,8 +48,14 @@ def strip_comments(text: str) -> str:
     return re.sub(r"//[^\n]*", "", text)
 
 
-def split_defines(text: str, skip_cplusplus: bool) -> Tuple[Dict[str, str], str]:
-    """Object-like #defines and the text with every preprocessor line removed."""
+# Function-like macros: name -> (parameters, body). Only X-macro lists and
+# their generators are expected in ipc.h.
+Macros = Dict[str, Tuple[List[str], str]]
+
+
+def split_defines(text: str, skip_cplusplus: bool, macros: Optional[Macros] = None) -> Tuple[Dict[str, str], str]:
+    """Object-like #defines and the text with every preprocessor line removed;
+    function-like macros go to `macros` (an error where none are expected)."""
     text = re.sub(r"\\\n", " ", text)
     defines: Dict[str, str] = {}
     kept: List[str] = []
@@ -66,12 +76,41 @@ def split_defines(text: str, skip_cplusplus: bool) -> Tuple[Dict[str, str], str]
             elif directive.startswith("define") and not depth_skipping:
                 m = re.match(r"define\s+(\w+)(\([^)]*\))?\s*(.*)$", directive)
                 assert m, line
-                assert m.group(2) is None, f"function-like macro not supported: {line}"
-                defines[m.group(1)] = m.group(3).strip()
+                if m.group(2) is not None:
+                    assert macros is not None, f"function-like macro not supported: {line}"
+                    params = [p.strip() for p in m.group(2)[1:-1].split(",")]
+                    macros[m.group(1)] = (params, m.group(3).strip())
+                else:
+                    defines[m.group(1)] = m.group(3).strip()
             kept.append("")
             continue
         kept.append("" if depth_skipping else line)
     return defines, "\n".join(kept)
+
+
+def macro_args(text: str) -> List[str]:
+    """The arguments of one macro call's parenthesized list (strings may hold commas)."""
+    return [a.strip() for a in re.findall(r'(?:"(?:[^"\\]|\\.)*"|[^,"])+', text)]
+
+
+def substitute_params(body: str, args: Dict[str, str]) -> str:
+    return re.sub(r"\b\w+\b", lambda w: args.get(w.group(0), w.group(0)), body)
+
+
+def expand_x_macros(text: str, macros: Macros) -> str:
+    """Expands LIST(GEN) where LIST is an X-macro list of XX(...) entries and
+    GEN a generator macro, as the C preprocessor would."""
+
+    def expand(m: "re.Match[str]") -> str:
+        (list_param,), entries = macros[m.group(1)]
+        params, body = macros[m.group(2)]
+        out = []
+        for call in re.findall(rf"\b{list_param}\(((?:\"(?:[^\"\\\\]|\\\\.)*\"|[^()\"])*)\)", entries):
+            out.append(substitute_params(body, dict(zip(params, macro_args(call)))))
+        return " ".join(out)
+
+    names = "|".join(sorted(macros)) or "(?!)"
+    return re.sub(rf"\b({names})\(\s*({names})\s*\)", expand, text)
 
 
 def substitute(text: str, defines: Dict[str, str]) -> str:
@@ -174,6 +213,7 @@ class Declarations:
         self.typedefs: Dict[str, str] = {}
         self.structs: Dict[str, List[Tuple[str, str]]] = {}
         self.enums: Dict[str, List[Tuple[str, int]]] = {}
+        self.open_enums: set = set()   # cdef enums ending in "...": values from the compiler
         self.variables: Dict[str, str] = {}
         for node in ast.ext:
             self._collect_tags(node)
@@ -205,12 +245,17 @@ class Declarations:
             yield from self._walk(child)
 
 
-def load_header() -> Tuple[Dict[str, str], Declarations]:
+def load_header() -> Tuple[Dict[str, str], Declarations, Macros]:
     with open(HEADER, encoding="utf-8") as f:
         text = strip_comments(f.read())
-    defines, body = split_defines(text, skip_cplusplus=True)
+    macros: Macros = {}
+    defines, body = split_defines(text, skip_cplusplus=True, macros=macros)
+    body = expand_x_macros(body, macros)
     int_defines = {k: v for k, v in defines.items() if v and not v.startswith('"')}
-    return defines, Declarations(parse(substitute(body, int_defines), HEADER))
+    return defines, Declarations(parse(substitute(body, int_defines), HEADER)), macros
+
+
+OPEN_ENUM = re.compile(r"enum\s+(\w+)\s*\{([^{}]*?),\s*\.\.\.\s*\}", re.S)
 
 
 def load_cdef() -> Tuple[Dict[str, str], Declarations, Dict[str, str]]:
@@ -219,12 +264,15 @@ def load_cdef() -> Tuple[Dict[str, str], Declarations, Dict[str, str]]:
     defines, body = split_defines(text, skip_cplusplus=False)
     python_names = re.findall(r'extern\s+"Python"\s+[^;]*?\b(\w+)\s*\(', body)
     body = re.sub(r'extern\s+"Python"\s+', "", body)
+    open_enums = set(m.group(1) for m in OPEN_ENUM.finditer(body))
+    body = OPEN_ENUM.sub(lambda m: f"enum {m.group(1)} {{{m.group(2)}}}", body)
     decls = Declarations(parse(body, CDEF))
+    decls.open_enums = open_enums
     callbacks = {n: decls.functions.pop(n) for n in python_names}
     return defines, decls, callbacks
 
 
-HEADER_DEFINES, H = load_header()
+HEADER_DEFINES, H, HEADER_MACROS = load_header()
 CDEF_DEFINES, C, CALLBACKS = load_cdef()
 
 
@@ -259,7 +307,34 @@ def test_every_struct_field_matches() -> None:
 def test_every_enum_member_matches() -> None:
     assert set(H.enums) == set(C.enums)
     for name, members in H.enums.items():
-        assert C.enums[name] == members, f"enum {name}"
+        if name in C.open_enums:
+            names = [member for member, _ in C.enums[name]]
+            assert names == [member for member, _ in members], f"enum {name}: member names"
+        else:
+            assert C.enums[name] == members, f"enum {name}"
+
+
+def test_result_codes_and_verdicts_come_from_their_x_macro_lists() -> None:
+    # One list each: the enums are generated, and the cdef leaves the values
+    # to the compiler so there is no second copy of them to drift.
+    assert {"IPC_RESULT_MAP", "IPC_VERDICT_MAP"} <= set(HEADER_MACROS)
+    assert C.open_enums == {"ipc_result", "ipc_verdict"}
+    codes = dict(H.enums["ipc_result"])
+    assert codes["IPC_OK"] == 0 and codes["IPC_E_SYSTEM"] == 15 and len(codes) == 16
+    assert dict(H.enums["ipc_verdict"])["IPC_VERDICT_TOO_LARGE"] == 7
+
+
+def test_a_renamed_or_missing_member_is_caught() -> None:
+    # The names-only comparison must still fail on a disagreement.
+    with open(CDEF, encoding="utf-8") as f:
+        text = f.read()
+    for broken in (text.replace("IPC_E_IN_USE,", "IPC_E_INUSE,"), text.replace("    IPC_E_BUSY,\n", "")):
+        stripped = strip_comments(broken)
+        _, body = split_defines(stripped, skip_cplusplus=False)
+        body = re.sub(r'extern\s+"Python"\s+', "", body)
+        body = OPEN_ENUM.sub(lambda m: f"enum {m.group(1)} {{{m.group(2)}}}", body)
+        names = [member for member, _ in Declarations(parse(body, CDEF)).enums["ipc_result"]]
+        assert names != [member for member, _ in H.enums["ipc_result"]]
 
 
 def test_global_variables_match() -> None:

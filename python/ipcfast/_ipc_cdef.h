@@ -7,7 +7,10 @@
  * extension module is compiled.
  *
  * cffi syntax notes: "#define NAME ..." lets the C compiler supply the value
- * (used for expressions); array parameters are written as pointers.
+ * (used for expressions); an enum ending in "..." takes its values from the
+ * compiler too (the result codes and verdicts, which ipc.h generates from
+ * IPC_RESULT_MAP / IPC_VERDICT_MAP); array parameters are written as
+ * pointers.
  */
 
 /* ---- constants ---- */
@@ -43,22 +46,23 @@ enum ipc_packet_type {
 /* ---- results and errors ---- */
 
 typedef enum ipc_result {
-    IPC_OK = 0,
-    IPC_E_INVALID = 1,
-    IPC_E_NAME_TOO_LONG = 2,
-    IPC_E_ADDRESS_IN_USE = 3,
-    IPC_E_ACCESS_DENIED = 4,
-    IPC_E_NOT_FOUND = 5,
-    IPC_E_BUSY = 6,
-    IPC_E_TIMEOUT = 7,
-    IPC_E_CLOSED = 8,
-    IPC_E_HANDSHAKE = 9,
-    IPC_E_TOO_LARGE = 10,
-    IPC_E_PROTOCOL = 11,
-    IPC_E_REMOTE = 12,
-    IPC_E_NO_MEMORY = 13,
-    IPC_E_IN_USE = 14,
-    IPC_E_SYSTEM = 15
+    IPC_OK,
+    IPC_E_INVALID,
+    IPC_E_NAME_TOO_LONG,
+    IPC_E_ADDRESS_IN_USE,
+    IPC_E_ACCESS_DENIED,
+    IPC_E_NOT_FOUND,
+    IPC_E_BUSY,
+    IPC_E_TIMEOUT,
+    IPC_E_CLOSED,
+    IPC_E_HANDSHAKE,
+    IPC_E_TOO_LARGE,
+    IPC_E_PROTOCOL,
+    IPC_E_REMOTE,
+    IPC_E_NO_MEMORY,
+    IPC_E_IN_USE,
+    IPC_E_SYSTEM,
+    ...
 } ipc_result;
 
 typedef struct ipc_error {
@@ -85,14 +89,15 @@ void ipc_set_log_handler(ipc_log_fn fn, void *user_data);
 /* ---- codec ---- */
 
 typedef enum ipc_verdict {
-    IPC_VERDICT_OK = 0,
-    IPC_VERDICT_NEED_MORE = 1,
-    IPC_VERDICT_FOREIGN = 2,
-    IPC_VERDICT_MISMATCH = 3,
-    IPC_VERDICT_RESERVED_BIT = 4,
-    IPC_VERDICT_UNKNOWN_TYPE = 5,
-    IPC_VERDICT_BAD_VERSION = 6,
-    IPC_VERDICT_TOO_LARGE = 7
+    IPC_VERDICT_OK,
+    IPC_VERDICT_NEED_MORE,
+    IPC_VERDICT_FOREIGN,
+    IPC_VERDICT_MISMATCH,
+    IPC_VERDICT_RESERVED_BIT,
+    IPC_VERDICT_UNKNOWN_TYPE,
+    IPC_VERDICT_BAD_VERSION,
+    IPC_VERDICT_TOO_LARGE,
+    ...
 } ipc_verdict;
 
 const char *ipc_verdict_name(int verdict);

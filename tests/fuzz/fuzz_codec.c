@@ -2,8 +2,9 @@
  * libFuzzer harness over the ipcfast C codec and the code that reassembles
  * packets from split reads, on both sides of a connection.
  *
- * csrc/ipc.c is compiled into this file (#include) together with an
- * in-memory platform layer instead of ipc_posix.c / ipc_win32.c: a
+ * The portable core files of csrc/ (every .c but the platform files
+ * ipc_posix.c and ipc_win32.c) are linked with this file, which supplies an
+ * in-memory platform layer instead, through csrc/ipc_internal.h: a
  * "connection" reads the fuzz input in chunks whose sizes the input itself
  * chooses, and collects what the core writes. Nothing touches the OS, so
  * every execution is deterministic and fast.
@@ -19,7 +20,7 @@
  *     prefix gets a verdict other than NEED_MORE, every longer prefix gets
  *     the same verdict; an OK header re-encodes to the same bytes;
  *     TOO_LARGE never comes with a length <= max_message;
- *   - server side: server_handshake + serve_requests (the real request
+ *   - server side: ipc__server_handshake + ipc__serve_requests (the real request
  *     loop, with an echo handler) never read outside their buffers, never
  *     allocate for a payload above max_message, and what they write back is
  *     a well-formed reply: nothing, 0xFF, or the 9-byte handshake reply
@@ -35,14 +36,15 @@
  *
  * Build and run (tests/test_fuzz.py does this for ~60 s):
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Icsrc \
- *       tests/fuzz/fuzz_codec.c -o fuzz_codec
+ *       tests/fuzz/fuzz_codec.c CORE -o fuzz_codec
+ *   where CORE is every .c file of csrc/ except ipc_posix.c and ipc_win32.c
  *   ./fuzz_codec -max_len=4096 -rss_limit_mb=1024 tests/fuzz/corpus
  */
-#include "../../csrc/ipc.c"
-#include "../../csrc/ipc_node.c"
+#include "ipc_internal.h"
 
 #include <assert.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -401,14 +403,16 @@ static void run_server(const uint8_t *data, size_t size, uint8_t seed, uint32_t 
     c.server = &server;
     c.slot = &slot;
     c.stream.conn = &conn;
+    c.path = &ipc__stream_datapath;
+    c.path_state = &c.stream;
     fuzz_alloc_limit = max_message;
 
-    if (server_handshake(&c) == IPC_OK)
-        serve_requests(&c);
+    if (ipc__server_handshake(&c) == IPC_OK)
+        ipc__serve_requests(&c);
     /* never a receive buffer sized by an unchecked length */
-    FUZZ_CHECK(c.stream.capacity <= STREAM_INITIAL_CAPACITY ||
+    FUZZ_CHECK(c.stream.capacity <= IPC__STREAM_INITIAL_CAPACITY ||
                c.stream.capacity <= 2 * ((size_t)max_message + IPC_MAX_HEADER_SIZE + 1));
-    stream_free(&c.stream);
+    ipc__stream_free(&c.stream);
     free(c.scratch);
     check_server_output(&conn, max_message);
     free(conn.out);

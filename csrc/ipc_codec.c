@@ -1,8 +1,9 @@
 /*
- * ipc_node.c - sans-I/O codec of the server-node payloads (COMMAND,
- * CONSOLE_WRITE, EXIT), docs/protocol.md section 10. Pure functions over
- * buffers: no OS calls, so the fuzzer and the test vectors exercise them
- * directly, and the pure-Python codec (_codec.py) mirrors them.
+ * The wire codec, sans I/O: the handshake, packet headers and the
+ * server-node payloads (COMMAND, CONSOLE_WRITE, EXIT; docs/protocol.md
+ * section 10). Pure functions over buffers: no OS calls, so the fuzzer and
+ * the test vectors exercise them directly, and the pure-Python codec
+ * (_codec.py) mirrors them function for function.
  *
  * COMMAND payload, little-endian:
  *   u32 flags
@@ -13,12 +14,18 @@
  * where a string is a u32 byte length followed by that many bytes, none of
  * them NUL (so every string is also a valid C string once decoded).
  */
-
-#include "ipc_platform.h"
+#include "ipc_error.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+/* 0x00 + SHA-256("ipcfast\0" 0x01)[0:7]; the Python layer derives the same
+ * bytes for key=None (tests check that they agree). */
+const uint8_t IPC_DEFAULT_HANDSHAKE[IPC_HANDSHAKE_SIZE] = {
+    0x00, 0xf7, 0x83, 0xca, 0x2a, 0x31, 0x7e, 0x38
+};
+
+/* Every integer on the wire is a little-endian u32. */
 static void put_u32(uint8_t *out, uint32_t value)
 {
     out[0] = (uint8_t)value;
@@ -31,6 +38,116 @@ static uint32_t get_u32(const uint8_t *in)
 {
     return (uint32_t)in[0] | (uint32_t)in[1] << 8 | (uint32_t)in[2] << 16 |
            (uint32_t)in[3] << 24;
+}
+
+size_t ipc_handshake_encode_request(uint8_t out[IPC_HANDSHAKE_SIZE + 1],
+                                    const uint8_t value[IPC_HANDSHAKE_SIZE],
+                                    uint8_t version)
+{
+    memcpy(out, value, IPC_HANDSHAKE_SIZE);
+    out[IPC_HANDSHAKE_SIZE] = version;
+    return IPC_HANDSHAKE_SIZE + 1;
+}
+
+size_t ipc_handshake_encode_reply(uint8_t out[IPC_HANDSHAKE_SIZE + 1],
+                                  const uint8_t client_value[IPC_HANDSHAKE_SIZE],
+                                  uint8_t version)
+{
+    size_t i;
+
+    for (i = 0; i < IPC_HANDSHAKE_SIZE; i++)
+        out[i] = (uint8_t)(client_value[i] ^ IPC_HANDSHAKE_REPLY_XOR);
+    out[IPC_HANDSHAKE_SIZE] = version;
+    return IPC_HANDSHAKE_SIZE + 1;
+}
+
+/* Shared tail of both handshake checks: compare what has arrived against
+ * the expected 8 bytes, then require the version byte. */
+static ipc_verdict check_handshake_bytes(const uint8_t *data, size_t size,
+                                         const uint8_t expected[IPC_HANDSHAKE_SIZE],
+                                         uint8_t *version)
+{
+    size_t compare = size < IPC_HANDSHAKE_SIZE ? size : IPC_HANDSHAKE_SIZE;
+
+    if (memcmp(data, expected, compare) != 0)
+        return IPC_VERDICT_MISMATCH;
+    if (size < IPC_HANDSHAKE_SIZE + 1)
+        return IPC_VERDICT_NEED_MORE;
+    if (data[IPC_HANDSHAKE_SIZE] == 0)
+        return IPC_VERDICT_BAD_VERSION;
+    if (version)
+        *version = data[IPC_HANDSHAKE_SIZE];
+    return IPC_VERDICT_OK;
+}
+
+ipc_verdict ipc_handshake_check_request(const uint8_t *data, size_t size,
+                                        const uint8_t expected[IPC_HANDSHAKE_SIZE],
+                                        uint8_t *client_version)
+{
+    if (size == 0)
+        return IPC_VERDICT_NEED_MORE;
+    if (data[0] != 0x00)
+        return IPC_VERDICT_FOREIGN;
+    return check_handshake_bytes(data, size, expected, client_version);
+}
+
+ipc_verdict ipc_handshake_check_reply(const uint8_t *data, size_t size,
+                                      const uint8_t client_value[IPC_HANDSHAKE_SIZE],
+                                      uint8_t *server_version)
+{
+    uint8_t expected[IPC_HANDSHAKE_SIZE + 1];
+
+    if (size == 0)
+        return IPC_VERDICT_NEED_MORE;
+    if (data[0] == IPC_FOREIGN_REPLY)
+        return IPC_VERDICT_FOREIGN;
+    ipc_handshake_encode_reply(expected, client_value, 0);
+    return check_handshake_bytes(data, size, expected, server_version);
+}
+
+size_t ipc_packet_header_encode(uint8_t out[IPC_MAX_HEADER_SIZE], uint8_t type,
+                                uint32_t length, uint8_t version)
+{
+    size_t at = 0;
+
+    out[at++] = (uint8_t)((type & IPC_TYPE_MASK) | (version ? IPC_TYPE_EXTENDED : 0));
+    if (version)
+        out[at++] = version;
+    put_u32(out + at, length);
+    return at + 4;
+}
+
+ipc_verdict ipc_packet_header_parse(const uint8_t *data, size_t size,
+                                    uint32_t max_message, uint8_t max_version,
+                                    ipc_packet_header *header)
+{
+    uint8_t type;
+    size_t at = 1;
+
+    memset(header, 0, sizeof *header);
+    if (size == 0)
+        return IPC_VERDICT_NEED_MORE;
+    if (data[0] & IPC_TYPE_RESERVED)
+        return IPC_VERDICT_RESERVED_BIT;
+    type = (uint8_t)(data[0] & IPC_TYPE_MASK);
+    if (type < IPC_PACKET_REQUEST || type > IPC_PACKET_CANCEL)
+        return IPC_VERDICT_UNKNOWN_TYPE;
+    header->type = type;
+    if (data[0] & IPC_TYPE_EXTENDED) {
+        if (size < 2)
+            return IPC_VERDICT_NEED_MORE;
+        if (data[1] == 0 || data[1] > max_version)
+            return IPC_VERDICT_BAD_VERSION;
+        header->version = data[1];
+        at = 2;
+    }
+    header->header_size = (uint32_t)(at + 4);
+    if (size < at + 4)
+        return IPC_VERDICT_NEED_MORE;
+    header->length = get_u32(data + at);
+    if (header->length > max_message)
+        return IPC_VERDICT_TOO_LARGE;
+    return IPC_VERDICT_OK;
 }
 
 void ipc_free(void *buffer)
