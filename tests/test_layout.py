@@ -1,0 +1,172 @@
+"""The C core's shape: one concept per file, and a link graph without cycles.
+
+Every csrc/*.c file is compiled on its own (host cc, and the Windows
+cross-compiler where installed) and `nm` tells which symbols each object
+defines and which it needs. That gives the file dependency graph, which must
+be acyclic (docs/design.md draws it), with the error helpers a true leaf
+and the layers above the server core (the server node, the original API)
+unknown to the files below them.
+
+One mutual reference is known and allowed, and only that one: the platform
+files report through ipc__log (ipc_log.c), and ipc_log.c guards its
+callback with the platform's global lock. Breaking it needs a change in the
+platform files (see docs/design.md, "Known debts").
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Set, Tuple
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CSRC = ROOT / "csrc"
+PLATFORM_FILES = {"ipc_posix.c", "ipc_win32.c"}
+ERROR_LEAF = "ipc_error.c"
+# (from, to) edges allowed to close a cycle; see the module docstring.
+ALLOWED_BACK_EDGES = {("ipc_log.c", "ipc_posix.c"), ("ipc_log.c", "ipc_win32.c")}
+MAX_CORE_FILE_LINES = 800
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX toolchain (cc, nm) only")
+
+Graph = Dict[str, Set[str]]
+
+
+def _symbols(obj: Path, nm: str) -> Tuple[Set[str], Set[str]]:
+    """(defined global symbols, undefined symbols) of one object file."""
+    out = subprocess.run([nm, "-P", str(obj)], capture_output=True, text=True, check=True).stdout
+    defined: Set[str] = set()
+    needed: Set[str] = set()
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        name, kind = parts[0], parts[1]
+        if name.startswith(".refptr."):   # mingw's per-object indirection stubs
+            continue
+        if kind == "U":
+            needed.add(name)
+        elif kind.isupper():
+            defined.add(name)
+    return defined, needed
+
+
+def link_graph(cc: str, nm: str, tmp: Path) -> Graph:
+    """file -> the csrc files whose symbols it needs."""
+    owners: Dict[str, str] = {}
+    needs: Dict[str, Set[str]] = {}
+    for source in sorted(CSRC.glob("*.c")):
+        obj = tmp / (source.stem + ".o")
+        subprocess.run([cc, "-std=c99", f"-I{CSRC}", "-c", str(source), "-o", str(obj)], check=True,
+                       capture_output=True, text=True)
+        defined, needed = _symbols(obj, nm)
+        for symbol in defined:
+            assert symbol not in owners, f"{symbol} is defined by {owners[symbol]} and {source.name}"
+            owners[symbol] = source.name
+        needs[source.name] = needed
+    return {name: {owners[s] for s in needed if s in owners} - {name} for name, needed in needs.items()}
+
+
+def find_cycle(graph: Graph) -> List[str]:
+    """One cycle as a list of files, or [] when the graph is acyclic."""
+    state: Dict[str, int] = {}
+    stack: List[str] = []
+
+    def visit(node: str) -> List[str]:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                return stack[stack.index(dep):] + [dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return []
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return []
+
+
+def without_allowed(graph: Graph) -> Graph:
+    return {n: {d for d in deps if (n, d) not in ALLOWED_BACK_EDGES} for n, deps in graph.items()}
+
+
+def _toolchain(cc: str, nm: str) -> None:
+    if shutil.which(cc) is None or shutil.which(nm) is None:
+        pytest.skip(f"{cc} or {nm} is not installed")
+
+
+@pytest.fixture(scope="module")
+def host_graph(tmp_path_factory: pytest.TempPathFactory) -> Graph:
+    _toolchain("cc", "nm")
+    return link_graph("cc", "nm", tmp_path_factory.mktemp("objs"))
+
+
+def test_find_cycle_finds_one() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+
+
+def test_the_link_graph_is_acyclic(host_graph: Graph) -> None:
+    assert find_cycle(without_allowed(host_graph)) == []
+
+
+def test_the_allowed_back_edge_is_the_only_mutual_reference(host_graph: Graph) -> None:
+    # If ipc_log.c stops needing the platform, drop the allowance; if another
+    # file starts needing the platform back, this is the place that says so.
+    for source, deps in host_graph.items():
+        for dep in deps:
+            if source in host_graph.get(dep, set()):
+                assert (source, dep) in ALLOWED_BACK_EDGES or (dep, source) in ALLOWED_BACK_EDGES, (
+                    f"{source} and {dep} need each other"
+                )
+
+
+def test_the_error_helpers_are_a_leaf(host_graph: Graph) -> None:
+    assert host_graph[ERROR_LEAF] == set()
+
+
+def test_lower_layers_do_not_know_the_upper_ones(host_graph: Graph) -> None:
+    upper = {"ipc_server_node.c", "ipc_compat.c"}
+    for lower in ("ipc_error.c", "ipc_codec.c", "ipc_stream.c", "ipc_dispatch.c", "ipc.c", "ipc_client.c"):
+        assert not host_graph[lower] & upper, f"{lower} needs {host_graph[lower] & upper}"
+    assert host_graph["ipc_codec.c"] <= {ERROR_LEAF}
+    assert "ipc.c" not in host_graph["ipc_client.c"], "the client must not need the server"
+
+
+def test_the_original_api_uses_the_public_api(tmp_path: Path) -> None:
+    _toolchain("cc", "nm")
+    obj = tmp_path / "ipc_compat.o"
+    subprocess.run(["cc", "-std=c99", f"-I{CSRC}", "-c", str(CSRC / "ipc_compat.c"), "-o", str(obj)], check=True)
+    _, needed = _symbols(obj, "nm")
+    internal = {s for s in needed if s.startswith("ipc__")}
+    # Errors and logs, and the one attached pointer per server and client.
+    assert internal <= {"ipc__fail", "ipc__log", "ipc__client_attach", "ipc__client_attached", "ipc__server_attach"}
+
+
+def test_windows_objects_are_acyclic_too(tmp_path: Path) -> None:
+    cc, nm = "x86_64-w64-mingw32-gcc", "x86_64-w64-mingw32-nm"
+    _toolchain(cc, nm)
+    graph = link_graph(cc, nm, tmp_path)
+    assert "ipc_win32.c" in graph["ipc_stream.c"] and not graph["ipc_posix.c"]
+    assert find_cycle(without_allowed(graph)) == []
+    assert graph[ERROR_LEAF] == set()
+
+
+def test_no_core_file_is_a_monolith() -> None:
+    for source in sorted(CSRC.glob("*.c")):
+        if source.name in PLATFORM_FILES:
+            continue
+        lines = len(source.read_text(encoding="utf-8").splitlines())
+        assert lines <= MAX_CORE_FILE_LINES, f"{source.name}: {lines} lines"
