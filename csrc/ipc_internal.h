@@ -221,6 +221,9 @@ int ipc__server_open(ipc_server_t **out, const char *name, const ipc_server_opti
  * IPC_E_PROTOCOL with err's text, or another code for a packet type this
  * server does not take); the caller then closes the connection. */
 void ipc__refuse_packet(ipc_connection *c, const ipc_packet *p, int r, const ipc_error *err);
+/* One pointer a wrapper (the original API) may hang on a server, freed
+ * with `free_fn` when the server is. */
+void ipc__server_attach(ipc_server_t *server, void *attached, void (*free_fn)(void *));
 /* The two steps of a connection's life after accept; the fuzzer drives
  * them over its in-memory platform. */
 int ipc__server_handshake(ipc_connection *c);
@@ -260,7 +263,5 @@ void ipc__abandon_queued_locked(ipc_server_t *server);
  * close), because it points into the last response. */
 void ipc__client_attach(ipc_client_t *client, void *attached, void (*free_fn)(void *));
 void *ipc__client_attached(const ipc_client_t *client);
-/* The server's counterpart, freed when the server is. */
-void ipc__server_attach(ipc_server_t *server, void *attached, void (*free_fn)(void *));
 
 #endif
