@@ -17,7 +17,8 @@
  *      around every write on that connection;
  *   2. server->lock: the slot states and threads, `stopping`, the manual
  *      dispatch queue and the calls in it, the node's command counters;
- *   3. the platform's global lock (the log callback only), taken alone.
+ *   3. the platform's global lock, innermost: ipc__log takes it only to
+ *      copy the log callback, and may be called under the server's lock.
  * No lock is held while a handler runs, while a thread is joined, or while
  * reading from a client.
  *
