@@ -39,17 +39,14 @@ import time
 from typing import Any, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from ._base import (
-    DEFAULT_MAX_MESSAGE,
     BytesLike,
     Client,
-    Handler,
-    Name,
+    ClientOptions,
     Server,
-    check_server_args,
-    check_uint32,
-    encode_name,
+    ServerOptions,
+    failure_text,
+    handler_result,
     timeout_ms,
-    track_running,
 )
 from ._codec import (
     HANDSHAKE_MESSAGE_SIZE,
@@ -65,8 +62,7 @@ from ._codec import (
     encode_handshake_request,
     encode_header,
 )
-from ._errors import ConnectionClosed, IPCError, error_for_code
-from ._names import handshake_value
+from ._errors import ConnectionClosed, IPCError, Result, error_for_code
 
 POSIX = os.name == "posix"
 if POSIX:
@@ -99,10 +95,10 @@ SUN_PATH_SIZE = 104 if _BSD_LIKE else 108
 _get_ident = threading.get_ident
 _monotonic = time.monotonic
 
-_NOT_FOUND = "IPC_E_NOT_FOUND"
-_BUSY = "IPC_E_BUSY"
-_CLOSED = "IPC_E_CLOSED"
-_TIMEOUT = "IPC_E_TIMEOUT"
+_NOT_FOUND = Result.E_NOT_FOUND
+_BUSY = Result.E_BUSY
+_CLOSED = Result.E_CLOSED
+_TIMEOUT = Result.E_TIMEOUT
 
 
 def _require_posix() -> None:
@@ -116,27 +112,27 @@ def _require_posix() -> None:
 # ---- errors ---------------------------------------------------------------------
 
 #: errno -> C result name, as map_errno() in ipc_posix.c.
-_ERRNO_CODES = {
+_ERRNO_CODES: Dict[int, Result] = {
     errno.ENOENT: _NOT_FOUND,
     errno.ECONNREFUSED: _NOT_FOUND,
     errno.EAGAIN: _BUSY,
     errno.EWOULDBLOCK: _BUSY,
-    errno.EACCES: "IPC_E_ACCESS_DENIED",
-    errno.EPERM: "IPC_E_ACCESS_DENIED",
-    errno.ENAMETOOLONG: "IPC_E_NAME_TOO_LONG",
-    errno.EADDRINUSE: "IPC_E_ADDRESS_IN_USE",
+    errno.EACCES: Result.E_ACCESS_DENIED,
+    errno.EPERM: Result.E_ACCESS_DENIED,
+    errno.ENAMETOOLONG: Result.E_NAME_TOO_LONG,
+    errno.EADDRINUSE: Result.E_ADDRESS_IN_USE,
     errno.EPIPE: _CLOSED,
     errno.ECONNRESET: _CLOSED,
     errno.ENOTCONN: _CLOSED,
-    errno.ENOMEM: "IPC_E_NO_MEMORY",
-    errno.ENOBUFS: "IPC_E_NO_MEMORY",
+    errno.ENOMEM: Result.E_NO_MEMORY,
+    errno.ENOBUFS: Result.E_NO_MEMORY,
     errno.ETIMEDOUT: _TIMEOUT,
 }
 
 _PEER_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
 
 
-def _error(code: str, message: str, system_error: int = 0) -> IPCError:
+def _error(code: Union[Result, str], message: str, system_error: int = 0) -> IPCError:
     return error_for_code(code, message, system_error)
 
 
@@ -148,7 +144,7 @@ def _errno_error(exc: Union[OSError, int], what: str, path: Optional[str] = None
         message = f"{what} '{path}' failed: {reason}"
     else:
         message = f"{what} failed: {reason}"
-    return _error(_ERRNO_CODES.get(number, "IPC_E_SYSTEM"), message, number)
+    return _error(_ERRNO_CODES.get(number, Result.E_SYSTEM), message, number)
 
 
 def _remaining(deadline: Optional[float]) -> Optional[float]:
@@ -577,10 +573,6 @@ class _Slot:
         self.conn: Optional[socket.socket] = None
 
 
-class _BadReturn(TypeError):
-    """The handler returned something that is not bytes-like."""
-
-
 class _Run:
     """One run of a server, from start() to stop(): listener, threads, slots."""
 
@@ -593,12 +585,10 @@ class _Run:
         self.hard = threading.Event()  # set when stop stops waiting for handlers
         self.listener_threads: List[threading.Thread] = []
         self.thread_idents: Set[int] = set()  # connection threads (stop/start from a handler)
-        # Manual dispatch (all guarded by cond): requests waiting for
-        # dispatch(), oldest first; a pipe readable while there are some;
-        # threads inside dispatch(), which stop() waits for.
+        # Manual dispatch (guarded by cond): requests waiting for
+        # dispatch(), oldest first; a pipe readable while there are some.
         self.queue: Deque[_Pending] = collections.deque()
         self.ready: Optional[Tuple[int, int]] = None
-        self.dispatchers: Dict[int, int] = {}
         if server._manual:
             read_end, write_end = os.pipe()
             os.set_blocking(read_end, False)
@@ -808,14 +798,18 @@ class _Run:
     def count_running(self) -> int:
         return sum(1 for slot in self.slots if slot.state == _SLOT_RUNNING)
 
+    def end_dispatch(self) -> None:
+        """Stopping: queued requests end unanswered, and dispatch() calls
+        (counted by the server, which waits for them) return."""
+        with self.cond:
+            self.stopping = True
+            self.abandon_queued()
+
     def stop(self) -> None:
         with self.cond:
             self.stopping = True
             self.abandon_queued()
-            self.cond.notify_all()
             self.interrupt_connections(hard=False)
-            while self.dispatchers:  # dispatch() calls leave on stopping
-                self.cond.wait()
         self.stop_listeners()
         grace_end = _monotonic() + STOP_GRACE
         with self.cond:
@@ -981,7 +975,7 @@ class _Connection:
         server = self.server
         try:
             result = server._handler(request)
-            view = memoryview(result) if type(result) is bytes else _handler_result(result)
+            view = memoryview(result) if type(result) is bytes else handler_result(result, _as_bytes_view)
         except BaseException as exc:
             self.fail(exc)
             return
@@ -1004,14 +998,7 @@ class _Connection:
         self.send(PacketType.RESPONSE, view)
 
     def fail(self, exc: BaseException) -> None:
-        name = self.server._name
-        if isinstance(exc, _BadReturn):
-            text = f"TypeError: {exc}"
-            logger.error("server %r: %s", name, exc)
-        else:
-            text = f"{type(exc).__name__}: {exc}"
-            logger.error("server %r: the handler raised %s", name, text, exc_info=exc)
-        self.send(PacketType.ERROR, memoryview(text.encode("utf-8", "replace")))
+        self.send(PacketType.ERROR, memoryview(failure_text(self.server._name, exc)))
 
     def send(self, type_: int, payload: memoryview) -> None:
         if self.write_failed:
@@ -1057,161 +1044,74 @@ class _Connection:
             pass
 
 
-def _handler_result(result: Any) -> memoryview:
-    """The handler's answer as bytes; _BadReturn (with native's wording) if it is not bytes-like."""
-    if isinstance(result, str):
-        raise _BadReturn("handler returned str, expected bytes-like (encode it, e.g. text.encode())")
-    try:
-        return _as_bytes_view(result)
-    except TypeError:
-        raise _BadReturn(
-            f"handler returned {type(result).__name__}, expected bytes-like (bytes, bytearray, memoryview)"
-        ) from None
-
-
-
-
 class PureServer(Server):
     """The pure-Python implementation of :class:`ipcfast.Server`."""
 
     backend = "pure"
 
-    def __init__(
-        self,
-        name: Name,
-        handler: Handler,
-        *,
-        key: Optional[Union[str, bytes]] = None,
-        max_clients: int = 32,
-        max_message: int = DEFAULT_MAX_MESSAGE,
-        access: str = "user",
-        listeners: int = 1,
-        handshake_timeout: float = 5.0,
-        dispatch: str = "thread",
-        backend: str = "pure",
-    ) -> None:
-        if backend != "pure":
-            raise ValueError(f"PureServer needs backend='pure', got {backend!r}")
-        check_server_args(handler, access, dispatch)
-        self._manual = dispatch == "manual"
+    # ---- hooks of _base.Server ----
+
+    def _configure(self, options: ServerOptions) -> None:
         _require_posix()
-        self._name = os.fspath(name)
-        encode_name(name)  # the same argument checks as native
-        self._handler = handler
-        self._max_message = check_uint32(max_message, "max_message")
-        self._max_clients = check_uint32(max_clients, "max_clients")
-        self._listeners = check_uint32(listeners, "listeners")
-        hs_ms = timeout_ms(handshake_timeout, "handshake_timeout")
-        if hs_ms <= 0:
-            raise ValueError("handshake_timeout must be a positive number of seconds")
-        self._handshake_timeout_ms = hs_ms
-        self._world = access == "world"
-        self._handshake = handshake_value(key)
-        self._run: Optional[_Run] = None
-        self._address: Optional[str] = None
-        self._lock = threading.Lock()  # start/stop
-        self._stopped_event = threading.Event()
-        self._stopped_event.set()
+        self._max_clients = options.max_clients
+        self._listeners = options.listeners
+        self._handshake_timeout_ms = options.handshake_timeout_ms
+        self._world = options.world
+        self._handshake = options.handshake
 
     @property
-    def running(self) -> bool:
-        return self._run is not None
+    def _run(self) -> Optional[_Run]:
+        run: Optional[_Run] = self._state
+        return run
 
-    def fileno(self) -> int:
-        """Manual dispatch: a descriptor that polls readable while requests
-        are pending. Call :meth:`dispatch` when it does."""
-        run = self._running_manual("fileno")
+    def _open(self) -> _Run:
+        if self._max_clients > MAX_CLIENTS_LIMIT:
+            raise _error(
+                Result.E_INVALID, f"max_clients {self._max_clients} is above the limit of {MAX_CLIENTS_LIMIT}"
+            )
+        if self._listeners > self._max_clients:
+            raise _error(
+                Result.E_INVALID,
+                f"listeners ({self._listeners}) cannot exceed max_clients ({self._max_clients})",
+            )
+        listener = _Listener(self._name, self._world)
+        run = _Run(self, listener)
+        try:
+            run.launch(self._listeners)
+        except BaseException:
+            listener.close()
+            raise
+        self._address = listener.path
+        logger.info("server listening on %s (%d slots)", listener.path, self._max_clients)
+        return run
+
+    def _interrupt(self, run: _Run) -> None:
+        run.end_dispatch()
+
+    def _close(self, run: _Run) -> None:
+        run.stop()
+
+    def _in_handler_thread(self, ident: int) -> bool:
+        run = self._run
+        return run is not None and ident in run.thread_idents
+
+    def _ready_fileno(self, run: _Run) -> int:
         assert run.ready is not None
         return run.ready[0]
 
-    def dispatch(self, timeout: Optional[float] = 0.0) -> int:
-        """Manual dispatch: run the handler, on this thread, for every
-        pending request and send the answers; returns how many were handled.
-        Waits up to ``timeout`` seconds for the first one (0: not at all;
-        None: until one comes or the server stops)."""
-        run = self._running_manual("dispatch")
-        ident = _get_ident()
-        with run.cond:
-            if run.stopping:
-                return 0  # stop() is waiting for dispatchers to leave
-            run.dispatchers[ident] = run.dispatchers.get(ident, 0) + 1
+    def _dispatch_pending(self, run: _Run, wait_ms: int) -> int:
         handled = 0
-        wait = None if timeout is None else max(0.0, float(timeout))
-        try:
-            while True:
-                item = run.take(wait)
-                if item is None:
-                    break
-                try:
-                    item.conn.handle(item.request)
-                finally:
-                    run.finish(item)
-                handled += 1
-                wait = 0.0
-        finally:
-            with run.cond:
-                count = run.dispatchers.pop(ident) - 1
-                if count:
-                    run.dispatchers[ident] = count
-                run.cond.notify_all()
-        return handled
-
-    def _running_manual(self, what: str) -> _Run:
-        if not self._manual:
-            raise RuntimeError(f"Server.{what}() needs Server(..., dispatch='manual')")
-        run = self._run
-        if run is None:
-            raise RuntimeError(f"server {self._name!r} is not running: call start() first")
-        return run
-
-    def _check_not_in_handler(self, what: str) -> None:
-        run = self._run
-        if run is not None and (_get_ident() in run.thread_idents or _get_ident() in run.dispatchers):
-            raise RuntimeError(
-                f"Server.{what}() called from inside this server's handler: that would deadlock "
-                f"(stop waits for running handlers). Call it from another thread, e.g. "
-                f"threading.Thread(target=server.{what}).start()"
-            )
-
-    def start(self) -> None:
-        self._check_not_in_handler("start")
-        with self._lock:
-            if self._run is not None:
-                raise RuntimeError(f"server {self._name!r} is already running")
-            if self._max_clients > MAX_CLIENTS_LIMIT:
-                raise _error(
-                    "IPC_E_INVALID", f"max_clients {self._max_clients} is above the limit of {MAX_CLIENTS_LIMIT}"
-                )
-            if self._listeners > self._max_clients:
-                raise _error(
-                    "IPC_E_INVALID",
-                    f"listeners ({self._listeners}) cannot exceed max_clients ({self._max_clients})",
-                )
-            listener = _Listener(self._name, self._world)
-            run = _Run(self, listener)
+        wait = None if wait_ms < 0 else wait_ms / 1000.0
+        while True:
+            item = run.take(wait)
+            if item is None:
+                return handled
             try:
-                run.launch(self._listeners)
-            except BaseException:
-                listener.close()
-                raise
-            self._run = run
-            self._address = listener.path
-            self._stopped_event.clear()
-            track_running(self, True)
-            logger.info("server listening on %s (%d slots)", listener.path, self._max_clients)
-
-    def stop(self) -> None:
-        self._check_not_in_handler("stop")
-        with self._lock:
-            run = self._run
-            if run is None:
-                return
-            try:
-                run.stop()
+                item.conn.handle(item.request)
             finally:
-                self._run = None
-                track_running(self, False)
-                self._stopped_event.set()
+                run.finish(item)
+            handled += 1
+            wait = 0.0
 
 
 # ---- client --------------------------------------------------------------------------------
@@ -1224,26 +1124,11 @@ class PureClient(Client):
 
     _sock: Optional[socket.socket] = None
 
-    def __init__(
-        self,
-        name: Name,
-        *,
-        key: Optional[Union[str, bytes]] = None,
-        connect_timeout: Optional[float] = 5.0,
-        timeout: Optional[float] = None,
-        max_message: int = DEFAULT_MAX_MESSAGE,
-        backend: str = "pure",
-    ) -> None:
-        if backend != "pure":
-            raise ValueError(f"PureClient needs backend='pure', got {backend!r}")
+    def _connect(self, options: ClientOptions) -> None:
         _require_posix()
-        self._name = os.fspath(name)
-        encode_name(name)
-        self._timeout_ms = timeout_ms(timeout, "timeout")
-        connect_ms = timeout_ms(connect_timeout, "connect_timeout")
-        self._max_message = check_uint32(max_message, "max_message")
-        self._value = handshake_value(key)
-        self._lock = threading.Lock()
+        connect_ms = options.connect_ms
+        self._max_message = options.max_message
+        self._value = options.handshake
         self._closed = False
         self._closed_reason = "closed"
         self._version = 0
@@ -1251,7 +1136,7 @@ class PureClient(Client):
         self._pending: Deque[Packet] = collections.deque()
         self._decoder = PacketDecoder(self._max_message, PROTOCOL_VERSION)
         deadline = _deadline_after(connect_ms)
-        sock = self._connect(deadline, connect_ms)
+        sock = self._connect_retrying(deadline, connect_ms)
         if connect_ms == 0:
             # A budget of 0 means one attempt without retries; the handshake
             # that follows still needs a round trip (same rule as native).
@@ -1272,7 +1157,7 @@ class PureClient(Client):
         """The packet version both sides agreed on."""
         with self._lock:
             if self._closed:
-                raise ConnectionClosed("the client is closed", code=_CLOSED)
+                raise ConnectionClosed("the client is closed", code=_CLOSED.c_name)
             return self._version
 
     # -- connecting --
@@ -1302,7 +1187,7 @@ class PureClient(Client):
             raise _error(_NOT_FOUND, f"no server is listening on '{path}' ({os.strerror(result)})", result)
         raise _errno_error(result, "connect to", path)
 
-    def _connect(self, deadline: Optional[float], budget_ms: int) -> socket.socket:
+    def _connect_retrying(self, deadline: Optional[float], budget_ms: int) -> socket.socket:
         """Connection attempts until one works or the budget is spent; "not
         found" and "busy" are retried with a backoff."""
         backoff = 0.001
@@ -1311,21 +1196,21 @@ class PureClient(Client):
             try:
                 return self._connect_once(_remaining(deadline))
             except IPCError as exc:
-                if exc.code not in (_NOT_FOUND, _BUSY):
+                if exc.code not in (_NOT_FOUND.c_name, _BUSY.c_name):
                     raise
                 last = exc
             # "Not found" is retried for a server that is (re)starting; a
             # server we saw busy and that then vanished has stopped.
-            if last.code == _NOT_FOUND and seen_busy:
+            if last.code == _NOT_FOUND.c_name and seen_busy:
                 raise _error(
                     _NOT_FOUND,
                     f"the server '{self._name}' went away while we waited for a free slot",
                     last.system_error,
                 ) from None
-            seen_busy = seen_busy or last.code == _BUSY
+            seen_busy = seen_busy or last.code == _BUSY.c_name
             wait = _remaining(deadline)
             if wait == 0:
-                if last.code == _NOT_FOUND:
+                if last.code == _NOT_FOUND.c_name:
                     raise _error(
                         _NOT_FOUND,
                         f"no server is listening on '{self._name}' (waited {budget_ms} ms): start one",
@@ -1352,13 +1237,13 @@ class PureClient(Client):
                 n = self._recv_into(sock, deadline, "timed out waiting for data")
                 received += view[:n]
         except IPCError as exc:
-            if exc.code == _TIMEOUT:
+            if exc.code == _TIMEOUT.c_name:
                 raise _error(
                     _BUSY,
                     f"the server '{name}' took the connection but did not answer the handshake in time: "
                     f"all its connection slots are probably busy; retry later or raise max_clients",
                 ) from None
-            if exc.code == _CLOSED:
+            if exc.code == _CLOSED.c_name:
                 raise _error(
                     "IPC_E_HANDSHAKE",
                     f"the server '{name}' closed the connection during the handshake: it uses another key "
@@ -1457,10 +1342,12 @@ class PureClient(Client):
         with self._lock:
             sock = self._sock
             if self._closed:
-                raise ConnectionClosed(f"the client for {self._name!r} is closed: open a new Client", code=_CLOSED)
+                raise ConnectionClosed(
+                    f"the client for {self._name!r} is closed: open a new Client", code=_CLOSED.c_name
+                )
             if sock is None:
                 raise ConnectionClosed(
-                    f"the connection is closed ({self._closed_reason}); open a new client", code=_CLOSED
+                    f"the connection is closed ({self._closed_reason}); open a new client", code=_CLOSED.c_name
                 )
             deadline = _deadline_after(ms)
             size = view.nbytes
@@ -1472,7 +1359,7 @@ class PureClient(Client):
                 try:
                     _send_all(sock, _packet_parts(PacketType.REQUEST, view), deadline, ms)
                 except IPCError as exc:
-                    error = self._explain_refused_write(sock, exc) if exc.code == _CLOSED else exc
+                    error = self._explain_refused_write(sock, exc) if exc.code == _CLOSED.c_name else exc
                     self._abandon(error)
                     raise error from None
                 try:
