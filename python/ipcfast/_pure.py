@@ -49,17 +49,19 @@ from ._base import (
     timeout_ms,
 )
 from ._codec import (
-    HANDSHAKE_MESSAGE_SIZE,
-    PROTOCOL_VERSION,
-    TOO_LARGE_PREFIX,
-    Packet,
-    PacketDecoder,
+    NEED_DATA,
+    ClientConnection,
+    ClientEvent,
+    HandshakeDone,
+    HandshakeRejected,
     PacketType,
+    ProtocolFailure,
+    Refuse,
+    RemoteFailure,
+    Request,
+    Response,
+    ServerConnection,
     Verdict,
-    check_handshake_reply,
-    check_handshake_request,
-    encode_handshake_reply,
-    encode_handshake_request,
     encode_header,
 )
 from ._errors import ConnectionClosed, IPCError, Result, error_for_code
@@ -153,17 +155,6 @@ def _remaining(deadline: Optional[float]) -> Optional[float]:
         return None
     left = deadline - _monotonic()
     return left if left > 0 else 0.0
-
-
-def _error_from_packet(payload: bytes, code: str) -> IPCError:
-    """An ERROR packet as an exception, by the same rules as the C client:
-    the transport's own refusals (TOO_LARGE_PREFIX) are MessageTooLarge, an
-    empty text gets a default, NUL bytes become U+FFFD."""
-    if payload.startswith(TOO_LARGE_PREFIX):
-        code = "IPC_E_TOO_LARGE"
-        payload = payload[len(TOO_LARGE_PREFIX):]
-    text = payload.replace(b"\x00", "\ufffd".encode()).decode("utf-8", "replace")
-    return _error(code, text or "the server's handler failed without a message")
 
 
 def _deadline_after(ms: int) -> Optional[float]:
@@ -850,7 +841,7 @@ class _Pending:
 class _Connection:
     """One client's connection, owned by its thread."""
 
-    __slots__ = ("refused", "run_", "scratch", "server", "slot", "sock", "write_failed")
+    __slots__ = ("protocol", "refused", "run_", "scratch", "server", "slot", "sock", "write_failed")
 
     def __init__(self, run: _Run, slot: _Slot, sock: socket.socket) -> None:
         self.run_ = run
@@ -860,12 +851,11 @@ class _Connection:
         self.scratch = bytearray(RECV_CHUNK)
         self.refused = False  # closed for a bad packet: no drain
         self.write_failed = False
+        self.protocol = ServerConnection(run.server._handshake, run.server._max_message)
 
     def run(self, accepted_at: float) -> None:
-        result = self.handshake(accepted_at)
-        if result is not None:
-            version, leftover = result
-            self.serve(version, leftover)
+        if self.handshake(accepted_at):
+            self.serve()
 
     def _recv(self, timeout: float) -> Optional[int]:
         """Bytes read into scratch (0: closed), or None if none came in time."""
@@ -875,15 +865,16 @@ class _Connection:
         except socket.timeout:
             return None
 
-    def handshake(self, accepted_at: float) -> Optional[Tuple[int, bytes]]:
+    def handshake(self, accepted_at: float) -> bool:
+        """Reads the client's handshake into self.protocol; True once it is
+        answered (the connection is READY)."""
         server = self.server
         index = self.slot.index
+        protocol = self.protocol
         deadline = accepted_at + server._handshake_timeout_ms / 1000.0
-        expected = server._handshake
-        received = bytearray()
         while True:
-            verdict, client_version = check_handshake_request(received, expected)
-            if verdict != Verdict.NEED_MORE:
+            event = protocol.next_event()
+            if event is not NEED_DATA:
                 break
             left = deadline - _monotonic()
             try:
@@ -894,55 +885,64 @@ class _Connection:
                     raise _error(_CLOSED, "the peer closed the connection")
             except IPCError as exc:
                 logger.info("[slot %d] client dropped during the handshake: %s", index, exc)
-                return None
+                return False
             except OSError as exc:
                 logger.info("[slot %d] client dropped during the handshake: %s", index, _errno_error(exc, "recv"))
-                return None
+                return False
             if n:
-                received += memoryview(self.scratch)[:n]
-        if verdict == Verdict.FOREIGN:
+                protocol.receive_data(memoryview(self.scratch)[:n])
+        if isinstance(event, HandshakeRejected):
+            self.rejected(event)
+            return False
+        if not server._world and not self.same_user():
+            return False
+        try:
+            _send_all(self.sock, [protocol.handshake_reply()], deadline, -1, self.run_.hard)
+        except (IPCError, OSError) as exc:
+            logger.info("[slot %d] could not send the handshake reply: %s", index, exc)
+            return False
+        return True
+
+    def rejected(self, event: HandshakeRejected) -> None:
+        index = self.slot.index
+        if event.verdict == Verdict.FOREIGN:
             logger.warning(
-                "[slot %d] refused a foreign client (first byte 0x%02x, not an ipcfast handshake)", index, received[0]
+                "[slot %d] refused a foreign client (first byte 0x%02x, not an ipcfast handshake)",
+                index,
+                event.first_byte,
             )
-            try:
-                _send_all(self.sock, [b"\xff"], _monotonic() + WAKE_INTERVAL)
-            except (IPCError, OSError):
-                pass
-            return None
-        if verdict != Verdict.OK:
+        else:
             logger.warning(
                 "[slot %d] handshake %s: the client uses another key or protocol; dropped",
                 index,
-                "mismatch" if verdict == Verdict.MISMATCH else "with version 0",
+                "mismatch" if event.verdict == Verdict.MISMATCH else "with version 0",
             )
-            return None
-        if not server._world:
+        if event.reply:
             try:
-                same_user = _peer_uid(self.sock) == os.geteuid()
-                reason = "it runs as another user (access is \"user\")"
-            except OSError as exc:
-                same_user = False
-                reason = str(_errno_error(exc, "getsockopt(SO_PEERCRED)"))
-            if not same_user:
-                logger.warning("[slot %d] refused a client: %s", index, reason)
-                return None
-        assert client_version is not None
-        version = min(client_version, PROTOCOL_VERSION)
-        try:
-            _send_all(self.sock, [encode_handshake_reply(expected, PROTOCOL_VERSION)], deadline, -1, self.run_.hard)
-        except (IPCError, OSError) as exc:
-            logger.info("[slot %d] could not send the handshake reply: %s", index, exc)
-            return None
-        return version, bytes(received[HANDSHAKE_MESSAGE_SIZE:])
+                _send_all(self.sock, [event.reply], _monotonic() + WAKE_INTERVAL)
+            except (IPCError, OSError):
+                pass
 
-    def serve(self, version: int, leftover: bytes) -> None:
+    def same_user(self) -> bool:
+        """access="user": the peer runs as this user (logged if not)."""
+        try:
+            same_user = _peer_uid(self.sock) == os.geteuid()
+            reason = "it runs as another user (access is \"user\")"
+        except OSError as exc:
+            same_user = False
+            reason = str(_errno_error(exc, "getsockopt(SO_PEERCRED)"))
+        if not same_user:
+            logger.warning("[slot %d] refused a client: %s", self.slot.index, reason)
+        return same_user
+
+    def serve(self) -> None:
         server = self.server
         run = self.run_
-        decoder = PacketDecoder(server._max_message, version)
-        pending: Deque[Packet] = collections.deque(decoder.feed(leftover))
+        protocol = self.protocol
         view = memoryview(self.scratch)
         while True:
-            while not pending and decoder.error is None:
+            event = protocol.next_event()
+            while event is NEED_DATA:
                 try:
                     n = self._recv(WAKE_INTERVAL)
                 except OSError as exc:
@@ -955,19 +955,17 @@ class _Connection:
                     continue
                 if n == 0:
                     return  # the client left (or stop ended the reads)
-                pending.extend(decoder.feed(view[:n]))
-            if not pending:
-                self.refuse(decoder)
-                return
-            packet = pending.popleft()
-            if packet.type != PacketType.REQUEST:
-                self.refuse(decoder, wrong_type=packet.type)
+                protocol.receive_data(view[:n])
+                event = protocol.next_event()
+            if not isinstance(event, Request):
+                assert isinstance(event, Refuse)
+                self.refuse(event)
                 return
             if server._manual:
-                if not run.queue_and_wait(self, packet.payload):
+                if not run.queue_and_wait(self, event.payload):
                     return  # the server is stopping
             else:
-                self.handle(packet.payload)
+                self.handle(event.payload)
             if self.write_failed:
                 return
 
@@ -979,21 +977,17 @@ class _Connection:
         except BaseException as exc:
             self.fail(exc)
             return
-        limit = server._max_message
-        if view.nbytes > limit:
-            text = (
-                f"{TOO_LARGE_PREFIX.decode()}the response of {view.nbytes} bytes exceeds the server's "
-                f"max_message of {limit} bytes"
-            )
-            logger.error("%s", text)
+        too_large = self.protocol.response_too_large(view.nbytes)
+        if too_large is not None:
+            logger.error("%s", too_large)
             logger.debug(
                 "server %r: the handler's response of %d bytes is above max_message (%d); "
                 "the client got an error instead",
                 server._name,
                 view.nbytes,
-                limit,
+                server._max_message,
             )
-            self.send(PacketType.ERROR, memoryview(text.encode()))
+            self.send(PacketType.ERROR, memoryview(too_large.encode()))
             return
         self.send(PacketType.RESPONSE, view)
 
@@ -1011,35 +1005,14 @@ class _Connection:
             self.write_failed = True
             logger.debug("server %r: the response was not delivered (%s)", self.server._name, exc)
 
-    def refuse(self, decoder: PacketDecoder, wrong_type: int = 0) -> None:
+    def refuse(self, event: Refuse) -> None:
         """Tells the client why its packet was refused; the caller closes."""
         # The client may still be writing the rest of the refused packet and
         # not reading: closing (no drain) keeps our reply readable.
         self.refused = True
-        limit = self.server._max_message
-        if wrong_type:
-            text = f"protocol error: packet type {wrong_type} is not accepted by this server"
-        elif decoder.error == Verdict.TOO_LARGE:
-            assert decoder.error_header is not None
-            text = (
-                f"{TOO_LARGE_PREFIX.decode()}the request of {decoder.error_header.length} bytes exceeds the "
-                f"server's max_message of {limit} bytes"
-            )
-        else:
-            assert decoder.error is not None
-            text = (
-                f"protocol error: malformed packet header ({decoder.error.c_name}, "
-                f"first byte 0x{decoder.peek(1)[0]:02x})"
-            )
-        logger.warning("[slot %d] %s; closing the connection", self.slot.index, text)
+        logger.warning("[slot %d] %s; closing the connection", self.slot.index, event.text)
         try:  # best effort and bounded: the client may not be reading
-            _send_all(
-                self.sock,
-                _packet_parts(PacketType.ERROR, memoryview(text.encode())),
-                _monotonic() + WAKE_INTERVAL,
-                -1,
-                self.run_.hard,
-            )
+            _send_all(self.sock, [event.data], _monotonic() + WAKE_INTERVAL, -1, self.run_.hard)
         except (IPCError, OSError):
             pass
 
@@ -1133,8 +1106,7 @@ class PureClient(Client):
         self._closed_reason = "closed"
         self._version = 0
         self._scratch = bytearray(RECV_CHUNK)
-        self._pending: Deque[Packet] = collections.deque()
-        self._decoder = PacketDecoder(self._max_message, PROTOCOL_VERSION)
+        self._protocol = ClientConnection(self._value, self._max_message, self._name)
         deadline = _deadline_after(connect_ms)
         sock = self._connect_retrying(deadline, connect_ms)
         if connect_ms == 0:
@@ -1224,18 +1196,16 @@ class PureClient(Client):
 
     def _handshake(self, sock: socket.socket, deadline: Optional[float]) -> None:
         name = self._name
-        received = bytearray()
+        protocol = self._protocol
         view = memoryview(self._scratch)
-        verdict = Verdict.NEED_MORE
-        server_version: Optional[int] = None
         try:
-            _send_all(sock, [encode_handshake_request(self._value, PROTOCOL_VERSION)], deadline)
+            _send_all(sock, [protocol.handshake_request()], deadline)
             while True:
-                verdict, server_version = check_handshake_reply(received, self._value)
-                if verdict != Verdict.NEED_MORE:
+                event = protocol.next_event()
+                if event is not NEED_DATA:
                     break
                 n = self._recv_into(sock, deadline, "timed out waiting for data")
-                received += view[:n]
+                protocol.receive_data(view[:n])
         except IPCError as exc:
             if exc.code == _TIMEOUT.c_name:
                 raise _error(
@@ -1245,23 +1215,15 @@ class PureClient(Client):
                 ) from None
             if exc.code == _CLOSED.c_name:
                 raise _error(
-                    "IPC_E_HANDSHAKE",
+                    Result.E_HANDSHAKE,
                     f"the server '{name}' closed the connection during the handshake: it uses another key "
                     f"or protocol version, refused this user, or is stopping",
                 ) from None
             raise error_for_code(exc.code, f"handshake: {exc}", exc.system_error) from None
-        if verdict == Verdict.FOREIGN:
-            raise _error("IPC_E_HANDSHAKE", f"the server '{name}' rejected our handshake as foreign")
-        if verdict != Verdict.OK:
-            raise _error(
-                "IPC_E_HANDSHAKE",
-                f"'{name}' answered the handshake with unexpected bytes: not an ipcfast server, or one with "
-                f"another key",
-            )
-        assert server_version is not None
-        self._version = min(server_version, PROTOCOL_VERSION)
-        self._decoder = PacketDecoder(self._max_message, self._version)
-        self._pending.extend(self._decoder.feed(received[HANDSHAKE_MESSAGE_SIZE:]))
+        if isinstance(event, ProtocolFailure):
+            raise _error(event.code, event.text)
+        assert isinstance(event, HandshakeDone)
+        self._version = event.version
 
     def _recv_into(self, sock: socket.socket, deadline: Optional[float], timeout_text: str) -> int:
         """Bytes read into the scratch buffer (at least 1), or an IPCError."""
@@ -1293,45 +1255,37 @@ class PureClient(Client):
             self._sock = None
             self._closed_reason = str(why) or "the connection failed"
             sock.close()
-            self._pending.clear()
+            self._protocol.discard_pending()
 
-    def _read_packet(self, sock: socket.socket, deadline: Optional[float]) -> Packet:
-        pending = self._pending
-        decoder = self._decoder
-        view = memoryview(self._scratch)
-        while not pending:
-            if decoder.error is not None:
-                header = decoder.error_header
-                if decoder.error == Verdict.TOO_LARGE and header is not None:
-                    raise _error(
-                        "IPC_E_TOO_LARGE",
-                        f"the response of {header.length} bytes exceeds this client's max_message of "
-                        f"{self._max_message} bytes; raise max_message",
-                    )
-                raise _error(
-                    "IPC_E_PROTOCOL",
-                    f"malformed packet header ({decoder.error.c_name}, first byte 0x{decoder.peek(1)[0]:02x})",
+    def _read_event(self, sock: socket.socket, deadline: Optional[float]) -> ClientEvent:
+        """The next RESPONSE, ERROR or failure; IPCError on I/O failure."""
+        protocol = self._protocol
+        event = protocol.next_event()
+        if event is NEED_DATA:
+            view = memoryview(self._scratch)
+            while event is NEED_DATA:
+                n = self._recv_into(
+                    sock,
+                    deadline,
+                    "no response within the timeout; the connection is closed because the late response would "
+                    "be read by the next request",
                 )
-            n = self._recv_into(
-                sock,
-                deadline,
-                "no response within the timeout; the connection is closed because the late response would be "
-                "read by the next request",
-            )
-            pending.extend(decoder.feed(view[:n]))
-        return pending.popleft()
+                protocol.receive_data(view[:n])
+                event = protocol.next_event()
+        return event
 
     def _explain_refused_write(self, sock: socket.socket, exc: IPCError) -> IPCError:
         """A server that refuses a request (too large) says why in an ERROR
         packet and closes, possibly while we are still writing: then the
         write fails, but the explanation may be waiting for us."""
         try:
-            packet = self._read_packet(sock, _monotonic() + 0.1)
+            event = self._read_event(sock, _monotonic() + 0.1)
         except IPCError:
             return exc
-        if packet.type != PacketType.ERROR:
+        if not isinstance(event, RemoteFailure):
             return exc
-        return _error_from_packet(packet.payload, exc.code)
+        code = event.code if event.code == Result.E_TOO_LARGE else exc.code
+        return _error(code, event.text)
 
     def request(self, data: BytesLike, timeout: Optional[float] = None) -> bytes:
         try:
@@ -1353,7 +1307,7 @@ class PureClient(Client):
             size = view.nbytes
             if size > _MAX_UINT32:
                 raise _error(
-                    "IPC_E_TOO_LARGE", f"a request of {size} bytes does not fit the 4-byte length field"
+                    Result.E_TOO_LARGE, f"a request of {size} bytes does not fit the 4-byte length field"
                 )
             try:
                 try:
@@ -1363,7 +1317,7 @@ class PureClient(Client):
                     self._abandon(error)
                     raise error from None
                 try:
-                    packet = self._read_packet(sock, deadline)
+                    event = self._read_event(sock, deadline)
                 except IPCError as exc:
                     self._abandon(exc)
                     raise exc from None
@@ -1374,16 +1328,13 @@ class PureClient(Client):
                 # stream is at an unknown point, so it cannot be reused.
                 self._abandon(ConnectionClosed(f"interrupted by {type(exc).__name__}"))
                 raise
-            if packet.type == PacketType.RESPONSE:
-                return packet.payload
-            if packet.type == PacketType.ERROR:
-                error = _error_from_packet(packet.payload, "IPC_E_REMOTE")
-                if error.code != "IPC_E_REMOTE":
-                    self._abandon(error)
-                # A handler failure leaves the connection usable.
-                raise error
-            error = _error("IPC_E_PROTOCOL", f"unexpected packet type {packet.type} from the server")
-            self._abandon(error)
+            if type(event) is Response:
+                return event.payload
+            assert isinstance(event, (RemoteFailure, ProtocolFailure))
+            error = _error(event.code, event.text)
+            if event.code != Result.E_REMOTE:
+                self._abandon(error)
+            # A handler failure leaves the connection usable.
             raise error
 
     def close(self) -> None:
