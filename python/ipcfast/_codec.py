@@ -638,6 +638,12 @@ ServerEvent = Union[HandshakeDone, HandshakeRejected, Request, Refuse, NeedData]
 ClientEvent = Union[HandshakeDone, Response, RemoteFailure, ProtocolFailure, NeedData]
 
 
+# Plain ints: compared once per packet, faster than the IntEnum members.
+_REQUEST = int(PacketType.REQUEST)
+_RESPONSE = int(PacketType.RESPONSE)
+_ERROR = int(PacketType.ERROR)
+
+
 def _error_packet(text: bytes) -> bytes:
     return encode_header(PacketType.ERROR, len(text)) + text
 
@@ -680,8 +686,15 @@ class ServerConnection:
         return encode_handshake_reply(self.expected, PROTOCOL_VERSION)
 
     def next_event(self) -> ServerEvent:
+        # The per-request path first: a whole REQUEST waiting (only READY
+        # has packets; closing clears them).
+        if self._pending:
+            packet = self._pending.popleft()
+            if packet.type == _REQUEST:
+                return Request(packet.payload)
+            return self._refuse(f"protocol error: packet type {packet.type} is not accepted by this server")
         if self.state is ConnectionState.READY:
-            return self._next_packet()
+            return NEED_DATA if self._decoder.error is None else self._bad_header()
         if self.state is ConnectionState.CLOSED:
             return NEED_DATA
         verdict, client_version = check_handshake_request(self._received, self.expected)
@@ -699,15 +712,9 @@ class ServerConnection:
         self._received = bytearray()
         return HandshakeDone(self.version)
 
-    def _next_packet(self) -> ServerEvent:
-        if self._pending:
-            packet = self._pending.popleft()
-            if packet.type == PacketType.REQUEST:
-                return Request(packet.payload)
-            return self._refuse(f"protocol error: packet type {packet.type} is not accepted by this server")
+    def _bad_header(self) -> Refuse:
+        """READY, no whole packet, and a bad header stopped the decoder."""
         decoder = self._decoder
-        if decoder.error is None:
-            return NEED_DATA
         if decoder.error == Verdict.TOO_LARGE:
             assert decoder.error_header is not None
             return self._refuse(
@@ -718,6 +725,7 @@ class ServerConnection:
 
     def _refuse(self, text: str) -> Refuse:
         self.state = ConnectionState.CLOSED
+        self._pending.clear()
         return Refuse(text, _error_packet(text.encode()))
 
     def response_too_large(self, size: int) -> Optional[str]:
@@ -765,8 +773,17 @@ class ClientConnection:
         self.state = ConnectionState.CLOSED
 
     def next_event(self) -> ClientEvent:
+        # The per-request path first: a whole RESPONSE waiting (only READY
+        # has packets; closing clears them).
+        if self._pending:
+            packet = self._pending.popleft()
+            if packet.type == _RESPONSE:
+                return Response(packet.payload)
+            if packet.type == _ERROR:
+                return self._error_event(packet.payload)
+            return self._fail(Result.E_PROTOCOL, f"unexpected packet type {packet.type} from the server")
         if self.state is ConnectionState.READY:
-            return self._next_packet()
+            return NEED_DATA if self._decoder.error is None else self._bad_header()
         if self.state is ConnectionState.CLOSED:
             return NEED_DATA
         verdict, server_version = check_handshake_reply(self._received, self.value)
@@ -788,17 +805,9 @@ class ClientConnection:
         self._received = bytearray()
         return HandshakeDone(self.version)
 
-    def _next_packet(self) -> ClientEvent:
-        if self._pending:
-            packet = self._pending.popleft()
-            if packet.type == PacketType.RESPONSE:
-                return Response(packet.payload)
-            if packet.type == PacketType.ERROR:
-                return self._error_event(packet.payload)
-            return self._fail(Result.E_PROTOCOL, f"unexpected packet type {packet.type} from the server")
+    def _bad_header(self) -> ProtocolFailure:
+        """READY, no whole packet, and a bad header stopped the decoder."""
         decoder = self._decoder
-        if decoder.error is None:
-            return NEED_DATA
         header = decoder.error_header
         if decoder.error == Verdict.TOO_LARGE and header is not None:
             return self._fail(
@@ -817,9 +826,11 @@ class ClientConnection:
             code = Result.E_TOO_LARGE
             payload = payload[len(TOO_LARGE_PREFIX) :]
             self.state = ConnectionState.CLOSED
+            self._pending.clear()
         text = payload.replace(b"\x00", "\ufffd".encode()).decode("utf-8", "replace")
         return RemoteFailure(code, text or "the server's handler failed without a message")
 
     def _fail(self, code: Result, text: str) -> ProtocolFailure:
         self.state = ConnectionState.CLOSED
+        self._pending.clear()
         return ProtocolFailure(code, text)

@@ -957,7 +957,7 @@ class _Connection:
                     return  # the client left (or stop ended the reads)
                 protocol.receive_data(view[:n])
                 event = protocol.next_event()
-            if not isinstance(event, Request):
+            if type(event) is not Request:
                 assert isinstance(event, Refuse)
                 self.refuse(event)
                 return

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import atexit
 
-from ._ffi import ffi, lib, raise_from_error, result_name
+from ._ffi import extension_path, ffi, lib, raise_from_error, result_name
 from ._log import install_log_handler, uninstall_log_handler
 from ._node import STREAM_STDERR, STREAM_STDOUT, NodeCall, PacketConnection, decode_command
 from ._server import NativeServer
@@ -34,6 +34,7 @@ __all__ = [
     "STREAM_STDOUT",
     "STREAM_STDERR",
     "decode_command",
+    "extension_path",
     "raise_from_error",
     "result_name",
     # Temporary: node/ and _bench.py reach cffi through these; the lead

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from typing import Any, NoReturn, Optional
 
+from .. import _ipcfast_cffi
 from .._errors import error_for_code
 from .._ipcfast_cffi import ffi, lib
 
-__all__ = ["NULL", "ffi", "lib", "raise_from_error", "result_name"]
+__all__ = ["NULL", "extension_path", "ffi", "lib", "raise_from_error", "result_name"]
 
 NULL = ffi.NULL
+
+
+def extension_path() -> str:
+    """The compiled module's file (e.g. to see when it was built)."""
+    path: str = _ipcfast_cffi.__file__
+    return path
 
 
 def result_name(code: int) -> str:
