@@ -13,7 +13,8 @@ import pytest
 
 import ipcfast
 from ipcfast import _errors
-from ipcfast._native import ffi, lib
+from ipcfast._errors import Result
+from ipcfast._native import ffi, lib, raise_from_error
 
 from conftest import BACKENDS, LogCatcher, MakeClient, MakeServer, echo, posix_only, wait_for
 
@@ -51,16 +52,26 @@ def test_exception_hierarchy(cls: type, bases: tuple) -> None:
         raise exc
 
 
+def test_result_enum_matches_the_built_module() -> None:
+    """Result mirrors the C enum: the same names and numbers as the built
+    module's IPC_... constants, and c_name is what ipc_result_name() says."""
+    c_names = [name for name in dir(lib) if name == "IPC_OK" or name.startswith("IPC_E_")]
+    assert sorted(c_names) == sorted(result.c_name for result in Result)
+    for result in Result:
+        assert getattr(lib, result.c_name) == result.value, result
+        assert ffi.string(lib.ipc_result_name(result)).decode() == result.c_name
+
+
 def test_error_table_covers_every_c_result() -> None:
-    results = dict(ffi.typeof("ipc_result").relements)
-    assert results.pop("IPC_OK") == 0
-    assert set(results) == set(_errors.ERROR_CLASSES)
-    for cname, number in results.items():
-        assert ffi.string(lib.ipc_result_name(number)).decode() == cname
-        exc = _errors.error_for_code(cname, "msg", 7)
-        assert type(exc) is _errors.ERROR_CLASSES[cname]
-        assert (exc.code, exc.system_error, str(exc)) == (cname, 7, "msg")
+    assert set(_errors.ERROR_CLASSES) == set(Result) - {Result.OK}
+    for result, cls in _errors.ERROR_CLASSES.items():
+        for code in (result, result.c_name):  # a Result or its C name
+            exc = _errors.error_for_code(code, "msg", 7)
+            assert type(exc) is cls
+            assert (exc.code, exc.system_error, str(exc)) == (result.c_name, 7, "msg")
     assert type(_errors.error_for_code("IPC_E_SYSTEM", "m")) is ipcfast.IPCError
+    unknown = _errors.error_for_code("IPC_E_FUTURE", "m")
+    assert type(unknown) is ipcfast.IPCError and unknown.code == "IPC_E_FUTURE"
 
 
 def test_raise_from_error_reads_and_clears() -> None:
@@ -70,7 +81,7 @@ def test_raise_from_error_reads_and_clears() -> None:
     rc = lib.ipc_client_open(out, b"", ffi.NULL, 0, err)
     assert rc == lib.IPC_E_INVALID and err.message != ffi.NULL
     with pytest.raises(ipcfast.InvalidArgument) as info:
-        _errors.raise_from_error(err)
+        raise_from_error(err)
     assert info.value.code == "IPC_E_INVALID"
     assert "name" in str(info.value)
     assert err.code == 0 and err.message == ffi.NULL  # cleared
@@ -78,7 +89,7 @@ def test_raise_from_error_reads_and_clears() -> None:
     err.code = lib.IPC_E_TIMEOUT
     err.system_error = 110
     with pytest.raises(ipcfast.Timeout) as info2:
-        _errors.raise_from_error(err)
+        raise_from_error(err)
     assert "IPC_E_TIMEOUT" in str(info2.value) and info2.value.system_error == 110
 
 

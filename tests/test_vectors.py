@@ -765,3 +765,221 @@ def test_command_codecs_agree_on_any_bytes(data: bytes) -> None:
     assert c_error == p_error
     if c_result is not None:
         assert CCodec().encode_command(c_result) == data
+
+
+# ---------------------------------------------------------------------------
+# The sans-I/O connection objects (ipcfast._codec.ServerConnection and
+# ClientConnection) against the same vectors: no sockets, whole or byte by byte
+# ---------------------------------------------------------------------------
+
+
+def _drive(conn: Any, pieces: List[bytes]) -> List[Any]:
+    """Feeds pieces to a connection object; every event it gives, in order,
+    until it wants more data (or closed)."""
+    from ipcfast._codec import NEED_DATA, ConnectionState
+
+    events: List[Any] = []
+    for piece in pieces:
+        conn.receive_data(piece)
+        while conn.state is not ConnectionState.CLOSED:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                break
+            events.append(event)
+    return events
+
+
+def _whole_and_bytewise(data: bytes) -> List[List[bytes]]:
+    return [[data], [data[i : i + 1] for i in range(len(data))]]
+
+
+@pytest.mark.parametrize("case", VECTORS["handshake_request"], ids=_ids(VECTORS["handshake_request"]))
+def test_server_connection_handshake(case: Dict[str, Any]) -> None:
+    from ipcfast._codec import ConnectionState, HandshakeDone, HandshakeRejected, ServerConnection
+
+    data = _hex(case["hex"])
+    for pieces in _whole_and_bytewise(data):
+        conn = ServerConnection(_hex(case["expected"]))
+        events = _drive(conn, pieces)
+        if case["verdict"] == "NEED_MORE":
+            assert events == [] and conn.state is ConnectionState.AWAIT_HANDSHAKE
+        elif case["verdict"] == "OK":
+            assert events == [HandshakeDone(min(case["client_version"], 1))]
+            assert conn.state is ConnectionState.READY
+            assert conn.handshake_reply() == _hex(
+                next(r["hex"] for r in VECTORS["encode_handshake_reply"] if r["client_value"] == case["expected"])
+            )
+        else:
+            # A foreign client gets the one-byte answer; a mismatch gets nothing.
+            reply = b"\xff" if case["verdict"] == "FOREIGN" else b""
+            assert len(events) == 1 and isinstance(events[0], HandshakeRejected), events
+            assert (events[0].verdict.name, events[0].reply, events[0].first_byte) == (case["verdict"], reply, data[0])
+            assert conn.state is ConnectionState.CLOSED
+
+
+@pytest.mark.parametrize("case", VECTORS["handshake_reply"], ids=_ids(VECTORS["handshake_reply"]))
+def test_client_connection_handshake(case: Dict[str, Any]) -> None:
+    from ipcfast._codec import ClientConnection, ConnectionState, HandshakeDone, ProtocolFailure
+    from ipcfast._errors import Result
+
+    value = _hex(case["client_value"])
+    for pieces in _whole_and_bytewise(_hex(case["hex"])):
+        conn = ClientConnection(value, name="srv")
+        assert conn.handshake_request() == value + b"\x01"
+        events = _drive(conn, pieces)
+        if case["verdict"] == "NEED_MORE":
+            assert events == [] and conn.state is ConnectionState.AWAIT_HANDSHAKE
+        elif case["verdict"] == "OK":
+            assert events == [HandshakeDone(min(case["server_version"], 1))]
+            assert conn.state is ConnectionState.READY
+        else:
+            assert len(events) == 1 and isinstance(events[0], ProtocolFailure), events
+            assert events[0].code is Result.E_HANDSHAKE and "'srv'" in events[0].text
+            assert ("foreign" in events[0].text) == (case["verdict"] == "FOREIGN")
+            assert conn.state is ConnectionState.CLOSED
+
+
+_V1_STREAMS = [case for case in VECTORS["streams"] if case["max_version"] == 1]
+
+
+def _error_packet_text(data: bytes) -> str:
+    from ipcfast._codec import PacketDecoder, PacketType
+
+    packets = PacketDecoder().feed(data)
+    assert len(packets) == 1 and packets[0].type == PacketType.ERROR
+    return packets[0].payload.decode()
+
+
+class _Refused:
+    """An expected Refuse event: its text starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def __repr__(self) -> str:
+        return f"_Refused({self.prefix!r})"
+
+
+def _expected_server_events(case: Dict[str, Any]) -> List[Any]:
+    from ipcfast._codec import TOO_LARGE_PREFIX, Request
+
+    expected: List[Any] = []
+    for packet in case["packets"]:
+        if packet["type"] != 1:
+            return expected + [_Refused(f"protocol error: packet type {packet['type']} is not accepted")]
+        expected.append(Request(_hex(packet["payload"])))
+    if case["end"] == "TOO_LARGE":
+        expected.append(_Refused(TOO_LARGE_PREFIX.decode() + "the request of "))
+    elif case["end"] not in ("OK", "NEED_MORE"):
+        expected.append(_Refused(f"protocol error: malformed packet header (IPC_VERDICT_{case['end']}"))
+    return expected
+
+
+@pytest.mark.parametrize("case", _V1_STREAMS, ids=_ids(_V1_STREAMS))
+def test_server_connection_streams(case: Dict[str, Any]) -> None:
+    """After a handshake, REQUESTs become Request events; the first packet
+    of another type, or the bad header that ends a stream, a Refuse whose
+    ERROR packet says why, and the connection closes."""
+    from ipcfast._codec import ConnectionState, HandshakeDone, Refuse, ServerConnection
+
+    value = _hex(VECTORS["default_handshake"])
+    expected = _expected_server_events(case)
+    for pieces in _whole_and_bytewise(value + b"\x01" + _hex(case["hex"])):
+        conn = ServerConnection(value, case["max_message"])
+        events = _drive(conn, pieces)
+        assert events[0] == HandshakeDone(1)
+        events = events[1:]
+        assert len(events) == len(expected), (events, expected)
+        for have, want in zip(events, expected):
+            if isinstance(want, _Refused):
+                assert isinstance(have, Refuse) and have.text.startswith(want.prefix), (have, want)
+                assert _error_packet_text(have.data) == have.text
+            else:
+                assert have == want
+        refused = bool(expected) and isinstance(expected[-1], _Refused)
+        assert conn.state is (ConnectionState.CLOSED if refused else ConnectionState.READY)
+
+
+def _expected_client_events(case: Dict[str, Any]) -> List[Any]:
+    """The events a client connection gives for a stream; a bad header at
+    the end is given as its Result (the text is checked apart)."""
+    from ipcfast._codec import TOO_LARGE_PREFIX, ProtocolFailure, RemoteFailure, Response
+    from ipcfast._errors import Result
+
+    expected: List[Any] = []
+    for packet in case["packets"]:
+        payload = _hex(packet["payload"])
+        if packet["type"] == 2:
+            expected.append(Response(payload))
+        elif packet["type"] == 3 and payload.startswith(TOO_LARGE_PREFIX):
+            return expected + [RemoteFailure(Result.E_TOO_LARGE, payload[len(TOO_LARGE_PREFIX) :].decode())]
+        elif packet["type"] == 3:
+            text = payload.replace(b"\x00", "\ufffd".encode()).decode("utf-8", "replace")
+            expected.append(RemoteFailure(Result.E_REMOTE, text or "the server's handler failed without a message"))
+        else:
+            text = f"unexpected packet type {packet['type']} from the server"
+            return expected + [ProtocolFailure(Result.E_PROTOCOL, text)]
+    if case["end"] == "TOO_LARGE":
+        expected.append(Result.E_TOO_LARGE)
+    elif case["end"] not in ("OK", "NEED_MORE"):
+        expected.append(Result.E_PROTOCOL)
+    return expected
+
+
+@pytest.mark.parametrize("case", _V1_STREAMS, ids=_ids(_V1_STREAMS))
+def test_client_connection_streams(case: Dict[str, Any]) -> None:
+    """RESPONSE and ERROR packets become Response and RemoteFailure events;
+    other types and bad headers a ProtocolFailure; what ends the connection
+    (a failure, a transport refusal) closes it."""
+    from ipcfast._codec import ClientConnection, ConnectionState, ProtocolFailure, RemoteFailure
+    from ipcfast._errors import Result
+
+    value = _hex(VECTORS["default_handshake"])
+    reply = bytes(b ^ 0x5A for b in value) + b"\x01"
+    expected = _expected_client_events(case)
+    for pieces in _whole_and_bytewise(reply + _hex(case["hex"])):
+        conn = ClientConnection(value, case["max_message"], name="srv")
+        events = _drive(conn, pieces)[1:]
+        if expected and isinstance(expected[-1], Result):
+            last = events.pop()
+            assert isinstance(last, ProtocolFailure) and last.code is expected[-1], last
+            assert ("max_message" if last.code is Result.E_TOO_LARGE else case["end"]) in last.text
+            assert events == expected[:-1]
+            assert conn.state is ConnectionState.CLOSED
+            continue
+        assert events == expected
+        ends = bool(events) and (
+            isinstance(events[-1], ProtocolFailure)
+            or (isinstance(events[-1], RemoteFailure) and events[-1].code is Result.E_TOO_LARGE)
+        )
+        assert conn.state is (ConnectionState.CLOSED if ends else ConnectionState.READY)
+
+
+def test_connections_without_sockets_talk_to_each_other() -> None:
+    """A client and a server connection wired together in memory: handshake,
+    a request, a response, a handler failure, and the response-size rule."""
+    from ipcfast._codec import (
+        ClientConnection,
+        HandshakeDone,
+        PacketType,
+        RemoteFailure,
+        Request,
+        Response,
+        ServerConnection,
+        encode_header,
+    )
+    from ipcfast._errors import Result
+
+    value = _hex(VECTORS["default_handshake"])
+    server, client = ServerConnection(value, max_message=64), ClientConnection(value, name="mem")
+    assert _drive(server, [client.handshake_request()]) == [HandshakeDone(1)]
+    assert _drive(client, [server.handshake_reply()]) == [HandshakeDone(1)]
+    assert _drive(server, [encode_header(PacketType.REQUEST, 2) + b"hi"]) == [Request(b"hi")]
+    assert _drive(client, [encode_header(PacketType.RESPONSE, 2) + b"HI"]) == [Response(b"HI")]
+    assert server.response_too_large(64) is None
+    too_large = server.response_too_large(65)
+    assert too_large is not None and "65 bytes" in too_large
+    error = too_large.encode()
+    assert _drive(client, [encode_header(PacketType.ERROR, len(error)) + error]) == [
+        RemoteFailure(Result.E_TOO_LARGE, too_large[len("ipcfast: too large: ") :])
+    ]

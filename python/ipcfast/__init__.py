@@ -19,8 +19,8 @@ pipes on Windows); this package is a thin layer over it. Errors are
 
 from __future__ import annotations
 
-from ._base import BACKENDS, Client, Server, native_import_error
-from ._base import _load_native as _load_native
+from ._backends import BACKENDS, load_native, native_import_error
+from ._base import Client, Server
 from ._errors import (
     AccessDenied,
     AddressInUse,
@@ -69,4 +69,4 @@ __all__ = [
 
 # Import the native backend now (installs the log bridge); if it cannot be
 # imported, warn once here and let backend="native" raise ImportError.
-_load_native(warn=True)
+load_native(warn=True)

@@ -1,24 +1,51 @@
-"""The public Server and Client classes: small facades over the backends.
+"""The public Server and Client classes: the lifecycle, written once, over
+small backend hooks.
 
-``Server(...)`` and ``Client(...)`` pick the backend implementation from
-their ``backend`` argument and return an instance of that backend's subclass
-(``_native.NativeServer`` / ``_native.NativeClient``, or ``_pure.PureServer``
-/ ``_pure.PureClient``). So ``isinstance(obj, ipcfast.Client)`` holds for
-every backend, and calls go straight to the implementation: no delegation
-layer on the hot path.
+``Server(...)`` and ``Client(...)`` ask the registry (``_backends``) for the
+backend named by their ``backend`` argument and return an instance of that
+backend's subclass (``_native.NativeServer`` / ``_native.NativeClient``, or
+``_pure.PureServer`` / ``_pure.PureClient``). So ``isinstance(obj,
+ipcfast.Client)`` holds for every backend, and calls go straight to the
+implementation: no delegation layer on the hot path.
+
+What both backends share lives here: argument parsing (:class:`ServerOptions`,
+:class:`ClientOptions`), start/stop bracketing, the manual-dispatch
+bookkeeping, the "not from inside a handler" rule, and the handler-result
+conversion and failure texts. A backend supplies the hooks listed on
+:class:`Server` and :class:`Client`.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import math
 import os
 import threading
-import warnings
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Callable, Dict, Optional, Type, Union
+from typing import Any, Callable, Dict, Optional, Type, TypeVar, Union
 
-__all__ = ["Server", "Client", "Handler", "BytesLike", "native_import_error", "BACKENDS"]
+from ._backends import BACKENDS, backend_module, native_import_error
+from ._names import handshake_value
+
+__all__ = [
+    "Server",
+    "Client",
+    "ServerOptions",
+    "ClientOptions",
+    "Handler",
+    "BytesLike",
+    "native_import_error",
+    "BACKENDS",
+]
+
+logger = logging.getLogger("ipcfast")
+_get_ident = threading.get_ident
+_T = TypeVar("_T")
+
+#: Kept for tests that import the registry through this module.
+_backend_module = backend_module
 
 #: What a handler may return: anything with the buffer protocol.
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -27,63 +54,9 @@ Handler = Callable[[bytes], BytesLike]
 #: A server name: a plain name, or (POSIX) a socket path.
 Name = Union[str, "os.PathLike[str]"]
 
-#: Backends known to the facades.
-BACKENDS = ("native", "pure")
-
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 _MAX_UINT32 = 0xFFFFFFFF
 _MAX_TIMEOUT_MS = 0x7FFFFFFF
-
-_native_state: Dict[str, Any] = {"loaded": False, "module": None, "error": None}
-_native_lock = threading.Lock()
-
-
-def _load_native(warn: bool = True) -> Any:
-    """Import the native backend once; remember (and warn once about) failure."""
-    with _native_lock:
-        if not _native_state["loaded"]:
-            _native_state["loaded"] = True
-            try:
-                from . import _native
-            except ImportError as exc:
-                _native_state["error"] = exc
-                if warn:
-                    warnings.warn(
-                        f"ipcfast: the native extension module could not be imported "
-                        f"({type(exc).__name__}: {exc}); backend='native' is unavailable. "
-                        f"Reinstall ipcfast (pip install --force-reinstall ipcfast) to build it.",
-                        RuntimeWarning,
-                        stacklevel=3,
-                    )
-            else:
-                _native_state["module"] = _native
-        return _native_state["module"]
-
-
-def native_import_error() -> Optional[BaseException]:
-    """The exception that prevented importing the native backend, or None."""
-    _load_native()
-    error: Optional[BaseException] = _native_state["error"]
-    return error
-
-
-def _backend_module(backend: str) -> Any:
-    """The module implementing ``backend``: it has ``ServerImpl`` and ``ClientImpl``."""
-    if backend == "native":
-        module = _load_native()
-        if module is None:
-            cause = _native_state["error"]
-            raise ImportError(
-                f"ipcfast's native backend is unavailable: the extension module "
-                f"ipcfast._ipcfast_cffi could not be imported ({type(cause).__name__}: {cause})"
-            ) from cause
-        return module
-    if backend == "pure":
-        from . import _pure
-
-        return _pure
-    raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(map(repr, BACKENDS))}")
-
 
 # ---- argument helpers shared by the backends ------------------------------
 
@@ -134,6 +107,125 @@ def check_uint32(value: int, what: str, minimum: int = 1) -> int:
     if not minimum <= value <= _MAX_UINT32:
         raise ValueError(f"{what} must be between {minimum} and {_MAX_UINT32}, got {value}")
     return value
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """The Server arguments, checked once for every backend."""
+
+    name: str
+    name_bytes: bytes  #: the name for the C core (file-system encoding)
+    handshake: bytes  #: the handshake value derived from the key
+    max_clients: int
+    max_message: int
+    world: bool  #: access == "world"
+    listeners: int
+    handshake_timeout_ms: int
+    manual: bool  #: dispatch == "manual"
+
+    @classmethod
+    def parse(
+        cls,
+        name: Name,
+        handler: Any,
+        key: Optional[Union[str, bytes]],
+        max_clients: int,
+        max_message: int,
+        access: str,
+        listeners: int,
+        handshake_timeout: float,
+        dispatch: str,
+    ) -> "ServerOptions":
+        check_server_args(handler, access, dispatch)
+        name_bytes = encode_name(name)
+        max_message = check_uint32(max_message, "max_message")
+        max_clients = check_uint32(max_clients, "max_clients")
+        listeners = check_uint32(listeners, "listeners")
+        hs_ms = timeout_ms(handshake_timeout, "handshake_timeout")
+        if hs_ms <= 0:
+            raise ValueError("handshake_timeout must be a positive number of seconds")
+        return cls(
+            name=os.fspath(name),
+            name_bytes=name_bytes,
+            handshake=handshake_value(key),
+            max_clients=max_clients,
+            max_message=max_message,
+            world=access == "world",
+            listeners=listeners,
+            handshake_timeout_ms=hs_ms,
+            manual=dispatch == "manual",
+        )
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """The Client arguments, checked once for every backend."""
+
+    name: str
+    name_bytes: bytes
+    handshake: bytes
+    connect_ms: int  #: -1: no limit
+    timeout_ms: int  #: the default for request(); -1: no limit
+    max_message: int
+
+    @classmethod
+    def parse(
+        cls,
+        name: Name,
+        key: Optional[Union[str, bytes]],
+        connect_timeout: Optional[float],
+        timeout: Optional[float],
+        max_message: int,
+    ) -> "ClientOptions":
+        name_bytes = encode_name(name)
+        request_ms = timeout_ms(timeout, "timeout")
+        connect_ms = timeout_ms(connect_timeout, "connect_timeout")
+        return cls(
+            name=os.fspath(name),
+            name_bytes=name_bytes,
+            handshake=handshake_value(key),
+            connect_ms=connect_ms,
+            timeout_ms=request_ms,
+            max_message=check_uint32(max_message, "max_message"),
+        )
+
+
+def _check_backend(impl: Any, backend: Optional[str]) -> None:
+    """A backend's class refuses to be built for another backend."""
+    if backend is not None and backend != impl.backend:
+        raise ValueError(f"{type(impl).__name__} needs backend={impl.backend!r}, got {backend!r}")
+
+
+# ---- handler results (both backends) ------------------------------------------------
+
+
+class _BadReturn(TypeError):
+    """The handler returned something that is not bytes-like."""
+
+
+def handler_result(result: Any, as_buffer: Callable[[Any], _T]) -> _T:
+    """The handler's answer through ``as_buffer`` (which raises TypeError for
+    what is not bytes-like); _BadReturn with the user-facing text if it is
+    not. The backends try ``type(result) is bytes`` first, inline."""
+    if isinstance(result, str):
+        raise _BadReturn("handler returned str, expected bytes-like (encode it, e.g. text.encode())")
+    try:
+        return as_buffer(result)
+    except TypeError:
+        raise _BadReturn(
+            f"handler returned {type(result).__name__}, expected bytes-like (bytes, bytearray, memoryview)"
+        ) from None
+
+
+def failure_text(server_name: str, exc: BaseException) -> bytes:
+    """Logs a handler failure and returns the ERROR text the client gets."""
+    if isinstance(exc, _BadReturn):
+        text = f"TypeError: {exc}"
+        logger.error("server %r: %s", server_name, exc)
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+        logger.error("server %r: the handler raised %s", server_name, text, exc_info=exc)
+    return text.encode("utf-8", "replace")
 
 
 # ---- running servers ------------------------------------------------------------
@@ -212,28 +304,142 @@ class Server:
 
     def __new__(cls, *args: Any, backend: str = "native", **kwargs: Any) -> "Server":
         if cls is Server:
-            cls = _backend_module(backend).ServerImpl
+            cls = backend_module(backend).ServerImpl
         return super().__new__(cls)
 
-    # Implemented by the backends.
+    def __init__(
+        self,
+        name: Name,
+        handler: Handler,
+        *,
+        key: Optional[Union[str, bytes]] = None,
+        max_clients: int = 32,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        access: str = "user",
+        listeners: int = 1,
+        handshake_timeout: float = 5.0,
+        dispatch: str = "thread",
+        backend: Optional[str] = None,
+    ) -> None:
+        _check_backend(self, backend)
+        options = ServerOptions.parse(
+            name, handler, key, max_clients, max_message, access, listeners, handshake_timeout, dispatch
+        )
+        # Copied out of options: the handler paths read them per request.
+        self._name = options.name
+        self._handler = handler
+        self._max_message = options.max_message
+        self._manual = options.manual
+        self._state: Any = None  # what _open() returned, while running
+        self._address = None
+        self._lock = threading.Lock()  # start/stop
+        self._stopped_event = threading.Event()
+        self._stopped_event.set()
+        # Manual dispatch: threads inside dispatch() (ident -> depth); stop()
+        # waits for them to leave before the backend frees what they use.
+        self._dispatching: Dict[int, int] = {}
+        self._stopping = False
+        self._dispatch_idle = threading.Condition(threading.Lock())
+        self._configure(options)
+
+    # ---- hooks a backend implements ----
+
+    def _configure(self, options: ServerOptions) -> None:
+        """Prepare for start() (the arguments are checked already)."""
+        raise NotImplementedError
+
+    def _open(self) -> Any:
+        """Start serving; returns the run's state (kept until _close) and
+        sets ``self._address``. Raises an IPCError if it cannot."""
+        raise NotImplementedError
+
+    def _interrupt(self, state: Any) -> None:
+        """Manual dispatch, stopping: wake and end every dispatch() wait."""
+        raise NotImplementedError
+
+    def _close(self, state: Any) -> None:
+        """Stop the run: no dispatch() is running any more."""
+        raise NotImplementedError
+
+    def _in_handler_thread(self, ident: int) -> bool:
+        """True on a thread of this server that runs the handler."""
+        raise NotImplementedError
+
+    def _dispatch_pending(self, state: Any, wait_ms: int) -> int:
+        """Manual dispatch: answer pending requests on this thread, waiting
+        up to wait_ms (-1: no limit) for the first; returns how many."""
+        raise NotImplementedError
+
+    def _ready_fileno(self, state: Any) -> int:
+        """Manual dispatch: the descriptor ready while requests are pending."""
+        raise NotImplementedError
+
+    # ---- the lifecycle ----
+
     def start(self) -> None:
         """Start listening; returns once clients can connect.
 
         Raises :class:`~ipcfast.AddressInUse` if a live server has the name,
         :class:`~ipcfast.NameTooLong`, :class:`~ipcfast.AccessDenied`, ...
         """
-        raise NotImplementedError
+        self._check_not_in_handler("start")
+        with self._lock:
+            if self._state is not None:
+                raise RuntimeError(f"server {self._name!r} is already running")
+            self._state = self._open()
+            self._stopped_event.clear()
+            track_running(self, True)
 
     def stop(self) -> None:
         """Stop the server: stop accepting, let running handlers finish, close
         every connection, release the name. Idempotent. Must not be called
         from inside this server's handler (raises RuntimeError)."""
-        raise NotImplementedError
+        self._check_not_in_handler("stop")
+        with self._lock:
+            state = self._state
+            if state is None:
+                return
+            try:
+                if self._manual:
+                    self._wait_for_dispatchers(state)
+                self._close(state)
+            finally:
+                self._state = None
+                self._stopping = False
+                track_running(self, False)
+                self._stopped_event.set()
+
+    def _wait_for_dispatchers(self, state: Any) -> None:
+        # Wake dispatch() calls waiting in the backend, then let them return
+        # before what they use is freed.
+        with self._dispatch_idle:
+            self._stopping = True
+        self._interrupt(state)
+        with self._dispatch_idle:
+            while self._dispatching:
+                self._dispatch_idle.wait()
 
     @property
     def running(self) -> bool:
         """True between a successful :meth:`start` and :meth:`stop`."""
-        raise NotImplementedError
+        return self._state is not None
+
+    def _check_not_in_handler(self, what: str) -> None:
+        ident = _get_ident()
+        if ident in self._dispatching or self._in_handler_thread(ident):
+            raise RuntimeError(
+                f"Server.{what}() called from inside this server's handler: that would deadlock "
+                f"(stop waits for running handlers). Call it from another thread, e.g. "
+                f"threading.Thread(target=server.{what}).start()"
+            )
+
+    def _running_manual(self, what: str) -> Any:
+        if not self._manual:
+            raise RuntimeError(f"Server.{what}() needs Server(..., dispatch='manual')")
+        state = self._state
+        if state is None:
+            raise RuntimeError(f"server {self._name!r} is not running: call start() first")
+        return state
 
     @property
     def name(self) -> str:
@@ -256,12 +462,26 @@ class Server:
         pending request and send the answers; returns how many. Waits up to
         ``timeout`` seconds for the first (0: not at all; None: until one
         comes or the server stops)."""
-        raise NotImplementedError
+        state = self._running_manual("dispatch")
+        wait_ms = timeout_ms(timeout)
+        ident = _get_ident()
+        with self._dispatch_idle:
+            if self._stopping:
+                return 0  # stop() is waiting for dispatchers to leave
+            self._dispatching[ident] = self._dispatching.get(ident, 0) + 1
+        try:
+            return self._dispatch_pending(state, wait_ms)
+        finally:
+            with self._dispatch_idle:
+                count = self._dispatching.pop(ident) - 1
+                if count:
+                    self._dispatching[ident] = count
+                self._dispatch_idle.notify_all()
 
     def fileno(self) -> int:
         """``dispatch="manual"``: a descriptor (Windows: an event handle)
         that is ready while requests are pending, for select/selectors."""
-        raise NotImplementedError
+        return self._ready_fileno(self._running_manual("fileno"))
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Start the server if needed and block until :meth:`stop` is called
@@ -321,8 +541,29 @@ class Client:
 
     def __new__(cls, *args: Any, backend: str = "native", **kwargs: Any) -> "Client":
         if cls is Client:
-            cls = _backend_module(backend).ClientImpl
+            cls = backend_module(backend).ClientImpl
         return super().__new__(cls)
+
+    def __init__(
+        self,
+        name: Name,
+        *,
+        key: Optional[Union[str, bytes]] = None,
+        connect_timeout: Optional[float] = 5.0,
+        timeout: Optional[float] = None,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        backend: Optional[str] = None,
+    ) -> None:
+        _check_backend(self, backend)
+        options = ClientOptions.parse(name, key, connect_timeout, timeout, max_message)
+        self._name = options.name
+        self._timeout_ms = options.timeout_ms
+        self._lock = threading.Lock()  # one request at a time
+        self._connect(options)
+
+    def _connect(self, options: ClientOptions) -> None:
+        """Backend hook: connect and handshake, or raise an IPCError."""
+        raise NotImplementedError
 
     def request(self, data: BytesLike, timeout: Optional[float] = None) -> bytes:
         """Send one request and return the response.

@@ -19,18 +19,35 @@ and against each other:
   :func:`encode_console_write` / :func:`decode_console_write`,
   :func:`encode_exit` / :func:`decode_exit`: the server-node payloads
   (docs/protocol.md section 10), like ``ipc_command_encode`` & co. A
-  malformed payload raises :class:`MalformedPayload`.
+  malformed payload raises :class:`MalformedPayload`;
+* :class:`ServerConnection` / :class:`ClientConnection`: the protocol's
+  state machines (AWAIT_HANDSHAKE -> READY -> CLOSED), h11-style: bytes in,
+  events out, bytes to send. The pure backend wraps them in sockets.
 
 Nothing here reads, writes, sleeps or logs.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import struct
-from typing import List, NamedTuple, Optional, Tuple, Union
+from typing import Deque, List, NamedTuple, Optional, Tuple, Union
+
+from ._errors import Result
 
 __all__ = [
+    "NEED_DATA",
+    "ClientConnection",
+    "ConnectionState",
+    "HandshakeDone",
+    "HandshakeRejected",
+    "ProtocolFailure",
+    "Refuse",
+    "RemoteFailure",
+    "Request",
+    "Response",
+    "ServerConnection",
     "DEFAULT_HANDSHAKE",
     "DEFAULT_MAX_MESSAGE",
     "FOREIGN_REPLY",
@@ -538,3 +555,282 @@ def decode_exit(payload: BytesLike) -> Tuple[int, int]:
         raise MalformedPayload(f"malformed EXIT: {len(data)} bytes instead of {EXIT_PAYLOAD_SIZE}")
     code, kind = struct.unpack("<iB", data)
     return int(code), int(kind)
+
+
+# ---- connections: the protocol's decisions, without I/O ----------------------
+#
+# h11's model: a connection object consumes received bytes
+# (receive_data), says what they mean (next_event: an event, or NEED_DATA),
+# and produces the bytes to send. The pure backend's sockets and threads
+# sit around it; the decisions (verdict -> refusal text, ERROR packet ->
+# exception code) live here, once, and tests/test_vectors.py checks them
+# against the vectors without sockets.
+
+
+class ConnectionState(enum.Enum):
+    AWAIT_HANDSHAKE = "AWAIT_HANDSHAKE"
+    READY = "READY"
+    CLOSED = "CLOSED"
+
+
+class NeedData(enum.Enum):
+    """next_event(): not enough bytes for an event yet."""
+
+    NEED_DATA = "NEED_DATA"
+
+
+NEED_DATA = NeedData.NEED_DATA
+
+
+class HandshakeDone(NamedTuple):
+    """The handshake succeeded; packets use ``version`` from now on."""
+
+    version: int
+
+
+class HandshakeRejected(NamedTuple):
+    """Server side: the client's handshake is refused; send ``reply`` (maybe
+    empty) and close. ``verdict`` says why."""
+
+    verdict: Verdict
+    first_byte: int
+    reply: bytes
+
+
+class Request(NamedTuple):
+    """Server side: a complete REQUEST."""
+
+    payload: bytes
+
+
+class Refuse(NamedTuple):
+    """Server side: a packet the server does not accept. Send ``data`` (an
+    ERROR packet saying ``text``) and close without draining."""
+
+    text: str
+    data: bytes
+
+
+class Response(NamedTuple):
+    """Client side: a RESPONSE."""
+
+    payload: bytes
+
+
+class RemoteFailure(NamedTuple):
+    """Client side: an ERROR packet. ``code`` is ``Result.E_REMOTE`` when the
+    handler failed (the connection stays usable) or ``Result.E_TOO_LARGE``
+    when the transport refused a message (the connection is closed)."""
+
+    code: Result
+    text: str
+
+
+class ProtocolFailure(NamedTuple):
+    """The peer broke the protocol (or refused ours); the connection is
+    closed. ``code`` and ``text`` make the exception."""
+
+    code: Result
+    text: str
+
+
+ServerEvent = Union[HandshakeDone, HandshakeRejected, Request, Refuse, NeedData]
+ClientEvent = Union[HandshakeDone, Response, RemoteFailure, ProtocolFailure, NeedData]
+
+
+# Plain ints: compared once per packet, faster than the IntEnum members.
+_REQUEST = int(PacketType.REQUEST)
+_RESPONSE = int(PacketType.RESPONSE)
+_ERROR = int(PacketType.ERROR)
+
+
+def _error_packet(text: bytes) -> bytes:
+    return encode_header(PacketType.ERROR, len(text)) + text
+
+
+def _malformed_text(decoder: PacketDecoder) -> str:
+    assert decoder.error is not None
+    return f"malformed packet header ({decoder.error.c_name}, first byte 0x{decoder.peek(1)[0]:02x})"
+
+
+class ServerConnection:
+    """The server's side of one connection: handshake, then requests.
+
+    ::
+
+        conn = ServerConnection(expected_value, max_message)
+        conn.receive_data(bytes_read)
+        event = conn.next_event()   # NEED_DATA, HandshakeDone, Request, ...
+    """
+
+    __slots__ = ("_decoder", "_pending", "_received", "expected", "max_message", "state", "version")
+
+    def __init__(self, expected: bytes, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+        self.expected = expected
+        self.max_message = max_message
+        self.state = ConnectionState.AWAIT_HANDSHAKE
+        self.version = 0
+        self._received = bytearray()
+        self._decoder = PacketDecoder(max_message, PROTOCOL_VERSION)
+        self._pending: Deque[Packet] = collections.deque()
+
+    def receive_data(self, data: BytesLike) -> None:
+        if self.state is ConnectionState.READY:
+            self._pending.extend(self._decoder.feed(data))
+        elif self.state is ConnectionState.AWAIT_HANDSHAKE:
+            self._received += data
+
+    def handshake_reply(self) -> bytes:
+        """The bytes to send once HandshakeDone came (after any checks of the
+        peer the server makes)."""
+        return encode_handshake_reply(self.expected, PROTOCOL_VERSION)
+
+    def next_event(self) -> ServerEvent:
+        # The per-request path first: a whole REQUEST waiting (only READY
+        # has packets; closing clears them).
+        if self._pending:
+            packet = self._pending.popleft()
+            if packet.type == _REQUEST:
+                return Request(packet.payload)
+            return self._refuse(f"protocol error: packet type {packet.type} is not accepted by this server")
+        if self.state is ConnectionState.READY:
+            return NEED_DATA if self._decoder.error is None else self._bad_header()
+        if self.state is ConnectionState.CLOSED:
+            return NEED_DATA
+        verdict, client_version = check_handshake_request(self._received, self.expected)
+        if verdict == Verdict.NEED_MORE:
+            return NEED_DATA
+        if verdict != Verdict.OK:
+            self.state = ConnectionState.CLOSED
+            reply = bytes([FOREIGN_REPLY]) if verdict == Verdict.FOREIGN else b""
+            return HandshakeRejected(verdict, self._received[0], reply)
+        assert client_version is not None
+        self.version = min(client_version, PROTOCOL_VERSION)
+        self.state = ConnectionState.READY
+        self._decoder = PacketDecoder(self.max_message, self.version)
+        self._pending.extend(self._decoder.feed(self._received[HANDSHAKE_MESSAGE_SIZE:]))
+        self._received = bytearray()
+        return HandshakeDone(self.version)
+
+    def _bad_header(self) -> Refuse:
+        """READY, no whole packet, and a bad header stopped the decoder."""
+        decoder = self._decoder
+        if decoder.error == Verdict.TOO_LARGE:
+            assert decoder.error_header is not None
+            return self._refuse(
+                f"{TOO_LARGE_PREFIX.decode()}the request of {decoder.error_header.length} bytes exceeds the "
+                f"server's max_message of {self.max_message} bytes"
+            )
+        return self._refuse(f"protocol error: {_malformed_text(decoder)}")
+
+    def _refuse(self, text: str) -> Refuse:
+        self.state = ConnectionState.CLOSED
+        self._pending.clear()
+        return Refuse(text, _error_packet(text.encode()))
+
+    def response_too_large(self, size: int) -> Optional[str]:
+        """The ERROR text to send instead of a response of ``size`` bytes
+        above max_message, or None if it may be sent."""
+        if size <= self.max_message:
+            return None
+        return (
+            f"{TOO_LARGE_PREFIX.decode()}the response of {size} bytes exceeds the server's "
+            f"max_message of {self.max_message} bytes"
+        )
+
+
+class ClientConnection:
+    """The client's side of one connection: handshake, then responses.
+
+    ``name`` only words the failure texts.
+    """
+
+    __slots__ = ("_decoder", "_pending", "_received", "max_message", "name", "state", "value", "version")
+
+    def __init__(self, value: bytes, max_message: int = DEFAULT_MAX_MESSAGE, name: str = "") -> None:
+        self.value = value
+        self.max_message = max_message
+        self.name = name
+        self.state = ConnectionState.AWAIT_HANDSHAKE
+        self.version = 0
+        self._received = bytearray()
+        self._decoder = PacketDecoder(max_message, PROTOCOL_VERSION)
+        self._pending: Deque[Packet] = collections.deque()
+
+    def handshake_request(self) -> bytes:
+        """The bytes to send first."""
+        return encode_handshake_request(self.value, PROTOCOL_VERSION)
+
+    def receive_data(self, data: BytesLike) -> None:
+        if self.state is ConnectionState.READY:
+            self._pending.extend(self._decoder.feed(data))
+        elif self.state is ConnectionState.AWAIT_HANDSHAKE:
+            self._received += data
+
+    def discard_pending(self) -> None:
+        """After an abandoned request: nothing received so far is read."""
+        self._pending.clear()
+        self.state = ConnectionState.CLOSED
+
+    def next_event(self) -> ClientEvent:
+        # The per-request path first: a whole RESPONSE waiting (only READY
+        # has packets; closing clears them).
+        if self._pending:
+            packet = self._pending.popleft()
+            if packet.type == _RESPONSE:
+                return Response(packet.payload)
+            if packet.type == _ERROR:
+                return self._error_event(packet.payload)
+            return self._fail(Result.E_PROTOCOL, f"unexpected packet type {packet.type} from the server")
+        if self.state is ConnectionState.READY:
+            return NEED_DATA if self._decoder.error is None else self._bad_header()
+        if self.state is ConnectionState.CLOSED:
+            return NEED_DATA
+        verdict, server_version = check_handshake_reply(self._received, self.value)
+        if verdict == Verdict.NEED_MORE:
+            return NEED_DATA
+        if verdict == Verdict.FOREIGN:
+            return self._fail(Result.E_HANDSHAKE, f"the server '{self.name}' rejected our handshake as foreign")
+        if verdict != Verdict.OK:
+            return self._fail(
+                Result.E_HANDSHAKE,
+                f"'{self.name}' answered the handshake with unexpected bytes: not an ipcfast server, or one "
+                f"with another key",
+            )
+        assert server_version is not None
+        self.version = min(server_version, PROTOCOL_VERSION)
+        self.state = ConnectionState.READY
+        self._decoder = PacketDecoder(self.max_message, self.version)
+        self._pending.extend(self._decoder.feed(self._received[HANDSHAKE_MESSAGE_SIZE:]))
+        self._received = bytearray()
+        return HandshakeDone(self.version)
+
+    def _bad_header(self) -> ProtocolFailure:
+        """READY, no whole packet, and a bad header stopped the decoder."""
+        decoder = self._decoder
+        header = decoder.error_header
+        if decoder.error == Verdict.TOO_LARGE and header is not None:
+            return self._fail(
+                Result.E_TOO_LARGE,
+                f"the response of {header.length} bytes exceeds this client's max_message of "
+                f"{self.max_message} bytes; raise max_message",
+            )
+        return self._fail(Result.E_PROTOCOL, _malformed_text(decoder))
+
+    def _error_event(self, payload: bytes) -> RemoteFailure:
+        # The same rules as the C client: the transport's own refusals
+        # (TOO_LARGE_PREFIX) end the connection, an empty text gets a
+        # default, NUL bytes become U+FFFD.
+        code = Result.E_REMOTE
+        if payload.startswith(TOO_LARGE_PREFIX):
+            code = Result.E_TOO_LARGE
+            payload = payload[len(TOO_LARGE_PREFIX) :]
+            self.state = ConnectionState.CLOSED
+            self._pending.clear()
+        text = payload.replace(b"\x00", "\ufffd".encode()).decode("utf-8", "replace")
+        return RemoteFailure(code, text or "the server's handler failed without a message")
+
+    def _fail(self, code: Result, text: str) -> ProtocolFailure:
+        self.state = ConnectionState.CLOSED
+        self._pending.clear()
+        return ProtocolFailure(code, text)

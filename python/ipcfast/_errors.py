@@ -1,4 +1,6 @@
-"""Exceptions raised by ipcfast, and the one table mapping C results to them.
+"""Exceptions raised by ipcfast, the C result codes, and the one table
+mapping one to the other. Pure Python: the native package reads a C
+``ipc_error`` and builds its exception through :func:`error_for_code`.
 
 Every failure of the C core arrives as an :class:`IPCError` (an ``OSError``)
 or one of its subclasses. Each carries:
@@ -21,9 +23,11 @@ from it, so generic ``except`` clauses work: :class:`Timeout` is a
 
 from __future__ import annotations
 
-from typing import Any, Dict, NoReturn, Optional, Type
+import enum
+from typing import Any, Dict, Type, Union
 
 __all__ = [
+    "Result",
     "IPCError",
     "InvalidArgument",
     "NameTooLong",
@@ -41,8 +45,36 @@ __all__ = [
     "ClientInUse",
     "ERROR_CLASSES",
     "error_for_code",
-    "raise_from_error",
 ]
+
+
+class Result(enum.IntEnum):
+    """The C enum ``ipc_result`` (same numbers; the names without the
+    ``IPC_`` prefix). tests/test_errors.py checks it against the built
+    module."""
+
+    OK = 0
+    E_INVALID = 1  #: a bad argument, or a call in the wrong state
+    E_NAME_TOO_LONG = 2  #: the name does not fit the platform's limit
+    E_ADDRESS_IN_USE = 3  #: a live server already serves this name
+    E_ACCESS_DENIED = 4  #: permissions, or an unsafe socket directory
+    E_NOT_FOUND = 5  #: no server is listening under this name
+    E_BUSY = 6  #: the server exists but has no free slot
+    E_TIMEOUT = 7  #: the operation's time budget ran out
+    E_CLOSED = 8  #: the peer closed the connection
+    E_HANDSHAKE = 9  #: the peer refused or failed the handshake
+    E_TOO_LARGE = 10  #: a message above max_message
+    E_PROTOCOL = 11  #: malformed or unexpected bytes on the wire
+    E_REMOTE = 12  #: the server's handler failed (ERROR packet)
+    E_NO_MEMORY = 13
+    E_IN_USE = 14  #: a client used from two threads at once
+    E_SYSTEM = 15  #: another OS failure; see system_error
+
+    @property
+    def c_name(self) -> str:
+        """The C name, e.g. ``"IPC_E_TIMEOUT"`` (``ipc_result_name()``);
+        also what :attr:`IPCError.code` holds."""
+        return "IPC_" + self.name
 
 
 class IPCError(OSError):
@@ -130,51 +162,47 @@ class ClientInUse(IPCError, RuntimeError):
     """
 
 
-#: The one table from C result names (``ipc_result_name()``) to exceptions.
-ERROR_CLASSES: Dict[str, Type[IPCError]] = {
-    "IPC_E_INVALID": InvalidArgument,
-    "IPC_E_NAME_TOO_LONG": NameTooLong,
-    "IPC_E_ADDRESS_IN_USE": AddressInUse,
-    "IPC_E_ACCESS_DENIED": AccessDenied,
-    "IPC_E_NOT_FOUND": ServerNotFound,
-    "IPC_E_BUSY": ServerBusy,
-    "IPC_E_TIMEOUT": Timeout,
-    "IPC_E_CLOSED": ConnectionClosed,
-    "IPC_E_HANDSHAKE": HandshakeError,
-    "IPC_E_TOO_LARGE": MessageTooLarge,
-    "IPC_E_PROTOCOL": ProtocolError,
-    "IPC_E_REMOTE": RemoteError,
-    "IPC_E_NO_MEMORY": NoMemory,
-    "IPC_E_IN_USE": ClientInUse,
-    "IPC_E_SYSTEM": IPCError,
+#: The one table from C results to exceptions.
+ERROR_CLASSES: Dict[Result, Type[IPCError]] = {
+    Result.E_INVALID: InvalidArgument,
+    Result.E_NAME_TOO_LONG: NameTooLong,
+    Result.E_ADDRESS_IN_USE: AddressInUse,
+    Result.E_ACCESS_DENIED: AccessDenied,
+    Result.E_NOT_FOUND: ServerNotFound,
+    Result.E_BUSY: ServerBusy,
+    Result.E_TIMEOUT: Timeout,
+    Result.E_CLOSED: ConnectionClosed,
+    Result.E_HANDSHAKE: HandshakeError,
+    Result.E_TOO_LARGE: MessageTooLarge,
+    Result.E_PROTOCOL: ProtocolError,
+    Result.E_REMOTE: RemoteError,
+    Result.E_NO_MEMORY: NoMemory,
+    Result.E_IN_USE: ClientInUse,
+    Result.E_SYSTEM: IPCError,
 }
 
 
-def error_for_code(code: str, message: str, system_error: int = 0) -> IPCError:
-    """Build the exception for C result name ``code`` (unknown names give
-    a plain :class:`IPCError`)."""
+_BY_C_NAME: Dict[str, Result] = {result.c_name: result for result in Result}
+
+
+def error_for_code(code: Union[Result, str], message: str, system_error: int = 0) -> IPCError:
+    """Build the exception for C result ``code`` (a :class:`Result` or its C
+    name; unknown names give a plain :class:`IPCError`)."""
+    if isinstance(code, str):
+        result = _BY_C_NAME.get(code)
+        if result is None:
+            return IPCError(message, code=code, system_error=system_error)
+        code = result
     cls = ERROR_CLASSES.get(code, IPCError)
-    return cls(message, code=code, system_error=system_error)
+    return cls(message, code=code.c_name, system_error=system_error)
 
 
-def raise_from_error(err: Any, context: Optional[str] = None) -> NoReturn:
-    """Raise the exception described by a filled ``ipc_error *``.
+def __getattr__(name: str) -> Any:
+    # Temporary: node/_client.py still imports raise_from_error from here;
+    # it lives in the native package now (remove once node/ imports
+    # ipcfast._native). Lazy, so importing this module never loads cffi.
+    if name == "raise_from_error":
+        from ._native import raise_from_error
 
-    Reads its code, system error and message, releases it with
-    ``ipc_error_clear()`` (so the struct can be reused), and raises.
-    ``context``, if given, is prefixed to the message.
-    """
-    from ._ipcfast_cffi import ffi, lib
-
-    code_number = int(err.code)
-    system_error = int(err.system_error)
-    message = ""
-    if err.message != ffi.NULL:
-        message = ffi.string(err.message).decode("utf-8", "replace")
-    lib.ipc_error_clear(err)
-    code = ffi.string(lib.ipc_result_name(code_number)).decode("ascii", "replace")
-    if not message:
-        message = f"{code} (error code {code_number})"
-    if context:
-        message = f"{context}: {message}"
-    raise error_for_code(code, message, system_error)
+        return raise_from_error
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

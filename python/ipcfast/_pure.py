@@ -39,34 +39,32 @@ import time
 from typing import Any, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from ._base import (
-    DEFAULT_MAX_MESSAGE,
     BytesLike,
     Client,
-    Handler,
-    Name,
+    ClientOptions,
     Server,
-    check_server_args,
-    check_uint32,
-    encode_name,
+    ServerOptions,
+    failure_text,
+    handler_result,
     timeout_ms,
-    track_running,
 )
 from ._codec import (
-    HANDSHAKE_MESSAGE_SIZE,
-    PROTOCOL_VERSION,
-    TOO_LARGE_PREFIX,
-    Packet,
-    PacketDecoder,
+    NEED_DATA,
+    ClientConnection,
+    ClientEvent,
+    HandshakeDone,
+    HandshakeRejected,
     PacketType,
+    ProtocolFailure,
+    Refuse,
+    RemoteFailure,
+    Request,
+    Response,
+    ServerConnection,
     Verdict,
-    check_handshake_reply,
-    check_handshake_request,
-    encode_handshake_reply,
-    encode_handshake_request,
     encode_header,
 )
-from ._errors import ConnectionClosed, IPCError, error_for_code
-from ._names import handshake_value
+from ._errors import ConnectionClosed, IPCError, Result, error_for_code
 
 POSIX = os.name == "posix"
 if POSIX:
@@ -99,10 +97,10 @@ SUN_PATH_SIZE = 104 if _BSD_LIKE else 108
 _get_ident = threading.get_ident
 _monotonic = time.monotonic
 
-_NOT_FOUND = "IPC_E_NOT_FOUND"
-_BUSY = "IPC_E_BUSY"
-_CLOSED = "IPC_E_CLOSED"
-_TIMEOUT = "IPC_E_TIMEOUT"
+_NOT_FOUND = Result.E_NOT_FOUND
+_BUSY = Result.E_BUSY
+_CLOSED = Result.E_CLOSED
+_TIMEOUT = Result.E_TIMEOUT
 
 
 def _require_posix() -> None:
@@ -116,27 +114,27 @@ def _require_posix() -> None:
 # ---- errors ---------------------------------------------------------------------
 
 #: errno -> C result name, as map_errno() in ipc_posix.c.
-_ERRNO_CODES = {
+_ERRNO_CODES: Dict[int, Result] = {
     errno.ENOENT: _NOT_FOUND,
     errno.ECONNREFUSED: _NOT_FOUND,
     errno.EAGAIN: _BUSY,
     errno.EWOULDBLOCK: _BUSY,
-    errno.EACCES: "IPC_E_ACCESS_DENIED",
-    errno.EPERM: "IPC_E_ACCESS_DENIED",
-    errno.ENAMETOOLONG: "IPC_E_NAME_TOO_LONG",
-    errno.EADDRINUSE: "IPC_E_ADDRESS_IN_USE",
+    errno.EACCES: Result.E_ACCESS_DENIED,
+    errno.EPERM: Result.E_ACCESS_DENIED,
+    errno.ENAMETOOLONG: Result.E_NAME_TOO_LONG,
+    errno.EADDRINUSE: Result.E_ADDRESS_IN_USE,
     errno.EPIPE: _CLOSED,
     errno.ECONNRESET: _CLOSED,
     errno.ENOTCONN: _CLOSED,
-    errno.ENOMEM: "IPC_E_NO_MEMORY",
-    errno.ENOBUFS: "IPC_E_NO_MEMORY",
+    errno.ENOMEM: Result.E_NO_MEMORY,
+    errno.ENOBUFS: Result.E_NO_MEMORY,
     errno.ETIMEDOUT: _TIMEOUT,
 }
 
 _PEER_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
 
 
-def _error(code: str, message: str, system_error: int = 0) -> IPCError:
+def _error(code: Union[Result, str], message: str, system_error: int = 0) -> IPCError:
     return error_for_code(code, message, system_error)
 
 
@@ -148,7 +146,7 @@ def _errno_error(exc: Union[OSError, int], what: str, path: Optional[str] = None
         message = f"{what} '{path}' failed: {reason}"
     else:
         message = f"{what} failed: {reason}"
-    return _error(_ERRNO_CODES.get(number, "IPC_E_SYSTEM"), message, number)
+    return _error(_ERRNO_CODES.get(number, Result.E_SYSTEM), message, number)
 
 
 def _remaining(deadline: Optional[float]) -> Optional[float]:
@@ -157,17 +155,6 @@ def _remaining(deadline: Optional[float]) -> Optional[float]:
         return None
     left = deadline - _monotonic()
     return left if left > 0 else 0.0
-
-
-def _error_from_packet(payload: bytes, code: str) -> IPCError:
-    """An ERROR packet as an exception, by the same rules as the C client:
-    the transport's own refusals (TOO_LARGE_PREFIX) are MessageTooLarge, an
-    empty text gets a default, NUL bytes become U+FFFD."""
-    if payload.startswith(TOO_LARGE_PREFIX):
-        code = "IPC_E_TOO_LARGE"
-        payload = payload[len(TOO_LARGE_PREFIX):]
-    text = payload.replace(b"\x00", "\ufffd".encode()).decode("utf-8", "replace")
-    return _error(code, text or "the server's handler failed without a message")
 
 
 def _deadline_after(ms: int) -> Optional[float]:
@@ -577,10 +564,6 @@ class _Slot:
         self.conn: Optional[socket.socket] = None
 
 
-class _BadReturn(TypeError):
-    """The handler returned something that is not bytes-like."""
-
-
 class _Run:
     """One run of a server, from start() to stop(): listener, threads, slots."""
 
@@ -593,12 +576,10 @@ class _Run:
         self.hard = threading.Event()  # set when stop stops waiting for handlers
         self.listener_threads: List[threading.Thread] = []
         self.thread_idents: Set[int] = set()  # connection threads (stop/start from a handler)
-        # Manual dispatch (all guarded by cond): requests waiting for
-        # dispatch(), oldest first; a pipe readable while there are some;
-        # threads inside dispatch(), which stop() waits for.
+        # Manual dispatch (guarded by cond): requests waiting for
+        # dispatch(), oldest first; a pipe readable while there are some.
         self.queue: Deque[_Pending] = collections.deque()
         self.ready: Optional[Tuple[int, int]] = None
-        self.dispatchers: Dict[int, int] = {}
         if server._manual:
             read_end, write_end = os.pipe()
             os.set_blocking(read_end, False)
@@ -808,14 +789,18 @@ class _Run:
     def count_running(self) -> int:
         return sum(1 for slot in self.slots if slot.state == _SLOT_RUNNING)
 
+    def end_dispatch(self) -> None:
+        """Stopping: queued requests end unanswered, and dispatch() calls
+        (counted by the server, which waits for them) return."""
+        with self.cond:
+            self.stopping = True
+            self.abandon_queued()
+
     def stop(self) -> None:
         with self.cond:
             self.stopping = True
             self.abandon_queued()
-            self.cond.notify_all()
             self.interrupt_connections(hard=False)
-            while self.dispatchers:  # dispatch() calls leave on stopping
-                self.cond.wait()
         self.stop_listeners()
         grace_end = _monotonic() + STOP_GRACE
         with self.cond:
@@ -856,7 +841,7 @@ class _Pending:
 class _Connection:
     """One client's connection, owned by its thread."""
 
-    __slots__ = ("refused", "run_", "scratch", "server", "slot", "sock", "write_failed")
+    __slots__ = ("protocol", "refused", "run_", "scratch", "server", "slot", "sock", "write_failed")
 
     def __init__(self, run: _Run, slot: _Slot, sock: socket.socket) -> None:
         self.run_ = run
@@ -866,12 +851,11 @@ class _Connection:
         self.scratch = bytearray(RECV_CHUNK)
         self.refused = False  # closed for a bad packet: no drain
         self.write_failed = False
+        self.protocol = ServerConnection(run.server._handshake, run.server._max_message)
 
     def run(self, accepted_at: float) -> None:
-        result = self.handshake(accepted_at)
-        if result is not None:
-            version, leftover = result
-            self.serve(version, leftover)
+        if self.handshake(accepted_at):
+            self.serve()
 
     def _recv(self, timeout: float) -> Optional[int]:
         """Bytes read into scratch (0: closed), or None if none came in time."""
@@ -881,15 +865,16 @@ class _Connection:
         except socket.timeout:
             return None
 
-    def handshake(self, accepted_at: float) -> Optional[Tuple[int, bytes]]:
+    def handshake(self, accepted_at: float) -> bool:
+        """Reads the client's handshake into self.protocol; True once it is
+        answered (the connection is READY)."""
         server = self.server
         index = self.slot.index
+        protocol = self.protocol
         deadline = accepted_at + server._handshake_timeout_ms / 1000.0
-        expected = server._handshake
-        received = bytearray()
         while True:
-            verdict, client_version = check_handshake_request(received, expected)
-            if verdict != Verdict.NEED_MORE:
+            event = protocol.next_event()
+            if event is not NEED_DATA:
                 break
             left = deadline - _monotonic()
             try:
@@ -900,55 +885,64 @@ class _Connection:
                     raise _error(_CLOSED, "the peer closed the connection")
             except IPCError as exc:
                 logger.info("[slot %d] client dropped during the handshake: %s", index, exc)
-                return None
+                return False
             except OSError as exc:
                 logger.info("[slot %d] client dropped during the handshake: %s", index, _errno_error(exc, "recv"))
-                return None
+                return False
             if n:
-                received += memoryview(self.scratch)[:n]
-        if verdict == Verdict.FOREIGN:
+                protocol.receive_data(memoryview(self.scratch)[:n])
+        if isinstance(event, HandshakeRejected):
+            self.rejected(event)
+            return False
+        if not server._world and not self.same_user():
+            return False
+        try:
+            _send_all(self.sock, [protocol.handshake_reply()], deadline, -1, self.run_.hard)
+        except (IPCError, OSError) as exc:
+            logger.info("[slot %d] could not send the handshake reply: %s", index, exc)
+            return False
+        return True
+
+    def rejected(self, event: HandshakeRejected) -> None:
+        index = self.slot.index
+        if event.verdict == Verdict.FOREIGN:
             logger.warning(
-                "[slot %d] refused a foreign client (first byte 0x%02x, not an ipcfast handshake)", index, received[0]
+                "[slot %d] refused a foreign client (first byte 0x%02x, not an ipcfast handshake)",
+                index,
+                event.first_byte,
             )
-            try:
-                _send_all(self.sock, [b"\xff"], _monotonic() + WAKE_INTERVAL)
-            except (IPCError, OSError):
-                pass
-            return None
-        if verdict != Verdict.OK:
+        else:
             logger.warning(
                 "[slot %d] handshake %s: the client uses another key or protocol; dropped",
                 index,
-                "mismatch" if verdict == Verdict.MISMATCH else "with version 0",
+                "mismatch" if event.verdict == Verdict.MISMATCH else "with version 0",
             )
-            return None
-        if not server._world:
+        if event.reply:
             try:
-                same_user = _peer_uid(self.sock) == os.geteuid()
-                reason = "it runs as another user (access is \"user\")"
-            except OSError as exc:
-                same_user = False
-                reason = str(_errno_error(exc, "getsockopt(SO_PEERCRED)"))
-            if not same_user:
-                logger.warning("[slot %d] refused a client: %s", index, reason)
-                return None
-        assert client_version is not None
-        version = min(client_version, PROTOCOL_VERSION)
-        try:
-            _send_all(self.sock, [encode_handshake_reply(expected, PROTOCOL_VERSION)], deadline, -1, self.run_.hard)
-        except (IPCError, OSError) as exc:
-            logger.info("[slot %d] could not send the handshake reply: %s", index, exc)
-            return None
-        return version, bytes(received[HANDSHAKE_MESSAGE_SIZE:])
+                _send_all(self.sock, [event.reply], _monotonic() + WAKE_INTERVAL)
+            except (IPCError, OSError):
+                pass
 
-    def serve(self, version: int, leftover: bytes) -> None:
+    def same_user(self) -> bool:
+        """access="user": the peer runs as this user (logged if not)."""
+        try:
+            same_user = _peer_uid(self.sock) == os.geteuid()
+            reason = "it runs as another user (access is \"user\")"
+        except OSError as exc:
+            same_user = False
+            reason = str(_errno_error(exc, "getsockopt(SO_PEERCRED)"))
+        if not same_user:
+            logger.warning("[slot %d] refused a client: %s", self.slot.index, reason)
+        return same_user
+
+    def serve(self) -> None:
         server = self.server
         run = self.run_
-        decoder = PacketDecoder(server._max_message, version)
-        pending: Deque[Packet] = collections.deque(decoder.feed(leftover))
+        protocol = self.protocol
         view = memoryview(self.scratch)
         while True:
-            while not pending and decoder.error is None:
+            event = protocol.next_event()
+            while event is NEED_DATA:
                 try:
                     n = self._recv(WAKE_INTERVAL)
                 except OSError as exc:
@@ -961,19 +955,17 @@ class _Connection:
                     continue
                 if n == 0:
                     return  # the client left (or stop ended the reads)
-                pending.extend(decoder.feed(view[:n]))
-            if not pending:
-                self.refuse(decoder)
-                return
-            packet = pending.popleft()
-            if packet.type != PacketType.REQUEST:
-                self.refuse(decoder, wrong_type=packet.type)
+                protocol.receive_data(view[:n])
+                event = protocol.next_event()
+            if type(event) is not Request:
+                assert isinstance(event, Refuse)
+                self.refuse(event)
                 return
             if server._manual:
-                if not run.queue_and_wait(self, packet.payload):
+                if not run.queue_and_wait(self, event.payload):
                     return  # the server is stopping
             else:
-                self.handle(packet.payload)
+                self.handle(event.payload)
             if self.write_failed:
                 return
 
@@ -981,37 +973,26 @@ class _Connection:
         server = self.server
         try:
             result = server._handler(request)
-            view = memoryview(result) if type(result) is bytes else _handler_result(result)
+            view = memoryview(result) if type(result) is bytes else handler_result(result, _as_bytes_view)
         except BaseException as exc:
             self.fail(exc)
             return
-        limit = server._max_message
-        if view.nbytes > limit:
-            text = (
-                f"{TOO_LARGE_PREFIX.decode()}the response of {view.nbytes} bytes exceeds the server's "
-                f"max_message of {limit} bytes"
-            )
-            logger.error("%s", text)
+        too_large = self.protocol.response_too_large(view.nbytes)
+        if too_large is not None:
+            logger.error("%s", too_large)
             logger.debug(
                 "server %r: the handler's response of %d bytes is above max_message (%d); "
                 "the client got an error instead",
                 server._name,
                 view.nbytes,
-                limit,
+                server._max_message,
             )
-            self.send(PacketType.ERROR, memoryview(text.encode()))
+            self.send(PacketType.ERROR, memoryview(too_large.encode()))
             return
         self.send(PacketType.RESPONSE, view)
 
     def fail(self, exc: BaseException) -> None:
-        name = self.server._name
-        if isinstance(exc, _BadReturn):
-            text = f"TypeError: {exc}"
-            logger.error("server %r: %s", name, exc)
-        else:
-            text = f"{type(exc).__name__}: {exc}"
-            logger.error("server %r: the handler raised %s", name, text, exc_info=exc)
-        self.send(PacketType.ERROR, memoryview(text.encode("utf-8", "replace")))
+        self.send(PacketType.ERROR, memoryview(failure_text(self.server._name, exc)))
 
     def send(self, type_: int, payload: memoryview) -> None:
         if self.write_failed:
@@ -1024,51 +1005,16 @@ class _Connection:
             self.write_failed = True
             logger.debug("server %r: the response was not delivered (%s)", self.server._name, exc)
 
-    def refuse(self, decoder: PacketDecoder, wrong_type: int = 0) -> None:
+    def refuse(self, event: Refuse) -> None:
         """Tells the client why its packet was refused; the caller closes."""
         # The client may still be writing the rest of the refused packet and
         # not reading: closing (no drain) keeps our reply readable.
         self.refused = True
-        limit = self.server._max_message
-        if wrong_type:
-            text = f"protocol error: packet type {wrong_type} is not accepted by this server"
-        elif decoder.error == Verdict.TOO_LARGE:
-            assert decoder.error_header is not None
-            text = (
-                f"{TOO_LARGE_PREFIX.decode()}the request of {decoder.error_header.length} bytes exceeds the "
-                f"server's max_message of {limit} bytes"
-            )
-        else:
-            assert decoder.error is not None
-            text = (
-                f"protocol error: malformed packet header ({decoder.error.c_name}, "
-                f"first byte 0x{decoder.peek(1)[0]:02x})"
-            )
-        logger.warning("[slot %d] %s; closing the connection", self.slot.index, text)
+        logger.warning("[slot %d] %s; closing the connection", self.slot.index, event.text)
         try:  # best effort and bounded: the client may not be reading
-            _send_all(
-                self.sock,
-                _packet_parts(PacketType.ERROR, memoryview(text.encode())),
-                _monotonic() + WAKE_INTERVAL,
-                -1,
-                self.run_.hard,
-            )
+            _send_all(self.sock, [event.data], _monotonic() + WAKE_INTERVAL, -1, self.run_.hard)
         except (IPCError, OSError):
             pass
-
-
-def _handler_result(result: Any) -> memoryview:
-    """The handler's answer as bytes; _BadReturn (with native's wording) if it is not bytes-like."""
-    if isinstance(result, str):
-        raise _BadReturn("handler returned str, expected bytes-like (encode it, e.g. text.encode())")
-    try:
-        return _as_bytes_view(result)
-    except TypeError:
-        raise _BadReturn(
-            f"handler returned {type(result).__name__}, expected bytes-like (bytes, bytearray, memoryview)"
-        ) from None
-
-
 
 
 class PureServer(Server):
@@ -1076,142 +1022,69 @@ class PureServer(Server):
 
     backend = "pure"
 
-    def __init__(
-        self,
-        name: Name,
-        handler: Handler,
-        *,
-        key: Optional[Union[str, bytes]] = None,
-        max_clients: int = 32,
-        max_message: int = DEFAULT_MAX_MESSAGE,
-        access: str = "user",
-        listeners: int = 1,
-        handshake_timeout: float = 5.0,
-        dispatch: str = "thread",
-        backend: str = "pure",
-    ) -> None:
-        if backend != "pure":
-            raise ValueError(f"PureServer needs backend='pure', got {backend!r}")
-        check_server_args(handler, access, dispatch)
-        self._manual = dispatch == "manual"
+    # ---- hooks of _base.Server ----
+
+    def _configure(self, options: ServerOptions) -> None:
         _require_posix()
-        self._name = os.fspath(name)
-        encode_name(name)  # the same argument checks as native
-        self._handler = handler
-        self._max_message = check_uint32(max_message, "max_message")
-        self._max_clients = check_uint32(max_clients, "max_clients")
-        self._listeners = check_uint32(listeners, "listeners")
-        hs_ms = timeout_ms(handshake_timeout, "handshake_timeout")
-        if hs_ms <= 0:
-            raise ValueError("handshake_timeout must be a positive number of seconds")
-        self._handshake_timeout_ms = hs_ms
-        self._world = access == "world"
-        self._handshake = handshake_value(key)
-        self._run: Optional[_Run] = None
-        self._address: Optional[str] = None
-        self._lock = threading.Lock()  # start/stop
-        self._stopped_event = threading.Event()
-        self._stopped_event.set()
+        self._max_clients = options.max_clients
+        self._listeners = options.listeners
+        self._handshake_timeout_ms = options.handshake_timeout_ms
+        self._world = options.world
+        self._handshake = options.handshake
 
     @property
-    def running(self) -> bool:
-        return self._run is not None
+    def _run(self) -> Optional[_Run]:
+        run: Optional[_Run] = self._state
+        return run
 
-    def fileno(self) -> int:
-        """Manual dispatch: a descriptor that polls readable while requests
-        are pending. Call :meth:`dispatch` when it does."""
-        run = self._running_manual("fileno")
+    def _open(self) -> _Run:
+        if self._max_clients > MAX_CLIENTS_LIMIT:
+            raise _error(
+                Result.E_INVALID, f"max_clients {self._max_clients} is above the limit of {MAX_CLIENTS_LIMIT}"
+            )
+        if self._listeners > self._max_clients:
+            raise _error(
+                Result.E_INVALID,
+                f"listeners ({self._listeners}) cannot exceed max_clients ({self._max_clients})",
+            )
+        listener = _Listener(self._name, self._world)
+        run = _Run(self, listener)
+        try:
+            run.launch(self._listeners)
+        except BaseException:
+            listener.close()
+            raise
+        self._address = listener.path
+        logger.info("server listening on %s (%d slots)", listener.path, self._max_clients)
+        return run
+
+    def _interrupt(self, run: _Run) -> None:
+        run.end_dispatch()
+
+    def _close(self, run: _Run) -> None:
+        run.stop()
+
+    def _in_handler_thread(self, ident: int) -> bool:
+        run = self._run
+        return run is not None and ident in run.thread_idents
+
+    def _ready_fileno(self, run: _Run) -> int:
         assert run.ready is not None
         return run.ready[0]
 
-    def dispatch(self, timeout: Optional[float] = 0.0) -> int:
-        """Manual dispatch: run the handler, on this thread, for every
-        pending request and send the answers; returns how many were handled.
-        Waits up to ``timeout`` seconds for the first one (0: not at all;
-        None: until one comes or the server stops)."""
-        run = self._running_manual("dispatch")
-        ident = _get_ident()
-        with run.cond:
-            if run.stopping:
-                return 0  # stop() is waiting for dispatchers to leave
-            run.dispatchers[ident] = run.dispatchers.get(ident, 0) + 1
+    def _dispatch_pending(self, run: _Run, wait_ms: int) -> int:
         handled = 0
-        wait = None if timeout is None else max(0.0, float(timeout))
-        try:
-            while True:
-                item = run.take(wait)
-                if item is None:
-                    break
-                try:
-                    item.conn.handle(item.request)
-                finally:
-                    run.finish(item)
-                handled += 1
-                wait = 0.0
-        finally:
-            with run.cond:
-                count = run.dispatchers.pop(ident) - 1
-                if count:
-                    run.dispatchers[ident] = count
-                run.cond.notify_all()
-        return handled
-
-    def _running_manual(self, what: str) -> _Run:
-        if not self._manual:
-            raise RuntimeError(f"Server.{what}() needs Server(..., dispatch='manual')")
-        run = self._run
-        if run is None:
-            raise RuntimeError(f"server {self._name!r} is not running: call start() first")
-        return run
-
-    def _check_not_in_handler(self, what: str) -> None:
-        run = self._run
-        if run is not None and (_get_ident() in run.thread_idents or _get_ident() in run.dispatchers):
-            raise RuntimeError(
-                f"Server.{what}() called from inside this server's handler: that would deadlock "
-                f"(stop waits for running handlers). Call it from another thread, e.g. "
-                f"threading.Thread(target=server.{what}).start()"
-            )
-
-    def start(self) -> None:
-        self._check_not_in_handler("start")
-        with self._lock:
-            if self._run is not None:
-                raise RuntimeError(f"server {self._name!r} is already running")
-            if self._max_clients > MAX_CLIENTS_LIMIT:
-                raise _error(
-                    "IPC_E_INVALID", f"max_clients {self._max_clients} is above the limit of {MAX_CLIENTS_LIMIT}"
-                )
-            if self._listeners > self._max_clients:
-                raise _error(
-                    "IPC_E_INVALID",
-                    f"listeners ({self._listeners}) cannot exceed max_clients ({self._max_clients})",
-                )
-            listener = _Listener(self._name, self._world)
-            run = _Run(self, listener)
+        wait = None if wait_ms < 0 else wait_ms / 1000.0
+        while True:
+            item = run.take(wait)
+            if item is None:
+                return handled
             try:
-                run.launch(self._listeners)
-            except BaseException:
-                listener.close()
-                raise
-            self._run = run
-            self._address = listener.path
-            self._stopped_event.clear()
-            track_running(self, True)
-            logger.info("server listening on %s (%d slots)", listener.path, self._max_clients)
-
-    def stop(self) -> None:
-        self._check_not_in_handler("stop")
-        with self._lock:
-            run = self._run
-            if run is None:
-                return
-            try:
-                run.stop()
+                item.conn.handle(item.request)
             finally:
-                self._run = None
-                track_running(self, False)
-                self._stopped_event.set()
+                run.finish(item)
+            handled += 1
+            wait = 0.0
 
 
 # ---- client --------------------------------------------------------------------------------
@@ -1224,34 +1097,18 @@ class PureClient(Client):
 
     _sock: Optional[socket.socket] = None
 
-    def __init__(
-        self,
-        name: Name,
-        *,
-        key: Optional[Union[str, bytes]] = None,
-        connect_timeout: Optional[float] = 5.0,
-        timeout: Optional[float] = None,
-        max_message: int = DEFAULT_MAX_MESSAGE,
-        backend: str = "pure",
-    ) -> None:
-        if backend != "pure":
-            raise ValueError(f"PureClient needs backend='pure', got {backend!r}")
+    def _connect(self, options: ClientOptions) -> None:
         _require_posix()
-        self._name = os.fspath(name)
-        encode_name(name)
-        self._timeout_ms = timeout_ms(timeout, "timeout")
-        connect_ms = timeout_ms(connect_timeout, "connect_timeout")
-        self._max_message = check_uint32(max_message, "max_message")
-        self._value = handshake_value(key)
-        self._lock = threading.Lock()
+        connect_ms = options.connect_ms
+        self._max_message = options.max_message
+        self._value = options.handshake
         self._closed = False
         self._closed_reason = "closed"
         self._version = 0
         self._scratch = bytearray(RECV_CHUNK)
-        self._pending: Deque[Packet] = collections.deque()
-        self._decoder = PacketDecoder(self._max_message, PROTOCOL_VERSION)
+        self._protocol = ClientConnection(self._value, self._max_message, self._name)
         deadline = _deadline_after(connect_ms)
-        sock = self._connect(deadline, connect_ms)
+        sock = self._connect_retrying(deadline, connect_ms)
         if connect_ms == 0:
             # A budget of 0 means one attempt without retries; the handshake
             # that follows still needs a round trip (same rule as native).
@@ -1272,7 +1129,7 @@ class PureClient(Client):
         """The packet version both sides agreed on."""
         with self._lock:
             if self._closed:
-                raise ConnectionClosed("the client is closed", code=_CLOSED)
+                raise ConnectionClosed("the client is closed", code=_CLOSED.c_name)
             return self._version
 
     # -- connecting --
@@ -1302,7 +1159,7 @@ class PureClient(Client):
             raise _error(_NOT_FOUND, f"no server is listening on '{path}' ({os.strerror(result)})", result)
         raise _errno_error(result, "connect to", path)
 
-    def _connect(self, deadline: Optional[float], budget_ms: int) -> socket.socket:
+    def _connect_retrying(self, deadline: Optional[float], budget_ms: int) -> socket.socket:
         """Connection attempts until one works or the budget is spent; "not
         found" and "busy" are retried with a backoff."""
         backoff = 0.001
@@ -1311,21 +1168,21 @@ class PureClient(Client):
             try:
                 return self._connect_once(_remaining(deadline))
             except IPCError as exc:
-                if exc.code not in (_NOT_FOUND, _BUSY):
+                if exc.code not in (_NOT_FOUND.c_name, _BUSY.c_name):
                     raise
                 last = exc
             # "Not found" is retried for a server that is (re)starting; a
             # server we saw busy and that then vanished has stopped.
-            if last.code == _NOT_FOUND and seen_busy:
+            if last.code == _NOT_FOUND.c_name and seen_busy:
                 raise _error(
                     _NOT_FOUND,
                     f"the server '{self._name}' went away while we waited for a free slot",
                     last.system_error,
                 ) from None
-            seen_busy = seen_busy or last.code == _BUSY
+            seen_busy = seen_busy or last.code == _BUSY.c_name
             wait = _remaining(deadline)
             if wait == 0:
-                if last.code == _NOT_FOUND:
+                if last.code == _NOT_FOUND.c_name:
                     raise _error(
                         _NOT_FOUND,
                         f"no server is listening on '{self._name}' (waited {budget_ms} ms): start one",
@@ -1339,44 +1196,34 @@ class PureClient(Client):
 
     def _handshake(self, sock: socket.socket, deadline: Optional[float]) -> None:
         name = self._name
-        received = bytearray()
+        protocol = self._protocol
         view = memoryview(self._scratch)
-        verdict = Verdict.NEED_MORE
-        server_version: Optional[int] = None
         try:
-            _send_all(sock, [encode_handshake_request(self._value, PROTOCOL_VERSION)], deadline)
+            _send_all(sock, [protocol.handshake_request()], deadline)
             while True:
-                verdict, server_version = check_handshake_reply(received, self._value)
-                if verdict != Verdict.NEED_MORE:
+                event = protocol.next_event()
+                if event is not NEED_DATA:
                     break
                 n = self._recv_into(sock, deadline, "timed out waiting for data")
-                received += view[:n]
+                protocol.receive_data(view[:n])
         except IPCError as exc:
-            if exc.code == _TIMEOUT:
+            if exc.code == _TIMEOUT.c_name:
                 raise _error(
                     _BUSY,
                     f"the server '{name}' took the connection but did not answer the handshake in time: "
                     f"all its connection slots are probably busy; retry later or raise max_clients",
                 ) from None
-            if exc.code == _CLOSED:
+            if exc.code == _CLOSED.c_name:
                 raise _error(
-                    "IPC_E_HANDSHAKE",
+                    Result.E_HANDSHAKE,
                     f"the server '{name}' closed the connection during the handshake: it uses another key "
                     f"or protocol version, refused this user, or is stopping",
                 ) from None
             raise error_for_code(exc.code, f"handshake: {exc}", exc.system_error) from None
-        if verdict == Verdict.FOREIGN:
-            raise _error("IPC_E_HANDSHAKE", f"the server '{name}' rejected our handshake as foreign")
-        if verdict != Verdict.OK:
-            raise _error(
-                "IPC_E_HANDSHAKE",
-                f"'{name}' answered the handshake with unexpected bytes: not an ipcfast server, or one with "
-                f"another key",
-            )
-        assert server_version is not None
-        self._version = min(server_version, PROTOCOL_VERSION)
-        self._decoder = PacketDecoder(self._max_message, self._version)
-        self._pending.extend(self._decoder.feed(received[HANDSHAKE_MESSAGE_SIZE:]))
+        if isinstance(event, ProtocolFailure):
+            raise _error(event.code, event.text)
+        assert isinstance(event, HandshakeDone)
+        self._version = event.version
 
     def _recv_into(self, sock: socket.socket, deadline: Optional[float], timeout_text: str) -> int:
         """Bytes read into the scratch buffer (at least 1), or an IPCError."""
@@ -1408,45 +1255,37 @@ class PureClient(Client):
             self._sock = None
             self._closed_reason = str(why) or "the connection failed"
             sock.close()
-            self._pending.clear()
+            self._protocol.discard_pending()
 
-    def _read_packet(self, sock: socket.socket, deadline: Optional[float]) -> Packet:
-        pending = self._pending
-        decoder = self._decoder
-        view = memoryview(self._scratch)
-        while not pending:
-            if decoder.error is not None:
-                header = decoder.error_header
-                if decoder.error == Verdict.TOO_LARGE and header is not None:
-                    raise _error(
-                        "IPC_E_TOO_LARGE",
-                        f"the response of {header.length} bytes exceeds this client's max_message of "
-                        f"{self._max_message} bytes; raise max_message",
-                    )
-                raise _error(
-                    "IPC_E_PROTOCOL",
-                    f"malformed packet header ({decoder.error.c_name}, first byte 0x{decoder.peek(1)[0]:02x})",
+    def _read_event(self, sock: socket.socket, deadline: Optional[float]) -> ClientEvent:
+        """The next RESPONSE, ERROR or failure; IPCError on I/O failure."""
+        protocol = self._protocol
+        event = protocol.next_event()
+        if event is NEED_DATA:
+            view = memoryview(self._scratch)
+            while event is NEED_DATA:
+                n = self._recv_into(
+                    sock,
+                    deadline,
+                    "no response within the timeout; the connection is closed because the late response would "
+                    "be read by the next request",
                 )
-            n = self._recv_into(
-                sock,
-                deadline,
-                "no response within the timeout; the connection is closed because the late response would be "
-                "read by the next request",
-            )
-            pending.extend(decoder.feed(view[:n]))
-        return pending.popleft()
+                protocol.receive_data(view[:n])
+                event = protocol.next_event()
+        return event
 
     def _explain_refused_write(self, sock: socket.socket, exc: IPCError) -> IPCError:
         """A server that refuses a request (too large) says why in an ERROR
         packet and closes, possibly while we are still writing: then the
         write fails, but the explanation may be waiting for us."""
         try:
-            packet = self._read_packet(sock, _monotonic() + 0.1)
+            event = self._read_event(sock, _monotonic() + 0.1)
         except IPCError:
             return exc
-        if packet.type != PacketType.ERROR:
+        if not isinstance(event, RemoteFailure):
             return exc
-        return _error_from_packet(packet.payload, exc.code)
+        code = event.code if event.code == Result.E_TOO_LARGE else exc.code
+        return _error(code, event.text)
 
     def request(self, data: BytesLike, timeout: Optional[float] = None) -> bytes:
         try:
@@ -1457,26 +1296,28 @@ class PureClient(Client):
         with self._lock:
             sock = self._sock
             if self._closed:
-                raise ConnectionClosed(f"the client for {self._name!r} is closed: open a new Client", code=_CLOSED)
+                raise ConnectionClosed(
+                    f"the client for {self._name!r} is closed: open a new Client", code=_CLOSED.c_name
+                )
             if sock is None:
                 raise ConnectionClosed(
-                    f"the connection is closed ({self._closed_reason}); open a new client", code=_CLOSED
+                    f"the connection is closed ({self._closed_reason}); open a new client", code=_CLOSED.c_name
                 )
             deadline = _deadline_after(ms)
             size = view.nbytes
             if size > _MAX_UINT32:
                 raise _error(
-                    "IPC_E_TOO_LARGE", f"a request of {size} bytes does not fit the 4-byte length field"
+                    Result.E_TOO_LARGE, f"a request of {size} bytes does not fit the 4-byte length field"
                 )
             try:
                 try:
                     _send_all(sock, _packet_parts(PacketType.REQUEST, view), deadline, ms)
                 except IPCError as exc:
-                    error = self._explain_refused_write(sock, exc) if exc.code == _CLOSED else exc
+                    error = self._explain_refused_write(sock, exc) if exc.code == _CLOSED.c_name else exc
                     self._abandon(error)
                     raise error from None
                 try:
-                    packet = self._read_packet(sock, deadline)
+                    event = self._read_event(sock, deadline)
                 except IPCError as exc:
                     self._abandon(exc)
                     raise exc from None
@@ -1487,16 +1328,13 @@ class PureClient(Client):
                 # stream is at an unknown point, so it cannot be reused.
                 self._abandon(ConnectionClosed(f"interrupted by {type(exc).__name__}"))
                 raise
-            if packet.type == PacketType.RESPONSE:
-                return packet.payload
-            if packet.type == PacketType.ERROR:
-                error = _error_from_packet(packet.payload, "IPC_E_REMOTE")
-                if error.code != "IPC_E_REMOTE":
-                    self._abandon(error)
-                # A handler failure leaves the connection usable.
-                raise error
-            error = _error("IPC_E_PROTOCOL", f"unexpected packet type {packet.type} from the server")
-            self._abandon(error)
+            if type(event) is Response:
+                return event.payload
+            assert isinstance(event, (RemoteFailure, ProtocolFailure))
+            error = _error(event.code, event.text)
+            if event.code != Result.E_REMOTE:
+                self._abandon(error)
+            # A handler failure leaves the connection usable.
             raise error
 
     def close(self) -> None:
