@@ -93,8 +93,8 @@ extern int g_watchdog_stop;        /* guarded by g_harness_lock */
 
 void note(const char *format, ...);
 int check_impl(int ok, const char *expr, const char *file, int line);
-int check_rc_impl(int got, int expected, const ipc_error *err, const char *expr,
-                  const char *file, int line);
+int check_rc_impl(int got, int expected, const ipc_error *err, const char *expr, const char *file,
+                  int line);
 int failures_so_far(void);
 /* A test still running at `deadline` (t_now_ms) ends the run; 0: none. */
 void set_deadline(long long deadline);
@@ -105,12 +105,12 @@ void watchdog_main(void *arg);
 #define CHECK_RC(expr, expected, err) \
     check_rc_impl((expr), (expected), (err), #expr, __FILE__, __LINE__)
 /* Checks that a duration in ms lies in [lo, hi]. */
-#define CHECK_MS(elapsed, lo, hi)                                                    \
-    do {                                                                             \
-        long long e_ = (elapsed);                                                    \
-        if (!check_impl(e_ >= (lo) && e_ <= (hi), #elapsed " in [" #lo ", " #hi "]", \
-                        __FILE__, __LINE__))                                         \
-            note("      (took %lld ms)", e_);                                        \
+#define CHECK_MS(elapsed, lo, hi)                                                              \
+    do {                                                                                       \
+        long long e_ = (elapsed);                                                              \
+        if (!check_impl(e_ >= (lo) && e_ <= (hi), #elapsed " in [" #lo ", " #hi "]", __FILE__, \
+                        __LINE__))                                                             \
+            note("      (took %lld ms)", e_);                                                  \
     } while (0)
 
 /* ---- log capture ------------------------------------------------------------- */
@@ -148,8 +148,7 @@ unsigned next_random(unsigned *state);
 size_t make_unique_request(unsigned char *req, unsigned char *expected, size_t size,
                            const char *tag, int client, int seq);
 int unique_round_trip(ipc_client_t *client, const unsigned char *req, size_t size,
-                      const unsigned char *expected, int timeout_ms, const char *who,
-                      int *wrong);
+                      const unsigned char *expected, int timeout_ms, const char *who, int *wrong);
 
 #if defined(__linux__)
 int count_dir_entries(const char *path);

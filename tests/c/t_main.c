@@ -33,15 +33,19 @@ typedef struct test_case {
 static const test_case TESTS[] = {T_TEST_LIST(T_ENTRY)};
 #undef T_ENTRY
 
-static int selected(const char *name, int argc, char **argv) {
+static int selected(const char *name, int argc, char **argv)
+{
     int i;
-    if (argc <= 1) return 1;
+    if (argc <= 1)
+        return 1;
     for (i = 1; i < argc; i++)
-        if (strstr(name, argv[i])) return 1;
+        if (strstr(name, argv[i]))
+            return 1;
     return 0;
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char **argv)
+{
     size_t i;
     int fds_before, fds_after;
     t_thread *watchdog;
@@ -51,12 +55,14 @@ int main(int argc, char **argv) {
     g_harness_lock = t_mutex_new();
     g_log_lock = t_mutex_new();
     g_log_verbose = verbose && verbose[0] && strcmp(verbose, "0") != 0;
-    if (g_log_verbose) ipc_set_log_handler(test_log_fn, NULL);
+    if (g_log_verbose)
+        ipc_set_log_handler(test_log_fn, NULL);
 
 #ifndef _WIN32
     g_self_path = argv[0];
 #if defined(__linux__)
-    if (!strchr(argv[0], '/')) g_self_path = "/proc/self/exe";
+    if (!strchr(argv[0], '/'))
+        g_self_path = "/proc/self/exe";
 #endif
     {
         struct sigaction sa;
@@ -97,7 +103,8 @@ int main(int argc, char **argv) {
     for (i = 0; i < sizeof TESTS / sizeof TESTS[0]; i++) {
         long long t0;
         int failed_before;
-        if (!selected(TESTS[i].name, argc, argv)) continue;
+        if (!selected(TESTS[i].name, argc, argv))
+            continue;
         t_mutex_lock(g_harness_lock);
         g_current_test = TESTS[i].name;
         t_mutex_unlock(g_harness_lock);

@@ -7,14 +7,24 @@
 #if defined(_WIN32)
 
 /* Nonzero when running under wine (which lacks a few Windows guarantees). */
-int t_under_wine(void) {
+int t_under_wine(void)
+{
     HMODULE ntdll = GetModuleHandleA("ntdll.dll");
     return ntdll && GetProcAddress(ntdll, "wine_get_version") != NULL;
 }
 
-void t_sleep_ms(int ms) { Sleep((DWORD)(ms < 0 ? 0 : ms)); }
-long long t_now_ms(void) { return (long long)GetTickCount64(); }
-long t_getpid(void) { return (long)GetCurrentProcessId(); }
+void t_sleep_ms(int ms)
+{
+    Sleep((DWORD)(ms < 0 ? 0 : ms));
+}
+long long t_now_ms(void)
+{
+    return (long long)GetTickCount64();
+}
+long t_getpid(void)
+{
+    return (long)GetCurrentProcessId();
+}
 
 struct t_thread {
     HANDLE handle;
@@ -22,15 +32,18 @@ struct t_thread {
     void *arg;
 };
 
-static DWORD WINAPI t_thread_main(LPVOID param) {
+static DWORD WINAPI t_thread_main(LPVOID param)
+{
     t_thread *thread = (t_thread *)param;
     thread->fn(thread->arg);
     return 0;
 }
 
-t_thread *t_thread_start(t_thread_fn fn, void *arg) {
+t_thread *t_thread_start(t_thread_fn fn, void *arg)
+{
     t_thread *thread = (t_thread *)calloc(1, sizeof *thread);
-    if (!thread) return NULL;
+    if (!thread)
+        return NULL;
     thread->fn = fn;
     thread->arg = arg;
     thread->handle = CreateThread(NULL, 0, t_thread_main, thread, 0, NULL);
@@ -41,8 +54,10 @@ t_thread *t_thread_start(t_thread_fn fn, void *arg) {
     return thread;
 }
 
-void t_thread_join(t_thread *thread) {
-    if (!thread) return;
+void t_thread_join(t_thread *thread)
+{
+    if (!thread)
+        return;
     WaitForSingleObject(thread->handle, INFINITE);
     CloseHandle(thread->handle);
     free(thread);
@@ -52,38 +67,51 @@ struct t_mutex {
     CRITICAL_SECTION cs;
 };
 
-t_mutex *t_mutex_new(void) {
+t_mutex *t_mutex_new(void)
+{
     t_mutex *mutex = (t_mutex *)calloc(1, sizeof *mutex);
-    if (mutex) InitializeCriticalSection(&mutex->cs);
+    if (mutex)
+        InitializeCriticalSection(&mutex->cs);
     return mutex;
 }
-void t_mutex_free(t_mutex *mutex) {
-    if (!mutex) return;
+void t_mutex_free(t_mutex *mutex)
+{
+    if (!mutex)
+        return;
     DeleteCriticalSection(&mutex->cs);
     free(mutex);
 }
-void t_mutex_lock(t_mutex *mutex) { EnterCriticalSection(&mutex->cs); }
-void t_mutex_unlock(t_mutex *mutex) { LeaveCriticalSection(&mutex->cs); }
+void t_mutex_lock(t_mutex *mutex)
+{
+    EnterCriticalSection(&mutex->cs);
+}
+void t_mutex_unlock(t_mutex *mutex)
+{
+    LeaveCriticalSection(&mutex->cs);
+}
 
 struct t_proc {
     HANDLE process;
 };
 
-t_proc *t_proc_spawn(const char *mode, const char *name) {
+t_proc *t_proc_spawn(const char *mode, const char *name)
+{
     char exe[MAX_PATH];
     char cmd[MAX_PATH + 512];
     STARTUPINFOA si;
     PROCESS_INFORMATION pi;
     t_proc *proc;
     DWORD n = GetModuleFileNameA(NULL, exe, (DWORD)sizeof exe);
-    if (n == 0 || n >= sizeof exe) return NULL;
+    if (n == 0 || n >= sizeof exe)
+        return NULL;
     snprintf(cmd, sizeof cmd, "\"%s\" %s %s", exe, mode, name);
     memset(&si, 0, sizeof si);
     si.cb = sizeof si;
     memset(&pi, 0, sizeof pi);
     fflush(stdout);
     fflush(stderr);
-    if (!CreateProcessA(exe, cmd, NULL, NULL, TRUE, 0, NULL, NULL, &si, &pi)) return NULL;
+    if (!CreateProcessA(exe, cmd, NULL, NULL, TRUE, 0, NULL, NULL, &si, &pi))
+        return NULL;
     CloseHandle(pi.hThread);
     proc = (t_proc *)calloc(1, sizeof *proc);
     if (!proc) {
@@ -95,10 +123,12 @@ t_proc *t_proc_spawn(const char *mode, const char *name) {
     return proc;
 }
 
-int t_proc_wait(t_proc *proc, int timeout_ms) {
+int t_proc_wait(t_proc *proc, int timeout_ms)
+{
     DWORD code = 0;
     int result = -1;
-    if (!proc) return -1;
+    if (!proc)
+        return -1;
     if (WaitForSingleObject(proc->process, (DWORD)timeout_ms) != WAIT_OBJECT_0) {
         TerminateProcess(proc->process, 99);
         WaitForSingleObject(proc->process, INFINITE);
@@ -110,28 +140,36 @@ int t_proc_wait(t_proc *proc, int timeout_ms) {
     return result;
 }
 
-void t_proc_kill(t_proc *proc) {
-    if (proc) TerminateProcess(proc->process, 137);
+void t_proc_kill(t_proc *proc)
+{
+    if (proc)
+        TerminateProcess(proc->process, 137);
 }
 
 #else /* POSIX */
 
-void t_sleep_ms(int ms) {
+void t_sleep_ms(int ms)
+{
     struct timespec ts;
-    if (ms <= 0) return;
+    if (ms <= 0)
+        return;
     ts.tv_sec = ms / 1000;
     ts.tv_nsec = (long)(ms % 1000) * 1000000L;
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
 }
 
-long long t_now_ms(void) {
+long long t_now_ms(void)
+{
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-long t_getpid(void) { return (long)getpid(); }
+long t_getpid(void)
+{
+    return (long)getpid();
+}
 
 struct t_thread {
     pthread_t handle;
@@ -139,15 +177,18 @@ struct t_thread {
     void *arg;
 };
 
-static void *t_thread_main(void *param) {
+static void *t_thread_main(void *param)
+{
     t_thread *thread = (t_thread *)param;
     thread->fn(thread->arg);
     return NULL;
 }
 
-t_thread *t_thread_start(t_thread_fn fn, void *arg) {
+t_thread *t_thread_start(t_thread_fn fn, void *arg)
+{
     t_thread *thread = (t_thread *)calloc(1, sizeof *thread);
-    if (!thread) return NULL;
+    if (!thread)
+        return NULL;
     thread->fn = fn;
     thread->arg = arg;
     if (pthread_create(&thread->handle, NULL, t_thread_main, thread) != 0) {
@@ -157,8 +198,10 @@ t_thread *t_thread_start(t_thread_fn fn, void *arg) {
     return thread;
 }
 
-void t_thread_join(t_thread *thread) {
-    if (!thread) return;
+void t_thread_join(t_thread *thread)
+{
+    if (!thread)
+        return;
     pthread_join(thread->handle, NULL);
     free(thread);
 }
@@ -167,7 +210,8 @@ struct t_mutex {
     pthread_mutex_t m;
 };
 
-t_mutex *t_mutex_new(void) {
+t_mutex *t_mutex_new(void)
+{
     t_mutex *mutex = (t_mutex *)calloc(1, sizeof *mutex);
     if (mutex && pthread_mutex_init(&mutex->m, NULL) != 0) {
         free(mutex);
@@ -175,13 +219,21 @@ t_mutex *t_mutex_new(void) {
     }
     return mutex;
 }
-void t_mutex_free(t_mutex *mutex) {
-    if (!mutex) return;
+void t_mutex_free(t_mutex *mutex)
+{
+    if (!mutex)
+        return;
     pthread_mutex_destroy(&mutex->m);
     free(mutex);
 }
-void t_mutex_lock(t_mutex *mutex) { pthread_mutex_lock(&mutex->m); }
-void t_mutex_unlock(t_mutex *mutex) { pthread_mutex_unlock(&mutex->m); }
+void t_mutex_lock(t_mutex *mutex)
+{
+    pthread_mutex_lock(&mutex->m);
+}
+void t_mutex_unlock(t_mutex *mutex)
+{
+    pthread_mutex_unlock(&mutex->m);
+}
 
 const char *g_self_path = NULL;
 
@@ -189,10 +241,12 @@ struct t_proc {
     pid_t pid;
 };
 
-t_proc *t_proc_spawn(const char *mode, const char *name) {
+t_proc *t_proc_spawn(const char *mode, const char *name)
+{
     t_proc *proc = (t_proc *)calloc(1, sizeof *proc);
     pid_t pid;
-    if (!proc) return NULL;
+    if (!proc)
+        return NULL;
     fflush(stdout);
     fflush(stderr);
     pid = fork();
@@ -213,18 +267,22 @@ t_proc *t_proc_spawn(const char *mode, const char *name) {
     return proc;
 }
 
-int t_proc_wait(t_proc *proc, int timeout_ms) {
+int t_proc_wait(t_proc *proc, int timeout_ms)
+{
     long long deadline = t_now_ms() + timeout_ms;
     int status = 0;
     int result = -1;
-    if (!proc) return -1;
+    if (!proc)
+        return -1;
     for (;;) {
         pid_t r = waitpid(proc->pid, &status, WNOHANG);
         if (r == proc->pid) {
-            if (WIFEXITED(status)) result = WEXITSTATUS(status);
+            if (WIFEXITED(status))
+                result = WEXITSTATUS(status);
             break;
         }
-        if (r < 0 && errno != EINTR) break;
+        if (r < 0 && errno != EINTR)
+            break;
         if (t_now_ms() > deadline) {
             kill(proc->pid, SIGKILL);
             while (waitpid(proc->pid, &status, 0) < 0 && errno == EINTR) {
@@ -237,8 +295,10 @@ int t_proc_wait(t_proc *proc, int timeout_ms) {
     return result;
 }
 
-void t_proc_kill(t_proc *proc) {
-    if (proc) kill(proc->pid, SIGKILL);
+void t_proc_kill(t_proc *proc)
+{
+    if (proc)
+        kill(proc->pid, SIGKILL);
 }
 
 #endif

@@ -4,7 +4,8 @@
  */
 #include "t_harness.h"
 
-void test_remote_errors(void) {
+void test_remote_errors(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *server;
@@ -40,7 +41,8 @@ void test_remote_errors(void) {
     ctx_free(&ctx);
 }
 
-void test_pipelining_and_connection(void) {
+void test_pipelining_and_connection(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *server;
@@ -82,14 +84,16 @@ typedef struct inuse_arg {
     int rc;
 } inuse_arg;
 
-static void inuse_main(void *param) {
+static void inuse_main(void *param)
+{
     inuse_arg *arg = (inuse_arg *)param;
     const uint8_t *resp;
     size_t resp_size;
     arg->rc = ipc_client_request(arg->client, "sleep:600", 9, &resp, &resp_size, 10000, NULL);
 }
 
-void test_client_in_use(void) {
+void test_client_in_use(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *server;
@@ -108,8 +112,8 @@ void test_client_in_use(void) {
         arg.rc = -1;
         thread = t_thread_start(inuse_main, &arg);
         CHECK(ctx_wait_for(&ctx, &ctx.requests, 1, 5000));
-        CHECK_RC(ipc_client_request(client, "x", 1, &resp, &resp_size, 5000, &err),
-                 IPC_E_IN_USE, &err);
+        CHECK_RC(ipc_client_request(client, "x", 1, &resp, &resp_size, 5000, &err), IPC_E_IN_USE,
+                 &err);
         ipc_error_clear(&err);
         t_thread_join(thread);
         CHECK_RC(arg.rc, IPC_OK, NULL);
@@ -120,15 +124,16 @@ void test_client_in_use(void) {
     ctx_free(&ctx);
 }
 
-void test_name_too_long(void) {
+void test_name_too_long(void)
+{
     char name[400];
     ipc_server_t *server = NULL;
     ipc_client_t *client = NULL;
     ipc_error err = {0, 0, NULL};
     memset(name, 'n', 399);
     name[399] = 0;
-    CHECK_RC(ipc_server_open(&server, name, NULL, cmd_handler, NULL, &err),
-             IPC_E_NAME_TOO_LONG, &err);
+    CHECK_RC(ipc_server_open(&server, name, NULL, cmd_handler, NULL, &err), IPC_E_NAME_TOO_LONG,
+             &err);
     CHECK(server == NULL);
     ipc_error_clear(&err);
     CHECK_RC(ipc_client_open(&client, name, NULL, 200, &err), IPC_E_NAME_TOO_LONG, &err);
@@ -136,7 +141,8 @@ void test_name_too_long(void) {
     ipc_error_clear(&err);
 }
 
-void test_not_found(void) {
+void test_not_found(void)
+{
     char name[96];
     ipc_client_t *client = NULL;
     ipc_error err = {0, 0, NULL};
@@ -160,13 +166,15 @@ typedef struct late_server_arg {
     ipc_server_t *server;
 } late_server_arg;
 
-static void late_server_main(void *param) {
+static void late_server_main(void *param)
+{
     late_server_arg *arg = (late_server_arg *)param;
     t_sleep_ms(300);
     arg->server = open_server(arg->name, NULL, cmd_handler, arg->ctx);
 }
 
-void test_connect_retries_until_server_starts(void) {
+void test_connect_retries_until_server_starts(void)
+{
     char name[96];
     srv_ctx ctx;
     late_server_arg arg;
@@ -188,7 +196,8 @@ void test_connect_retries_until_server_starts(void) {
     ctx_free(&ctx);
 }
 
-void test_timeouts(void) {
+void test_timeouts(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *server;
@@ -227,7 +236,8 @@ void test_timeouts(void) {
 
 /* A write that the server does not take (its handler is busy and the
  * request is larger than the socket buffers) times out too. */
-void test_write_timeout(void) {
+void test_write_timeout(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *server;
@@ -259,7 +269,8 @@ void test_write_timeout(void) {
 
 /* Many short connections: every one is served and reported, and nothing
  * (threads, descriptors) accumulates. */
-void test_connect_cycles(void) {
+void test_connect_cycles(void)
+{
     enum { CYCLES = 1000 };
     char name[96];
     srv_ctx ctx;
@@ -299,4 +310,3 @@ void test_connect_cycles(void) {
     ipc_server_stop(server);
     ctx_free(&ctx);
 }
-

@@ -3,7 +3,8 @@
  */
 #include "t_harness.h"
 
-void test_codec(void) {
+void test_codec(void)
+{
     uint8_t buf[16];
     uint8_t ver = 0;
     uint8_t reply[9];
@@ -26,8 +27,8 @@ void test_codec(void) {
     CHECK(ver == 1);
     CHECK(ipc_handshake_check_request((const uint8_t *)"G", 1, DEFAULT_HS, &ver) ==
           IPC_VERDICT_FOREIGN);
-    CHECK(ipc_handshake_check_request((const uint8_t *)"GET / HTTP/1.0", 9, DEFAULT_HS,
-                                      &ver) == IPC_VERDICT_FOREIGN);
+    CHECK(ipc_handshake_check_request((const uint8_t *)"GET / HTTP/1.0", 9, DEFAULT_HS, &ver) ==
+          IPC_VERDICT_FOREIGN);
     memcpy(buf, req, 9);
     buf[7] ^= 1;
     CHECK(ipc_handshake_check_request(buf, 9, DEFAULT_HS, &ver) == IPC_VERDICT_MISMATCH);
@@ -68,8 +69,7 @@ void test_codec(void) {
     CHECK(ipc_packet_header_parse(buf, 5, 0xFFFFFFFFu, 1, &h) == IPC_VERDICT_OK);
     CHECK(h.type == 1 && h.version == 0 && h.length == 0x01020304u && h.header_size == 5);
     for (i = 0; i < 5; i++)
-        CHECK(ipc_packet_header_parse(buf, (size_t)i, 0xFFFFFFFFu, 1, &h) ==
-              IPC_VERDICT_NEED_MORE);
+        CHECK(ipc_packet_header_parse(buf, (size_t)i, 0xFFFFFFFFu, 1, &h) == IPC_VERDICT_NEED_MORE);
     n = ipc_packet_header_encode(buf, IPC_PACKET_RESPONSE, 7, 1);
     CHECK(n == 6);
     CHECK(memcmp(buf, "\x42\x01\x07\x00\x00\x00", 6) == 0);
@@ -112,4 +112,3 @@ void test_codec(void) {
     for (i = IPC_OK; i <= IPC_E_SYSTEM; i++)
         CHECK(strncmp(ipc_result_name(i), "IPC_", 4) == 0);
 }
-

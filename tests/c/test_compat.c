@@ -3,7 +3,8 @@
  */
 #include "t_harness.h"
 
-void test_legacy_api(void) {
+void test_legacy_api(void)
+{
     char name[96];
     char out[256];
     char assembled[256];
@@ -46,11 +47,12 @@ void test_legacy_api(void) {
                     memcpy(assembled + total, out, (size_t)received);
                     total += (size_t)received;
                 }
-                if (rounds == 0) CHECK(st == IPC_RECEIVE_STATUS_MORE_DATA && received == 16);
+                if (rounds == 0)
+                    CHECK(st == IPC_RECEIVE_STATUS_MORE_DATA && received == 16);
                 rounds++;
             } while (st == IPC_RECEIVE_STATUS_MORE_DATA && rounds < 20);
             CHECK(st == IPC_RECEIVE_STATUS_DONE);
-            CHECK(rounds == 4);   /* 55 bytes in 16-byte pieces */
+            CHECK(rounds == 4); /* 55 bytes in 16-byte pieces */
             CHECK(total == 55);
             CHECK(total > 5 && memcmp(assembled, "echo:", 5) == 0 &&
                   memcmp(assembled + 5, longreq, 49) == 0 && assembled[54] == 0);
@@ -68,8 +70,8 @@ void test_legacy_api(void) {
     if (server) {
         ipc_client_t *c = open_client(name, NULL, 5000);
         if (c) {
-            expect_response(c, "abc", 4, "echo:abc", 9);  /* with its NUL */
-            expect_response(c, "xyz", 3, "echo:xyz", 9);  /* no NUL sent: still a C string */
+            expect_response(c, "abc", 4, "echo:abc", 9); /* with its NUL */
+            expect_response(c, "xyz", 3, "echo:xyz", 9); /* no NUL sent: still a C string */
             {
                 const uint8_t *r;
                 size_t rs = 0;
@@ -112,4 +114,3 @@ void test_legacy_api(void) {
     }
     ctx_free(&ctx);
 }
-

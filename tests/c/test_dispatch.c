@@ -4,7 +4,8 @@
 #include "t_harness.h"
 
 /* Is a manual-dispatch ready handle signalled right now? */
-static int ready_now(intptr_t handle) {
+static int ready_now(intptr_t handle)
+{
 #ifdef _WIN32
     return WaitForSingleObject((HANDLE)handle, 0) == WAIT_OBJECT_0;
 #else
@@ -21,7 +22,8 @@ typedef struct next_call_arg {
     int rc;
 } next_call_arg;
 
-static void blocked_next_call_main(void *param) {
+static void blocked_next_call_main(void *param)
+{
     next_call_arg *arg = (next_call_arg *)param;
     ipc_call *call = NULL;
     const uint8_t *request;
@@ -31,7 +33,8 @@ static void blocked_next_call_main(void *param) {
 
 /* MANUAL dispatch: requests queue up until this thread takes and answers
  * them; the ready handle tracks the queue; stop ends waiting and queued calls. */
-void test_manual_dispatch(void) {
+void test_manual_dispatch(void)
+{
     enum { N = 4, ITERATIONS = 30 };
     char name[96];
     ipc_server_t *server = NULL;
@@ -46,14 +49,16 @@ void test_manual_dispatch(void) {
     so.dispatch = IPC_DISPATCH_MANUAL;
     CHECK_RC(ipc_server_open(&server, name, &so, NULL, NULL, &err), IPC_OK, &err);
     ipc_error_clear(&err);
-    if (!server) return;
+    if (!server)
+        return;
     CHECK(ipc_server_ready_handle(server) != -1);
     CHECK(!ready_now(ipc_server_ready_handle(server)));
     {
         ipc_call *call = NULL;
         const uint8_t *request;
         size_t size;
-        CHECK_RC(ipc_server_next_call(server, &call, &request, &size, 0, &err), IPC_E_TIMEOUT, &err);
+        CHECK_RC(ipc_server_next_call(server, &call, &request, &size, 0, &err), IPC_E_TIMEOUT,
+                 &err);
         ipc_error_clear(&err);
     }
     for (i = 0; i < N; i++) {
@@ -74,7 +79,8 @@ void test_manual_dispatch(void) {
         out = (uint8_t *)ipc_call_buffer(call, size);
         CHECK(out != NULL);
         if (out) {
-            for (j = 0; j < size; j++) out[j] = (uint8_t)(request[j] ^ 0x5C);
+            for (j = 0; j < size; j++)
+                out[j] = (uint8_t)(request[j] ^ 0x5C);
             CHECK_RC(ipc_call_respond(call, out, size, &err), IPC_OK, &err);
             ipc_error_clear(&err);
         }
@@ -97,20 +103,25 @@ void test_manual_dispatch(void) {
         size_t size, response_size;
         if (client) {
             CHECK_RC(ipc_client_write(client, "q", 1, 5000, &err), IPC_OK, &err);
-            CHECK_RC(ipc_server_next_call(server, &call, &request, &size, 5000, &err), IPC_OK, &err);
+            CHECK_RC(ipc_server_next_call(server, &call, &request, &size, 5000, &err), IPC_OK,
+                     &err);
             CHECK(!ready_now(ipc_server_ready_handle(server)));
-            if (call) ipc_call_finish(call);
-            CHECK_RC(ipc_client_read(client, &response, &response_size, 5000, &err), IPC_E_REMOTE, &err);
+            if (call)
+                ipc_call_finish(call);
+            CHECK_RC(ipc_client_read(client, &response, &response_size, 5000, &err), IPC_E_REMOTE,
+                     &err);
             ipc_error_clear(&err);
             CHECK_RC(ipc_client_write(client, "left", 4, 5000, &err), IPC_OK, &err);
             deadline = t_now_ms() + 5000;
-            while (!ready_now(ipc_server_ready_handle(server)) && t_now_ms() < deadline) t_sleep_ms(5);
+            while (!ready_now(ipc_server_ready_handle(server)) && t_now_ms() < deadline)
+                t_sleep_ms(5);
             CHECK(ready_now(ipc_server_ready_handle(server)));
         }
         ipc_server_stop(server);
         server = NULL;
         if (client) {
-            CHECK_RC(ipc_client_read(client, &response, &response_size, 5000, &err), IPC_E_CLOSED, &err);
+            CHECK_RC(ipc_client_read(client, &response, &response_size, 5000, &err), IPC_E_CLOSED,
+                     &err);
             ipc_error_clear(&err);
             ipc_client_close(client);
         }
@@ -134,4 +145,3 @@ void test_manual_dispatch(void) {
     }
     ipc_server_stop(server);
 }
-

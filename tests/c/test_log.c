@@ -3,7 +3,8 @@
  */
 #include "t_harness.h"
 
-void test_log_callback(void) {
+void test_log_callback(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *server, *legacy;
@@ -43,30 +44,35 @@ void test_log_callback(void) {
     after = mine;
     t_mutex_unlock(g_log_lock);
     CHECK(after == before);
-    if (g_log_verbose) ipc_set_log_handler(test_log_fn, NULL);
+    if (g_log_verbose)
+        ipc_set_log_handler(test_log_fn, NULL);
     ctx_free(&ctx);
 }
 
 /* ---- the log callback may be replaced while servers run --------------- */
 
-static int g_swap_token_a, g_swap_token_b; /* addresses used as user_data */
+static int g_swap_token_a, g_swap_token_b;                  /* addresses used as user_data */
 static int g_swap_calls_a, g_swap_calls_b, g_swap_mismatch; /* under g_log_lock */
 
-static void swap_log_a(void *user_data, int level, const char *message) {
+static void swap_log_a(void *user_data, int level, const char *message)
+{
     (void)level;
     (void)message;
     t_mutex_lock(g_log_lock);
     g_swap_calls_a++;
-    if (user_data != &g_swap_token_a) g_swap_mismatch++;
+    if (user_data != &g_swap_token_a)
+        g_swap_mismatch++;
     t_mutex_unlock(g_log_lock);
 }
 
-static void swap_log_b(void *user_data, int level, const char *message) {
+static void swap_log_b(void *user_data, int level, const char *message)
+{
     (void)level;
     (void)message;
     t_mutex_lock(g_log_lock);
     g_swap_calls_b++;
-    if (user_data != &g_swap_token_b) g_swap_mismatch++;
+    if (user_data != &g_swap_token_b)
+        g_swap_mismatch++;
     t_mutex_unlock(g_log_lock);
 }
 
@@ -76,7 +82,8 @@ typedef struct noisy_arg {
 } noisy_arg;
 
 /* Clients with a wrong key: each makes a server thread log a warning. */
-static void noisy_main(void *param) {
+static void noisy_main(void *param)
+{
     noisy_arg *arg = (noisy_arg *)param;
     ipc_client_options co;
     int i;
@@ -84,7 +91,8 @@ static void noisy_main(void *param) {
     co.handshake[5] ^= 0x10;
     for (i = 0; i < arg->rounds; i++) {
         ipc_client_t *client = NULL;
-        if (ipc_client_open(&client, arg->name, &co, 2000, NULL) == IPC_OK) ipc_client_close(client);
+        if (ipc_client_open(&client, arg->name, &co, 2000, NULL) == IPC_OK)
+            ipc_client_close(client);
     }
 }
 
@@ -92,7 +100,8 @@ static void noisy_main(void *param) {
  * be called while server threads log: each message must reach a complete
  * (callback, user_data) pair, never a mix, and without a data race (the
  * ThreadSanitizer build checks the latter). */
-void test_log_handler_swap_while_serving(void) {
+void test_log_handler_swap_while_serving(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *server;
@@ -126,4 +135,3 @@ void test_log_handler_swap_while_serving(void) {
     CHECK(calls > 0);
     ctx_free(&ctx);
 }
-

@@ -5,7 +5,8 @@
 
 /* ---- server node ----------------------------------------------------- */
 
-void test_node_codec(void) {
+void test_node_codec(void)
+{
     char *argv[] = {"python", "-m", "tool", "ä"};
     char *env[] = {"A=1", "PATH=/bin"};
     ipc_command in, out;
@@ -21,12 +22,13 @@ void test_node_codec(void) {
     in.env = env;
     in.locale = "C.UTF-8";
     CHECK_RC(ipc_command_encode(&in, &payload, &size, &err), IPC_OK, &err);
-    CHECK(size == 4 + 4 + (4 + 6) + (4 + 2) + (4 + 4) + (4 + 2) + (4 + 4) + 4 + (4 + 3) +
-                      (4 + 9) + (4 + 7));
+    CHECK(size == 4 + 4 + (4 + 6) + (4 + 2) + (4 + 4) + (4 + 2) + (4 + 4) + 4 + (4 + 3) + (4 + 9) +
+                      (4 + 7));
     CHECK_RC(ipc_command_decode(payload, size, &out, &err), IPC_OK, &err);
     CHECK(out.flags == IPC_COMMAND_STDOUT_TTY && out.argc == 4 && out.envc == 2);
     if (out.argc == 4 && out.envc == 2) {
-        for (i = 0; i < 4; i++) CHECK(strcmp(out.argv[i], argv[i]) == 0);
+        for (i = 0; i < 4; i++)
+            CHECK(strcmp(out.argv[i], argv[i]) == 0);
         CHECK(strcmp(out.env[1], "PATH=/bin") == 0);
         CHECK(strcmp(out.cwd, "/tmp") == 0 && strcmp(out.locale, "C.UTF-8") == 0);
     }
@@ -52,7 +54,10 @@ void test_node_codec(void) {
         CHECK_RC(ipc_command_decode(longer, size + 1, &out, &err), IPC_E_PROTOCOL, &err);
         ipc_command_free(&out);
         ipc_error_clear(&err);
-        longer[4] = 0xFF; longer[5] = 0xFF; longer[6] = 0xFF; longer[7] = 0x7F;
+        longer[4] = 0xFF;
+        longer[5] = 0xFF;
+        longer[6] = 0xFF;
+        longer[7] = 0x7F;
         CHECK_RC(ipc_command_decode(longer, size, &out, &err), IPC_E_PROTOCOL, &err);
         ipc_command_free(&out);
         ipc_error_clear(&err);
@@ -84,7 +89,8 @@ void test_node_codec(void) {
         CHECK(code == (int32_t)(-2147483647 - 1));
         CHECK_RC(ipc_exit_decode(exit_payload, 4, &code, &type, &err), IPC_E_PROTOCOL, &err);
         ipc_error_clear(&err);
-        CHECK_RC(ipc_console_write_decode(console, 4, &stream, &text, &text_size, &err), IPC_OK, &err);
+        CHECK_RC(ipc_console_write_decode(console, 4, &stream, &text, &text_size, &err), IPC_OK,
+                 &err);
         CHECK(stream == 2 && text_size == 3 && memcmp(text, "hi\n", 3) == 0);
         CHECK_RC(ipc_console_write_decode(console, 0, &stream, &text, &text_size, &err),
                  IPC_E_PROTOCOL, &err);
@@ -102,12 +108,13 @@ typedef struct node_app {
     ipc_server_t *server;
     t_mutex *lock;
     int stop;
-    int cancels;            /* cancel_handler calls */
+    int cancels; /* cancel_handler calls */
     ipc_call *running;
     int commands;
 } node_app;
 
-static void node_cancel(void *user_data, ipc_call *call) {
+static void node_cancel(void *user_data, ipc_call *call)
+{
     node_app *app = (node_app *)user_data;
     t_mutex_lock(app->lock);
     app->cancels++;
@@ -116,12 +123,15 @@ static void node_cancel(void *user_data, ipc_call *call) {
 }
 
 static void node_request_handler(void *user_data, ipc_call *call, const uint8_t *request,
-                                 size_t size) {
+                                 size_t size)
+{
     (void)user_data;
-    if (request) ipc_call_respond(call, request, size, NULL);
+    if (request)
+        ipc_call_respond(call, request, size, NULL);
 }
 
-static void node_app_main(void *param) {
+static void node_app_main(void *param)
+{
     node_app *app = (node_app *)param;
     ipc_error err = {0, 0, NULL};
     for (;;) {
@@ -133,7 +143,8 @@ static void node_app_main(void *param) {
         t_mutex_lock(app->lock);
         stop = app->stop;
         t_mutex_unlock(app->lock);
-        if (stop) break;
+        if (stop)
+            break;
         if (ipc_server_next_call(app->server, &call, &request, &size, 100, NULL) != IPC_OK)
             continue;
         CHECK(ipc_call_type(call) == IPC_PACKET_COMMAND);
@@ -146,7 +157,8 @@ static void node_app_main(void *param) {
         if (CHECK_RC(ipc_command_decode(request, size, &command, &err), IPC_OK, &err)) {
             if (strcmp(command.argv[0], "print") == 0) {
                 CHECK_RC(ipc_call_console_write(call, 1, "out\n", 4, &err), IPC_OK, &err);
-                CHECK_RC(ipc_call_console_write(call, 2, "\x1b[31merr\x1b[0m\n", 13, &err), IPC_OK, &err);
+                CHECK_RC(ipc_call_console_write(call, 2, "\x1b[31merr\x1b[0m\n", 13, &err), IPC_OK,
+                         &err);
                 CHECK_RC(ipc_call_console_write(call, 3, "x", 1, &err), IPC_E_INVALID, &err);
                 ipc_error_clear(&err);
                 CHECK_RC(ipc_call_exit(call, 3, IPC_EXIT_COMPLETED, &err), IPC_OK, &err);
@@ -154,7 +166,8 @@ static void node_app_main(void *param) {
                 ipc_error_clear(&err);
             } else if (strcmp(command.argv[0], "wait") == 0) {
                 long long deadline = t_now_ms() + 10000;
-                while (!ipc_call_cancelled(call) && t_now_ms() < deadline) t_sleep_ms(5);
+                while (!ipc_call_cancelled(call) && t_now_ms() < deadline)
+                    t_sleep_ms(5);
                 ipc_call_console_write(call, 2, "cancelled\n", 10, NULL);
                 ipc_call_exit(call, 130, IPC_EXIT_CANCELLED, NULL);
             }
@@ -168,7 +181,8 @@ static void node_app_main(void *param) {
     }
 }
 
-static int send_command(ipc_client_t *client, const char *word) {
+static int send_command(ipc_client_t *client, const char *word)
+{
     char *argv[1];
     ipc_command command;
     ipc_error err = {0, 0, NULL};
@@ -186,7 +200,8 @@ static int send_command(ipc_client_t *client, const char *word) {
 
 /* Reads packets until EXIT; collects stdout/stderr text. */
 static int read_until_exit(ipc_client_t *client, char *out, char *errs, size_t capacity,
-                           int32_t *code, uint8_t *type) {
+                           int32_t *code, uint8_t *type)
+{
     ipc_error err = {0, 0, NULL};
     size_t out_len = 0, err_len = 0;
     long long deadline = t_now_ms() + 10000;
@@ -196,16 +211,25 @@ static int read_until_exit(ipc_client_t *client, char *out, char *errs, size_t c
         const uint8_t *payload;
         size_t size;
         int rc = ipc_client_read_packet(client, &packet_type, &payload, &size, 100, &err);
-        if (rc == IPC_E_TIMEOUT) { ipc_error_clear(&err); continue; }
-        if (!CHECK_RC(rc, IPC_OK, &err)) break;
+        if (rc == IPC_E_TIMEOUT) {
+            ipc_error_clear(&err);
+            continue;
+        }
+        if (!CHECK_RC(rc, IPC_OK, &err))
+            break;
         if (packet_type == IPC_PACKET_CONSOLE_WRITE) {
             int stream = 0;
             const uint8_t *text;
             size_t n;
-            if (CHECK_RC(ipc_console_write_decode(payload, size, &stream, &text, &n, &err), IPC_OK, &err)) {
+            if (CHECK_RC(ipc_console_write_decode(payload, size, &stream, &text, &n, &err), IPC_OK,
+                         &err)) {
                 char *dst = stream == 1 ? out : errs;
                 size_t *len = stream == 1 ? &out_len : &err_len;
-                if (*len + n < capacity) { memcpy(dst + *len, text, n); *len += n; dst[*len] = 0; }
+                if (*len + n < capacity) {
+                    memcpy(dst + *len, text, n);
+                    *len += n;
+                    dst[*len] = 0;
+                }
             }
         } else if (CHECK(packet_type == IPC_PACKET_EXIT)) {
             int ok = CHECK_RC(ipc_exit_decode(payload, size, code, type, &err), IPC_OK, &err);
@@ -221,23 +245,27 @@ static int read_until_exit(ipc_client_t *client, char *out, char *errs, size_t c
 
 /* Sends "wait" and waits until the application has taken it (a command
  * still queued would be cancelled without ever running). */
-static int start_wait_command(node_app *app, ipc_client_t *client) {
+static int start_wait_command(node_app *app, ipc_client_t *client)
+{
     long long deadline = t_now_ms() + 5000;
     int before, running = 0;
     t_mutex_lock(app->lock);
     before = app->commands;
     t_mutex_unlock(app->lock);
-    if (!send_command(client, "wait")) return 0;
+    if (!send_command(client, "wait"))
+        return 0;
     while (!running && t_now_ms() < deadline) {
         t_mutex_lock(app->lock);
         running = app->running != NULL && app->commands == before + 1;
         t_mutex_unlock(app->lock);
-        if (!running) t_sleep_ms(5);
+        if (!running)
+            t_sleep_ms(5);
     }
     return running;
 }
 
-void test_node_commands(void) {
+void test_node_commands(void)
+{
     char name[96], out[256], errs[256];
     ipc_server_options so;
     ipc_error err = {0, 0, NULL};
@@ -252,9 +280,13 @@ void test_node_commands(void) {
     ipc_server_options_init(&so);
     so.node = 1;
     so.cancel_handler = node_cancel;
-    CHECK_RC(ipc_server_open(&app.server, name, &so, node_request_handler, &app, &err), IPC_OK, &err);
+    CHECK_RC(ipc_server_open(&app.server, name, &so, node_request_handler, &app, &err), IPC_OK,
+             &err);
     ipc_error_clear(&err);
-    if (!app.server) { t_mutex_free(app.lock); return; }
+    if (!app.server) {
+        t_mutex_free(app.lock);
+        return;
+    }
     CHECK(ipc_server_ready_handle(app.server) != -1);
     thread = t_thread_start(node_app_main, &app);
     a = open_client(name, NULL, 5000);
@@ -297,7 +329,8 @@ void test_node_commands(void) {
                 cancels = app.cancels;
                 running = app.running != NULL;
                 t_mutex_unlock(app.lock);
-                if (cancels < 2 || running) t_sleep_ms(5);
+                if (cancels < 2 || running)
+                    t_sleep_ms(5);
             }
             CHECK(cancels == 2 && !running);
         }
@@ -309,16 +342,19 @@ void test_node_commands(void) {
         CHECK(read_until_exit(b, out, errs, sizeof out, &code, &type));
         CHECK(type == IPC_EXIT_CRASHED && code == 1);
         /* Node packets the client must not send, or CANCEL with a payload. */
-        CHECK_RC(ipc_client_write_packet(b, IPC_PACKET_EXIT, "12345", 5, 5000, &err), IPC_E_INVALID, &err);
+        CHECK_RC(ipc_client_write_packet(b, IPC_PACKET_EXIT, "12345", 5, 5000, &err), IPC_E_INVALID,
+                 &err);
         ipc_error_clear(&err);
         CHECK_RC(ipc_client_write_packet(b, IPC_PACKET_CANCEL, "x", 1, 5000, &err), IPC_OK, &err);
         {
             uint8_t packet_type = 0;
             const uint8_t *payload;
             size_t size;
-            CHECK_RC(ipc_client_read_packet(b, &packet_type, &payload, &size, 5000, &err), IPC_OK, &err);
+            CHECK_RC(ipc_client_read_packet(b, &packet_type, &payload, &size, 5000, &err), IPC_OK,
+                     &err);
             CHECK(packet_type == IPC_PACKET_ERROR);
-            CHECK_RC(ipc_client_read_packet(b, &packet_type, &payload, &size, 5000, &err), IPC_E_CLOSED, &err);
+            CHECK_RC(ipc_client_read_packet(b, &packet_type, &payload, &size, 5000, &err),
+                     IPC_E_CLOSED, &err);
             ipc_error_clear(&err);
         }
     }
@@ -334,7 +370,8 @@ void test_node_commands(void) {
 }
 
 /* A node server refuses node packets when options.node is not set. */
-void test_node_packets_refused(void) {
+void test_node_packets_refused(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *server;
@@ -349,7 +386,8 @@ void test_node_packets_refused(void) {
         const uint8_t *payload;
         size_t size;
         send_command(client, "print");
-        CHECK_RC(ipc_client_read_packet(client, &packet_type, &payload, &size, 5000, &err), IPC_OK, &err);
+        CHECK_RC(ipc_client_read_packet(client, &packet_type, &payload, &size, 5000, &err), IPC_OK,
+                 &err);
         CHECK(packet_type == IPC_PACKET_ERROR);
         CHECK(size > 0 && strstr((const char *)payload, "type 4") != NULL);
         ipc_error_clear(&err);
@@ -358,4 +396,3 @@ void test_node_packets_refused(void) {
     ipc_server_stop(server);
     ctx_free(&ctx);
 }
-

@@ -4,19 +4,23 @@
 #include "t_harness.h"
 
 #ifndef _WIN32
-static int file_mode(const char *path) {
+static int file_mode(const char *path)
+{
     struct stat st;
-    if (lstat(path, &st) != 0) return -1;
+    if (lstat(path, &st) != 0)
+        return -1;
     return (int)(st.st_mode & 07777);
 }
 
-static int exists(const char *path) {
+static int exists(const char *path)
+{
     struct stat st;
     return lstat(path, &st) == 0;
 }
 
 /* A name with '/' is a socket path used as is; the lock file sits beside it. */
-void test_path_names(void) {
+void test_path_names(void)
+{
     char dir[] = "/tmp/ipcfast-ct-XXXXXX";
     char path[256], lock[300];
     srv_ctx ctx;
@@ -35,7 +39,8 @@ void test_path_names(void) {
         ipc_server_options_init(&so);
         so.access = world ? IPC_ACCESS_WORLD : IPC_ACCESS_USER;
         server = open_server(path, &so, cmd_handler, &ctx);
-        if (!server) continue;
+        if (!server)
+            continue;
         CHECK(strcmp(ipc_server_address(server), path) == 0);
         CHECK(file_mode(path) == (world ? 0666 : 0600));
         CHECK(exists(lock));
@@ -54,7 +59,8 @@ void test_path_names(void) {
     {
         FILE *f = fopen(path, "w");
         CHECK(f != NULL);
-        if (f) fclose(f);
+        if (f)
+            fclose(f);
         server = NULL;
         CHECK_RC(ipc_server_open(&server, path, NULL, cmd_handler, &ctx, &err),
                  IPC_E_ADDRESS_IN_USE, &err);
@@ -71,7 +77,8 @@ void test_path_names(void) {
         addr.sun_family = AF_UNIX;
         strcpy(addr.sun_path, path);
         CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&addr, sizeof addr) == 0);
-        if (fd >= 0) close(fd); /* socket file left behind, nobody listening */
+        if (fd >= 0)
+            close(fd); /* socket file left behind, nobody listening */
         server = open_server(path, NULL, cmd_handler, &ctx);
         ipc_server_stop(server);
         unlink(path);
@@ -82,7 +89,8 @@ void test_path_names(void) {
 }
 
 /* The private per-user directory: created 0700; refused when unsafe. */
-void test_private_directory(void) {
+void test_private_directory(void)
+{
     char base[] = "/tmp/ipcfast-ct-XXXXXX";
     char priv[256], other[256], name[96];
     const char *old_runtime = getenv("XDG_RUNTIME_DIR");
@@ -133,9 +141,10 @@ void test_private_directory(void) {
     /* a plain file: refused */
     {
         FILE *f = fopen(priv, "w");
-        if (f) fclose(f);
-        CHECK_RC(ipc_server_open(&server, name, NULL, cmd_handler, &ctx, &err),
-                 IPC_E_ACCESS_DENIED, &err);
+        if (f)
+            fclose(f);
+        CHECK_RC(ipc_server_open(&server, name, NULL, cmd_handler, &ctx, &err), IPC_E_ACCESS_DENIED,
+                 &err);
         ipc_error_clear(&err);
         unlink(priv);
     }
@@ -151,11 +160,11 @@ void test_private_directory(void) {
 }
 
 #endif /* !_WIN32 */
-void test_no_sigpipe(void) {
+void test_no_sigpipe(void)
+{
 #ifndef _WIN32
     /* The library must not raise SIGPIPE on a closed peer (it would kill an
      * embedding program that keeps the default disposition). */
     CHECK(g_sigpipes == 0);
 #endif
 }
-

@@ -6,10 +6,12 @@
 
 /* ---- cross-process ------------------------------------------------------ */
 
-int child_client(const char *name) {
+int child_client(const char *name)
+{
     ipc_client_t *client = open_client(name, NULL, 10000);
     int i;
-    if (!client) return 1;
+    if (!client)
+        return 1;
     for (i = 0; i < 20; i++) {
         size_t size = (size_t)(i * 37 + 1) * (size_t)(i % 5 == 0 ? 3000 : 1);
         unsigned char *req = (unsigned char *)malloc(size);
@@ -29,10 +31,12 @@ int child_client(const char *name) {
 }
 
 /* Sends a slow request and waits to be killed. */
-int child_client_hang(const char *name) {
+int child_client_hang(const char *name)
+{
     ipc_client_t *client = open_client(name, NULL, 10000);
     ipc_error err = {0, 0, NULL};
-    if (!client) return 1;
+    if (!client)
+        return 1;
     CHECK_RC(ipc_client_write(client, "sleep:300", 9, 5000, &err), IPC_OK, &err);
     ipc_error_clear(&err);
     t_sleep_ms(30000);
@@ -40,16 +44,19 @@ int child_client_hang(const char *name) {
     return 1; /* should have been killed */
 }
 
-int child_server(const char *name, int hold, uint32_t max_clients) {
+int child_server(const char *name, int hold, uint32_t max_clients)
+{
     srv_ctx ctx;
     ipc_server_t *server;
     ipc_server_options so;
     long long deadline = t_now_ms() + 60000;
     ctx_init(&ctx);
     ipc_server_options_init(&so);
-    if (max_clients) so.max_clients = max_clients;
+    if (max_clients)
+        so.max_clients = max_clients;
     server = open_server(name, &so, cmd_handler, &ctx);
-    if (!server) return 1;
+    if (!server)
+        return 1;
     while (hold || !ctx_get(&ctx, &ctx.quit)) {
         if (t_now_ms() > deadline) {
             note("child server: nobody asked me to quit");
@@ -62,7 +69,8 @@ int child_server(const char *name, int hold, uint32_t max_clients) {
     return failures_so_far();
 }
 
-void test_cross_process_client(void) {
+void test_cross_process_client(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *server;
@@ -81,7 +89,8 @@ void test_cross_process_client(void) {
     ctx_free(&ctx);
 }
 
-void test_killed_client(void) {
+void test_killed_client(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *server;
@@ -109,7 +118,8 @@ void test_killed_client(void) {
     ctx_free(&ctx);
 }
 
-void test_cross_process_server(void) {
+void test_cross_process_server(void)
+{
     char name[96];
     t_proc *proc;
     ipc_client_t *client;
@@ -118,7 +128,8 @@ void test_cross_process_server(void) {
     make_name(name, sizeof name, "xserver");
     proc = t_proc_spawn("--child-server", name);
     CHECK(proc != NULL);
-    if (!proc) return;
+    if (!proc)
+        return;
     client = open_client(name, NULL, 15000); /* the child needs a moment to start */
     if (client) {
         data = (unsigned char *)malloc(size);
@@ -132,7 +143,8 @@ void test_cross_process_server(void) {
     CHECK(t_proc_wait(proc, client ? 30000 : 100) == 0 || !client);
 }
 
-void test_stale_name_reclaimed(void) {
+void test_stale_name_reclaimed(void)
+{
     char name[96];
     srv_ctx ctx;
     t_proc *proc;
@@ -143,7 +155,8 @@ void test_stale_name_reclaimed(void) {
     make_name(name, sizeof name, "stale");
     proc = t_proc_spawn("--child-server-hold", name);
     CHECK(proc != NULL);
-    if (!proc) return;
+    if (!proc)
+        return;
     client = open_client(name, NULL, 15000);
     if (client) {
         expect_text(client, "alive", "alive");
@@ -172,12 +185,14 @@ void test_stale_name_reclaimed(void) {
 /* The original handler signature, in a server process: "echo:" + request,
  * "quit" answers "bye" and ends the process. */
 static void legacy_quit_handler(char const *request, void *user_data, char *response,
-                                size_t capacity) {
+                                size_t capacity)
+{
     srv_ctx *ctx = (srv_ctx *)user_data;
     if (!request) {
         t_mutex_lock(ctx->lock);
         ctx->disconnects++;
-        if (response != NULL || capacity != 0) ctx->legacy_bad_disconnect++;
+        if (response != NULL || capacity != 0)
+            ctx->legacy_bad_disconnect++;
         t_mutex_unlock(ctx->lock);
         return;
     }
@@ -191,13 +206,15 @@ static void legacy_quit_handler(char const *request, void *user_data, char *resp
 }
 
 /* --child-legacy-server: ipc_server_start (the original API) until "quit". */
-int child_legacy_server(const char *name) {
+int child_legacy_server(const char *name)
+{
     srv_ctx ctx;
     ipc_server_t *server;
     long long deadline = t_now_ms() + 60000;
     ctx_init(&ctx);
     server = ipc_server_start(name, legacy_quit_handler, &ctx);
-    if (!CHECK(server != NULL)) return 1;
+    if (!CHECK(server != NULL))
+        return 1;
     while (!ctx_get(&ctx, &ctx.quit)) {
         if (t_now_ms() > deadline) {
             note("legacy server: nobody asked me to quit");
@@ -215,7 +232,8 @@ int child_legacy_server(const char *name) {
 
 /* --child-new-client: ipc_client_open / ipc_client_request against the
  * legacy server of another process. */
-int child_new_client(const char *name) {
+int child_new_client(const char *name)
+{
     enum { MAX_TEXT = 60000 };
     char *req = (char *)malloc(MAX_TEXT + 1);
     char *expected = (char *)malloc(MAX_TEXT + 8);
@@ -235,7 +253,8 @@ int child_new_client(const char *name) {
         size_t j;
         int with_nul = i % 2; /* the text with or without its terminator */
         ipc_client_t *c = other && i % 3 == 2 ? other : client;
-        for (j = 0; j < size; j++) req[j] = (char)('a' + next_random(&rng) % 26);
+        for (j = 0; j < size; j++)
+            req[j] = (char)('a' + next_random(&rng) % 26);
         req[0] = (char)('A' + i % 26);
         req[size] = 0;
         memcpy(expected, "echo:", 5);
@@ -258,7 +277,8 @@ typedef struct busy_waiter_arg {
     long long done_at;
 } busy_waiter_arg;
 
-static void busy_waiter_main(void *param) {
+static void busy_waiter_main(void *param)
+{
     busy_waiter_arg *arg = (busy_waiter_arg *)param;
     ipc_client_t *client = NULL;
     ipc_error err = {0, 0, NULL};
@@ -280,15 +300,16 @@ typedef struct hammer_arg {
     const char *name;
     int index;
     t_mutex *lock;
-    int *ready;          /* under lock: clients that got their first answer */
+    int *ready; /* under lock: clients that got their first answer */
     int answered;
     int wrong;
-    int final_rc;        /* what ended the loop: IPC_E_CLOSED expected */
+    int final_rc; /* what ended the loop: IPC_E_CLOSED expected */
     long long ended_at;
     long long slowest_ms; /* the longest single request */
 } hammer_arg;
 
-static void hammer_main(void *param) {
+static void hammer_main(void *param)
+{
     hammer_arg *arg = (hammer_arg *)param;
     unsigned char req[700], expected[700];
     unsigned rng = (unsigned)(arg->index * 2654435761u + 7u);
@@ -309,7 +330,8 @@ static void hammer_main(void *param) {
         int wrong;
         int rc = unique_round_trip(client, req, size, expected, 10000, "hammer", &wrong);
         took = t_now_ms() - t0;
-        if (took > arg->slowest_ms) arg->slowest_ms = took;
+        if (took > arg->slowest_ms)
+            arg->slowest_ms = took;
         if (rc != IPC_OK || wrong) {
             arg->final_rc = rc;
             arg->wrong += wrong;
@@ -331,7 +353,8 @@ static void hammer_main(void *param) {
                 t_mutex_lock(arg->lock);
                 ready = *arg->ready;
                 t_mutex_unlock(arg->lock);
-                if (ready >= HAMMER_CLIENTS || t_now_ms() > give_up) break;
+                if (ready >= HAMMER_CLIENTS || t_now_ms() > give_up)
+                    break;
                 t_sleep_ms(2);
             }
         }
@@ -347,7 +370,8 @@ static void hammer_main(void *param) {
 /* --child-hammer: 16 clients hammer the parent's server until it stops;
  * each must end with IPC_E_CLOSED, all within a short time of each other,
  * with no wrong answer and no request hanging. */
-int child_hammer(const char *name) {
+int child_hammer(const char *name)
+{
     hammer_arg args[HAMMER_CLIENTS];
     t_thread *threads[HAMMER_CLIENTS];
     t_mutex *lock = t_mutex_new();
@@ -370,10 +394,13 @@ int child_hammer(const char *name) {
         CHECK(args[i].wrong == 0);
         CHECK(args[i].answered > 0);
         if (args[i].ended_at) {
-            if (!first_end || args[i].ended_at < first_end) first_end = args[i].ended_at;
-            if (args[i].ended_at > last_end) last_end = args[i].ended_at;
+            if (!first_end || args[i].ended_at < first_end)
+                first_end = args[i].ended_at;
+            if (args[i].ended_at > last_end)
+                last_end = args[i].ended_at;
         }
-        if (args[i].slowest_ms > slowest) slowest = args[i].slowest_ms;
+        if (args[i].slowest_ms > slowest)
+            slowest = args[i].slowest_ms;
     }
     note("%d answers to %d clients; all saw the stop within %lld ms; slowest request %lld ms",
          answered, HAMMER_CLIENTS, last_end - first_end, slowest);
@@ -393,7 +420,8 @@ int child_hammer(const char *name) {
             long long t1 = t_now_ms();
             rc = ipc_client_open(&client, name, NULL, 300, &err);
             attempts++;
-            if (!CHECK(rc != IPC_OK)) note("      a client got into a stopped server");
+            if (!CHECK(rc != IPC_OK))
+                note("      a client got into a stopped server");
             CHECK_MS(t_now_ms() - t1, 0, 2000);
             if (rc != IPC_E_NOT_FOUND)
                 note("      after the stop (attempt %d): %s: %s", attempts, ipc_result_name(rc),
@@ -417,7 +445,8 @@ int child_hammer(const char *name) {
  *      gets in once the first disconnects;
  *   3. 16 clients in another process hammering while the server is stopped:
  *      each gets its answer or IPC_E_CLOSED promptly, none hangs. */
-void test_two_wine_processes(void) {
+void test_two_wine_processes(void)
+{
     char name[96];
     /* 1. legacy server process, new-API client process */
     {
@@ -427,8 +456,10 @@ void test_two_wine_processes(void) {
         server_proc = t_proc_spawn("--child-legacy-server", name);
         client_proc = server_proc ? t_proc_spawn("--child-new-client", name) : NULL;
         CHECK(server_proc != NULL && client_proc != NULL);
-        if (client_proc) CHECK(t_proc_wait(client_proc, 60000) == 0);
-        if (server_proc) CHECK(t_proc_wait(server_proc, 20000) == 0);
+        if (client_proc)
+            CHECK(t_proc_wait(client_proc, 60000) == 0);
+        if (server_proc)
+            CHECK(t_proc_wait(server_proc, 20000) == 0);
         note("      legacy server process + new-API client process: %lld ms", t_now_ms() - t0);
     }
     /* 2. busy server process */
@@ -460,9 +491,11 @@ void test_two_wine_processes(void) {
             ipc_client_close(first);
             t_thread_join(thread);
             CHECK_RC(arg.rc, IPC_OK, NULL);
-            if (arg.rc == IPC_OK) CHECK_MS(arg.done_at - t0, 0, 2000);
+            if (arg.rc == IPC_OK)
+                CHECK_MS(arg.done_at - t0, 0, 2000);
         }
-        if (server_proc) CHECK(t_proc_wait(server_proc, first ? 20000 : 100) == 0 || !first);
+        if (server_proc)
+            CHECK(t_proc_wait(server_proc, first ? 20000 : 100) == 0 || !first);
     }
     /* 3. stop under load, clients in another process */
     {
@@ -474,7 +507,8 @@ void test_two_wine_processes(void) {
         make_name(name, sizeof name, "2p-stop");
         server = open_server(name, NULL, xor_handler, &ctx);
         clients_proc = server ? t_proc_spawn("--child-hammer", name) : NULL;
-        if (server) CHECK(clients_proc != NULL);
+        if (server)
+            CHECK(clients_proc != NULL);
         if (clients_proc) {
             /* everyone connected and answered, then a good many more */
             CHECK(ctx_wait_for(&ctx, &ctx.requests, HAMMER_CLIENTS + 400, 30000));
@@ -491,4 +525,3 @@ void test_two_wine_processes(void) {
         ctx_free(&ctx);
     }
 }
-

@@ -4,7 +4,8 @@
  */
 #include "t_harness.h"
 
-void test_options_and_nulls(void) {
+void test_options_and_nulls(void)
+{
     ipc_server_options so;
     ipc_client_options co;
     ipc_error err = {0, 0, NULL};
@@ -30,7 +31,8 @@ void test_options_and_nulls(void) {
     CHECK(err.code == IPC_OK && err.message == NULL);
 }
 
-void test_server_open_stop(void) {
+void test_server_open_stop(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *server;
@@ -61,8 +63,7 @@ void test_server_open_stop(void) {
     }
     /* bad arguments */
     server = NULL;
-    CHECK_RC(ipc_server_open(&server, "", NULL, cmd_handler, &ctx, &err), IPC_E_INVALID,
-             &err);
+    CHECK_RC(ipc_server_open(&server, "", NULL, cmd_handler, &ctx, &err), IPC_E_INVALID, &err);
     CHECK(server == NULL);
     ipc_error_clear(&err);
     CHECK_RC(ipc_server_open(&server, name, NULL, NULL, &ctx, &err), IPC_E_INVALID, &err);
@@ -70,7 +71,8 @@ void test_server_open_stop(void) {
     ctx_free(&ctx);
 }
 
-void test_round_trips(void) {
+void test_round_trips(void)
+{
     static const size_t sizes[] = {0, 1, 2, 100 * 1024, 4 * 1024 * 1024};
     char name[96];
     srv_ctx ctx;
@@ -83,7 +85,8 @@ void test_round_trips(void) {
         /* pass 0: xor_handler (ipc_call_buffer); pass 1: cmd_handler echo */
         make_name(name, sizeof name, pass ? "echo" : "xor");
         server = open_server(name, NULL, pass ? cmd_handler : xor_handler, &ctx);
-        if (!server) continue;
+        if (!server)
+            continue;
         client = open_client(name, NULL, 5000);
         if (client) {
             CHECK(ipc_client_version(client) == 1);
@@ -92,8 +95,10 @@ void test_round_trips(void) {
                 unsigned char *req = (unsigned char *)malloc(size + 1);
                 unsigned char *expected = (unsigned char *)malloc(size + 1);
                 fill_random(req, size, (unsigned)(size + 17));
-                if (size) req[0] = 0xEE; /* never a cmd_handler command */
-                for (j = 0; j < size; j++) expected[j] = pass ? req[j] : (req[j] ^ 0x5C);
+                if (size)
+                    req[0] = 0xEE; /* never a cmd_handler command */
+                for (j = 0; j < size; j++)
+                    expected[j] = pass ? req[j] : (req[j] ^ 0x5C);
                 if (!expect_response(client, req, size, expected, size))
                     note("      round trip of %lu bytes failed (pass %d)", (unsigned long)size,
                          pass);
@@ -107,44 +112,46 @@ void test_round_trips(void) {
     ctx_free(&ctx);
 }
 
-void test_concurrent_clients(void) {
+void test_concurrent_clients(void)
+{
     enum { N = 8 };
     int variant;
     for (variant = 0; variant < 2; variant++) {
-    char name[96];
-    srv_ctx ctx;
-    ipc_server_t *server;
-    ipc_server_options so;
-    worker_arg args[N];
-    t_thread *threads[N];
-    int i;
-    ctx_init(&ctx);
-    make_name(name, sizeof name, "conc");
-    ipc_server_options_init(&so);
-    so.listeners = variant ? 4 : 1; /* parallel accept */
-    server = open_server(name, &so, xor_handler, &ctx);
-    if (server) {
-        for (i = 0; i < N; i++) {
-            args[i].name = name;
-            args[i].index = i + 1;
-            args[i].iterations = 40;
-            args[i].ok_count = 0;
-            threads[i] = t_thread_start(worker_main, &args[i]);
-            CHECK(threads[i] != NULL);
+        char name[96];
+        srv_ctx ctx;
+        ipc_server_t *server;
+        ipc_server_options so;
+        worker_arg args[N];
+        t_thread *threads[N];
+        int i;
+        ctx_init(&ctx);
+        make_name(name, sizeof name, "conc");
+        ipc_server_options_init(&so);
+        so.listeners = variant ? 4 : 1; /* parallel accept */
+        server = open_server(name, &so, xor_handler, &ctx);
+        if (server) {
+            for (i = 0; i < N; i++) {
+                args[i].name = name;
+                args[i].index = i + 1;
+                args[i].iterations = 40;
+                args[i].ok_count = 0;
+                threads[i] = t_thread_start(worker_main, &args[i]);
+                CHECK(threads[i] != NULL);
+            }
+            for (i = 0; i < N; i++) {
+                t_thread_join(threads[i]);
+                CHECK(args[i].ok_count == args[i].iterations);
+            }
+            CHECK(ctx_get(&ctx, &ctx.requests) == N * 40);
+            CHECK(ctx_wait_for(&ctx, &ctx.disconnects, N, 3000));
+            ipc_server_stop(server);
         }
-        for (i = 0; i < N; i++) {
-            t_thread_join(threads[i]);
-            CHECK(args[i].ok_count == args[i].iterations);
-        }
-        CHECK(ctx_get(&ctx, &ctx.requests) == N * 40);
-        CHECK(ctx_wait_for(&ctx, &ctx.disconnects, N, 3000));
-        ipc_server_stop(server);
-    }
-    ctx_free(&ctx);
+        ctx_free(&ctx);
     }
 }
 
-void test_bad_options(void) {
+void test_bad_options(void)
+{
     char name[96];
     ipc_server_options so;
     ipc_server_t *server = NULL;
@@ -173,13 +180,15 @@ typedef struct race_arg {
     ipc_server_t *server;
 } race_arg;
 
-static void race_main(void *param) {
+static void race_main(void *param)
+{
     race_arg *arg = (race_arg *)param;
     arg->rc = ipc_server_open(&arg->server, arg->name, NULL, cmd_handler, arg->ctx, NULL);
 }
 
 /* Servers starting at the same moment: exactly one wins the name. */
-void test_racing_servers(void) {
+void test_racing_servers(void)
+{
     enum { N = 4, ROUNDS = 8 };
     int round;
     srv_ctx ctx;
@@ -203,10 +212,13 @@ void test_racing_servers(void) {
             args[i].server = NULL;
             threads[i] = t_thread_start(race_main, &args[i]);
         }
-        for (i = 0; i < N; i++) t_thread_join(threads[i]);
+        for (i = 0; i < N; i++)
+            t_thread_join(threads[i]);
         for (i = 0; i < N; i++) {
-            if (args[i].rc == IPC_OK) winners++;
-            if (args[i].rc == IPC_E_ADDRESS_IN_USE) in_use++;
+            if (args[i].rc == IPC_OK)
+                winners++;
+            if (args[i].rc == IPC_E_ADDRESS_IN_USE)
+                in_use++;
         }
         if (!CHECK(winners == 1 && in_use == N - 1))
             note("      round %d: %d winners, %d address-in-use", round, winners, in_use);
@@ -224,7 +236,8 @@ void test_racing_servers(void) {
     ctx_free(&ctx);
 }
 
-void test_address_in_use(void) {
+void test_address_in_use(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *a, *b = NULL;
@@ -259,7 +272,8 @@ typedef struct queued_arg {
     long long done_at;
 } queued_arg;
 
-static void queued_main(void *param) {
+static void queued_main(void *param)
+{
     queued_arg *arg = (queued_arg *)param;
     ipc_client_t *client = NULL;
     arg->rc = ipc_client_open(&client, arg->name, NULL, 10000, NULL);
@@ -270,7 +284,8 @@ static void queued_main(void *param) {
     }
 }
 
-void test_busy(void) {
+void test_busy(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *server;
@@ -318,7 +333,8 @@ void test_busy(void) {
 }
 
 /* Stop with every slot taken and another client queued behind them. */
-void test_stop_with_full_slots(void) {
+void test_stop_with_full_slots(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *server;
@@ -367,18 +383,20 @@ typedef struct inflight_arg {
     char response[16];
 } inflight_arg;
 
-static void inflight_main(void *param) {
+static void inflight_main(void *param)
+{
     inflight_arg *arg = (inflight_arg *)param;
     const uint8_t *resp;
     size_t resp_size = 0;
-    arg->rc = ipc_client_request(arg->client, arg->request, strlen(arg->request), &resp,
-                                 &resp_size, 15000, NULL);
+    arg->rc = ipc_client_request(arg->client, arg->request, strlen(arg->request), &resp, &resp_size,
+                                 15000, NULL);
     arg->done_at = t_now_ms();
     if (arg->rc == IPC_OK && resp_size < sizeof arg->response)
         memcpy(arg->response, resp, resp_size + 1);
 }
 
-void test_stop_with_clients(void) {
+void test_stop_with_clients(void)
+{
     static const char *const requests[] = {"sleep:400", "sleep:2500"};
     size_t k;
     for (k = 0; k < 2; k++) {
@@ -414,7 +432,8 @@ void test_stop_with_clients(void) {
                 /* the handler finished within the grace period: the response arrives
                  * (or at worst the connection is reported closed) */
                 CHECK(arg.rc == IPC_OK || arg.rc == IPC_E_CLOSED);
-                if (arg.rc == IPC_OK) CHECK(strcmp(arg.response, "slept") == 0);
+                if (arg.rc == IPC_OK)
+                    CHECK(strcmp(arg.response, "slept") == 0);
             } else {
                 /* after the one-second grace period the client sees the connection closed */
                 CHECK_RC(arg.rc, IPC_E_CLOSED, NULL);
@@ -432,7 +451,8 @@ void test_stop_with_clients(void) {
     }
 }
 
-void test_disconnect_notification(void) {
+void test_disconnect_notification(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *server;
@@ -443,8 +463,10 @@ void test_disconnect_notification(void) {
     server = open_server(name, NULL, cmd_handler, &ctx);
     for (i = 0; server && i < 3; i++) {
         client = open_client(name, NULL, 5000);
-        if (!client) break;
-        if (i != 1) expect_text(client, "x", "x"); /* also a client that sent nothing */
+        if (!client)
+            break;
+        if (i != 1)
+            expect_text(client, "x", "x"); /* also a client that sent nothing */
         ipc_client_close(client);
         CHECK(ctx_wait_for(&ctx, &ctx.disconnects, i + 1, 3000));
     }
@@ -454,7 +476,8 @@ void test_disconnect_notification(void) {
     ctx_free(&ctx);
 }
 
-void test_open_stop_cycles(void) {
+void test_open_stop_cycles(void)
+{
     char name[96];
     srv_ctx ctx;
     int i, ok = 0;
@@ -466,7 +489,8 @@ void test_open_stop_cycles(void) {
     threads_before = COUNT_THREADS();
     for (i = 0; i < 200; i++) {
         ipc_server_t *server = open_server(name, NULL, cmd_handler, &ctx);
-        if (!server) break;
+        if (!server)
+            break;
         if (i % 25 == 0) {
             ipc_client_t *client = open_client(name, NULL, 5000);
             if (client) {
@@ -489,4 +513,3 @@ void test_open_stop_cycles(void) {
     }
     ctx_free(&ctx);
 }
-

@@ -18,9 +18,10 @@
  * silence, i.e. several wake-ups, every client is still served with the
  * right answers, nobody was dropped, and the server logged nothing at
  * WARNING or above. */
-void test_idle_connections_survive_wakeups(void) {
+void test_idle_connections_survive_wakeups(void)
+{
     enum { N = 5, ROUNDS = 4 };
-    static const size_t sizes[ROUNDS] = {1, 777, 70000, 12};  /* 70000 > the 64 KiB pipe buffer */
+    static const size_t sizes[ROUNDS] = {1, 777, 70000, 12}; /* 70000 > the 64 KiB pipe buffer */
     char name[96];
     srv_ctx ctx;
     log_tally tally;
@@ -34,39 +35,47 @@ void test_idle_connections_survive_wakeups(void) {
     tally_begin(&tally);
     make_name(name, sizeof name, "idle");
     server = req && expected ? open_server(name, NULL, xor_handler, &ctx) : NULL;
-    for (i = 0; i < N; i++) clients[i] = server ? open_client(name, NULL, 5000) : NULL;
+    for (i = 0; i < N; i++)
+        clients[i] = server ? open_client(name, NULL, 5000) : NULL;
     /* half of them talk first, the others go idle right after the handshake */
     for (i = 0; i < N; i += 2) {
         int wrong;
         size_t size;
-        if (!clients[i]) continue;
+        if (!clients[i])
+            continue;
         size = make_unique_request(req, expected, 100, "idle", i, seq++);
         sent++;
         if (CHECK_RC(unique_round_trip(clients[i], req, size, expected, 10000, "idle", &wrong),
-                     IPC_OK, NULL) && CHECK(!wrong))
+                     IPC_OK, NULL) &&
+            CHECK(!wrong))
             ok++;
     }
     t0 = t_now_ms();
-    t_sleep_ms(3300); /* 6 wake-ups of every connection thread */
+    t_sleep_ms(3300);                            /* 6 wake-ups of every connection thread */
     CHECK(ctx_get(&ctx, &ctx.disconnects) == 0); /* nobody was dropped meanwhile */
     for (round = 0; round < ROUNDS; round++) {
         for (i = 0; i < N; i++) {
             int rc, wrong;
             size_t size;
-            if (!clients[i]) continue;
+            if (!clients[i])
+                continue;
             size = make_unique_request(req, expected, sizes[round], "idle", i, seq++);
             sent++;
             rc = unique_round_trip(clients[i], req, size, expected, 10000, "idle", &wrong);
-            if (CHECK_RC(rc, IPC_OK, NULL) && CHECK(!wrong)) ok++;
+            if (CHECK_RC(rc, IPC_OK, NULL) && CHECK(!wrong))
+                ok++;
         }
-        if (round == 1) t_sleep_ms(1100); /* idle again, now mid-conversation */
+        if (round == 1)
+            t_sleep_ms(1100); /* idle again, now mid-conversation */
     }
     note("      %d requests answered after %lld ms of idle connections", ok, t_now_ms() - t0);
     CHECK(ok == sent);
     CHECK(ok == (N + 1) / 2 + N * ROUNDS);
     CHECK(ctx_get(&ctx, &ctx.requests) == sent);
-    for (i = 0; i < N; i++) ipc_client_close(clients[i]);
-    if (server) CHECK(ctx_wait_for(&ctx, &ctx.disconnects, N, 5000));
+    for (i = 0; i < N; i++)
+        ipc_client_close(clients[i]);
+    if (server)
+        CHECK(ctx_wait_for(&ctx, &ctx.disconnects, N, 5000));
     ipc_server_stop(server);
     CHECK(ctx_get(&ctx, &ctx.bad_disconnect_args) == 0);
     tally_end_expect_quiet(&tally);
@@ -79,12 +88,13 @@ typedef struct cancel_race_arg {
     const char *name;
     int index;
     long long end_at;
-    int answered;       /* exactly right */
-    int failed;         /* an error, or a wrong answer */
-    int near_boundary;  /* requests sent 480..520 ms after the previous answer */
+    int answered;      /* exactly right */
+    int failed;        /* an error, or a wrong answer */
+    int near_boundary; /* requests sent 480..520 ms after the previous answer */
 } cancel_race_arg;
 
-static void cancel_race_main(void *param) {
+static void cancel_race_main(void *param)
+{
     cancel_race_arg *arg = (cancel_race_arg *)param;
     enum { MAX_SIZE = 66000 };
     unsigned char *req = (unsigned char *)malloc(MAX_SIZE);
@@ -92,7 +102,8 @@ static void cancel_race_main(void *param) {
     unsigned rng = 0x9E3779B9u ^ (unsigned)(arg->index * 7919 + 13);
     ipc_client_t *client = req && expected ? open_client(arg->name, NULL, 10000) : NULL;
     int seq = 0, paused_near = 0;
-    if (!client) arg->failed++;
+    if (!client)
+        arg->failed++;
     while (client && !arg->failed && t_now_ms() < arg->end_at) {
         int burst = 1 + (int)(next_random(&rng) % 10);
         int b;
@@ -113,7 +124,8 @@ static void cancel_race_main(void *param) {
                 break;
             }
             arg->answered++;
-            if (paused_near) arg->near_boundary++;
+            if (paused_near)
+                arg->near_boundary++;
             paused_near = 0;
         }
         /* Three pauses in four land on the server's 500 ms wake-up (its read
@@ -136,7 +148,8 @@ static void cancel_race_main(void *param) {
  * race must be kept, not dropped or read twice): 8 clients, bursts and
  * pauses of 480..520 ms, for about 5 s. Every answer must be exactly the
  * one for its request. */
-void test_cancel_race_under_load(void) {
+void test_cancel_race_under_load(void)
+{
     enum { N = 8, RUN_MS = 5000 };
     char name[96];
     srv_ctx ctx;
@@ -168,8 +181,8 @@ void test_cancel_race_under_load(void) {
             CHECK(args[i].answered > 0);
         }
         note("      %d exact responses (%d of them to requests sent 480..520 ms after the "
-             "previous answer), %d failures, in %lld ms", answered, near_wakeup, failed,
-             t_now_ms() - t0);
+             "previous answer), %d failures, in %lld ms",
+             answered, near_wakeup, failed, t_now_ms() - t0);
         CHECK(failed == 0);
         CHECK(near_wakeup >= N * 4);
         /* the server handled each request exactly once */
@@ -187,7 +200,8 @@ void test_cancel_race_under_load(void) {
  * FILE_ALL_ACCESS, for `expected_sid`. Opening the pipe counts as a client
  * that connects and leaves without a handshake; the server takes it in its
  * stride. */
-static void check_pipe_dacl(const char *address, PSID expected_sid, const char *expected_text) {
+static void check_pipe_dacl(const char *address, PSID expected_sid, const char *expected_text)
+{
     wchar_t wide[400];
     HANDLE pipe = INVALID_HANDLE_VALUE;
     PACL dacl = NULL;
@@ -195,23 +209,25 @@ static void check_pipe_dacl(const char *address, PSID expected_sid, const char *
     ACL_SIZE_INFORMATION info;
     long long deadline = t_now_ms() + 5000;
     DWORD rc, e = 0;
-    if (!CHECK(MultiByteToWideChar(CP_UTF8, 0, address, -1, wide, 400) > 0)) return;
+    if (!CHECK(MultiByteToWideChar(CP_UTF8, 0, address, -1, wide, 400) > 0))
+        return;
     for (;;) {
         pipe = CreateFileW(wide, READ_CONTROL, 0, NULL, OPEN_EXISTING, 0, NULL);
-        if (pipe != INVALID_HANDLE_VALUE) break;
+        if (pipe != INVALID_HANDLE_VALUE)
+            break;
         e = GetLastError();
-        if (e != ERROR_PIPE_BUSY || t_now_ms() > deadline) break;
+        if (e != ERROR_PIPE_BUSY || t_now_ms() > deadline)
+            break;
         WaitNamedPipeW(wide, 100);
     }
     if (!CHECK(pipe != INVALID_HANDLE_VALUE)) {
-        note("      CreateFile(%s, READ_CONTROL) failed with error %lu", address,
-             (unsigned long)e);
+        note("      CreateFile(%s, READ_CONTROL) failed with error %lu", address, (unsigned long)e);
         return;
     }
-    rc = GetSecurityInfo(pipe, SE_KERNEL_OBJECT, DACL_SECURITY_INFORMATION, NULL, NULL, &dacl,
-                         NULL, &sd);
-    if (!CHECK(rc == ERROR_SUCCESS)) note("      GetSecurityInfo failed with error %lu",
-                                          (unsigned long)rc);
+    rc = GetSecurityInfo(pipe, SE_KERNEL_OBJECT, DACL_SECURITY_INFORMATION, NULL, NULL, &dacl, NULL,
+                         &sd);
+    if (!CHECK(rc == ERROR_SUCCESS))
+        note("      GetSecurityInfo failed with error %lu", (unsigned long)rc);
     /* a NULL DACL would grant everyone everything */
     if (rc == ERROR_SUCCESS && CHECK(dacl != NULL) &&
         CHECK(GetAclInformation(dacl, &info, sizeof info, AclSizeInformation))) {
@@ -237,18 +253,22 @@ static void check_pipe_dacl(const char *address, PSID expected_sid, const char *
             }
         }
     }
-    if (sd) LocalFree(sd);
+    if (sd)
+        LocalFree(sd);
     CloseHandle(pipe);
 }
 
 /* This process's user SID (from its token), malloc'ed inside TOKEN_USER. */
-static TOKEN_USER *current_user(void) {
+static TOKEN_USER *current_user(void)
+{
     HANDLE token = NULL;
     DWORD size = 0;
     TOKEN_USER *user = NULL;
-    if (!OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &token)) return NULL;
+    if (!OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &token))
+        return NULL;
     GetTokenInformation(token, TokenUser, NULL, 0, &size);
-    if (size) user = (TOKEN_USER *)malloc(size);
+    if (size)
+        user = (TOKEN_USER *)malloc(size);
     if (user && !GetTokenInformation(token, TokenUser, user, size, &size)) {
         free(user);
         user = NULL;
@@ -264,7 +284,8 @@ static TOKEN_USER *current_user(void) {
  * there: reading the ACL back is how it is checked. POSIX: the socket file's
  * mode, 0600 for IPC_ACCESS_USER and 0666 for IPC_ACCESS_WORLD (plain names,
  * in the private directory; test_path_names covers path names). */
-void test_windows_acl_readback(void) {
+void test_windows_acl_readback(void)
+{
     int world;
     srv_ctx ctx;
 #if defined(_WIN32)
@@ -273,8 +294,8 @@ void test_windows_acl_readback(void) {
     PSID world_sid = NULL;
     char *user_text = NULL;
     if (!CHECK(user != NULL) ||
-        !CHECK(AllocateAndInitializeSid(&world_authority, 1, SECURITY_WORLD_RID, 0, 0, 0, 0, 0,
-                                        0, 0, &world_sid))) {
+        !CHECK(AllocateAndInitializeSid(&world_authority, 1, SECURITY_WORLD_RID, 0, 0, 0, 0, 0, 0,
+                                        0, &world_sid))) {
         free(user);
         return;
     }
@@ -291,7 +312,8 @@ void test_windows_acl_readback(void) {
         ipc_server_options_init(&so);
         so.access = world ? IPC_ACCESS_WORLD : IPC_ACCESS_USER;
         server = open_server(name, &so, cmd_handler, &ctx);
-        if (!server) continue;
+        if (!server)
+            continue;
 #if defined(_WIN32)
         check_pipe_dacl(ipc_server_address(server), world ? world_sid : user->User.Sid,
                         world ? "S-1-1-0 (World)" : (user_text ? user_text : "the user"));
@@ -318,9 +340,9 @@ void test_windows_acl_readback(void) {
     }
     ctx_free(&ctx);
 #if defined(_WIN32)
-    if (user_text) LocalFree(user_text);
+    if (user_text)
+        LocalFree(user_text);
     FreeSid(world_sid);
     free(user);
 #endif
 }
-

@@ -4,7 +4,8 @@
  */
 #include "t_harness.h"
 
-void test_too_large_response(void) {
+void test_too_large_response(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *server;
@@ -24,8 +25,8 @@ void test_too_large_response(void) {
         const uint8_t *resp;
         size_t resp_size;
         ipc_error err = {0, 0, NULL};
-        CHECK_RC(ipc_client_request(small, "big:1024", 8, &resp, &resp_size, 5000, &err),
-                 IPC_OK, &err);
+        CHECK_RC(ipc_client_request(small, "big:1024", 8, &resp, &resp_size, 5000, &err), IPC_OK,
+                 &err);
         CHECK(resp_size == 1024);
         ipc_error_clear(&err);
         message = expect_failure(small, "big:1025", 8, 5000, IPC_E_TOO_LARGE);
@@ -79,7 +80,8 @@ void test_too_large_response(void) {
     ctx_free(&ctx);
 }
 
-void test_too_large_request(void) {
+void test_too_large_request(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *server;
@@ -141,7 +143,8 @@ void test_too_large_request(void) {
     ctx_free(&ctx);
 }
 
-void test_wrong_handshake(void) {
+void test_wrong_handshake(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *server;
@@ -209,14 +212,11 @@ void test_wrong_handshake(void) {
     ctx_free(&ctx);
 }
 
-void test_versions(void) {
+void test_versions(void)
+{
     static const int cases[][3] = {
         /* server version, client version, negotiated */
-        {1, 1, 1},
-        {2, 1, 1},
-        {1, 3, 1},
-        {2, 2, 2},
-        {5, 3, 3},
+        {1, 1, 1}, {2, 1, 1}, {1, 3, 1}, {2, 2, 2}, {5, 3, 3},
     };
     size_t i;
     srv_ctx ctx;
@@ -247,10 +247,12 @@ void test_versions(void) {
 /* ---- raw wire checks (POSIX: plain sockets against the server) -------- */
 
 #ifndef _WIN32
-static int raw_connect(const char *path) {
+static int raw_connect(const char *path)
+{
     struct sockaddr_un addr;
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    if (fd < 0) return -1;
+    if (fd < 0)
+        return -1;
     memset(&addr, 0, sizeof addr);
     addr.sun_family = AF_UNIX;
     if (strlen(path) >= sizeof addr.sun_path) {
@@ -269,12 +271,15 @@ static int raw_connect(const char *path) {
 #define MSG_NOSIGNAL 0
 #endif
 
-static int raw_send(int fd, const void *data, size_t size) {
+static int raw_send(int fd, const void *data, size_t size)
+{
     const char *p = (const char *)data;
     while (size > 0) {
         ssize_t n = send(fd, p, size, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return 0;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return 0;
         p += n;
         size -= (size_t)n;
     }
@@ -282,7 +287,8 @@ static int raw_send(int fd, const void *data, size_t size) {
 }
 
 /* Reads until `size` bytes, EOF or timeout; returns bytes read, sets *eof. */
-static size_t raw_recv(int fd, void *buf, size_t size, int timeout_ms, int *eof) {
+static size_t raw_recv(int fd, void *buf, size_t size, int timeout_ms, int *eof)
+{
     size_t got = 0;
     long long deadline = t_now_ms() + timeout_ms;
     *eof = 0;
@@ -290,13 +296,16 @@ static size_t raw_recv(int fd, void *buf, size_t size, int timeout_ms, int *eof)
         struct pollfd pfd;
         int left = (int)(deadline - t_now_ms());
         ssize_t n;
-        if (left <= 0) break;
+        if (left <= 0)
+            break;
         pfd.fd = fd;
         pfd.events = POLLIN;
         pfd.revents = 0;
-        if (poll(&pfd, 1, left) <= 0) continue;
+        if (poll(&pfd, 1, left) <= 0)
+            continue;
         n = recv(fd, (char *)buf + got, size - got, 0);
-        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EINTR)
+            continue;
         if (n <= 0) {
             *eof = 1;
             break;
@@ -307,7 +316,8 @@ static size_t raw_recv(int fd, void *buf, size_t size, int timeout_ms, int *eof)
 }
 
 /* Expects the connection to end with no (further) bytes within timeout_ms. */
-static int raw_expect_eof(int fd, int timeout_ms) {
+static int raw_expect_eof(int fd, int timeout_ms)
+{
     unsigned char b;
     int eof = 0;
     size_t n = raw_recv(fd, &b, 1, timeout_ms, &eof);
@@ -316,31 +326,39 @@ static int raw_expect_eof(int fd, int timeout_ms) {
 
 /* After a protocol error the server closes; it may first send one ERROR
  * packet that explains why. Accepts both, rejects anything else. */
-static int raw_expect_close(int fd, int timeout_ms) {
+static int raw_expect_close(int fd, int timeout_ms)
+{
     unsigned char head[5];
     unsigned char body[512];
     int eof = 0;
     size_t n = raw_recv(fd, head, 5, timeout_ms, &eof);
     uint32_t len;
-    if (n == 0) return eof;
-    if (n != 5 || head[0] != 0x03) return 0;
+    if (n == 0)
+        return eof;
+    if (n != 5 || head[0] != 0x03)
+        return 0;
     len = (uint32_t)head[1] | (uint32_t)head[2] << 8 | (uint32_t)head[3] << 16 |
           (uint32_t)head[4] << 24;
-    if (len >= sizeof body) return 0;
-    if (raw_recv(fd, body, len, timeout_ms, &eof) != len) return 0;
+    if (len >= sizeof body)
+        return 0;
+    if (raw_recv(fd, body, len, timeout_ms, &eof) != len)
+        return 0;
     return raw_expect_eof(fd, timeout_ms);
 }
 
-static int raw_handshake(int fd) {
+static int raw_handshake(int fd)
+{
     unsigned char req[9], reply[9], expected[9];
     int eof;
     ipc_handshake_encode_request(req, DEFAULT_HS, 1);
     ipc_handshake_encode_reply(expected, DEFAULT_HS, 1);
-    if (!raw_send(fd, req, 9)) return 0;
+    if (!raw_send(fd, req, 9))
+        return 0;
     return raw_recv(fd, reply, 9, 3000, &eof) == 9 && memcmp(reply, expected, 9) == 0;
 }
 
-void test_raw_wire(void) {
+void test_raw_wire(void)
+{
     char name[96];
     char path[512];
     srv_ctx ctx;
@@ -429,7 +447,10 @@ void test_raw_wire(void) {
         CHECK(n == 7 && buf[0] == 0x02 && buf[1] == 2 && buf[2] == 0 && buf[3] == 0 &&
               buf[4] == 0 && buf[5] == 'h' && buf[6] == 'i');
         /* ERROR packet layout */
-        raw_send(fd, "\x01\x08\x00\x00\x00" "fail:why", 13);
+        raw_send(fd,
+                 "\x01\x08\x00\x00\x00"
+                 "fail:why",
+                 13);
         n = raw_recv(fd, buf, 8, 3000, &eof);
         CHECK(n == 8 && memcmp(buf, "\x03\x03\x00\x00\x00why", 8) == 0);
         /* an unknown type closes the connection */
@@ -440,17 +461,19 @@ void test_raw_wire(void) {
     /* reserved bit, bad extended versions, type 0, a RESPONSE sent to the
      * server, a node packet: closed */
     {
-        static const char *const bad[] = {"\x81\x00\x00\x00\x00", "\x41\x02\x00\x00\x00\x00",
+        static const char *const bad[] = {"\x81\x00\x00\x00\x00",     "\x41\x02\x00\x00\x00\x00",
                                           "\x41\x00\x00\x00\x00\x00", "\x00\x00\x00\x00\x00",
-                                          "\x02\x00\x00\x00\x00", "\x3f\x00\x00\x00\x00"};
+                                          "\x02\x00\x00\x00\x00",     "\x3f\x00\x00\x00\x00"};
         static const size_t bad_len[] = {5, 6, 6, 5, 5, 5};
         size_t i;
         for (i = 0; i < sizeof bad_len / sizeof bad_len[0]; i++) {
             fd = raw_connect(path);
-            if (fd < 0) continue;
+            if (fd < 0)
+                continue;
             CHECK(raw_handshake(fd));
             raw_send(fd, bad[i], bad_len[i]);
-            if (!CHECK(raw_expect_close(fd, 2000))) note("      bad header case %lu", (unsigned long)i);
+            if (!CHECK(raw_expect_close(fd, 2000)))
+                note("      bad header case %lu", (unsigned long)i);
             close(fd);
         }
     }
@@ -481,7 +504,10 @@ void test_raw_wire(void) {
     fd = raw_connect(path);
     if (fd >= 0) {
         CHECK(raw_handshake(fd));
-        raw_send(fd, "\x01\x0a\x00\x00\x00" "abc", 8);
+        raw_send(fd,
+                 "\x01\x0a\x00\x00\x00"
+                 "abc",
+                 8);
         close(fd);
     }
     /* through all of that the server kept serving */
@@ -498,7 +524,8 @@ void test_raw_wire(void) {
 
 /* ipc_server_stop returns promptly even when a peer never finishes the
  * handshake, or never reads the response it asked for. */
-void test_stop_with_stuck_peers(void) {
+void test_stop_with_stuck_peers(void)
+{
     char name[96];
     srv_ctx ctx;
     ipc_server_t *server;
@@ -516,7 +543,10 @@ void test_stop_with_stuck_peers(void) {
     CHECK(silent >= 0 && greedy >= 0);
     if (greedy >= 0) {
         CHECK(raw_handshake(greedy));
-        raw_send(greedy, "\x01\x0b\x00\x00\x00" "big:9000000", 16); /* then never read */
+        raw_send(greedy,
+                 "\x01\x0b\x00\x00\x00"
+                 "big:9000000",
+                 16); /* then never read */
         CHECK(ctx_wait_for(&ctx, &ctx.requests, 1, 5000));
     }
     t_sleep_ms(200);
@@ -524,8 +554,10 @@ void test_stop_with_stuck_peers(void) {
     ipc_server_stop(server);
     CHECK_MS(t_now_ms() - t0, 0, 2500);
     CHECK(ctx_get(&ctx, &ctx.last_respond_rc) == IPC_E_CLOSED);
-    if (silent >= 0) close(silent);
-    if (greedy >= 0) close(greedy);
+    if (silent >= 0)
+        close(silent);
+    if (greedy >= 0)
+        close(greedy);
     ctx_free(&ctx);
 }
 #endif /* !_WIN32 */
