@@ -3,8 +3,6 @@
  */
 #include "t_harness.h"
 
-/* ---- server node ----------------------------------------------------- */
-
 void test_node_codec(void)
 {
     char *argv[] = {"python", "-m", "tool", "ä"};

@@ -5,7 +5,8 @@
 #include "t_harness.h"
 
 /* ======================================================================
- * Windows issue: wake-ups, cancel races, pipe ACLs, two processes
+ * Windows issue: wake-ups, cancel races, pipe ACLs (the two-process test
+ * of the same issue is in test_process.c)
  *
  * These run everywhere (natively under the sanitizers, and as a Windows
  * program under wine), except the DACL read-back, which has a POSIX
