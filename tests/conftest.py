@@ -324,7 +324,7 @@ def c_build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     through CMake at most once per session (see tests/c_build.py). A variant
     that was skipped or failed is skipped or fails the same way for every
     test that asks for it."""
-    cache = request.config.cache
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
     root = cache.mkdir("ipcfast-cmake") if cache is not None else tmp_path_factory.mktemp("cmake")
     outcomes: Dict[str, Any] = {}
 
