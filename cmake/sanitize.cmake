@@ -19,6 +19,8 @@ if("thread" IN_LIST IPCFAST_SANITIZE AND NOT IPCFAST_SANITIZE STREQUAL "thread")
 endif()
 
 list(JOIN IPCFAST_SANITIZE "," _ipcfast_fsanitize)
+# one cached answer per sanitizer set (the option may change in a build folder)
+string(MAKE_C_IDENTIFIER "IPCFAST_SANITIZE_WORKS_${_ipcfast_fsanitize}" _ipcfast_works)
 set(IPCFAST_SANITIZE_FLAGS "-fsanitize=${_ipcfast_fsanitize}" -fno-omit-frame-pointer -g)
 
 include(CheckCSourceRuns)
@@ -36,12 +38,12 @@ int main(void)
     pthread_join(t, 0);
     return x - 1;
 }
-]] IPCFAST_SANITIZE_WORKS)
+]] ${_ipcfast_works})
 unset(CMAKE_REQUIRED_FLAGS)
 unset(CMAKE_REQUIRED_LINK_OPTIONS)
 unset(CMAKE_REQUIRED_LIBRARIES)
-if(NOT IPCFAST_SANITIZE_WORKS)
-  unset(IPCFAST_SANITIZE_WORKS CACHE)  # try again on the next configure
+if(NOT ${_ipcfast_works})
+  unset(${_ipcfast_works} CACHE)  # try again on the next configure
   message(FATAL_ERROR "IPCFAST_SANITIZE unusable: the compiler cannot build, or this machine "
                       "cannot run, a threaded program with -fsanitize=${_ipcfast_fsanitize} "
                       "(see CMakeFiles/CMakeConfigureLog.yaml)")
