@@ -23,11 +23,13 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator, List, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
 import ipcfast
+from c_build import CBuild, build_variant
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER_PROCESS = os.path.join(HERE, "server_process.py")
@@ -307,3 +309,37 @@ def ipc_log() -> Iterator[LogCatcher]:
     finally:
         logger.removeHandler(catcher)
         logger.setLevel(old_level)
+
+
+# ---- C programs ------------------------------------------------------------------
+
+#: The type of the c_build fixture: a variant name of c_build.VARIANTS in,
+#: its built programs out.
+BuildC = Callable[[str], CBuild]
+
+
+@pytest.fixture(scope="session")
+def c_build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> BuildC:
+    """c_build("asan_ubsan").program("ipcfast_c_tests"): builds a C variant
+    through CMake at most once per session (see tests/c_build.py). A variant
+    that was skipped or failed is skipped or fails the same way for every
+    test that asks for it."""
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    root = cache.mkdir("ipcfast-cmake") if cache is not None else tmp_path_factory.mktemp("cmake")
+    outcomes: Dict[str, Any] = {}
+
+    def build(variant: str) -> CBuild:
+        if variant not in outcomes:
+            try:
+                outcomes[variant] = build_variant(variant, Path(root))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # pytest's skip and fail outcomes too
+                outcomes[variant] = exc
+        outcome = outcomes[variant]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        built: CBuild = outcome
+        return built
+
+    return build

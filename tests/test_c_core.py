@@ -1,18 +1,20 @@
-"""The C core on its own: tests/c/test_ipc.c built with sanitizers, and a
-warnings-as-errors build of csrc/.
-
-tests/c/test_ipc.c exercises the public C API (csrc/ipc.h) over the real
-transport, in one process with threads and across processes. Here it is
-compiled together with every csrc/*.c file
-  - with AddressSanitizer + UndefinedBehaviorSanitizer (leak checks on), and
+"""The C core on its own: the C test suite (tests/c: one runner over the
+tests of every area, see tests/c/test_list.h) and tests/c/stress.c, built
+through CMake (tests/c_build.py) in several variants of the one build
+description:
+  - with AddressSanitizer + UndefinedBehaviorSanitizer (leak checks on),
   - with ThreadSanitizer (skipped, with the reason, only where the compiler
     or its runtime cannot build or run a ThreadSanitizer program),
-and must exit 0 with a last line "N passed, 0 failed".
+each of which must exit 0 with a last line "N passed, 0 failed";
+  - with -std=c99 -pedantic -Werror (every variant has it), plain and with
+    _POSIX_C_SOURCE set from outside, and with plain `cc csrc/*.c` as a
+    vendoring project builds it, without CMake.
 
-Where x86_64-w64-mingw32-gcc and wine are on PATH, the same program is also
-cross-compiled for Windows and run under wine (the named-pipe transport), in
-a private WINEPREFIX under the pytest build folder with WINEDEBUG=-all; the
-prefix's wineserver is killed at the end of the session.
+Where x86_64-w64-mingw32-gcc is on PATH, the same suite is also built for
+Windows (cmake/mingw-w64-x86_64.cmake) and, where wine is too, run under wine
+(the named-pipe transport), in a private WINEPREFIX under the pytest build
+folder with WINEDEBUG=-all; the prefix's wineserver is killed at the end of
+the session.
 
 Set CC to use another compiler than `cc`.
 """
@@ -27,19 +29,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, Optional
 
 import pytest
+from conftest import BuildC
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
-TEST_C = ROOT / "tests" / "c" / "test_ipc.c"
-STRESS_C = ROOT / "tests" / "c" / "stress.c"
+EXAMPLES = ROOT / "docs" / "examples"
+TESTS = "ipcfast_c_tests"  # the CMake targets (CMakeLists.txt)
+STRESS = "ipcfast_c_stress"
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX compiler toolchain only")
 
-CC = shlex.split(os.environ.get("CC", "cc"))
-STD_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-D_POSIX_C_SOURCE=200809L"]
 SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed$")
 # Tests of the Windows issue that must really have run (and passed), natively
 # and under wine.
@@ -50,52 +52,14 @@ WINDOWS_ISSUE_TESTS = (
     "two_wine_processes",
 )
 
-SANITIZERS: Dict[str, Dict[str, object]] = {
+# The sanitizer variants of tests/c_build.py and their runtime options.
+SANITIZERS: Dict[str, Dict[str, str]] = {
     "asan_ubsan": {
-        "flags": ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"],
-        "env": {
-            "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1",
-            "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
-        },
+        "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1",
+        "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
     },
-    "tsan": {
-        "flags": ["-fsanitize=thread", "-g"],
-        "env": {"TSAN_OPTIONS": "halt_on_error=1"},
-    },
+    "tsan": {"TSAN_OPTIONS": "halt_on_error=1"},
 }
-
-
-def c_sources() -> List[str]:
-    return sorted(str(p) for p in CSRC.glob("*.c"))
-
-
-def _need_compiler() -> None:
-    if shutil.which(CC[0]) is None:
-        pytest.skip(f"no C compiler ({CC[0]!r}) on PATH")
-
-
-def _compile(args: List[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(CC + args, cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-def _tsan_unusable_reason(tmp: Path) -> Optional[str]:
-    """Why ThreadSanitizer cannot be used here, or None if it works."""
-    probe = tmp / "tsan_probe.c"
-    probe.write_text(
-        "#include <pthread.h>\n"
-        "static int x;\n"
-        "static void *run(void *p) { (void)p; x = 1; return 0; }\n"
-        "int main(void) { pthread_t t; pthread_create(&t, 0, run, 0);"
-        " pthread_join(t, 0); return x - 1; }\n"
-    )
-    exe = tmp / "tsan_probe"
-    built = _compile(["-fsanitize=thread", "-g", str(probe), "-o", str(exe), "-lpthread"], tmp)
-    if built.returncode != 0:
-        return f"the compiler cannot build with -fsanitize=thread: {built.stderr.strip()[-500:]}"
-    ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
-    if ran.returncode != 0:
-        return f"the ThreadSanitizer runtime does not run here: {ran.stderr.strip()[-500:]}"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -130,29 +94,13 @@ def _run_test_binary(exe: Path, extra_env: Dict[str, str]) -> None:
         assert marker not in output, f"{marker!r} in the output of {exe.name}:\n{output[-8000:]}"
 
 
-def _build_sanitized(source: Path, variant: str, build_dir: Path) -> Path:
-    """source + every csrc/*.c built with a SANITIZERS variant, warning-free;
-    skips where the toolchain cannot (no compiler, unusable TSan)."""
-    _need_compiler()
-    if variant == "tsan":
-        reason = _tsan_unusable_reason(build_dir)
-        if reason:
-            pytest.skip(reason)
-    exe = build_dir / f"{source.stem}_{variant}"
-    flags = list(SANITIZERS[variant]["flags"])  # type: ignore[call-overload]
-    built = _compile(STD_FLAGS + flags + [str(source), *c_sources(), "-o", str(exe), "-lpthread"], ROOT)
-    assert built.returncode == 0 and not built.stderr.strip(), f"build failed:\n{built.stderr}"
-    return exe
+@pytest.mark.parametrize("variant", sorted(SANITIZERS))
+def test_c_core_under_sanitizer(variant: str, c_build: BuildC) -> None:
+    _run_test_binary(c_build(variant).program(TESTS), SANITIZERS[variant])
 
 
 @pytest.mark.parametrize("variant", sorted(SANITIZERS))
-def test_c_core_under_sanitizer(variant: str, build_dir: Path) -> None:
-    exe = _build_sanitized(TEST_C, variant, build_dir)
-    _run_test_binary(exe, dict(SANITIZERS[variant]["env"]))  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize("variant", sorted(SANITIZERS))
-def test_c_stress_under_sanitizer(variant: str, build_dir: Path) -> None:
+def test_c_stress_under_sanitizer(variant: str, c_build: BuildC) -> None:
     """tests/c/stress.c: 12 client threads against servers with 2 listeners and
     8 slots (reconnects, pipelining, a client shared by two threads, handler
     failures, random sizes, every answer checked byte for byte), then a stop
@@ -160,10 +108,9 @@ def test_c_stress_under_sanitizer(variant: str, build_dir: Path) -> None:
     nothing left after stop with clients connected) and under TSan; any
     sanitizer report, failed check or hang fails. IPCFAST_STRESS_ROUNDS sets
     the number of rounds (default 4)."""
-    config = SANITIZERS[variant]
-    exe = _build_sanitized(STRESS_C, variant, build_dir)
+    exe = c_build(variant).program(STRESS)
     env = dict(os.environ)
-    env.update(config["env"])  # type: ignore[arg-type]
+    env.update(SANITIZERS[variant])
     try:
         ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900, env=env,
                              cwd=exe.parent)
@@ -179,39 +126,36 @@ def test_c_stress_under_sanitizer(variant: str, build_dir: Path) -> None:
     print(ran.stdout.strip().splitlines()[-2])
 
 
-@pytest.mark.parametrize(
-    "defines",
-    [[], ["-D_POSIX_C_SOURCE=200809L"]],
-    ids=["plain", "posix2008"],
-)
-def test_c_core_compiles_without_warnings(defines: List[str], build_dir: Path) -> None:
-    """`cc csrc/*.c` as a vendoring project would, with every warning an error."""
-    _need_compiler()
-    flags = ["-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", *defines]
-    for source in c_sources() + [str(TEST_C), str(STRESS_C)]:
-        obj = build_dir / (Path(source).stem + "_warn.o")
-        built = _compile(flags + ["-c", source, "-o", str(obj)], ROOT)
-        assert built.returncode == 0 and not built.stderr.strip(), (
-            f"{Path(source).relative_to(ROOT)} does not compile cleanly with {' '.join(flags)}:\n"
-            f"{built.stderr}"
-        )
+@pytest.mark.parametrize("variant", ["strict", "posix2008"])
+def test_c_core_compiles_without_warnings(variant: str, c_build: BuildC) -> None:
+    """csrc/, the C tests, stress.c and the examples with -std=c99 -pedantic
+    -Wall -Wextra -Werror (the build fails on any warning); as is, and with
+    _POSIX_C_SOURCE=200809L from the command line."""
+    built = c_build(variant)
+    for target in (TESTS, STRESS, "echo_server", "echo_client"):
+        built.program(target)
 
 
-def test_c_sources_cross_compile_for_windows(build_dir: Path) -> None:
-    """With mingw-w64 installed: every csrc/*.c and the C test compile for Windows."""
-    mingw = shutil.which("x86_64-w64-mingw32-gcc")
-    if mingw is None:
-        pytest.skip("x86_64-w64-mingw32-gcc is not installed")
-    flags = ["-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror"]
-    for source in c_sources() + [str(TEST_C)]:
-        obj = build_dir / (Path(source).stem + "_win.obj")
-        built = subprocess.run(
-            [mingw, *flags, "-c", source, "-o", str(obj)],
-            cwd=ROOT, capture_output=True, text=True, timeout=300,
-        )
-        assert built.returncode == 0 and not built.stderr.strip(), (
-            f"{Path(source).relative_to(ROOT)} does not compile for Windows:\n{built.stderr}"
-        )
+def test_c_core_vendors_with_plain_cc(build_dir: Path) -> None:
+    """Vendoring needs no build system: `cc prog.c csrc/*.c -lpthread`, here
+    with every warning an error, builds a program (the CMake builds above
+    cannot show this: the promise is that no build logic is needed)."""
+    cc = shlex.split(os.environ.get("CC", "cc"))
+    if shutil.which(cc[0]) is None:
+        pytest.skip(f"no C compiler ({cc[0]!r}) on PATH")
+    exe = build_dir / "vendored_echo_client"
+    cmd = [*cc, "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", f"-I{CSRC}",
+           str(EXAMPLES / "echo_client.c"), *sorted(str(p) for p in CSRC.glob("*.c")),
+           "-o", str(exe), "-lpthread"]
+    built = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0 and not built.stderr.strip(), f"{' '.join(cmd)}\n{built.stderr}"
+    assert exe.is_file()
+
+
+def test_c_sources_cross_compile_for_windows(c_build: BuildC) -> None:
+    """With mingw-w64 installed: every csrc/*.c and the C tests build for
+    Windows with -pedantic -Werror (the program test_c_core_windows_under_wine runs)."""
+    c_build("mingw").program(TESTS)
 
 
 def _wine_tools() -> Optional[Dict[str, str]]:
@@ -294,30 +238,24 @@ def wine_prefix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         shutil.rmtree(prefix, ignore_errors=True)
 
 
-def test_c_core_windows_under_wine(build_dir: Path, wine_prefix: Path) -> None:
-    """The Windows transport (named pipes): the C test cross-compiled and run under wine.
+def test_c_core_windows_under_wine(c_build: BuildC, wine_prefix: Path) -> None:
+    """The Windows transport (named pipes): the C tests cross-compiled and run under wine.
 
     Runs whenever x86_64-w64-mingw32-gcc and wine are on PATH; skipped (by the
     wine_prefix fixture, with the reason) otherwise.
     """
     tools = _wine_tools()
     assert tools is not None
-    exe = build_dir / "test_ipc.exe"
-    built = subprocess.run(
-        [tools["mingw"], "-std=c99", "-Wall", "-Wextra", "-g", str(TEST_C), *c_sources(),
-         "-o", str(exe), "-ladvapi32"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )
-    assert built.returncode == 0, f"build failed:\n{built.stderr}"
+    exe = c_build("mingw").program(TESTS)
     env = _wine_env(wine_prefix)
     started = time.monotonic()
     try:
         ran = subprocess.run([tools["wine"], str(exe)], capture_output=True, text=True,
-                             timeout=900, env=env, cwd=build_dir)
+                             timeout=900, env=env, cwd=exe.parent)
     except subprocess.TimeoutExpired as exc:
         _kill_wineserver(tools, env)  # the Windows processes outlive the wine launcher
         raise AssertionError(
-            f"test_ipc.exe under wine hung; output so far:\n{_output_of(exc)[-6000:]}"
+            f"{exe.name} under wine hung; output so far:\n{_output_of(exc)[-6000:]}"
         ) from None
     elapsed = time.monotonic() - started
     lines = [line for line in ran.stdout.splitlines() if line.strip()]
@@ -326,7 +264,7 @@ def test_c_core_windows_under_wine(build_dir: Path, wine_prefix: Path) -> None:
         line for line in ran.stdout.splitlines() if "FAIL" in line or line.startswith("      ")
     )
     assert ran.returncode == 0 and summary and summary.group(2) == "0", (
-        f"test_ipc.exe under wine exited {ran.returncode} after {elapsed:.1f} s:\n{failures}\n"
+        f"{exe.name} under wine exited {ran.returncode} after {elapsed:.1f} s:\n{failures}\n"
         f"--- end of output ---\n{(ran.stdout + ran.stderr)[-6000:]}"
     )
     assert int(summary.group(1)) > 1000, "suspiciously few checks ran"

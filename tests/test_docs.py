@@ -5,8 +5,9 @@
   comment is skipped (the reason is required and shown). Each block gets its
   own TMPDIR with XDG_RUNTIME_DIR unset, so the plain server names of the
   samples live in a private directory and never meet another test's.
-* The C example programs in docs/examples/ compile with -Wall -Wextra
-  -Werror against csrc/*.c, and talk to each other and to Python: C server
+* The C example programs in docs/examples/ build (CMake's
+  IPCFAST_BUILD_EXAMPLES, with -pedantic -Wall -Wextra -Werror: the "strict"
+  variant of tests/c_build.py) against the C core, and talk to each other and to Python: C server
   with a Python client, Python server with the C client, C to C.
 * Every public name of ``ipcfast`` and ``ipcfast.aio``, and every public
   method and property of their classes, has a docstring.
@@ -27,13 +28,11 @@ import pytest
 
 import ipcfast
 import ipcfast.aio
-from conftest import child_env, posix_only, unique_name
+from conftest import BuildC, child_env, posix_only, unique_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = [os.path.join(ROOT, "README.md"), os.path.join(ROOT, "docs", "guide.md")]
 EXAMPLES = os.path.join(ROOT, "docs", "examples")
-CSRC = os.path.join(ROOT, "csrc")
-CC = shutil.which(os.environ.get("CC", "cc"))
 
 NO_RUN = re.compile(r"<!--\s*no-run:\s*(?P<reason>.+?)\s*-->")
 FENCE = re.compile(r"^```(?P<lang>[A-Za-z0-9_+-]*)\s*$")
@@ -132,7 +131,6 @@ def test_python_sample_runs(sample: Sample, sample_env: dict) -> None:
 # ---- the C examples ------------------------------------------------------------
 
 EXAMPLE_SOURCES = sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".c")) if os.path.isdir(EXAMPLES) else []
-needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler on PATH")
 
 
 def test_the_examples_are_linked_from_the_guide() -> None:
@@ -144,21 +142,11 @@ def test_the_examples_are_linked_from_the_guide() -> None:
 
 
 @pytest.fixture(scope="module")
-def examples(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """docs/examples/*.c compiled as the guide says, warnings as errors."""
-    if CC is None:
-        pytest.skip("no C compiler on PATH")
-    out = tmp_path_factory.mktemp("examples")
-    csrc = sorted(os.path.join(CSRC, f) for f in os.listdir(CSRC) if f.endswith(".c"))
-    programs = {}
-    for source in EXAMPLE_SOURCES:
-        target = str(out / source[:-2])
-        cmd = [CC, "-std=c99", "-Wall", "-Wextra", "-Werror", "-I", CSRC, os.path.join(EXAMPLES, source),
-               *csrc, "-lpthread", "-o", target]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
-        programs[source[:-2]] = target
-    return programs
+def examples(c_build: BuildC) -> dict:
+    """docs/examples/*.c built through CMake, warnings as errors (skipped,
+    with the reason, where there is no compiler or no cmake)."""
+    built = c_build("strict")
+    return {source[:-2]: str(built.program(source[:-2])) for source in EXAMPLE_SOURCES}
 
 
 class CServer:
@@ -194,7 +182,6 @@ def run_c_client(program: str, name: str, *requests: str) -> subprocess.Complete
 
 
 @posix_only
-@needs_cc
 def test_c_server_with_python_client(examples: dict) -> None:
     name = unique_name("doc-c-srv")
     with CServer(examples["echo_server"], name) as server:
@@ -213,7 +200,6 @@ def test_c_server_with_python_client(examples: dict) -> None:
 
 
 @posix_only
-@needs_cc
 @pytest.mark.parametrize("backend", ["native", "pure"])
 def test_python_server_with_c_client(examples: dict, backend: str) -> None:
     name = unique_name("doc-py-srv")
@@ -230,7 +216,6 @@ def test_python_server_with_c_client(examples: dict, backend: str) -> None:
 
 
 @posix_only
-@needs_cc
 def test_cli_server_with_c_client(examples: dict) -> None:
     """``ipcfast serve NAME --echo`` (as the guide suggests) answers the C client."""
     name = unique_name("doc-cli")
@@ -252,7 +237,6 @@ def test_cli_server_with_c_client(examples: dict) -> None:
 
 
 @posix_only
-@needs_cc
 def test_c_server_with_c_client(examples: dict) -> None:
     name = unique_name("doc-c2c")
     with CServer(examples["echo_server"], name) as server:
@@ -264,7 +248,6 @@ def test_c_server_with_c_client(examples: dict) -> None:
 
 
 @posix_only
-@needs_cc
 def test_c_client_reports_a_missing_server(examples: dict) -> None:
     ran = subprocess.run(
         [examples["echo_client"], unique_name("doc-none") + "/nowhere.sock", "x"],

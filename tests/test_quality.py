@@ -1,6 +1,8 @@
-"""The package stays lint-clean (ruff) and fully typed (mypy --strict).
+"""The package stays lint-clean (ruff) and fully typed (mypy --strict); the
+C tests keep the C style of .clang-format.
 
-Both tools come with the `test` extra; the configuration is in pyproject.toml.
+ruff and mypy come with the `test` extra (configured in pyproject.toml);
+clang-format is a system package (.ci/run installs it).
 """
 
 from __future__ import annotations
@@ -29,3 +31,11 @@ def test_mypy_strict_is_clean() -> None:
     # The sources, not the installed copy: mypy reads python/ipcfast directly.
     ran = _run("mypy", "--strict", "python/ipcfast")
     assert ran.returncode == 0, ran.stdout + ran.stderr
+
+
+def test_c_tests_are_clang_formatted() -> None:
+    """tests/c follows the repository's .clang-format (csrc/'s style)."""
+    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests" / "c").glob("*.[ch]"))
+    assert sources
+    ran = _run("clang-format", "--dry-run", "-Werror", *sources)
+    assert ran.returncode == 0, f"run `clang-format -i {' '.join(sources)}`:\n{ran.stderr[-6000:]}"

@@ -23,7 +23,7 @@
  *      -o stress && ./stress [rounds]
  */
 #ifndef _POSIX_C_SOURCE
-#define _POSIX_C_SOURCE 200809L   /* POSIX only: pthreads, barriers, nanosleep */
+#define _POSIX_C_SOURCE 200809L /* POSIX only: pthreads, barriers, nanosleep */
 #endif
 
 #include "../../csrc/ipc.h"
@@ -40,9 +40,9 @@
 #define MAX_REQ (64 * 1024)
 
 static int g_rounds = 4;
-static int g_requests = 150;     /* per thread, phase 1 */
+static int g_requests = 150; /* per thread, phase 1 */
 static char g_name[128];
-static volatile int g_phase2_stop;   /* only read/written under g_lock */
+static volatile int g_phase2_stop; /* only read/written under g_lock */
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static long g_ok, g_remote, g_in_use, g_connects, g_failures;
 static long g_handled;
@@ -177,7 +177,7 @@ static ipc_client_t *connect_client(int thread)
 
 typedef struct {
     int id;
-    ipc_client_t *shared;   /* used by two threads at once */
+    ipc_client_t *shared; /* used by two threads at once */
 } worker_arg;
 
 static void phase1(int id, ipc_client_t *shared)
@@ -198,13 +198,13 @@ static void phase1(int id, ipc_client_t *shared)
         uint32_t choice = rnd(&rs) % 16;
         int r;
 
-        if (choice == 0) {            /* reconnect */
+        if (choice == 0) { /* reconnect */
             ipc_client_close(client);
             client = connect_client(id);
             if (!client)
                 break;
         }
-        if (choice == 1) {            /* pipeline three requests */
+        if (choice == 1) { /* pipeline three requests */
             for (k = 0; k < 3; k++) {
                 size[k] = make_request(req[k], id, seq * 4 + k, &rs, 0);
                 r = ipc_client_write(client, req[k], size[k], 20000, &err);
@@ -222,7 +222,7 @@ static void phase1(int id, ipc_client_t *shared)
             }
             continue;
         }
-        if (choice == 2 && shared) {  /* a client shared between two threads */
+        if (choice == 2 && shared) { /* a client shared between two threads */
             size[0] = make_request(req[0], id, seq, &rs, 0);
             r = ipc_client_request(shared, req[0], size[0], &resp, &rsize, 20000, &err);
             if (r == IPC_E_IN_USE)
@@ -341,7 +341,7 @@ static void *worker(void *p)
 {
     worker_arg *a = (worker_arg *)p;
     phase1(a->id, a->shared);
-    pthread_barrier_wait(&g_barrier);   /* phase 1 done everywhere */
+    pthread_barrier_wait(&g_barrier); /* phase 1 done everywhere */
     phase2(a->id);
     return NULL;
 }
@@ -409,7 +409,7 @@ int main(int argc, char **argv)
         ipc_client_close(shared);
         {
             struct timespec pause = {0, 100 * 1000 * 1000};
-            nanosleep(&pause, NULL);   /* phase 2 under way */
+            nanosleep(&pause, NULL); /* phase 2 under way */
         }
         clock_gettime(CLOCK_MONOTONIC, &ts);
         t0 = ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
@@ -431,8 +431,8 @@ int main(int argc, char **argv)
     for (i = 0; i < 8; i++)
         free(g_slot_buf[i]);
     printf("stress: %ld ok, %ld remote errors, %ld in-use refusals, %ld connects, %ld handled, "
-           "%d rounds, %ld failures\n", g_ok, g_remote, g_in_use, g_connects, g_handled,
-           g_rounds, g_failures);
+           "%d rounds, %ld failures\n",
+           g_ok, g_remote, g_in_use, g_connects, g_handled, g_rounds, g_failures);
     if (g_failures == 0)
         printf("stress: OK\n");
     return g_failures ? 1 : 0;

@@ -1,0 +1,312 @@
+/*
+ * C tests of the client: remote errors, pipelining, one request at a time, not found,
+ * connect retries, timeouts, connect cycles.
+ */
+#include "t_harness.h"
+
+void test_remote_errors(void)
+{
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_t *server;
+    ipc_client_t *client;
+    char *message;
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "remote");
+    server = open_server(name, NULL, cmd_handler, &ctx);
+    client = server ? open_client(name, NULL, 5000) : NULL;
+    if (client) {
+        message = expect_failure(client, "fail:the disk is on fire", 24, 5000, IPC_E_REMOTE);
+        CHECK(message != NULL && strstr(message, "the disk is on fire") != NULL);
+        free(message);
+        expect_text(client, "still there?", "still there?");
+
+        message = expect_failure(client, "noreply", 7, 5000, IPC_E_REMOTE);
+        free(message);
+        expect_text(client, "after noreply", "after noreply");
+
+        expect_text(client, "twice", "one");
+        CHECK(ctx_wait_equal(&ctx, &ctx.twice_rc, IPC_E_INVALID, 3000));
+        /* no stray second answer in the stream */
+        expect_text(client, "after twice", "after twice");
+
+        /* an empty failure message still arrives as IPC_E_REMOTE */
+        message = expect_failure(client, "fail:", 5, 5000, IPC_E_REMOTE);
+        CHECK(message != NULL);
+        free(message);
+        expect_text(client, "", "");
+        ipc_client_close(client);
+    }
+    ipc_server_stop(server);
+    ctx_free(&ctx);
+}
+
+void test_pipelining_and_connection(void)
+{
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_t *server;
+    ipc_client_t *client;
+    ipc_error err = {0, 0, NULL};
+    const uint8_t *resp;
+    size_t resp_size;
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "pipe");
+    server = open_server(name, NULL, cmd_handler, &ctx);
+    client = server ? open_client(name, NULL, 5000) : NULL;
+    if (client) {
+        CHECK_RC(ipc_client_write(client, "first", 5, 5000, &err), IPC_OK, &err);
+        CHECK_RC(ipc_client_write(client, "second", 6, 5000, &err), IPC_OK, &err);
+        CHECK_RC(ipc_client_write(client, "fail:third", 10, 5000, &err), IPC_OK, &err);
+        CHECK_RC(ipc_client_write(client, "fourth", 6, 5000, &err), IPC_OK, &err);
+        CHECK_RC(ipc_client_read(client, &resp, &resp_size, 5000, &err), IPC_OK, &err);
+        CHECK(resp_size == 5 && memcmp(resp, "first", 5) == 0);
+        CHECK_RC(ipc_client_read(client, &resp, &resp_size, 5000, &err), IPC_OK, &err);
+        CHECK(resp_size == 6 && memcmp(resp, "second", 6) == 0);
+        CHECK_RC(ipc_client_read(client, &resp, &resp_size, 5000, &err), IPC_E_REMOTE, &err);
+        CHECK(err.message != NULL && strstr(err.message, "third") != NULL);
+        ipc_error_clear(&err);
+        CHECK_RC(ipc_client_read(client, &resp, &resp_size, 5000, &err), IPC_OK, &err);
+        CHECK(resp_size == 6 && memcmp(resp, "fourth", 6) == 0);
+        /* connection ids: a number below max_clients */
+        CHECK_RC(ipc_client_request(client, "conn", 4, &resp, &resp_size, 5000, &err), IPC_OK,
+                 &err);
+        CHECK(resp_size >= 1 && atoi((const char *)resp) < 32);
+        ipc_error_clear(&err);
+        ipc_client_close(client);
+    }
+    ipc_server_stop(server);
+    ctx_free(&ctx);
+}
+
+typedef struct inuse_arg {
+    ipc_client_t *client;
+    int rc;
+} inuse_arg;
+
+static void inuse_main(void *param)
+{
+    inuse_arg *arg = (inuse_arg *)param;
+    const uint8_t *resp;
+    size_t resp_size;
+    arg->rc = ipc_client_request(arg->client, "sleep:600", 9, &resp, &resp_size, 10000, NULL);
+}
+
+void test_client_in_use(void)
+{
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_t *server;
+    ipc_client_t *client;
+    ipc_error err = {0, 0, NULL};
+    const uint8_t *resp;
+    size_t resp_size;
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "inuse");
+    server = open_server(name, NULL, cmd_handler, &ctx);
+    client = server ? open_client(name, NULL, 5000) : NULL;
+    if (client) {
+        inuse_arg arg;
+        t_thread *thread;
+        arg.client = client;
+        arg.rc = -1;
+        thread = t_thread_start(inuse_main, &arg);
+        CHECK(ctx_wait_for(&ctx, &ctx.requests, 1, 5000));
+        CHECK_RC(ipc_client_request(client, "x", 1, &resp, &resp_size, 5000, &err), IPC_E_IN_USE,
+                 &err);
+        ipc_error_clear(&err);
+        t_thread_join(thread);
+        CHECK_RC(arg.rc, IPC_OK, NULL);
+        expect_text(client, "after", "after"); /* the connection was not disturbed */
+        ipc_client_close(client);
+    }
+    ipc_server_stop(server);
+    ctx_free(&ctx);
+}
+
+void test_name_too_long(void)
+{
+    char name[400];
+    ipc_server_t *server = NULL;
+    ipc_client_t *client = NULL;
+    ipc_error err = {0, 0, NULL};
+    memset(name, 'n', 399);
+    name[399] = 0;
+    CHECK_RC(ipc_server_open(&server, name, NULL, cmd_handler, NULL, &err), IPC_E_NAME_TOO_LONG,
+             &err);
+    CHECK(server == NULL);
+    ipc_error_clear(&err);
+    CHECK_RC(ipc_client_open(&client, name, NULL, 200, &err), IPC_E_NAME_TOO_LONG, &err);
+    CHECK(client == NULL);
+    ipc_error_clear(&err);
+}
+
+void test_not_found(void)
+{
+    char name[96];
+    ipc_client_t *client = NULL;
+    ipc_error err = {0, 0, NULL};
+    long long t0;
+    make_name(name, sizeof name, "missing");
+    t0 = t_now_ms();
+    CHECK_RC(ipc_client_open(&client, name, NULL, 300, &err), IPC_E_NOT_FOUND, &err);
+    CHECK_MS(t_now_ms() - t0, 250, 1500);
+    CHECK(client == NULL);
+    CHECK(err.message != NULL);
+    ipc_error_clear(&err);
+    t0 = t_now_ms();
+    CHECK_RC(ipc_client_open(&client, name, NULL, 0, &err), IPC_E_NOT_FOUND, &err);
+    CHECK_MS(t_now_ms() - t0, 0, 500);
+    ipc_error_clear(&err);
+}
+
+typedef struct late_server_arg {
+    const char *name;
+    srv_ctx *ctx;
+    ipc_server_t *server;
+} late_server_arg;
+
+static void late_server_main(void *param)
+{
+    late_server_arg *arg = (late_server_arg *)param;
+    t_sleep_ms(300);
+    arg->server = open_server(arg->name, NULL, cmd_handler, arg->ctx);
+}
+
+void test_connect_retries_until_server_starts(void)
+{
+    char name[96];
+    srv_ctx ctx;
+    late_server_arg arg;
+    t_thread *thread;
+    ipc_client_t *client;
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "late");
+    arg.name = name;
+    arg.ctx = &ctx;
+    arg.server = NULL;
+    thread = t_thread_start(late_server_main, &arg);
+    client = open_client(name, NULL, 5000);
+    if (client) {
+        expect_text(client, "made it", "made it");
+        ipc_client_close(client);
+    }
+    t_thread_join(thread);
+    ipc_server_stop(arg.server);
+    ctx_free(&ctx);
+}
+
+void test_timeouts(void)
+{
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_t *server;
+    ipc_client_t *client;
+    long long t0;
+    char *message;
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "timeout");
+    server = open_server(name, NULL, cmd_handler, &ctx);
+    client = server ? open_client(name, NULL, 5000) : NULL;
+    if (client) {
+        t0 = t_now_ms();
+        message = expect_failure(client, "sleep:1500", 10, 200, IPC_E_TIMEOUT);
+        CHECK_MS(t_now_ms() - t0, 150, 1200);
+        free(message);
+        t0 = t_now_ms();
+        message = expect_failure(client, "x", 1, 5000, IPC_E_CLOSED);
+        CHECK_MS(t_now_ms() - t0, 0, 500);
+        free(message);
+        ipc_client_close(client);
+        /* the server is fine, and a client with no timeout waits */
+        client = open_client(name, NULL, 5000);
+        if (client) {
+            const uint8_t *resp;
+            size_t resp_size;
+            ipc_error err = {0, 0, NULL};
+            CHECK_RC(ipc_client_request(client, "sleep:300", 9, &resp, &resp_size, -1, &err),
+                     IPC_OK, &err);
+            ipc_error_clear(&err);
+            ipc_client_close(client);
+        }
+    }
+    ipc_server_stop(server);
+    ctx_free(&ctx);
+}
+
+/* A write that the server does not take (its handler is busy and the
+ * request is larger than the socket buffers) times out too. */
+void test_write_timeout(void)
+{
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_t *server;
+    ipc_client_t *client;
+    ipc_error err = {0, 0, NULL};
+    size_t big = 16 * 1024 * 1024;
+    unsigned char *data;
+    long long t0;
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "wtimeout");
+    server = open_server(name, NULL, cmd_handler, &ctx);
+    client = server ? open_client(name, NULL, 5000) : NULL;
+    data = (unsigned char *)calloc(1, big);
+    if (client && data) {
+        CHECK_RC(ipc_client_write(client, "sleep:1500", 10, 5000, &err), IPC_OK, &err);
+        CHECK(ctx_wait_for(&ctx, &ctx.requests, 1, 5000));
+        t0 = t_now_ms();
+        CHECK_RC(ipc_client_write(client, data, big, 300, &err), IPC_E_TIMEOUT, &err);
+        CHECK_MS(t_now_ms() - t0, 250, 1400);
+        ipc_error_clear(&err);
+        CHECK_RC(ipc_client_write(client, "x", 1, 300, &err), IPC_E_CLOSED, &err);
+        ipc_error_clear(&err);
+    }
+    free(data);
+    ipc_client_close(client);
+    ipc_server_stop(server);
+    ctx_free(&ctx);
+}
+
+/* Many short connections: every one is served and reported, and nothing
+ * (threads, descriptors) accumulates. */
+void test_connect_cycles(void)
+{
+    enum { CYCLES = 1000 };
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_t *server;
+    ipc_server_options so;
+    int i, ok = 0;
+    long long t0 = t_now_ms();
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "conncycle");
+    ipc_server_options_init(&so);
+    so.max_clients = 4;
+    server = open_server(name, &so, cmd_handler, &ctx);
+    for (i = 0; server && i < CYCLES; i++) {
+        ipc_client_t *client = NULL;
+        ipc_error err = {0, 0, NULL};
+        int rc = ipc_client_open(&client, name, NULL, 10000, &err);
+        if (rc != IPC_OK) {
+            CHECK_RC(rc, IPC_OK, &err);
+            ipc_error_clear(&err);
+            break;
+        }
+        if (i % 2 == 0) {
+            const uint8_t *resp;
+            size_t resp_size;
+            if (ipc_client_request(client, "c", 1, &resp, &resp_size, 5000, &err) == IPC_OK &&
+                resp_size == 1 && resp[0] == 'c')
+                ok++;
+            ipc_error_clear(&err);
+        } else {
+            ok++;
+        }
+        ipc_client_close(client);
+    }
+    CHECK(ok == CYCLES);
+    CHECK(ctx_wait_for(&ctx, &ctx.disconnects, CYCLES, 5000));
+    note("      %d connect/request/close cycles in %lld ms", CYCLES, t_now_ms() - t0);
+    ipc_server_stop(server);
+    ctx_free(&ctx);
+}

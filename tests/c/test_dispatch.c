@@ -1,0 +1,147 @@
+/*
+ * C tests of manual dispatch: the call queue, its ready handle, stop.
+ */
+#include "t_harness.h"
+
+/* Is a manual-dispatch ready handle signalled right now? */
+static int ready_now(intptr_t handle)
+{
+#ifdef _WIN32
+    return WaitForSingleObject((HANDLE)handle, 0) == WAIT_OBJECT_0;
+#else
+    struct pollfd p;
+    p.fd = (int)handle;
+    p.events = POLLIN;
+    p.revents = 0;
+    return poll(&p, 1, 0) == 1;
+#endif
+}
+
+typedef struct next_call_arg {
+    ipc_server_t *server;
+    int rc;
+} next_call_arg;
+
+static void blocked_next_call_main(void *param)
+{
+    next_call_arg *arg = (next_call_arg *)param;
+    ipc_call *call = NULL;
+    const uint8_t *request;
+    size_t size;
+    arg->rc = ipc_server_next_call(arg->server, &call, &request, &size, -1, NULL);
+}
+
+/* MANUAL dispatch: requests queue up until this thread takes and answers
+ * them; the ready handle tracks the queue; stop ends waiting and queued calls. */
+void test_manual_dispatch(void)
+{
+    enum { N = 4, ITERATIONS = 30 };
+    char name[96];
+    ipc_server_t *server = NULL;
+    ipc_server_options so;
+    ipc_error err = {0, 0, NULL};
+    worker_arg args[N];
+    t_thread *threads[N];
+    int i, handled = 0;
+    long long deadline;
+    make_name(name, sizeof name, "manual");
+    ipc_server_options_init(&so);
+    so.dispatch = IPC_DISPATCH_MANUAL;
+    CHECK_RC(ipc_server_open(&server, name, &so, NULL, NULL, &err), IPC_OK, &err);
+    ipc_error_clear(&err);
+    if (!server)
+        return;
+    CHECK(ipc_server_ready_handle(server) != -1);
+    CHECK(!ready_now(ipc_server_ready_handle(server)));
+    {
+        ipc_call *call = NULL;
+        const uint8_t *request;
+        size_t size;
+        CHECK_RC(ipc_server_next_call(server, &call, &request, &size, 0, &err), IPC_E_TIMEOUT,
+                 &err);
+        ipc_error_clear(&err);
+    }
+    for (i = 0; i < N; i++) {
+        args[i].name = name;
+        args[i].index = i + 1;
+        args[i].iterations = ITERATIONS;
+        args[i].ok_count = 0;
+        threads[i] = t_thread_start(worker_main, &args[i]);
+    }
+    deadline = t_now_ms() + 20000;
+    while (handled < N * ITERATIONS && t_now_ms() < deadline) {
+        ipc_call *call = NULL;
+        const uint8_t *request;
+        size_t size, j;
+        uint8_t *out;
+        if (ipc_server_next_call(server, &call, &request, &size, 200, NULL) != IPC_OK)
+            continue;
+        out = (uint8_t *)ipc_call_buffer(call, size);
+        CHECK(out != NULL);
+        if (out) {
+            for (j = 0; j < size; j++)
+                out[j] = (uint8_t)(request[j] ^ 0x5C);
+            CHECK_RC(ipc_call_respond(call, out, size, &err), IPC_OK, &err);
+            ipc_error_clear(&err);
+        }
+        ipc_call_finish(call);
+        handled++;
+    }
+    for (i = 0; i < N; i++) {
+        t_thread_join(threads[i]);
+        CHECK(args[i].ok_count == ITERATIONS);
+    }
+    CHECK(handled == N * ITERATIONS);
+    CHECK(!ready_now(ipc_server_ready_handle(server)));
+
+    /* A call finished without an answer: the client gets an ERROR. A
+     * request left queued when the server stops: the client sees the close. */
+    {
+        ipc_client_t *client = open_client(name, NULL, 5000);
+        ipc_call *call = NULL;
+        const uint8_t *request, *response;
+        size_t size, response_size;
+        if (client) {
+            CHECK_RC(ipc_client_write(client, "q", 1, 5000, &err), IPC_OK, &err);
+            CHECK_RC(ipc_server_next_call(server, &call, &request, &size, 5000, &err), IPC_OK,
+                     &err);
+            CHECK(!ready_now(ipc_server_ready_handle(server)));
+            if (call)
+                ipc_call_finish(call);
+            CHECK_RC(ipc_client_read(client, &response, &response_size, 5000, &err), IPC_E_REMOTE,
+                     &err);
+            ipc_error_clear(&err);
+            CHECK_RC(ipc_client_write(client, "left", 4, 5000, &err), IPC_OK, &err);
+            deadline = t_now_ms() + 5000;
+            while (!ready_now(ipc_server_ready_handle(server)) && t_now_ms() < deadline)
+                t_sleep_ms(5);
+            CHECK(ready_now(ipc_server_ready_handle(server)));
+        }
+        ipc_server_stop(server);
+        server = NULL;
+        if (client) {
+            CHECK_RC(ipc_client_read(client, &response, &response_size, 5000, &err), IPC_E_CLOSED,
+                     &err);
+            ipc_error_clear(&err);
+            ipc_client_close(client);
+        }
+    }
+    /* A thread blocked in next_call wakes on interrupt, before stop frees. */
+    CHECK_RC(ipc_server_open(&server, name, &so, NULL, NULL, &err), IPC_OK, &err);
+    ipc_error_clear(&err);
+    if (server) {
+        next_call_arg blocked;
+        t_thread *thread;
+        long long t0;
+        blocked.server = server;
+        blocked.rc = -1;
+        thread = t_thread_start(blocked_next_call_main, &blocked);
+        t_sleep_ms(100);
+        t0 = t_now_ms();
+        ipc_server_interrupt(server);
+        t_thread_join(thread);
+        CHECK_MS(t_now_ms() - t0, 0, 2000);
+        CHECK(blocked.rc == IPC_E_CLOSED);
+    }
+    ipc_server_stop(server);
+}

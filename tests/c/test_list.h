@@ -1,0 +1,69 @@
+/*
+ * Every C test, in the order the runner runs them: X(name) stands for
+ * `void test_name(void)`, defined in the tests/c/test_*.c file of its area.
+ * t_harness.h declares them from this list and t_main.c builds its table
+ * from it, so a new test is one function plus one line here.
+ *
+ * Run order matters twice: the cross-process tests follow the in-process
+ * ones, and under ThreadSanitizer a data race ends the run, so the test that
+ * swaps the log handler while servers run comes last.
+ */
+#ifndef IPCFAST_TEST_LIST_H
+#define IPCFAST_TEST_LIST_H
+
+#if defined(_WIN32)
+#define T_POSIX_ONLY(X, name)
+#else
+#define T_POSIX_ONLY(X, name) X(name)
+#endif
+
+#define T_TEST_LIST(X)                                              \
+    X(codec)                                                        \
+    X(options_and_nulls)                                            \
+    X(server_open_stop)                                             \
+    X(round_trips)                                                  \
+    X(concurrent_clients)                                           \
+    X(bad_options)                                                  \
+    X(racing_servers)                                               \
+    X(remote_errors)                                                \
+    X(pipelining_and_connection)                                    \
+    X(client_in_use)                                                \
+    X(too_large_response)                                           \
+    X(too_large_request)                                            \
+    X(address_in_use)                                               \
+    X(name_too_long)                                                \
+    X(not_found)                                                    \
+    X(connect_retries_until_server_starts)                          \
+    X(wrong_handshake)                                              \
+    X(versions)                                                     \
+    X(busy)                                                         \
+    X(stop_with_clients)                                            \
+    X(stop_with_full_slots)                                         \
+    X(timeouts)                                                     \
+    X(write_timeout)                                                \
+    X(connect_cycles)                                               \
+    X(disconnect_notification)                                      \
+    X(log_callback)                                                 \
+    X(legacy_api)                                                   \
+    X(open_stop_cycles)                                             \
+    X(cross_process_client)                                         \
+    X(killed_client)                                                \
+    X(cross_process_server)                                         \
+    X(stale_name_reclaimed)                                         \
+    T_POSIX_ONLY(X, raw_wire)                                       \
+    T_POSIX_ONLY(X, stop_with_stuck_peers)                          \
+    T_POSIX_ONLY(X, path_names)                                     \
+    T_POSIX_ONLY(X, private_directory)                              \
+    X(idle_connections_survive_wakeups)                             \
+    X(cancel_race_under_load)                                       \
+    X(windows_acl_readback)                                         \
+    X(two_wine_processes)                                           \
+    X(no_sigpipe)                                                   \
+    X(manual_dispatch)                                              \
+    X(node_codec)                                                   \
+    X(node_commands)                                                \
+    X(node_packets_refused)                                         \
+    /* last: under ThreadSanitizer a data race here ends the run */ \
+    X(log_handler_swap_while_serving)
+
+#endif

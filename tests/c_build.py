@@ -1,0 +1,132 @@
+"""The C programs the tests run, built through CMake: CMakeLists.txt is the
+one description of every C build, and a variant here is only a set of its
+options (sanitizers, warnings as errors, the mingw-w64 toolchain).
+
+Each variant is configured and built at most once per test session, in a
+build folder under the pytest cache (so a later session rebuilds only what
+changed), or under the session's temporary folder when the cache is off.
+The ``c_build`` fixture of conftest.py hands out ``CBuild`` objects:
+
+    build = c_build("asan_ubsan")
+    exe = build.program("ipcfast_c_tests")
+
+A variant the machine cannot build (no compiler, no mingw-w64, a
+ThreadSanitizer runtime that does not run here) is skipped with the reason;
+any other configure or build failure fails the test, and so does a
+warning in every variant but "release" (they build with IPCFAST_WERROR:
+-pedantic -Werror).
+
+Set CC to use another compiler than CMake's default (`cc`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MINGW_TOOLCHAIN = ROOT / "cmake" / "mingw-w64-x86_64.cmake"
+MINGW_CC = "x86_64-w64-mingw32-gcc"
+# The first words of CMakeLists' message when a sanitizer cannot be used here.
+SANITIZE_UNUSABLE = "IPCFAST_SANITIZE unusable:"
+
+_COMMON = {
+    "IPCFAST_PYTHON": "OFF",  # the C programs need no Python headers
+    "IPCFAST_BUILD_TESTS": "ON",
+    "IPCFAST_WERROR": "ON",
+    "CMAKE_BUILD_TYPE": "Debug",
+}
+_POSIX_2008 = "-D_POSIX_C_SOURCE=200809L"
+
+
+class Variant(NamedTuple):
+    options: Dict[str, str]
+    cross: bool = False  # built with the mingw-w64 toolchain
+
+
+VARIANTS: Dict[str, Variant] = {
+    # `cc -std=c99 -pedantic -Werror` as a vendoring project would; also the
+    # docs/examples programs that test_docs.py runs.
+    "strict": Variant({**_COMMON, "IPCFAST_BUILD_EXAMPLES": "ON"}),
+    # the same with _POSIX_C_SOURCE set from outside, as many builds do
+    "posix2008": Variant({**_COMMON, "IPCFAST_BUILD_EXAMPLES": "ON", "CMAKE_C_FLAGS": _POSIX_2008}),
+    "asan_ubsan": Variant({**_COMMON, "IPCFAST_SANITIZE": "address;undefined", "CMAKE_C_FLAGS": _POSIX_2008}),
+    "tsan": Variant({**_COMMON, "IPCFAST_SANITIZE": "thread", "CMAKE_C_FLAGS": _POSIX_2008}),
+    # optimised like the extension (-O3 -DNDEBUG): the node client and the
+    # bench programs (bench_floor, bench_c2c) for timing tests. Not -Werror:
+    # at -O3 gcc 12 warns (maybe-uninitialized) in csrc/ipc_node.c today.
+    "release": Variant({**_COMMON, "CMAKE_BUILD_TYPE": "Release", "IPCFAST_WERROR": "OFF",
+                        "IPCFAST_BUILD_TESTS": "OFF", "IPCFAST_BUILD_BENCH": "ON"}),
+    # Windows (named pipes), run under wine by test_c_core.py
+    "mingw": Variant({**_COMMON, "CMAKE_TOOLCHAIN_FILE": str(MINGW_TOOLCHAIN)}, cross=True),
+}
+
+
+class CBuild(NamedTuple):
+    variant: str
+    build_dir: Path
+    cross: bool
+
+    def program(self, target: str) -> Path:
+        """The executable of a CMake target of this build."""
+        exe = self.build_dir / "bin" / (target + (".exe" if self.cross else ""))
+        assert exe.is_file(), f"{self.variant}: CMake built no {exe.name} in {exe.parent}"
+        return exe
+
+
+def _generator() -> List[str]:
+    """Ninja where installed (the `test` extra brings it), else CMake's default."""
+    return ["-G", "Ninja"] if shutil.which("ninja") else []
+
+
+def _compiler_missing(variant: Variant) -> Optional[str]:
+    if variant.cross:
+        if shutil.which(MINGW_CC) is None:
+            return f"{MINGW_CC} is not installed (Debian: gcc-mingw-w64-x86-64)"
+        return None
+    cc = os.environ.get("CC", "cc").split()[0]
+    if shutil.which(cc) is None:
+        return f"no C compiler ({cc!r}) on PATH"
+    return None
+
+
+def _run(cmd: List[str], what: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{what} took more than {timeout} s: {' '.join(cmd)}") from None
+
+
+def build_variant(name: str, root: Path) -> CBuild:
+    """Configures and builds VARIANTS[name] under root; skips where the
+    machine lacks the tools for it."""
+    variant = VARIANTS[name]
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed (pip install '.[test]')")
+    missing = _compiler_missing(variant)
+    if missing:
+        pytest.skip(missing)
+    # Another compiler or option set gets another folder (CMake keeps the
+    # compiler it found first).
+    key = repr((sorted(variant.options.items()), os.environ.get("CC", ""), _generator()))
+    build_dir = root / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    defines = [f"-D{k}={v}" for k, v in sorted(variant.options.items())]
+    configured = _run([cmake, "-S", str(ROOT), "-B", str(build_dir), *_generator(), *defines],
+                      f"configuring the {name} C build")
+    output = configured.stdout + configured.stderr
+    if configured.returncode != 0 and SANITIZE_UNUSABLE in output:
+        pytest.skip(output[output.index(SANITIZE_UNUSABLE):].strip()[:500])
+    assert configured.returncode == 0, f"cmake could not configure the {name} C build:\n{output[-6000:]}"
+    built = _run([cmake, "--build", str(build_dir), "--parallel", str(os.cpu_count() or 2)],
+                 f"the {name} C build")
+    assert built.returncode == 0, (
+        f"the {name} C build failed (warnings are errors):\n{(built.stdout + built.stderr)[-8000:]}"
+    )
+    return CBuild(name, build_dir, variant.cross)
