@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .harness import Harness, Options, log, loadavg, machine_info, other_load_summary, utc_now
 from .peers import IMPL_KEYS, PEERS
@@ -124,21 +124,21 @@ def run(options: Options) -> Results:
     )
 
 
-def write(results: Results, out: str, draw: bool) -> str:
-    """results.json, results.md and the plot into ``out``; returns the Markdown."""
+def write(results: Results, out: str, draw: bool) -> Tuple[str, bool]:
+    """results.json, results.md and the plot into ``out``; returns the Markdown
+    and whether the plot was drawn."""
     os.makedirs(out, exist_ok=True)
     text = render_markdown(results)
-    if draw:
-        note = plot(results, os.path.join(out, "latency_vs_size.png"))
-        if note:
-            results["notes"].append(note)
-            log(f"note: {note}")
-            text += f"\n- {note}\n"
+    note = plot(results, os.path.join(out, "latency_vs_size.png")) if draw else None
+    if note:
+        results["notes"].append(note)
+        log(f"note: {note}")
+        text += f"\n- {note}\n"
     with open(os.path.join(out, "results.json"), "w") as f:
         f.write(to_json(results))
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text)
-    return text
+    return text, draw and note is None
 
 
 def main(argv: Optional[List[str]] = None, source_root: Optional[str] = None) -> int:
@@ -155,11 +155,11 @@ def main(argv: Optional[List[str]] = None, source_root: Optional[str] = None) ->
     )
     results = run(options)
     out = os.path.abspath(args.out or default_out(results["source_root"]))
-    text = write(results, out, not args.no_plot)
+    text, drawn = write(results, out, not args.no_plot)
     print(text)
     log(
         f"wrote {out}/results.json, results.md"
-        + ("" if args.no_plot else ", latency_vs_size.png")
+        + (", latency_vs_size.png" if drawn else "")
         + f" in {results['elapsed_seconds']} s"
     )
     failed = [impl for summary in results["summary"].values() for impl, s in summary.items() if s["failed_rounds"]]
