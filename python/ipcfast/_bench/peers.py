@@ -315,7 +315,13 @@ class _Iceoryx:
         return builder.max_notifiers(24).max_listeners(2).max_nodes(32).open_or_create()
 
     def forever(self) -> Any:
+        """How long one wait may block (stop requests are checked between waits)."""
         return self.iox2.Duration.from_millis(100)
+
+    def release(self) -> None:
+        """Drop the service and the node (iceoryx2 cleans up when they go)."""
+        del self.service
+        del self.node
 
 
 def _iceoryx_echo(active: Any) -> None:
@@ -345,14 +351,25 @@ class IceoryxPeer(Peer):
     def serve(self, addr: str) -> Stop:
         ice = _Iceoryx(addr)
         server = ice.service.server_builder().allocation_strategy(ice.iox2.AllocationStrategy.PowerOfTwo).create()
+        stopping = threading.Event()
         loop = self._event_loop if self.events else self._poll_loop
-        threading.Thread(target=loop, args=(ice, server), daemon=True).start()
-        return lambda: None
+        thread = threading.Thread(target=loop, args=(ice, server, stopping), daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            # iceoryx2 removes a service's shared memory when its last port and
+            # node are dropped; a process that just exits leaves it behind.
+            stopping.set()
+            thread.join(5)
+            server.delete()
+            ice.release()
+
+        return stop
 
     @staticmethod
-    def _poll_loop(ice: _Iceoryx, server: Any) -> None:
+    def _poll_loop(ice: _Iceoryx, server: Any, stopping: threading.Event) -> None:
         receive, yield_cpu = server.receive, os.sched_yield
-        while True:
+        while not stopping.is_set():
             active = receive()
             if active is None:
                 yield_cpu()
@@ -361,23 +378,24 @@ class IceoryxPeer(Peer):
             active.delete()
 
     @staticmethod
-    def _event_loop(ice: _Iceoryx, server: Any) -> None:
+    def _event_loop(ice: _Iceoryx, server: Any, stopping: threading.Event) -> None:
         listener = ice.event("requests").listener_builder().create()
         notifiers: Dict[int, Any] = {}
         timeout = ice.forever()
-        while True:
+        while not stopping.is_set():
             listener.timed_wait(timeout)
             active = server.receive()
             while active is not None:
                 _iceoryx_echo(active)
                 client_id = active.user_header().contents.value
                 active.delete()
-                notifier = notifiers.get(client_id)
-                if notifier is None:
-                    notifier = ice.event(f"responses/{client_id}").notifier_builder().create()
-                    notifiers[client_id] = notifier
-                notifier.notify()
+                if client_id not in notifiers:
+                    notifiers[client_id] = ice.event(f"responses/{client_id}").notifier_builder().create()
+                notifiers[client_id].notify()
                 active = server.receive()
+        for notifier in notifiers.values():
+            notifier.delete()
+        listener.delete()
 
     def connect(self, addr: str) -> Connection:
         ice = _Iceoryx(addr)
@@ -409,7 +427,11 @@ class IceoryxPeer(Peer):
             pending.delete()
             return reply
 
-        return Connection(roundtrip, client.delete)
+        def close() -> None:
+            client.delete()
+            ice.release()
+
+        return Connection(roundtrip, close)
 
 
 def _peers() -> List[Peer]:
