@@ -735,7 +735,7 @@ class Harness:
         self.probe_python()
         measured = [k for k in self.selected if k not in self.skip_reason]
         self._check_extension_age(measured)
-        if "floor" not in measured:
+        if "floor" not in measured and not self.options.mainloop_only:
             self.note("without the floor, no ratio to it can be computed")
         modes = [] if self.options.mainloop_only else self.resolve_modes()
         impls = [] if self.options.mainloop_only else measured
