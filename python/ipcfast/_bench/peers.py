@@ -281,6 +281,13 @@ class PyzmqPeer(Peer):
 # ---- iceoryx2 request/response ---------------------------------------------------
 
 
+# Ports and nodes a service admits: 16 concurrency clients, the latency client
+# and the server, with room for ports of a process that is still going away.
+# iceoryx2 preallocates per port, so larger limits make every start slower.
+_ICEORYX_PORTS = 24
+_ICEORYX_NODES = 32
+
+
 def _iceoryx_service(addr: str) -> str:
     """A service name unique to this run and measurement (the socket path's tail)."""
     head, tail = os.path.split(addr)
@@ -305,16 +312,16 @@ class _Iceoryx:
             self.node.service_builder(iox2.ServiceName.new(self.name))
             .request_response(slice_type, slice_type)
             .request_header(ctypes.c_uint64)
-            .max_clients(24)
-            .max_nodes(32)
+            .max_clients(_ICEORYX_PORTS)
+            .max_nodes(_ICEORYX_NODES)
             .open_or_create()
         )
 
     def event(self, suffix: str) -> Any:
         builder = self.node.service_builder(self.iox2.ServiceName.new(f"{self.name}/{suffix}")).event()
-        return builder.max_notifiers(24).max_listeners(2).max_nodes(32).open_or_create()
+        return builder.max_notifiers(_ICEORYX_PORTS).max_listeners(2).max_nodes(_ICEORYX_NODES).open_or_create()
 
-    def forever(self) -> Any:
+    def wait_slice(self) -> Any:
         """How long one wait may block (stop requests are checked between waits)."""
         return self.iox2.Duration.from_millis(100)
 
@@ -381,7 +388,7 @@ class IceoryxPeer(Peer):
     def _event_loop(ice: _Iceoryx, server: Any, stopping: threading.Event) -> None:
         listener = ice.event("requests").listener_builder().create()
         notifiers: Dict[int, Any] = {}
-        timeout = ice.forever()
+        timeout = ice.wait_slice()
         while not stopping.is_set():
             listener.timed_wait(timeout)
             active = server.receive()
@@ -406,7 +413,7 @@ class IceoryxPeer(Peer):
         if self.events:
             listener = ice.event(f"responses/{client_id}").listener_builder().create()
             notify = ice.event("requests").notifier_builder().create().notify
-            timeout = ice.forever()
+            timeout = ice.wait_slice()
 
             def wait() -> Any:
                 return listener.timed_wait(timeout)

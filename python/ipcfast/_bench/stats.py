@@ -150,12 +150,15 @@ def round_figures(rounds: List[RoundResult], metric: str, key: int) -> List[Opti
 
 
 def _cpu_per_request(rounds: List[RoundResult], clients: int, side: str) -> Optional[float]:
+    """CPU ns per request of the server (``side`` "server") or of all clients together."""
     per_round: List[Optional[float]] = []
     for res in rounds:
         entry = res["rate"].get(str(clients))
-        used = entry["cpu"][side] if entry else None  # type: ignore[literal-required]
-        if entry and used is not None and entry["cpu"]["requests"] > 0:
-            per_round.append(used / entry["cpu"]["requests"])
+        if entry is None or entry["cpu"]["requests"] <= 0:
+            continue
+        cpu = entry["cpu"]
+        used = cpu["server_ns"] if side == "server" else cpu["clients_ns"]
+        per_round.append(None if used is None else used / cpu["requests"])
     return median_or_none(per_round)
 
 
@@ -195,8 +198,8 @@ def _rate_summary(rounds: List[RoundResult], raw: Raw, clients: int) -> RateSumm
         round_rps=per_round,
         ratio=paired_ratio(per_round, round_rps(floor, clients)) if floor else None,
         ratio_native=paired_ratio(per_round, round_rps(native, clients)) if native else None,
-        cpu_server_ns=_cpu_per_request(rounds, clients, "server_ns"),
-        cpu_client_ns=_cpu_per_request(rounds, clients, "clients_ns"),
+        cpu_server_ns=_cpu_per_request(rounds, clients, "server"),
+        cpu_client_ns=_cpu_per_request(rounds, clients, "clients"),
     )
 
 
