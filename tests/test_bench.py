@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from conftest import child_env, posix_only
+from ipcfast._bench.harness import resolve_placement
 from ipcfast._bench.peers import PEERS
-from ipcfast._bench.profiles import MAINLOOP_TARGETS, SIZES as SIZE_VALUES, TARGETS
+from ipcfast._bench.profiles import MAINLOOP_TARGETS, PLACEMENTS, SIZES as SIZE_VALUES, TARGETS
 from ipcfast._bench.report import Results, render_markdown, to_json
 from ipcfast._bench.stats import RoundResult, evaluate_targets, summarize
 
@@ -259,3 +260,18 @@ def test_bench_package_is_formatted_and_leaves_the_binding_alone() -> None:
         pytest.skip("ruff is not installed (pip install '.[test]')")
     ran = subprocess.run(["ruff", "format", "--check", package], capture_output=True, text=True, timeout=60)
     assert ran.returncode == 0, ran.stdout + ran.stderr
+
+
+def test_placements_on_two_and_sixteen_cpus() -> None:
+    """Split: server on the next allowed CPU, latency client on --cpu, concurrency clients
+    on every CPU but the server's; pinned: all on --cpu; unpinned: anywhere."""
+    two = resolve_placement(PLACEMENTS["split"], 0, [0, 1])
+    assert (two.server, two.client, two.rate_clients) == (1, 0, {0})
+    sixteen = resolve_placement(PLACEMENTS["split"], 0, list(range(16)))
+    assert sixteen.server == 1 and sixteen.client == 0 and sixteen.rate_clients == set(range(16)) - {1}
+    wrapped = resolve_placement(PLACEMENTS["split"], 7, [3, 7])  # the next allowed CPU wraps around
+    assert (wrapped.server, wrapped.client) == (3, 7)
+    pinned = resolve_placement(PLACEMENTS["pinned"], 2, [0, 1, 2, 3])
+    assert (pinned.server, pinned.client, pinned.rate_clients) == (2, 2, {2})
+    anywhere = resolve_placement(PLACEMENTS["unpinned"], 0, [0, 1])
+    assert (anywhere.server, anywhere.client, anywhere.rate_clients) == (None, None, None)
