@@ -4,7 +4,7 @@
  * a struct bench_ops (serve / connect / round trip / close) and calls
  * bench_main(). No ipcfast code here: floor.c stays independent of csrc/.
  *
- * Command lines (the Python harness, ipcfast/_bench.py, drives these):
+ * Command lines (the Python harness, python/ipcfast/_bench/harness.py, drives these):
  *
  *   PROG serve ADDR [--cpu N]
  *       Listen on the socket path ADDR, print "READY <address>" once clients

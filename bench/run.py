@@ -5,7 +5,7 @@
     python bench/run.py --quick    # under a minute
     python bench/run.py --help
 
-Same as ``python -m ipcfast bench``; the code lives in python/ipcfast/_bench.py
+Same as ``python -m ipcfast bench``; the code lives in python/ipcfast/_bench/
 so an installed package can run it too. This script points the harness at
 this checkout's csrc/ and bench/*.c for the C programs.
 """
