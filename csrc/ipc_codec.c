@@ -266,7 +266,7 @@ static int read_u32(reader *r, uint32_t *value, const char *what, ipc_error *err
 
 static int read_string(reader *r, char **out, const char *what, ipc_error *err)
 {
-    uint32_t length;
+    uint32_t length = 0; /* set by read_u32 on success; gcc -O3 cannot see that */
     int rc = read_u32(r, &length, what, err);
 
     if (rc != IPC_OK)
@@ -294,7 +294,7 @@ static int read_string(reader *r, char **out, const char *what, ipc_error *err)
 static int read_string_list(reader *r, uint32_t *count, char ***list, const char *what,
                             ipc_error *err)
 {
-    uint32_t n, i;
+    uint32_t n = 0, i; /* n: set by read_u32 on success */
     int rc = read_u32(r, &n, what, err);
 
     if (rc != IPC_OK)
