@@ -526,7 +526,7 @@ class _Listener:
         if staging_length >= SUN_PATH_SIZE:
             self._place_socket_directly(mode, staging_length)
             return
-        staging = self._make_staging_dir(parent.rstrip("/"))
+        staging = self._make_staging_dir(parent.rstrip("/"), path)
         dfd = -1
         bound = False
         try:
@@ -577,7 +577,7 @@ class _Listener:
                 pass
 
     @staticmethod
-    def _make_staging_dir(parent: str) -> str:
+    def _make_staging_dir(parent: str, path: str) -> str:
         letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
         for _ in range(100):
             suffix = "".join(letters[b % len(letters)] for b in os.urandom(6))
@@ -588,7 +588,7 @@ class _Listener:
             except FileExistsError:
                 continue
             except OSError as exc:
-                raise _errno_error(exc, "bind (creating a staging directory)", staging) from None
+                raise _errno_error(exc, "bind (creating a staging directory)", path) from None
         raise _error("IPC_E_ADDRESS_IN_USE", f"could not create a staging directory in '{parent}'", errno.EEXIST)
 
     def _place_socket_directly(self, mode: int, staging_length: int) -> None:
