@@ -625,6 +625,10 @@ struct ipc_plat_listener {
 
 struct ipc_plat_acceptor {
     ipc_plat_listener *listener;
+    /* Refused peers are logged at most once a second per acceptor (a flood
+     * of them must not turn into a flood of log calls), with a count. */
+    int64_t next_refusal_log_ms;
+    unsigned long refused_unlogged;
 };
 
 static int open_cloexec(const char *path, int flags, mode_t mode)
@@ -1012,6 +1016,8 @@ int ipc_plat_acceptor_create(ipc_plat_listener *listener, ipc_plat_acceptor **ou
     if (!a)
         return ipc__fail(err, IPC_E_NO_MEMORY, 0, "out of memory for an acceptor");
     a->listener = listener;
+    a->next_refusal_log_ms = 0;
+    a->refused_unlogged = 0;
     *out = a;
     return IPC_OK;
 }
@@ -1077,24 +1083,41 @@ static int peer_uid(int fd, uid_t *uid)
  * gone (a connect/close flood leaves a queue of them), and with access
  * "user", a peer of another user, refused before any slot or thread is
  * spent on it (the check after the handshake stays as a second line). */
-static int unwanted_connection(const ipc_plat_listener *l, int fd)
+static void log_refusal(ipc_plat_acceptor *a, const char *why)
 {
-    char byte;
+    int64_t now = ipc_plat_now_ms();
+
+    if (now < a->next_refusal_log_ms) {
+        a->refused_unlogged++;
+        return;
+    }
+    if (a->refused_unlogged)
+        ipc__log(IPC_LOG_WARNING, "refused a connection to %s: %s (and %lu more refused "
+                 "since the last message)", a->listener->path, why, a->refused_unlogged);
+    else
+        ipc__log(IPC_LOG_WARNING, "refused a connection to %s: %s", a->listener->path, why);
+    a->refused_unlogged = 0;
+    a->next_refusal_log_ms = now + 1000;
+}
+
+static int unwanted_connection(ipc_plat_acceptor *a, int fd)
+{
+    char byte, why[64];
     ssize_t n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
     uid_t uid;
 
     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
         return 1;
-    if (l->access == IPC_ACCESS_WORLD)
+    if (a->listener->access == IPC_ACCESS_WORLD)
         return 0;
     if (peer_uid(fd, &uid) != 0) {
-        ipc__log(IPC_LOG_WARNING, "refused a connection to %s: its user is unknown (%s)",
-                 l->path, strerror(errno));
+        snprintf(why, sizeof why, "its user is unknown (%s)", strerror(errno));
+        log_refusal(a, why);
         return 1;
     }
     if (uid != geteuid()) {
-        ipc__log(IPC_LOG_WARNING, "refused a connection to %s from uid %lu: access is "
-                 "\"user\"", l->path, (unsigned long)uid);
+        snprintf(why, sizeof why, "uid %lu, and access is \"user\"", (unsigned long)uid);
+        log_refusal(a, why);
         return 1;
     }
     return 0;
@@ -1138,7 +1161,7 @@ int ipc_plat_accept(ipc_plat_acceptor *acceptor, ipc_plat_conn **out, ipc_error 
                 continue;
             return fail_errno(err, e, "accept", l->path);
         }
-        if (unwanted_connection(l, fd)) {
+        if (unwanted_connection(acceptor, fd)) {
             close_quietly(fd);
             continue;
         }

@@ -350,13 +350,14 @@ print("DONE", flush=True)
 
 @needs_root
 def test_another_user_holding_silent_connections_does_not_starve_the_owner(
-    make_server: MakeServer, make_client: MakeClient, traversable_tmp: str
+    make_server: MakeServer, make_client: MakeClient, traversable_tmp: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A default ("user") server whose permissions were opened behind its
     back: the other user's connections are closed at accept, so its silent
     connections cannot hold the slots (before: each held one for the whole
     handshake timeout, and the owner's clients got none)."""
     name = unique_name()
+    caplog.set_level("WARNING", logger="ipcfast")
     with make_server(name, echo, max_clients=4, handshake_timeout=5.0) as server:
         os.chmod(traversable_tmp, 0o755)
         os.chmod(server.address, 0o666)
@@ -371,6 +372,10 @@ def test_another_user_holding_silent_connections_does_not_starve_the_owner(
             hog.kill()
             hog.wait()
             os.chmod(traversable_tmp, 0o700)
+    refusals = [m for m in caplog.messages if m.startswith("refused a connection")]
+    assert refusals and "uid 65534" in refusals[0], caplog.messages
+    # At most one message a second per accepting thread, however many peers.
+    assert len(refusals) <= 10, refusals
 
 
 # ---- item 9: a same-user connect/close flood does not starve new clients ------------------

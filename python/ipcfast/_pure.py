@@ -492,6 +492,10 @@ class _Listener:
         self.sock: Optional[socket.socket] = None
         self.placed: Optional[Tuple[int, int]] = None  # (dev, ino) of our socket file at path
         self.opened_dir = False
+        # Refused peers are logged at most once a second (a flood of them
+        # must not turn into a flood of log calls), with a count.
+        self.next_refusal_log = 0.0
+        self.refused_unlogged = 0
         self.wake_r = -1
         self.wake_w = -1
         try:
@@ -765,12 +769,29 @@ class _Listener:
         try:
             uid = _peer_uid(conn)
         except OSError as exc:
-            logger.warning("refused a connection to %s: its user is unknown (%s)", self.path, exc)
+            self._log_refusal(f"its user is unknown ({os.strerror(exc.errno or 0)})")
             return True
         if uid != os.geteuid():
-            logger.warning('refused a connection to %s from uid %d: access is "user"', self.path, uid)
+            self._log_refusal(f'uid {uid}, and access is "user"')
             return True
         return False
+
+    def _log_refusal(self, why: str) -> None:
+        now = _monotonic()
+        if now < self.next_refusal_log:
+            self.refused_unlogged += 1
+            return
+        if self.refused_unlogged:
+            logger.warning(
+                "refused a connection to %s: %s (and %d more refused since the last message)",
+                self.path,
+                why,
+                self.refused_unlogged,
+            )
+        else:
+            logger.warning("refused a connection to %s: %s", self.path, why)
+        self.refused_unlogged = 0
+        self.next_refusal_log = now + 1.0
 
     def _remove_our_socket(self) -> None:
         """Removes the socket file only while it is still the one we placed:
