@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,15 +45,29 @@ int64_t ipc_plat_now_ms(void)
     return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
 }
 
+/* Milliseconds left until deadline (never negative, never above INT_MAX). */
+static int ms_until(int64_t deadline)
+{
+    int64_t left = deadline - ipc_plat_now_ms();
+
+    if (left <= 0)
+        return 0;
+    return left > 0x7fffffff ? 0x7fffffff : (int)left;
+}
+
 void ipc_plat_sleep_ms(int ms)
 {
-    struct timespec left;
+    /* Against a deadline, not "the rest of the sleep" after each signal:
+     * under a fast timer signal the remainder never reaches zero exactly. */
+    int64_t deadline = ipc_plat_now_ms() + ms;
+    int left;
 
-    if (ms <= 0)
-        return;
-    left.tv_sec = ms / 1000;
-    left.tv_nsec = (long)(ms % 1000) * 1000000L;
-    while (nanosleep(&left, &left) != 0 && errno == EINTR) {
+    while ((left = ms_until(deadline)) > 0) {
+        struct timespec span;
+
+        span.tv_sec = left / 1000;
+        span.tv_nsec = (long)(left % 1000) * 1000000L;
+        nanosleep(&span, NULL);
     }
 }
 
@@ -237,6 +252,7 @@ static int map_errno(int e)
 {
     switch (e) {
     case ENOENT:
+    case ENOTDIR:        /* a path through a regular file: as a missing directory */
     case ECONNREFUSED:   /* a socket file whose server is gone (or restarting) */
         return IPC_E_NOT_FOUND;
     case EAGAIN:
@@ -272,12 +288,16 @@ static int fail_errno(ipc_error *err, int e, const char *what, const char *path)
     return ipc__fail(err, map_errno(e), e, "%s failed: %s", what, strerror(e));
 }
 
+/* Only where the atomic flags (O_CLOEXEC, SOCK_CLOEXEC, accept4, pipe2) are
+ * missing; there a thread exec'ing at the wrong moment can inherit it. */
+#if !defined(__linux__) || !defined(O_CLOEXEC) || !defined(SOCK_CLOEXEC)
 static int set_cloexec(int fd)
 {
     int flags = fcntl(fd, F_GETFD);
 
     return flags < 0 ? -1 : fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
 }
+#endif
 
 static int set_nonblocking(int fd, int on)
 {
@@ -380,6 +400,17 @@ intptr_t ipc_plat_ready_handle(const ipc_plat_ready *ready)
  * Names: plain names live in a private per-user directory
  * ====================================================================== */
 
+/* "user 'nobody' (uid 65534)": who owns a file we refuse. */
+static char *describe_user(uid_t uid)
+{
+    struct passwd entry, *found = NULL;
+    char buf[1024];
+
+    if (getpwuid_r(uid, &entry, buf, sizeof buf, &found) == 0 && found && found->pw_name)
+        return ipc__format("user '%s' (uid %lu)", found->pw_name, (unsigned long)uid);
+    return ipc__format("uid %lu", (unsigned long)uid);
+}
+
 /* Refuses a directory that another user could control. */
 static int check_private_dir(const char *dir, ipc_error *err)
 {
@@ -395,11 +426,16 @@ static int check_private_dir(const char *dir, ipc_error *err)
         return ipc__fail(err, IPC_E_ACCESS_DENIED, 0,
                          "'%s' should be the private socket directory but is not a "
                          "directory", dir);
-    if (st.st_uid != geteuid())
-        return ipc__fail(err, IPC_E_ACCESS_DENIED, 0,
-                         "the socket directory '%s' belongs to uid %lu, not to us (uid %lu); "
-                         "refusing to use it", dir, (unsigned long)st.st_uid,
-                         (unsigned long)geteuid());
+    if (st.st_uid != geteuid()) {
+        char *owner = describe_user(st.st_uid);
+        int r = ipc__fail(err, IPC_E_ACCESS_DENIED, 0,
+                          "the socket directory '%s' belongs to %s, not to us (uid %lu); "
+                          "refusing to use it", dir, owner ? owner : "another user",
+                          (unsigned long)geteuid());
+
+        free(owner);
+        return r;
+    }
     if (st.st_mode & (S_IWGRP | S_IWOTH))
         return ipc__fail(err, IPC_E_ACCESS_DENIED, 0,
                          "the socket directory '%s' is writable by group or others (mode "
@@ -408,13 +444,93 @@ static int check_private_dir(const char *dir, ipc_error *err)
     return IPC_OK;
 }
 
+/* Checks (and with `create`, makes) one candidate private directory. A
+ * client that finds none gets its path anyway: connect reports "not found". */
+static int use_private_dir(char *dir, int create, char **out, ipc_error *err)
+{
+    struct stat st;
+
+    if (create && mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        int r = fail_errno(err, errno, "creating the socket directory", dir);
+
+        free(dir);
+        return r;
+    }
+    if (!create && lstat(dir, &st) != 0 && errno == ENOENT) {
+        *out = dir;
+        return IPC_OK;
+    }
+    if (check_private_dir(dir, err) != IPC_OK) {
+        free(dir);
+        return err ? err->code : IPC_E_ACCESS_DENIED;
+    }
+    *out = dir;
+    return IPC_OK;
+}
+
+/* The home directory: $HOME, else the password database's entry. */
+static char *home_dir(void)
+{
+    const char *home = getenv("HOME");
+    struct passwd entry, *found = NULL;
+    char buf[1024];
+
+    if (home && *home)
+        return ipc__format("%s", home);
+    if (getpwuid_r(geteuid(), &entry, buf, sizeof buf, &found) == 0 && found &&
+        found->pw_dir && *found->pw_dir)
+        return ipc__format("%s", found->pw_dir);
+    return NULL;
+}
+
+/* ${TMPDIR:-/tmp}/ipcfast-UID belongs to another user, who made it first
+ * (anybody can create names in /tmp): fall back to HOME/.ipcfast-UID, a
+ * name only we (and root) can create. Client and server follow the same
+ * rule, so they meet there. */
+static int squatted_dir_fallback(const char *squatted, uid_t squatter, int create,
+                                 char **out, ipc_error *err)
+{
+    char *owner = describe_user(squatter);
+    char *home = home_dir();
+    char *fallback = home ? ipc__format("%s/.ipcfast-%lu", home, (unsigned long)geteuid())
+                          : NULL;
+    ipc_error inner = {0};
+    int r;
+
+    free(home);
+    if (!fallback) {
+        r = ipc__fail(err, IPC_E_ACCESS_DENIED, 0,
+                      "the socket directory '%s' belongs to %s, not to us (uid %lu); "
+                      "refusing to use it, and there is no home directory to fall back "
+                      "to (set HOME or XDG_RUNTIME_DIR, or have that user or root remove "
+                      "it)", squatted, owner ? owner : "another user",
+                      (unsigned long)geteuid());
+        free(owner);
+        return r;
+    }
+    if (create)
+        ipc__log(IPC_LOG_WARNING, "the socket directory %s belongs to %s; using %s instead",
+                 squatted, owner ? owner : "another user", fallback);
+    r = use_private_dir(fallback, create, out, &inner);
+    if (r != IPC_OK)
+        r = ipc__fail(err, IPC_E_ACCESS_DENIED, inner.system_error,
+                      "the socket directory '%s' belongs to %s, not to us (uid %lu); "
+                      "refusing to use it, and the fallback failed: %s", squatted,
+                      owner ? owner : "another user", (unsigned long)geteuid(),
+                      inner.message ? inner.message : ipc_result_name(r));
+    ipc_error_clear(&inner);
+    free(owner);
+    return r;
+}
+
 /* The private directory for plain names: $XDG_RUNTIME_DIR/ipcfast, else
- * ${TMPDIR:-/tmp}/ipcfast-UID. A server creates it (0700); both sides
- * refuse it when it is unsafe. */
+ * ${TMPDIR:-/tmp}/ipcfast-UID (or its fallback, above). A server creates
+ * it (0700); both sides refuse it when it is unsafe. */
 static int private_dir(char **out, int create, ipc_error *err)
 {
     const char *runtime = getenv("XDG_RUNTIME_DIR");
     const char *tmp = getenv("TMPDIR");
+    struct stat st;
     char *dir;
 
     if (runtime && *runtime)
@@ -424,26 +540,13 @@ static int private_dir(char **out, int create, ipc_error *err)
                           (unsigned long)geteuid());
     if (!dir)
         return ipc__fail(err, IPC_E_NO_MEMORY, 0, "out of memory");
-    if (create && mkdir(dir, 0700) != 0 && errno != EEXIST) {
-        int r = fail_errno(err, errno, "creating the socket directory", dir);
+    if (!(runtime && *runtime) && lstat(dir, &st) == 0 && st.st_uid != geteuid()) {
+        int r = squatted_dir_fallback(dir, st.st_uid, create, out, err);
 
         free(dir);
         return r;
     }
-    if (!create) {
-        struct stat st;
-
-        if (lstat(dir, &st) != 0 && errno == ENOENT) {
-            *out = dir;   /* connect will report "not found" */
-            return IPC_OK;
-        }
-    }
-    if (check_private_dir(dir, err) != IPC_OK) {
-        free(dir);
-        return err ? err->code : IPC_E_ACCESS_DENIED;
-    }
-    *out = dir;
-    return IPC_OK;
+    return use_private_dir(dir, create, out, err);
 }
 
 /* Turns a name into a socket address; `create` makes the private dir. */
@@ -455,6 +558,11 @@ static int resolve_name(const char *name, struct sockaddr_un *addr, char **path_
 
     if (!name || !*name)
         return ipc__fail(err, IPC_E_INVALID, 0, "empty name");
+    length = strlen(name);
+    /* NAME.lock is the lock file of NAME (docs/protocol.md 2.1). */
+    if (length >= 5 && strcmp(name + length - 5, ".lock") == 0)
+        return ipc__fail(err, IPC_E_INVALID, 0, "'%s' ends in \".lock\", which is reserved "
+                         "for lock files: choose another name", name);
     if (strchr(name, '/')) {
         path = ipc__format("%s", name);
     } else {
@@ -491,90 +599,163 @@ static int resolve_name(const char *name, struct sockaddr_un *addr, char **path_
  * Listening
  * ====================================================================== */
 
-/* access "world" on a plain name: other users must be able to traverse the
- * private directory to reach the socket (by its full path, which
- * ipc_server_address gives). The directory gets search permission for
- * others (0711: still not listable) only while a world-access socket lives
- * in it; user sockets keep mode 0600 and the same-user check. */
+/* The directory part of a socket path ("/" for "/x"). */
 static char *parent_dir(const char *path)
 {
     char *dir = ipc__format("%s", path);
     char *slash = dir ? strrchr(dir, '/') : NULL;
 
     if (slash)
-        *slash = '\0';
+        slash[slash == dir ? 1 : 0] = '\0';
     return dir;
-}
-
-static int open_dir_to_others(const char *path, ipc_error *err)
-{
-    char *dir = parent_dir(path);
-    const char *runtime = getenv("XDG_RUNTIME_DIR");
-    int r = IPC_OK;
-
-    if (!dir)
-        return ipc__fail(err, IPC_E_NO_MEMORY, 0, "out of memory");
-    if (chmod(dir, 0711) != 0)
-        r = fail_errno(err, errno, "making the socket directory traversable", dir);
-    else if (runtime && *runtime)
-        ipc__log(IPC_LOG_WARNING, "access is \"world\" but %s lives under XDG_RUNTIME_DIR "
-                 "(%s), which other users usually cannot enter: give the server a path "
-                 "name in a shared directory instead", path, runtime);
-    free(dir);
-    return r;
-}
-
-/* Back to 0700 when no other world-access socket remains in the directory. */
-static void close_dir_to_others(const char *path)
-{
-    char *dir = parent_dir(path);
-    DIR *listing = dir ? opendir(dir) : NULL;
-    struct dirent *entry;
-    int still_shared = 0;
-
-    while (listing && !still_shared && (entry = readdir(listing)) != NULL) {
-        struct stat st;
-        char *other = ipc__format("%s/%s", dir, entry->d_name);
-
-        if (other && strcmp(other, path) != 0 && lstat(other, &st) == 0 &&
-            S_ISSOCK(st.st_mode) && (st.st_mode & S_IWOTH))
-            still_shared = 1;
-        free(other);
-    }
-    if (listing)
-        closedir(listing);
-    if (dir && !still_shared)
-        chmod(dir, 0700);
-    free(dir);
 }
 
 struct ipc_plat_listener {
     int fd;
     int wake[2];        /* stop writes a byte; pollers see it readable */
     int lock_fd;        /* flock'ed for our lifetime: we own the name */
+    int access;         /* enum ipc_access: "user" refuses other users at accept */
     int opened_dir;     /* we made the private directory traversable */
+    int placed;         /* our socket file is at path, as (dev, ino) */
+    dev_t dev;
+    ino_t ino;
     char *path;
     char *lock_path;
 };
 
 struct ipc_plat_acceptor {
     ipc_plat_listener *listener;
+    /* Refused peers are logged at most once a second per acceptor (a flood
+     * of them must not turn into a flood of log calls), with a count. */
+    int64_t next_refusal_log_ms;
+    unsigned long refused_unlogged;
 };
+
+static int open_cloexec(const char *path, int flags, mode_t mode)
+{
+#if defined(O_CLOEXEC)
+    return open(path, flags | O_CLOEXEC, mode);
+#else
+    int fd = open(path, flags, mode);
+
+    if (fd >= 0)
+        set_cloexec(fd);
+    return fd;
+#endif
+}
+
+/* access "world" on a plain name: other users must be able to traverse the
+ * private directory to reach the socket (by its full path, which
+ * ipc_server_address gives). The directory gets search permission for
+ * others (0711: still not listable) only while a world-access socket lives
+ * in it; user sockets keep mode 0600 and the same-user check.
+ *
+ * Servers starting and stopping in the same directory change its mode
+ * under an flock on the directory itself: otherwise a stopping server
+ * could look for other world sockets, miss one being set up, and close the
+ * directory to others under it. Returns the locked descriptor. */
+static int lock_private_dir(const char *dir, ipc_error *err)
+{
+    int fd = open_cloexec(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0);
+
+    if (fd < 0)
+        return -fail_errno(err, errno, "opening the socket directory", dir);
+    while (flock(fd, LOCK_EX) != 0) {
+        if (errno != EINTR) {
+            int r = fail_errno(err, errno, "locking the socket directory", dir);
+
+            close_quietly(fd);
+            return -r;
+        }
+    }
+    return fd;
+}
+
+static int open_dir_to_others(ipc_plat_listener *l, ipc_error *err)
+{
+    char *dir = parent_dir(l->path);
+    const char *runtime = getenv("XDG_RUNTIME_DIR");
+    int fd, r = IPC_OK;
+
+    if (!dir)
+        return ipc__fail(err, IPC_E_NO_MEMORY, 0, "out of memory");
+    fd = lock_private_dir(dir, err);
+    if (fd < 0) {
+        free(dir);
+        return -fd;
+    }
+    if (fchmod(fd, 0711) != 0)
+        r = fail_errno(err, errno, "making the socket directory traversable", dir);
+    else if (runtime && *runtime)
+        ipc__log(IPC_LOG_WARNING, "access is \"world\" but %s lives under XDG_RUNTIME_DIR "
+                 "(%s), which other users usually cannot enter: give the server a path "
+                 "name in a shared directory instead", l->path, runtime);
+    close_quietly(fd);   /* releases the lock */
+    free(dir);
+    return r;
+}
+
+/* Removes the socket file at path only while it is still the one we
+ * placed: another process may have replaced it since. */
+static void remove_our_socket(ipc_plat_listener *l)
+{
+    struct stat st;
+
+    if (!l->placed)
+        return;
+    l->placed = 0;
+    if (lstat(l->path, &st) != 0)
+        return;   /* somebody removed it already */
+    if (st.st_dev != l->dev || st.st_ino != l->ino) {
+        ipc__log(IPC_LOG_WARNING, "%s is no longer our socket; leaving it in place", l->path);
+        return;
+    }
+    unlink(l->path);
+}
+
+/* Removes our socket, then closes the directory to others (0700) when no
+ * other world-access socket remains in it; all under the directory lock. */
+static void close_dir_to_others(ipc_plat_listener *l)
+{
+    char *dir = parent_dir(l->path);
+    int fd = dir ? lock_private_dir(dir, NULL) : -1;
+    DIR *listing;
+    struct dirent *entry;
+    int still_shared = 0;
+
+    remove_our_socket(l);
+    listing = fd >= 0 ? opendir(dir) : NULL;
+    while (listing && !still_shared && (entry = readdir(listing)) != NULL) {
+        struct stat st;
+
+        if (fstatat(fd, entry->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            S_ISSOCK(st.st_mode) && (st.st_mode & S_IWOTH))
+            still_shared = 1;
+    }
+    if (listing)
+        closedir(listing);
+    if (fd >= 0) {
+        if (!still_shared)
+            fchmod(fd, 0700);
+        close_quietly(fd);
+    }
+    free(dir);
+}
 
 /* Takes the lock file that decides who owns the name. The kernel drops the
  * lock when its holder dies, so a held lock means a live server, and a
- * socket file found without one is stale. */
+ * socket file found without one is stale. Opened close-on-exec from birth:
+ * a child exec'd in between would otherwise hold the name for its life. */
 static int take_name_lock(ipc_plat_listener *l, ipc_error *err)
 {
     int attempt;
 
     for (attempt = 0; attempt < 5; attempt++) {
         struct stat held, named;
-        int fd = open(l->lock_path, O_RDWR | O_CREAT | O_NOFOLLOW, 0600);
+        int fd = open_cloexec(l->lock_path, O_RDWR | O_CREAT | O_NOFOLLOW, 0600);
 
         if (fd < 0)
             return fail_errno(err, errno, "opening the lock file", l->lock_path);
-        set_cloexec(fd);
         if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
             int e = errno;
 
@@ -597,7 +778,6 @@ static int take_name_lock(ipc_plat_listener *l, ipc_error *err)
                      "could not claim '%s': other servers keep replacing its lock file",
                      l->path);
 }
-
 /* With the lock held, whatever is at the path is ours to replace, unless it
  * is not a socket or something (not using the lock) still listens there. */
 static int clear_stale_socket(ipc_plat_listener *l, const struct sockaddr_un *addr,
@@ -630,6 +810,125 @@ static int clear_stale_socket(ipc_plat_listener *l, const struct sockaddr_un *ad
     return IPC_OK;
 }
 
+/* The listen backlog. Connections wait there in order; a deep one (Linux's
+ * SOMAXCONN is 4096) filled by a connect/close flood makes a new client
+ * wait behind thousands of dead connections. 64 lets a burst of clients
+ * queue (on Linux a client waits in the kernel for room, see
+ * connect_socket) while a flood costs a newcomer at most 64 accepts. */
+#define LISTEN_BACKLOG 64
+
+/* Where the staging path does not fit sun_path: bind in place. Only for
+ * access "user": the mode is set on the socket before bind (Linux creates
+ * the file with it, less the umask; elsewhere the umask alone decides, and
+ * the same-user check at accept still holds), never by name after. */
+static int place_socket_directly(ipc_plat_listener *l, mode_t mode, size_t staging_length,
+                                 ipc_error *err)
+{
+    struct sockaddr_un addr;
+    struct stat st;
+
+    if (mode != 0600)
+        return ipc__fail(err, IPC_E_NAME_TOO_LONG, ENAMETOOLONG,
+                         "the socket path '%s' leaves no room for the race-free set-up of "
+                         "a world-access socket (it binds at a %lu-byte path first; Unix "
+                         "sockets allow %lu): use a shorter name", l->path,
+                         (unsigned long)staging_length,
+                         (unsigned long)(sizeof addr.sun_path - 1));
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    memcpy(addr.sun_path, l->path, strlen(l->path) + 1);
+    fchmod(l->fd, mode);   /* best effort: narrows the mode where honoured */
+    if (bind(l->fd, (const struct sockaddr *)&addr, sizeof addr) != 0)
+        return fail_errno(err, errno, "bind", l->path);
+    if (listen(l->fd, LISTEN_BACKLOG) != 0) {
+        int r = fail_errno(err, errno, "listen", l->path);
+
+        unlink(l->path);
+        return r;
+    }
+    if (lstat(l->path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+        l->placed = 1;
+        l->dev = st.st_dev;
+        l->ino = st.st_ino;
+    }
+    return IPC_OK;
+}
+
+/* Binds and listens at l->path with the final mode, without ever changing
+ * a mode by name: a chmod(path) after bind follows whatever another user
+ * swapped in there meanwhile (a symbolic link to any file we own). The
+ * socket is bound in a fresh 0700 staging directory beside the path, gets
+ * its mode relative to that directory's descriptor, starts listening, and
+ * is then hard-linked into place; link() fails like bind() if the name is
+ * taken. */
+static int place_socket(ipc_plat_listener *l, mode_t mode, ipc_error *err)
+{
+    char *dir = parent_dir(l->path);
+    char *staging = dir ? ipc__format("%s/.ipcXXXXXX", strcmp(dir, "/") == 0 ? "" : dir)
+                        : NULL;
+    struct sockaddr_un addr;
+    struct stat st;
+    int dfd = -1, bound = 0, r = IPC_OK;
+
+    free(dir);
+    if (!staging)
+        return ipc__fail(err, IPC_E_NO_MEMORY, 0, "out of memory");
+    if (strlen(staging) + 2 >= sizeof addr.sun_path) {
+        r = place_socket_directly(l, mode, strlen(staging) + 2, err);
+        free(staging);
+        return r;
+    }
+    if (!mkdtemp(staging)) {
+        r = fail_errno(err, errno, "bind (creating a staging directory)", l->path);
+        free(staging);
+        return r;
+    }
+    dfd = open_cloexec(staging, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0);
+    if (dfd < 0 || fstat(dfd, &st) != 0 || st.st_uid != geteuid() || (st.st_mode & 077)) {
+        r = ipc__fail(err, IPC_E_ACCESS_DENIED, dfd < 0 ? errno : 0,
+                      "the staging directory '%s' for '%s' was replaced by another user",
+                      staging, l->path);
+        goto done;
+    }
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    snprintf(addr.sun_path, sizeof addr.sun_path, "%s/s", staging);
+    fchmod(l->fd, mode);   /* best effort: narrows the mode at bind where honoured */
+    if (bind(l->fd, (const struct sockaddr *)&addr, sizeof addr) != 0) {
+        r = fail_errno(err, errno, "bind", l->path);
+        goto done;
+    }
+    bound = 1;
+    /* Nobody else can create entries in our 0700 directory: "s" is ours. */
+    if (fchmodat(dfd, "s", mode, 0) != 0) {
+        r = fail_errno(err, errno, "chmod", l->path);
+        goto done;
+    }
+    if (fstatat(dfd, "s", &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISSOCK(st.st_mode)) {
+        r = ipc__fail(err, IPC_E_SYSTEM, errno, "the socket bound for '%s' vanished", l->path);
+        goto done;
+    }
+    if (listen(l->fd, LISTEN_BACKLOG) != 0) {
+        r = fail_errno(err, errno, "listen", l->path);
+        goto done;
+    }
+    if (linkat(dfd, "s", AT_FDCWD, l->path, 0) != 0) {
+        r = fail_errno(err, errno, "bind", l->path);
+        goto done;
+    }
+    l->placed = 1;
+    l->dev = st.st_dev;
+    l->ino = st.st_ino;
+done:
+    if (bound)
+        unlinkat(dfd, "s", 0);
+    if (dfd >= 0)
+        close_quietly(dfd);
+    rmdir(staging);
+    free(staging);
+    return r;
+}
+
 static int open_wake_pipe(int wake[2], ipc_error *err)
 {
 #if defined(__linux__)
@@ -651,12 +950,14 @@ int ipc_plat_listen(ipc_plat_listener **out, const char *name,
 {
     ipc_plat_listener *l = (ipc_plat_listener *)calloc(1, sizeof *l);
     struct sockaddr_un addr;
+    int world = params->access == IPC_ACCESS_WORLD;
     int r;
 
     *out = NULL;
     if (!l)
         return ipc__fail(err, IPC_E_NO_MEMORY, 0, "out of memory for the listener");
     l->fd = l->lock_fd = l->wake[0] = l->wake[1] = -1;
+    l->access = params->access;
     r = resolve_name(name, &addr, &l->path, 1, err);
     if (r != IPC_OK)
         goto fail;
@@ -677,33 +978,17 @@ int ipc_plat_listen(ipc_plat_listener **out, const char *name,
         r = -l->fd;
         goto fail;
     }
-    if (bind(l->fd, (const struct sockaddr *)&addr, sizeof addr) != 0) {
-        r = fail_errno(err, errno, "bind", l->path);
-        /* Whatever is at the path now is not ours to remove. */
-        close_quietly(l->fd);
-        l->fd = -1;
-        goto fail;
-    }
     /* The private directory already keeps other users out of plain names;
      * the mode matters for paths chosen by the caller. */
-    if (chmod(l->path, params->access == IPC_ACCESS_WORLD ? 0666 : 0600) != 0) {
-        r = fail_errno(err, errno, "chmod", l->path);
-        unlink(l->path);
-        goto fail;
-    }
-    if (params->access == IPC_ACCESS_WORLD && !strchr(name, '/')) {
-        r = open_dir_to_others(l->path, err);
+    r = place_socket(l, world ? 0666 : 0600, err);
+    if (r == IPC_OK && world && !strchr(name, '/')) {
+        r = open_dir_to_others(l, err);
         l->opened_dir = r == IPC_OK;
-        if (r != IPC_OK) {
-            unlink(l->path);
-            goto fail;
-        }
     }
-    if (listen(l->fd, SOMAXCONN) != 0 || set_nonblocking(l->fd, 1) != 0) {
+    if (r == IPC_OK && set_nonblocking(l->fd, 1) != 0)
         r = fail_errno(err, errno, "listen", l->path);
-        unlink(l->path);
+    if (r != IPC_OK)
         goto fail;
-    }
     *out = l;
     return IPC_OK;
 fail:
@@ -731,6 +1016,8 @@ int ipc_plat_acceptor_create(ipc_plat_listener *listener, ipc_plat_acceptor **ou
     if (!a)
         return ipc__fail(err, IPC_E_NO_MEMORY, 0, "out of memory for an acceptor");
     a->listener = listener;
+    a->next_refusal_log_ms = 0;
+    a->refused_unlogged = 0;
     *out = a;
     return IPC_OK;
 }
@@ -775,6 +1062,67 @@ static int wrap_conn(int fd, ipc_plat_conn **out, ipc_error *err)
     return IPC_OK;
 }
 
+static int peer_uid(int fd, uid_t *uid)
+{
+#if defined(SO_PEERCRED) && defined(__linux__)
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+        return -1;
+    *uid = cred.uid;
+    return 0;
+#else
+    gid_t gid;
+
+    return getpeereid(fd, uid, &gid);
+#endif
+}
+
+/* Connections not worth a slot's thread, closed at accept: a peer already
+ * gone (a connect/close flood leaves a queue of them), and with access
+ * "user", a peer of another user, refused before any slot or thread is
+ * spent on it (the check after the handshake stays as a second line). */
+static void log_refusal(ipc_plat_acceptor *a, const char *why)
+{
+    int64_t now = ipc_plat_now_ms();
+
+    if (now < a->next_refusal_log_ms) {
+        a->refused_unlogged++;
+        return;
+    }
+    if (a->refused_unlogged)
+        ipc__log(IPC_LOG_WARNING, "refused a connection to %s: %s (and %lu more refused "
+                 "since the last message)", a->listener->path, why, a->refused_unlogged);
+    else
+        ipc__log(IPC_LOG_WARNING, "refused a connection to %s: %s", a->listener->path, why);
+    a->refused_unlogged = 0;
+    a->next_refusal_log_ms = now + 1000;
+}
+
+static int unwanted_connection(ipc_plat_acceptor *a, int fd)
+{
+    char byte, why[64];
+    ssize_t n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    uid_t uid;
+
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+        return 1;
+    if (a->listener->access == IPC_ACCESS_WORLD)
+        return 0;
+    if (peer_uid(fd, &uid) != 0) {
+        snprintf(why, sizeof why, "its user is unknown (%s)", strerror(errno));
+        log_refusal(a, why);
+        return 1;
+    }
+    if (uid != geteuid()) {
+        snprintf(why, sizeof why, "uid %lu, and access is \"user\"", (unsigned long)uid);
+        log_refusal(a, why);
+        return 1;
+    }
+    return 0;
+}
+
 int ipc_plat_accept(ipc_plat_acceptor *acceptor, ipc_plat_conn **out, ipc_error *err)
 {
     ipc_plat_listener *l = acceptor->listener;
@@ -813,6 +1161,10 @@ int ipc_plat_accept(ipc_plat_acceptor *acceptor, ipc_plat_conn **out, ipc_error 
                 continue;
             return fail_errno(err, e, "accept", l->path);
         }
+        if (unwanted_connection(acceptor, fd)) {
+            close_quietly(fd);
+            continue;
+        }
         /* BSDs let accepted sockets inherit O_NONBLOCK; reads rely on
          * SO_RCVTIMEO, which needs a blocking socket. */
         set_nonblocking(fd, 0);
@@ -835,12 +1187,12 @@ void ipc_plat_listener_close(ipc_plat_listener *l)
 {
     if (!l)
         return;
-    if (l->fd >= 0) {
+    if (l->fd >= 0)
         close_quietly(l->fd);
-        unlink(l->path);
-    }
     if (l->opened_dir)
-        close_dir_to_others(l->path);
+        close_dir_to_others(l);   /* removes our socket under the directory lock */
+    else
+        remove_our_socket(l);
     if (l->lock_fd >= 0) {
         /* Remove the lock file while still holding it; take_name_lock
          * notices if it locked the orphan. */
@@ -858,6 +1210,71 @@ void ipc_plat_listener_close(ipc_plat_listener *l)
  * Connections
  * ====================================================================== */
 
+/* poll() for one descriptor that keeps its deadline whatever signals
+ * arrive: >0 ready, 0 timed out, <0 failed (errno set). */
+static int wait_ready(int fd, short events, int timeout_ms)
+{
+    int64_t deadline = timeout_ms < 0 ? -1 : ipc_plat_now_ms() + timeout_ms;
+
+    for (;;) {
+        struct pollfd p;
+        int n;
+
+        p.fd = fd;
+        p.events = events;
+        p.revents = 0;
+        n = poll(&p, 1, deadline < 0 ? -1 : ms_until(deadline));
+        if (n >= 0 || errno != EINTR)
+            return n;
+    }
+}
+
+static int set_socket_timeout(int fd, int option, int *cached, int ms);
+
+/* One connect() that never waits past timeout_ms (0: not at all). A
+ * non-blocking attempt answers a full backlog with EAGAIN ("busy") at once
+ * (the socket stays non-blocking; EINPROGRESS is the caller's). On Linux a
+ * full backlog is then waited for with a blocking connect(): the kernel
+ * queues it and wakes it as the server accepts, so the client gets its turn
+ * even against a flood of connect/close loops, which pauses between
+ * non-blocking attempts lose every race to. SO_SNDTIMEO bounds that wait and
+ * is recomputed after a signal. */
+static int connect_socket(int fd, const struct sockaddr_un *addr, int timeout_ms)
+{
+#if defined(__linux__)
+    int64_t deadline = timeout_ms < 0 ? -1 : ipc_plat_now_ms() + timeout_ms;
+#endif
+
+    set_nonblocking(fd, 1);
+    if (connect(fd, (const struct sockaddr *)addr, sizeof *addr) == 0)
+        return 0;
+#if defined(__linux__)
+    if (errno != EAGAIN || timeout_ms == 0)
+        return -1;
+    set_nonblocking(fd, 0);
+    for (;;) {
+        int unknown = -2;
+        int wait = deadline < 0 ? -1 : ms_until(deadline);
+
+        if (wait == 0) {
+            errno = EAGAIN;
+            return -1;
+        }
+        if (set_socket_timeout(fd, SO_SNDTIMEO, &unknown, wait) != 0)
+            return -1;
+        if (connect(fd, (const struct sockaddr *)addr, sizeof *addr) == 0)
+            return 0;
+        if (errno == EISCONN)
+            return 0;   /* an interrupted attempt completed after all */
+        if (errno != EINTR)
+            return -1;
+    }
+#else
+    (void)timeout_ms;
+    return -1;
+#endif
+}
+
 int ipc_plat_connect(ipc_plat_conn **out, const char *name, int timeout_ms, ipc_error *err)
 {
     struct sockaddr_un addr;
@@ -873,20 +1290,13 @@ int ipc_plat_connect(ipc_plat_conn **out, const char *name, int timeout_ms, ipc_
         free(path);
         return -fd;
     }
-    /* Non-blocking connect: a full backlog answers EAGAIN ("busy") at once
-     * instead of blocking past the caller's budget. */
-    set_nonblocking(fd, 1);
-    if (connect(fd, (const struct sockaddr *)&addr, sizeof addr) != 0) {
+    if (connect_socket(fd, &addr, timeout_ms) != 0) {
         int e = errno;
 
         if (e == EINPROGRESS) {
-            struct pollfd p;
             socklen_t len = sizeof e;
 
-            p.fd = fd;
-            p.events = POLLOUT;
-            p.revents = 0;
-            if (poll(&p, 1, timeout_ms) <= 0)
+            if (wait_ready(fd, POLLOUT, timeout_ms) <= 0)
                 e = EAGAIN;
             else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) != 0)
                 e = errno;
@@ -896,7 +1306,7 @@ int ipc_plat_connect(ipc_plat_conn **out, const char *name, int timeout_ms, ipc_
             if (e == EAGAIN || e == EWOULDBLOCK)
                 r = ipc__fail(err, IPC_E_BUSY, e,
                               "the server '%s' has a full connection queue", path);
-            else if (e == ENOENT || e == ECONNREFUSED)
+            else if (e == ENOENT || e == ECONNREFUSED || e == ENOTDIR)
                 r = ipc__fail(err, IPC_E_NOT_FOUND, e, "no server is listening on '%s' (%s)",
                               path, strerror(e));
             else
@@ -931,20 +1341,29 @@ static int set_socket_timeout(int fd, int option, int *cached, int ms)
 int ipc_plat_read(ipc_plat_conn *conn, void *buf, size_t capacity, size_t *got,
                   int timeout_ms, ipc_error *err)
 {
-    *got = 0;
-    if (set_socket_timeout(conn->fd, SO_RCVTIMEO, &conn->recv_timeout_ms, timeout_ms) != 0)
-        return fail_errno(err, errno, "setsockopt(SO_RCVTIMEO)", NULL);
-    for (;;) {
-        ssize_t n = recv(conn->fd, buf, capacity, 0);
+    int64_t deadline = timeout_ms < 0 ? -1 : ipc_plat_now_ms() + timeout_ms;
+    int wait = timeout_ms;
 
+    *got = 0;
+    for (;;) {
+        ssize_t n;
+
+        if (set_socket_timeout(conn->fd, SO_RCVTIMEO, &conn->recv_timeout_ms, wait) != 0)
+            return fail_errno(err, errno, "setsockopt(SO_RCVTIMEO)", NULL);
+        n = recv(conn->fd, buf, capacity, 0);
         if (n > 0) {
             *got = (size_t)n;
             return IPC_OK;
         }
         if (n == 0)
             return ipc__fail(err, IPC_E_CLOSED, 0, "the peer closed the connection");
-        if (errno == EINTR)
+        if (errno == EINTR) {
+            /* A signal: wait on for what is left, not the whole timeout
+             * again (a 1 kHz timer would otherwise stretch it forever). */
+            if (deadline >= 0 && (wait = ms_until(deadline)) == 0)
+                return ipc__fail(err, IPC_E_TIMEOUT, 0, "no data within %d ms", timeout_ms);
             continue;
+        }
         if (errno == EAGAIN || errno == EWOULDBLOCK)
             return ipc__fail(err, IPC_E_TIMEOUT, 0, "no data within %d ms", timeout_ms);
         if (errno == ECONNRESET || errno == EPIPE || errno == ENOTCONN)
@@ -1012,21 +1431,15 @@ int ipc_plat_write(ipc_plat_conn *conn, const ipc_plat_buf *parts, int count, in
 
 int ipc_plat_peer_same_user(ipc_plat_conn *conn, int *same, ipc_error *err)
 {
-#if defined(SO_PEERCRED) && defined(__linux__)
-    struct ucred cred;
-    socklen_t len = sizeof cred;
-
-    if (getsockopt(conn->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
-        return fail_errno(err, errno, "getsockopt(SO_PEERCRED)", NULL);
-    *same = cred.uid == geteuid();
-#else
     uid_t uid;
-    gid_t gid;
 
-    if (getpeereid(conn->fd, &uid, &gid) != 0)
+    if (peer_uid(conn->fd, &uid) != 0)
+#if defined(SO_PEERCRED) && defined(__linux__)
+        return fail_errno(err, errno, "getsockopt(SO_PEERCRED)", NULL);
+#else
         return fail_errno(err, errno, "getpeereid", NULL);
-    *same = uid == geteuid();
 #endif
+    *same = uid == geteuid();
     return IPC_OK;
 }
 

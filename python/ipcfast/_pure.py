@@ -81,6 +81,10 @@ WAKE_INTERVAL = 0.5
 STOP_GRACE = 1.0
 #: The C core's limit on max_clients.
 MAX_CLIENTS_LIMIT = 4096
+#: The listen backlog (LISTEN_BACKLOG in ipc_posix.c): deep enough for a
+#: burst of clients, shallow enough that a connect/close flood cannot put a
+#: newcomer behind thousands of dead connections.
+LISTEN_BACKLOG = 64
 #: Size of each connection's receive buffer (bytes read per recv).
 RECV_CHUNK = 64 * 1024
 #: Below this, a packet's header and payload are joined into one buffer
@@ -91,6 +95,7 @@ _MAX_UINT32 = 0xFFFFFFFF
 _MSG_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 _SO_NOSIGPIPE = 0x1022  # macOS / BSD: a dead peer must not raise SIGPIPE
 _BSD_LIKE = sys.platform == "darwin" or "bsd" in sys.platform
+_LINUX = sys.platform.startswith("linux")
 #: sizeof(sockaddr_un.sun_path): paths must be shorter (they need a NUL).
 SUN_PATH_SIZE = 104 if _BSD_LIKE else 108
 
@@ -116,6 +121,7 @@ def _require_posix() -> None:
 #: errno -> C result name, as map_errno() in ipc_posix.c.
 _ERRNO_CODES: Dict[int, Result] = {
     errno.ENOENT: _NOT_FOUND,
+    errno.ENOTDIR: _NOT_FOUND,  # a path through a regular file: as a missing directory
     errno.ECONNREFUSED: _NOT_FOUND,
     errno.EAGAIN: _BUSY,
     errno.EWOULDBLOCK: _BUSY,
@@ -184,7 +190,8 @@ def _check_private_dir(path: str) -> None:
     if st.st_uid != euid:
         raise _error(
             "IPC_E_ACCESS_DENIED",
-            f"the socket directory '{path}' belongs to uid {st.st_uid}, not to us (uid {euid}); refusing to use it",
+            f"the socket directory '{path}' belongs to {_describe_user(st.st_uid)}, not to us (uid {euid}); "
+            f"refusing to use it",
         )
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise _error(
@@ -194,19 +201,20 @@ def _check_private_dir(path: str) -> None:
         )
 
 
-def private_dir(create: bool) -> str:
-    """``$XDG_RUNTIME_DIR/ipcfast``, else ``${TMPDIR:-/tmp}/ipcfast-UID``.
+def _describe_user(uid: int) -> str:
+    """"user 'nobody' (uid 65534)": who owns a file we refuse."""
+    try:
+        import pwd
 
-    A server (``create``) makes it with mode 0700; both sides refuse it when
-    it is unsafe. A client that finds no directory gets its path anyway
-    (connecting then reports "not found").
-    """
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        path = f"{runtime}/ipcfast"
-    else:
-        tmp = os.environ.get("TMPDIR") or "/tmp"
-        path = f"{tmp}/ipcfast-{os.geteuid()}"
+        return f"user '{pwd.getpwuid(uid).pw_name}' (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _use_private_dir(path: str, create: bool) -> str:
+    """Checks (and with ``create``, makes) one candidate private directory.
+    A client that finds none gets its path anyway: connecting then reports
+    "not found"."""
     if create:
         try:
             os.mkdir(path, 0o700)
@@ -225,10 +233,78 @@ def private_dir(create: bool) -> str:
     return path
 
 
+def _home_dir() -> Optional[str]:
+    """$HOME, else the password database's entry (as the C core)."""
+    home = os.environ.get("HOME")
+    if home:
+        return home
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_dir or None
+    except (ImportError, KeyError):
+        return None
+
+
+def _squatted_dir_fallback(squatted: str, squatter: int, create: bool) -> str:
+    """``${TMPDIR:-/tmp}/ipcfast-UID`` belongs to another user, who made it
+    first (anybody can create names in /tmp): fall back to
+    ``HOME/.ipcfast-UID``, a name only we (and root) can create. Client and
+    server follow the same rule, so they meet there."""
+    euid = os.geteuid()
+    owner = _describe_user(squatter)
+    home = _home_dir()
+    if home is None:
+        raise _error(
+            "IPC_E_ACCESS_DENIED",
+            f"the socket directory '{squatted}' belongs to {owner}, not to us (uid {euid}); refusing to use it, "
+            f"and there is no home directory to fall back to (set HOME or XDG_RUNTIME_DIR, or have that user or "
+            f"root remove it)",
+        )
+    fallback = f"{home}/.ipcfast-{euid}"
+    if create:
+        logger.warning("the socket directory %s belongs to %s; using %s instead", squatted, owner, fallback)
+    try:
+        return _use_private_dir(fallback, create)
+    except IPCError as exc:
+        raise _error(
+            "IPC_E_ACCESS_DENIED",
+            f"the socket directory '{squatted}' belongs to {owner}, not to us (uid {euid}); refusing to use it, "
+            f"and the fallback failed: {exc}",
+            exc.system_error,
+        ) from None
+
+
+def private_dir(create: bool) -> str:
+    """``$XDG_RUNTIME_DIR/ipcfast``, else ``${TMPDIR:-/tmp}/ipcfast-UID``
+    (or, when another user owns that, ``HOME/.ipcfast-UID``).
+
+    A server (``create``) makes it with mode 0700; both sides refuse it when
+    it is unsafe. A client that finds no directory gets its path anyway
+    (connecting then reports "not found").
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return _use_private_dir(f"{runtime}/ipcfast", create)
+    tmp = os.environ.get("TMPDIR") or "/tmp"
+    path = f"{tmp}/ipcfast-{os.geteuid()}"
+    try:
+        owner = os.lstat(path).st_uid
+    except OSError:
+        owner = os.geteuid()
+    if owner != os.geteuid():
+        return _squatted_dir_fallback(path, owner, create)
+    return _use_private_dir(path, create)
+
+
 def resolve_name(name: str, create: bool) -> str:
     """The socket path for a name: a name containing '/' is a path as is."""
     if not name:
         raise _error("IPC_E_INVALID", "empty name")
+    if name.endswith(".lock"):  # NAME.lock is the lock file of NAME (docs/protocol.md 2.1)
+        raise _error(
+            "IPC_E_INVALID", f"'{name}' ends in \".lock\", which is reserved for lock files: choose another name"
+        )
     if "/" in name:
         path = name
     else:
@@ -273,6 +349,40 @@ def _ready(read: Sequence[int] = (), write: Sequence[int] = (), timeout: Optiona
         return {fd for fd, _ in poller.poll(ms)}
     readable, writable, _ = select.select(list(read), list(write), [], timeout)
     return set(readable) | set(writable)
+
+
+def _wait_for_room(sock: socket.socket, path: str, timeout: Optional[float]) -> int:
+    """Linux: a blocking connect() on a full backlog is queued by the kernel
+    and woken as the server accepts, so the client gets its turn even against
+    a flood of connect/close loops (pauses between non-blocking attempts lose
+    every race to them). SO_SNDTIMEO bounds the wait, recomputed after a
+    signal; as connect_socket() in ipc_posix.c. Returns an errno (0: connected)."""
+    deadline = None if timeout is None else _monotonic() + timeout
+    sock.setblocking(True)
+    try:
+        while True:
+            left = _remaining(deadline)
+            if left == 0:
+                return errno.EAGAIN
+            seconds = 0.0 if left is None else max(left, 0.001)
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(seconds), int(seconds % 1 * 1e6))
+            )
+            result = sock.connect_ex(path)
+            if result == errno.EINTR:
+                continue
+            if result == errno.EISCONN:
+                return 0  # an interrupted attempt completed after all
+            if result == 0:
+                try:
+                    # After a signal, Python may call an unfinished attempt
+                    # connected: only a known peer proves it.
+                    sock.getpeername()
+                except OSError:
+                    continue
+            return result
+    finally:
+        sock.setblocking(False)
 
 
 # ---- sending ---------------------------------------------------------------------------
@@ -362,39 +472,161 @@ class _Listener:
     """
 
     def __init__(self, name: str, world: bool) -> None:
-        self.path = path = resolve_name(name, create=True)
+        self.path = resolve_name(name, create=True)
         self.lock_path = self.path + ".lock"
+        self.world = world
         self.lock_fd = -1
         self.sock: Optional[socket.socket] = None
-        self.bound = False
+        self.placed: Optional[Tuple[int, int]] = None  # (dev, ino) of our socket file at path
+        self.opened_dir = False
+        # Refused peers are logged at most once a second (a flood of them
+        # must not turn into a flood of log calls), with a count.
+        self.next_refusal_log = 0.0
+        self.refused_unlogged = 0
         self.wake_r = -1
         self.wake_w = -1
         try:
             self._take_name_lock()
             self._clear_stale_socket()
-            self.wake_r, self.wake_w = os.pipe()
+            self.wake_r, self.wake_w = os.pipe()  # close-on-exec from birth (pipe2)
             os.set_blocking(self.wake_r, False)
             os.set_blocking(self.wake_w, False)
-            sock = self.sock = _new_socket()
-            try:
-                sock.bind(self.path)
-            except OSError as exc:
-                raise _errno_error(exc, "bind", self.path) from None
-            self.bound = True
-            try:
-                os.chmod(path, 0o666 if world else 0o600)
-            except OSError as exc:
-                raise _errno_error(exc, "chmod", path) from None
+            self.sock = _new_socket()
+            self._place_socket(0o666 if world else 0o600)
             if world and "/" not in name:
                 self._let_others_traverse()
-            try:
-                sock.listen(socket.SOMAXCONN)
-                sock.setblocking(False)
-            except OSError as exc:
-                raise _errno_error(exc, "listen", self.path) from None
+                self.opened_dir = True
+            self.sock.setblocking(False)
         except BaseException:
             self.close()
             raise
+
+    def _place_socket(self, mode: int) -> None:
+        """Binds and listens at the path with the final mode, never changing
+        a mode by name: a chmod(path) after bind follows whatever another
+        user swapped in meanwhile (a symbolic link to any file we own). The
+        socket is bound in a fresh 0700 staging directory beside the path,
+        gets its mode relative to that directory's descriptor, listens, and
+        is hard-linked into place (which fails, like bind, if the name is
+        taken). Same rule as place_socket() in ipc_posix.c."""
+        sock = self.sock
+        assert sock is not None
+        path = self.path
+        parent = os.path.dirname(path) or "."
+        staging_length = len(os.fsencode(parent.rstrip("/") + "/.ipcXXXXXX/s"))
+        if staging_length >= SUN_PATH_SIZE:
+            self._place_socket_directly(mode, staging_length)
+            return
+        staging = self._make_staging_dir(parent.rstrip("/"), path)
+        dfd = -1
+        bound = False
+        try:
+            try:
+                dfd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                st = os.fstat(dfd)
+            except OSError:
+                st = None
+            if st is None or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                raise _error(
+                    "IPC_E_ACCESS_DENIED",
+                    f"the staging directory '{staging}' for '{path}' was replaced by another user",
+                )
+            try:
+                os.fchmod(sock.fileno(), mode)  # best effort: narrows the mode at bind where honoured
+            except OSError:
+                pass
+            try:
+                sock.bind(staging + "/s")
+            except OSError as exc:
+                raise _errno_error(exc, "bind", path) from None
+            bound = True
+            try:  # nobody else can create entries in our 0700 directory: "s" is ours
+                os.chmod("s", mode, dir_fd=dfd)
+            except OSError as exc:
+                raise _errno_error(exc, "chmod", path) from None
+            st = os.stat("s", dir_fd=dfd, follow_symlinks=False)
+            try:
+                sock.listen(LISTEN_BACKLOG)
+            except OSError as exc:
+                raise _errno_error(exc, "listen", path) from None
+            try:
+                os.link("s", path, src_dir_fd=dfd, follow_symlinks=False)
+            except OSError as exc:
+                raise _errno_error(exc, "bind", path) from None
+            self.placed = (st.st_dev, st.st_ino)
+        finally:
+            if bound:
+                try:
+                    os.unlink("s", dir_fd=dfd)
+                except OSError:
+                    pass
+            if dfd >= 0:
+                os.close(dfd)
+            try:
+                os.rmdir(staging)
+            except OSError:
+                pass
+
+    @staticmethod
+    def _make_staging_dir(parent: str, path: str) -> str:
+        letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+        for _ in range(100):
+            suffix = "".join(letters[b % len(letters)] for b in os.urandom(6))
+            staging = f"{parent}/.ipc{suffix}"
+            try:
+                os.mkdir(staging, 0o700)
+                return staging
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise _errno_error(exc, "bind (creating a staging directory)", path) from None
+        raise _error("IPC_E_ADDRESS_IN_USE", f"could not create a staging directory in '{parent}'", errno.EEXIST)
+
+    def _place_socket_directly(self, mode: int, staging_length: int) -> None:
+        """Where the staging path does not fit sun_path: bind in place, only
+        for access "user" (the mode set on the socket before bind, never by
+        name after; the same-user check at accept still holds)."""
+        sock = self.sock
+        assert sock is not None
+        if mode != 0o600:
+            raise _error(
+                "IPC_E_NAME_TOO_LONG",
+                f"the socket path '{self.path}' leaves no room for the race-free set-up of a world-access socket "
+                f"(it binds at a {staging_length}-byte path first; Unix sockets allow {SUN_PATH_SIZE - 1}): "
+                f"use a shorter name",
+                errno.ENAMETOOLONG,
+            )
+        try:
+            os.fchmod(sock.fileno(), mode)
+        except OSError:
+            pass
+        try:
+            sock.bind(self.path)
+        except OSError as exc:
+            raise _errno_error(exc, "bind", self.path) from None
+        try:
+            st = os.lstat(self.path)
+            if stat.S_ISSOCK(st.st_mode):
+                self.placed = (st.st_dev, st.st_ino)
+            sock.listen(LISTEN_BACKLOG)
+        except OSError as exc:
+            raise _errno_error(exc, "listen", self.path) from None
+
+    def _lock_private_dir(self) -> int:
+        """The directory's mode for world access changes under an flock on the
+        directory itself (shared with the C core): a stopping server must not
+        miss a world socket being set up and close the directory under it."""
+        directory = os.path.dirname(self.path)
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _errno_error(exc, "opening the socket directory", directory) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            os.close(fd)
+            raise _errno_error(exc, "locking the socket directory", directory) from None
+        return fd
 
     def _let_others_traverse(self) -> None:
         """access "world" on a plain name: other users must be able to pass
@@ -402,10 +634,13 @@ class _Listener:
         Search permission only: they still cannot list it, and the other
         sockets in it keep mode 0600 and the same-user check."""
         directory = os.path.dirname(self.path)
+        fd = self._lock_private_dir()
         try:
-            os.chmod(directory, 0o711)
+            os.fchmod(fd, 0o711)
         except OSError as exc:
             raise _errno_error(exc, "making the socket directory traversable", directory) from None
+        finally:
+            os.close(fd)  # releases the lock
         runtime = os.environ.get("XDG_RUNTIME_DIR")
         if runtime:
             logger.warning(
@@ -494,12 +729,100 @@ class _Listener:
             if fd not in ready:
                 continue
             try:
-                conn, _ = sock.accept()
+                conn, _ = sock.accept()  # accept4(SOCK_CLOEXEC)
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 continue  # another listener won the race, or the client gave up
             except OSError as exc:
                 raise _errno_error(exc, "accept", self.path) from None
+            if self._unwanted(conn):
+                conn.close()
+                continue
             return conn
+
+    def _unwanted(self, conn: socket.socket) -> bool:
+        """Connections not worth a slot's thread, closed at accept: a peer
+        already gone (a connect/close flood leaves a queue of them), and
+        with access "user", a peer of another user, refused before a slot or
+        thread is spent on it (the check after the handshake stays)."""
+        try:
+            if conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                return True
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            return True
+        if self.world:
+            return False
+        try:
+            uid = _peer_uid(conn)
+        except OSError as exc:
+            self._log_refusal(f"its user is unknown ({os.strerror(exc.errno or 0)})")
+            return True
+        if uid != os.geteuid():
+            self._log_refusal(f'uid {uid}, and access is "user"')
+            return True
+        return False
+
+    def _log_refusal(self, why: str) -> None:
+        now = _monotonic()
+        if now < self.next_refusal_log:
+            self.refused_unlogged += 1
+            return
+        if self.refused_unlogged:
+            logger.warning(
+                "refused a connection to %s: %s (and %d more refused since the last message)",
+                self.path,
+                why,
+                self.refused_unlogged,
+            )
+        else:
+            logger.warning("refused a connection to %s: %s", self.path, why)
+        self.refused_unlogged = 0
+        self.next_refusal_log = now + 1.0
+
+    def _remove_our_socket(self) -> None:
+        """Removes the socket file only while it is still the one we placed:
+        another process may have replaced it since."""
+        placed, self.placed = self.placed, None
+        if placed is None:
+            return
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return  # somebody removed it already
+        if (st.st_dev, st.st_ino) != placed:
+            logger.warning("%s is no longer our socket; leaving it in place", self.path)
+            return
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def _close_dir_to_others(self) -> None:
+        """Removes our socket, then takes the directory back to 0700 when no
+        other world-access socket remains in it; under the directory lock."""
+        try:
+            fd = self._lock_private_dir()
+        except IPCError:
+            self._remove_our_socket()
+            return
+        try:
+            self._remove_our_socket()
+            still_shared = False
+            for entry in os.listdir(fd):
+                try:
+                    st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISSOCK(st.st_mode) and st.st_mode & stat.S_IWOTH:
+                    still_shared = True
+                    break
+            if not still_shared:
+                os.fchmod(fd, 0o700)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def interrupt(self) -> None:
         if self.wake_w >= 0:
@@ -512,12 +835,11 @@ class _Listener:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-        if self.bound:
-            self.bound = False
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+        if self.opened_dir:
+            self.opened_dir = False
+            self._close_dir_to_others()
+        else:
+            self._remove_our_socket()
         if self.lock_fd >= 0:
             # Remove the lock file while still holding it; a starting server
             # notices that it locked the orphan.
@@ -1142,6 +1464,8 @@ class PureClient(Client):
             # once instead of blocking past the budget.
             sock.setblocking(False)
             result = sock.connect_ex(path)
+            if result == errno.EAGAIN and _LINUX and timeout != 0:
+                result = _wait_for_room(sock, path, timeout)
             if result == errno.EINPROGRESS:
                 if not _ready(write=(sock.fileno(),), timeout=timeout):
                     result = errno.EAGAIN
@@ -1155,7 +1479,7 @@ class PureClient(Client):
         sock.close()
         if result in (errno.EAGAIN, errno.EWOULDBLOCK):
             raise _error(_BUSY, f"the server '{path}' has a full connection queue", result)
-        if result in (errno.ENOENT, errno.ECONNREFUSED):
+        if result in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
             raise _error(_NOT_FOUND, f"no server is listening on '{path}' ({os.strerror(result)})", result)
         raise _errno_error(result, "connect to", path)
 
