@@ -501,6 +501,16 @@ def test_a_path_through_a_regular_file_is_not_found(make_client: MakeClient, tmp
     assert "no server is listening" in str(through_file), str(through_file)
 
 
+@pytest.mark.parametrize("bad", ["", "a\x00b"], ids=["empty", "nul"])
+def test_empty_and_nul_names_raise_an_ipc_error(make_server: MakeServer, make_client: MakeClient, bad: str) -> None:
+    # Before: a bare ValueError, which `except ipcfast.IPCError` missed.
+    with pytest.raises(ipcfast.InvalidArgument, match="server name") as info:
+        make_client(bad, connect_timeout=0)
+    assert isinstance(info.value, ipcfast.IPCError) and isinstance(info.value, ValueError)
+    with pytest.raises(ipcfast.InvalidArgument, match="server name"):
+        make_server(bad, echo)
+
+
 def make_client_error(make_client: MakeClient, address: str) -> ipcfast.IPCError:
     with pytest.raises(ipcfast.IPCError) as info:
         make_client(address, connect_timeout=0)

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any, Callable, Dict, Optional, Type, TypeVar, Union
 
 from ._backends import BACKENDS, backend_module, native_import_error
+from ._errors import InvalidArgument
 from ._names import handshake_value
 
 __all__ = [
@@ -68,10 +69,12 @@ def encode_name(name: Name) -> bytes:
     text = os.fspath(name)
     if not isinstance(text, str):
         raise TypeError(f"name must be str, not {type(name).__name__}")
+    # InvalidArgument is an IPCError (what callers catch from ipcfast) and
+    # a ValueError (what this raised before).
     if not text:
-        raise ValueError("name must not be empty")
+        raise InvalidArgument("the server name must not be empty", code="IPC_E_INVALID")
     if "\x00" in text:
-        raise ValueError("name must not contain NUL characters")
+        raise InvalidArgument(f"the server name {text!r} contains a NUL character", code="IPC_E_INVALID")
     return os.fsencode(text)
 
 
