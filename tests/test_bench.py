@@ -248,6 +248,29 @@ def test_peer_echoes_every_size(key: str, tmp_path: Any) -> None:
         stop()
 
 
+@posix_only
+@pytest.mark.parametrize("key", ["socket", "mp.connection"])
+def test_thread_per_client_peers_stop_their_accept_thread(key: str, tmp_path: Any) -> None:
+    """stop() ends the accepting thread before closing the listener. Before,
+    the thread stayed blocked in accept() on a closed descriptor and failed
+    with ENOTSOCK once another file reused the number."""
+    import threading
+
+    peer = PEERS[key]
+    before = {t.ident for t in threading.enumerate()}
+    addr = str(tmp_path / "peer.sock")
+    stop = peer.serve(addr)
+    conn = peer.connect(addr)
+    assert conn.request(b"x") == b"x"
+    conn.close()
+    stop()
+    lingering = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    # Serving threads end with their client; the accept thread with stop().
+    for thread in lingering:
+        thread.join(2)
+    assert not [t for t in lingering if t.is_alive()], lingering
+
+
 def test_bench_package_is_formatted_and_leaves_the_binding_alone() -> None:
     """ruff format holds for the package, and it reaches ipcfast only through its public API."""
     package = os.path.join(ROOT, "python", "ipcfast", "_bench")

@@ -167,6 +167,40 @@ class _SocketClient:
         return payload.tobytes()
 
 
+def _accept_in_thread(
+    addr: str, accept: Callable[[], Any], serve: Callable[[Any], None], close: Callable[[], None]
+) -> Stop:
+    """Accepts clients on a thread (one serving thread each) until the
+    returned stop() is called. stop() wakes the blocked accept with a
+    connection of its own and joins the thread before closing the listener:
+    closing a socket another thread is blocked on in accept() does not wake
+    it on Linux, and its descriptor number could then be reused."""
+    stopping = threading.Event()
+
+    def accept_loop() -> None:
+        while True:
+            conn = accept()
+            if stopping.is_set():
+                conn.close()
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept_loop, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        stopping.set()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as waker:
+            try:
+                waker.connect(addr)
+            except OSError:
+                pass
+        thread.join(5)
+        close()
+
+    return stop
+
+
 class SocketPeer(Peer):
     key = "socket"
     description = (
@@ -182,13 +216,10 @@ class SocketPeer(Peer):
         listener.bind(addr)
         listener.listen(128)
 
-        def accept_loop() -> None:
-            while True:
-                conn, _ = listener.accept()
-                threading.Thread(target=_socket_serve_client, args=(conn,), daemon=True).start()
+        def accept() -> Any:
+            return listener.accept()[0]
 
-        threading.Thread(target=accept_loop, daemon=True).start()
-        return listener.close
+        return _accept_in_thread(addr, accept, _socket_serve_client, listener.close)
 
     def connect(self, addr: str) -> Connection:
         client = _SocketClient(addr)
@@ -217,13 +248,7 @@ class MPConnectionPeer(Peer):
             except (EOFError, OSError):
                 pass
 
-        def accept_loop() -> None:
-            while True:
-                conn = listener.accept()
-                threading.Thread(target=echo_loop, args=(conn,), daemon=True).start()
-
-        threading.Thread(target=accept_loop, daemon=True).start()
-        return listener.close
+        return _accept_in_thread(addr, listener.accept, echo_loop, listener.close)
 
     def connect(self, addr: str) -> Connection:
         from multiprocessing.connection import Client
