@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .._codec import (
     DEFAULT_HANDSHAKE,
     HANDSHAKE_MESSAGE_SIZE,
+    ExitType,
     MalformedPayload,
     PacketDecoder,
     PacketType,
@@ -54,7 +55,7 @@ __all__ = ["EXIT_KILLED", "NodeServer", "STARTUP_VARIABLES"]
 logger = logging.getLogger("ipcfast.node")
 
 #: EXIT type: the command died of a signal; the exit code is the signal number.
-EXIT_KILLED = 6
+EXIT_KILLED = int(ExitType.KILLED)
 
 # Exit types of the EXIT packet (docs/protocol.md 10.4).
 _COMPLETED, _CANCELLED, _CRASHED, _BUSY, _STALE, _REFUSED = range(6)

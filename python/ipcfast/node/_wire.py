@@ -17,6 +17,9 @@ import time
 from typing import List, Optional, Sequence, Tuple
 
 from .._codec import (
+    COMMAND_FDS,
+    COMMAND_UMASK,
+    COMMAND_UMASK_SHIFT,
     DEFAULT_HANDSHAKE,
     HANDSHAKE_MESSAGE_SIZE,
     PROTOCOL_VERSION,
@@ -28,11 +31,7 @@ from .._codec import (
 
 __all__ = ["COMMAND_FDS", "COMMAND_UMASK", "UMASK_SHIFT", "connect", "peer_uid", "send_packet", "socket_path"]
 
-#: COMMAND flag: the client's stdin, stdout and stderr travel with the packet (SCM_RIGHTS).
-COMMAND_FDS = 0x8
-#: COMMAND flag: bits 16-27 of the flags hold the client's umask.
-COMMAND_UMASK = 0x10
-UMASK_SHIFT = 16
+UMASK_SHIFT = COMMAND_UMASK_SHIFT
 
 _SUN_PATH_SIZE = 104 if os.uname().sysname != "Linux" else 108
 
