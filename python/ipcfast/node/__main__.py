@@ -25,7 +25,8 @@ def _node_options(parser: "argparse.ArgumentParser") -> None:
         action="append",
         default=[],
         metavar="MODULE",
-        help="import MODULE once when the node starts (repeatable); part of the node's identity",
+        help="import MODULE once when the node starts (repeatable; MODULE.* also imports every submodule, "
+        "@GROUP the modules of an entry-point group such as @pytest11); part of the node's identity",
     )
     parser.add_argument(
         "--idle-timeout",

@@ -103,7 +103,8 @@ class NodeServer:
     each in a child forked from the state after the preloads.
 
     ``preload`` modules are imported once, at start (``pkg.*``: the package
-    and all its submodules). ``serve_forever()`` returns after
+    and all its submodules; ``@group``: the modules of every entry point in
+    that group, e.g. ``@pytest11`` for pytest's plugins). ``serve_forever()`` returns after
     ``idle_timeout`` seconds without a command (None: never), after a
     ``shutdown`` control request, on SIGTERM, or when a loaded module's code
     changed on disk (it releases its name at once, so a fresh node can take
@@ -140,7 +141,9 @@ class NodeServer:
 
     def _import_preloads(self) -> None:
         for module in self.preload:
-            if module.endswith(".*"):
+            if module.startswith("@"):
+                _import_entry_points(module[1:])
+            elif module.endswith(".*"):
                 _import_tree(module[:-2])
             else:
                 importlib.import_module(module)
@@ -636,6 +639,19 @@ def _import_tree(package: str) -> None:
             importlib.import_module(info.name)
         except BaseException as exc:  # an import may even call sys.exit()
             logger.info("preload %s: skipped %s: %r", package, info.name, exc)
+
+
+def _import_entry_points(group: str) -> None:
+    """Imports the module of every entry point in ``group`` (``--preload
+    @pytest11``: pytest's plugins, which pytest itself loads only while a
+    command runs); one that cannot be imported is logged and skipped."""
+    import importlib.metadata as metadata
+
+    for entry in metadata.entry_points(group=group):
+        try:
+            importlib.import_module(entry.module)
+        except BaseException as exc:
+            logger.info("preload @%s: skipped %s: %r", group, entry.module, exc)
 
 
 def _warm_metadata() -> None:
