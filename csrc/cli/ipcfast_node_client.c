@@ -556,8 +556,16 @@ int main(int argc, char **argv)
     }
     outcome = follow(fd, &exit_code, &exit_type);
     close(fd);
+    if (outcome == NOT_RUN && exit_type == IPC_EXIT_STALE && o.server && start_node(&o)) {
+        /* That node's code changed and it gave its name up: once more with a fresh one. */
+        fd = connect_node(o.name, o.start_timeout_ms);
+        if (fd >= 0 && send_command(fd, &o))
+            outcome = follow(fd, &exit_code, &exit_type);
+        if (fd >= 0)
+            close(fd);
+    }
     if (outcome == NOT_RUN)
-        return run_cold(&o);   /* a stale node gave its name up: the next client starts a fresh one */
+        return run_cold(&o);
     if (outcome == FAILED)
         return 1;
     if (exit_type == IPC_EXIT_CANCELLED)
