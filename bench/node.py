@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Tool(NamedTuple):
-    name: str  # the package that must be installed
+    name: str  # the label, starting with the package that must be installed
     preload: List[str]
     args: List[str]  # after `python`
     target: Optional[float]  # the speed-up target for the C client (None: faster than cold)
@@ -50,6 +50,12 @@ TOOLS = [
     Tool("isort", ["isort.*"], ["-m", "isort", "--check-only", "src"], 5.0),
     Tool("flake8", ["flake8.*", "pyflakes.*", "pycodestyle"], ["-m", "flake8", "src"], None),
     Tool("pytest", ["pytest", "_pytest.*"], ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], 2.0),
+    # Hypothesis's pytest plugin (installed with the test extra) costs about 1 s of
+    # imports in every pytest run, and pytest warns about a plugin imported before
+    # it starts (it cannot rewrite its asserts): the same run without that plugin
+    # shows what the node does for pytest itself.
+    Tool("pytest -p no:hypothesispytest", ["pytest", "_pytest.*"],
+         ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "tests"], 2.0),
     Tool("sphinx", ["sphinx.*", "sphinx.builders.text"],
          ["-m", "sphinx", "-q", "-E", "-b", "text", "docs", "_build"], 2.0),
 ]
@@ -211,8 +217,8 @@ def main() -> int:
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "node.md"))
     args = parser.parse_args()
 
-    chosen = [t for t in TOOLS if t.name in args.tools.split(",")]
-    missing = [t.name for t in chosen if importlib.util.find_spec(t.name) is None]
+    chosen = [t for t in TOOLS if t.name.split()[0] in args.tools.split(",")]
+    missing = [t.name for t in chosen if importlib.util.find_spec(t.name.split()[0]) is None]
     tools = [t for t in chosen if t.name not in missing]
     where = Path(tempfile.mkdtemp(prefix="ipcnode"))
     run_dir = Path(tempfile.mkdtemp(prefix="ipn", dir="/tmp"))

@@ -136,6 +136,7 @@ class NodeServer:
         self._startup_env: Dict[str, Optional[str]] = {}
         self._watch: Optional[CodeWatch] = None
         self._next_check = 0.0
+        self._stopped_at: Optional[float] = None
 
     # ---- start and stop ----------------------------------------------------
 
@@ -248,7 +249,7 @@ class NodeServer:
     # ---- the loop ----------------------------------------------------------
 
     def _loop(self) -> None:
-        while not (self._stop_reason is not None and not self._jobs):
+        while not (self._stop_reason is not None and not self._jobs and not self._sending()):
             timeout = self._housekeeping()
             for key, events in self._sel.select(timeout):
                 obj = key.fileobj
@@ -261,6 +262,14 @@ class NodeServer:
                 elif isinstance(key.data, _Job):
                     self._on_pipe(key.data, int(key.fd))
             self._reap()
+
+    def _sending(self) -> bool:
+        """Whether a stopping node still has packets (an EXIT) to deliver;
+        a client that stopped reading gets 5 seconds."""
+        if self._stopped_at is None:
+            self._stopped_at = time.monotonic()
+        pending = any(conn.out for conn in self._conns.values())
+        return pending and time.monotonic() - self._stopped_at < 5.0
 
     def _housekeeping(self) -> float:
         """Idle exit and the stale-code check; returns how long select may wait."""
