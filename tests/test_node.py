@@ -565,6 +565,22 @@ def test_c_client_ctrl_c_cancels(node: Node) -> None:
     assert out == b"cleanup ran\n" and err.endswith(b"KeyboardInterrupt\n")
 
 
+def test_c_client_packet_path_and_stdin(node: Node) -> None:
+    client = _c_client(node.tmp)
+    words = shlex.split(node.cli("c-command", *node.options).stdout.decode().strip())
+    words[0] = client
+    cold = node.cold("tool.py", "4")
+    streamed = subprocess.run([words[0], "--stream", *words[1:], "tool.py", "4"], cwd=str(node.work),
+                              env=node.env, capture_output=True, timeout=60)
+    assert (streamed.returncode, streamed.stdout, streamed.stderr) == (cold.returncode, cold.stdout, cold.stderr)
+    (node.work / "upper.py").write_text("import sys\nsys.stdout.write(sys.stdin.read().upper())\n", "utf-8")
+    piped = subprocess.run(words + ["upper.py"], cwd=str(node.work), env=node.env, input=b"from the pipe\n",
+                           capture_output=True, timeout=60)
+    assert piped.returncode == 0 and piped.stdout == b"FROM THE PIPE\n"
+    status = node.status()
+    assert status is not None and status["commands"] == 2
+
+
 def test_c_client_without_a_node_runs_the_command_itself(node: Node) -> None:
     client = _c_client(node.tmp)
     done = subprocess.run(
