@@ -382,6 +382,40 @@ def test_umask_and_time_zone_are_the_clients(node: Node) -> None:
         assert oct(umask).encode() in results[0] and (b"UTC" in results[0] or b"EST" in results[0])
 
 
+LOCALE = r'''
+import locale, os, sys
+print(sys.stdout.encoding, sys.stdout.errors, sys.stderr.errors, sys.stdin.encoding,
+      locale.setlocale(locale.LC_CTYPE), os.environ.get("LC_CTYPE"), sys.stdout.line_buffering)
+'''
+
+
+def test_locale_and_stream_encodings_are_set_up_as_at_a_python_start(node: Node) -> None:
+    (node.work / "loc.py").write_text(LOCALE, encoding="utf-8")
+    node.run("tool.py")
+    base = {k: v for k, v in node.env.items() if not k.startswith("LC_") and k != "LANG"}
+    for extra in ({"LANG": "C"}, {"LANG": "C.UTF-8"}, {"LC_ALL": "C"}, {"PYTHONIOENCODING": "latin-1:replace"},
+                  {"LANG": "C", "PYTHONCOERCECLOCALE": "0"}, {"PYTHONUNBUFFERED": "1"}):
+        env = dict(base, **extra)
+        results = []
+        for argv in ([sys.executable, "-m", "ipcfast.node", "run", *node.options, "--", "loc.py"],
+                     [sys.executable, "loc.py"]):
+            done = subprocess.run(argv, cwd=str(node.work), env=env, capture_output=True, timeout=60)
+            results.append((done.returncode, done.stdout, done.stderr))
+        assert results[0] == results[1], extra
+
+
+def test_a_command_killed_by_a_signal_ends_its_client_the_same_way(node: Node) -> None:
+    (node.work / "term.py").write_text("import os, signal\nprint('bye', flush=True)\n"
+                                       "os.kill(os.getpid(), signal.SIGTERM)\n", encoding="utf-8")
+    node.run("tool.py")
+    warm = _same_as_cold(node, "term.py")
+    assert warm.returncode == -signal.SIGTERM
+    words = shlex.split(node.cli("c-command", *node.options).stdout.decode().strip())
+    words[0] = _c_client(node.tmp)
+    done = subprocess.run(words + ["term.py"], cwd=str(node.work), env=node.env, capture_output=True, timeout=60)
+    assert (done.returncode, done.stdout) == (-signal.SIGTERM, b"bye\n")
+
+
 FORKER = r'''
 import os, sys
 print("parent before fork", flush=True)
