@@ -656,7 +656,10 @@ def _import_entry_points(group: str) -> None:
     command runs); one that cannot be imported is logged and skipped."""
     import importlib.metadata as metadata
 
-    for entry in metadata.entry_points(group=group):
+    found = metadata.entry_points()
+    # Python 3.9's entry_points() is a dict of groups; 3.10+ has select().
+    entries = found.select(group=group) if hasattr(found, "select") else found.get(group, ())
+    for entry in entries:
         try:
             importlib.import_module(entry.module)
         except BaseException as exc:
