@@ -189,6 +189,7 @@ class Bench:
         self.env = env
         self.client = node_client(where)
         self.started: Dict[str, float] = {}
+        self.fork_ms: Dict[str, Optional[float]] = {}
 
     def options(self, preload: List[str]) -> List[str]:
         return [w for module in preload for w in ("--preload", module)] + ["--idle-timeout", "600"]
@@ -205,6 +206,13 @@ class Bench:
         # The first run starts the node and imports the preloads.
         self.started[label] = timed(python, self.where, self.env)[0]
         return {"cold": [sys.executable, *args], "Python client": python, "C client": c_words + args[:]}
+
+    def fork_median(self, preload: List[str]) -> Optional[float]:
+        """The median time os.fork() took in that node (its status)."""
+        import json
+
+        done = self.node("status", *self.options(preload))
+        return json.loads(done.stdout).get("fork_ms_median") if done.returncode == 0 else None
 
     def shutdown(self, preload: List[str]) -> None:
         self.node("shutdown", *self.options(preload))
@@ -251,6 +259,10 @@ def main() -> int:
                         raise SystemExit(f"{label} via {case}: exit {code}, output differs from cold:\n"
                                          f"{output.decode()[-1500:]}\n--- cold ---\n{expected[1].decode()[-1500:]}")
         for tool in tools:
+            bench.fork_ms[tool.name] = bench.fork_median(tool.preload)
+        bench.fork_ms["node"] = bench.fork_median([])
+        bench.fork_ms["node+black"] = bench.fork_median(["black"])
+        for tool in tools:
             bench.shutdown(tool.preload)
         bench.shutdown([])
         bench.shutdown(["black"])
@@ -259,7 +271,7 @@ def main() -> int:
         shutil.rmtree(where, ignore_errors=True)
         shutil.rmtree(run_dir, ignore_errors=True)
 
-    text = report(args.runs, tools, rows, bench.started, missing)
+    text = report(args.runs, tools, rows, bench.started, bench.fork_ms, missing)
     print(text)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(text, encoding="utf-8")
@@ -267,7 +279,7 @@ def main() -> int:
 
 
 def report(runs: int, tools: List[Tool], rows: Dict[str, Dict[str, float]], started: Dict[str, float],
-           missing: List[str]) -> str:
+           fork_ms: Dict[str, Optional[float]], missing: List[str]) -> str:
     lines = [
         "# Server node: real tools, cold vs warm",
         "",
@@ -275,8 +287,8 @@ def report(runs: int, tools: List[Tool], rows: Dict[str, Dict[str, float]], star
         "fork to exit (output to a pipe), on a small project (8 modules, 8 test files, a 3-page Sphinx "
         "project). Every warm run's exit code and output equalled the cold run's.",
         "",
-        "| tool | preloaded | cold | Python client | C client | cold ÷ C client | target | met | first run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| tool | preloaded | cold | Python client | C client | cold ÷ C client | target | met | first run | fork() |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for tool in tools:
         r = rows[tool.name]
@@ -285,7 +297,7 @@ def report(runs: int, tools: List[Tool], rows: Dict[str, Dict[str, float]], star
         lines.append(
             f"| {tool.name} | {', '.join(tool.preload)} | {r['cold']:.1f} ms | {r['Python client']:.1f} ms | "
             f"{r['C client']:.1f} ms | {speedup:.1f}× | ≥ {target:g}× | {'yes' if speedup >= target else 'no'} | "
-            f"{started[tool.name] * 1000:.0f} ms |"
+            f"{started[tool.name] * 1000:.0f} ms | {_ms(fork_ms.get(tool.name))} |"
         )
     o = rows["python -c pass"]
     lines += [
@@ -297,9 +309,18 @@ def report(runs: int, tools: List[Tool], rows: Dict[str, Dict[str, float]], star
     ]
     for case, value in o.items():
         lines.append(f"| {case} | {value:.2f} ms |")
+    lines += [
+        "",
+        "`fork()`: the median time `os.fork()` itself took in the node (its `status`), for "
+        f"comparison: an empty node {_ms(fork_ms.get('node'))}, black preloaded {_ms(fork_ms.get('node+black'))}.",
+    ]
     if missing:
         lines += ["", f"Not installed, not measured: {', '.join(missing)}."]
     return "\n".join(lines) + "\n"
+
+
+def _ms(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.2f} ms"
 
 
 if __name__ == "__main__":

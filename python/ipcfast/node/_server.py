@@ -137,6 +137,7 @@ class NodeServer:
         self._watch: Optional[CodeWatch] = None
         self._next_check = 0.0
         self._stopped_at: Optional[float] = None
+        self._fork_times: List[float] = []  # seconds os.fork() took in the node, last 100
 
     # ---- start and stop ----------------------------------------------------
 
@@ -389,6 +390,7 @@ class NodeServer:
                     "started": self._started,
                     "idle_for": round(time.monotonic() - self._last_active, 3),
                     "idle_timeout": self.idle_timeout,
+                    "fork_ms_median": _median_ms(self._fork_times),
                     "preload": self.preload,
                     "python": sys.version.split()[0],
                     "executable": sys.executable,
@@ -474,9 +476,12 @@ class NodeServer:
             stdio = child_ends = [null, out_w, err_w]
         close_fds = self._node_fds() + list(pipes)
         flush_std_streams()
+        started = time.perf_counter()
         pid = os.fork()
         if pid == 0:
             become_command(parsed, stdio, close_fds, cwd, env, umask)
+        self._fork_times.append(time.perf_counter() - started)
+        del self._fork_times[:-100]
         for fd in child_ends:
             os.close(fd)
         try:
@@ -617,6 +622,13 @@ class NodeServer:
         if job is not None:
             job.conn = None
             self._kill(job, signal.SIGKILL)
+
+
+def _median_ms(values: List[float]) -> Optional[float]:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[len(ordered) // 2] * 1000, 3)
 
 
 def _drain(fd: int) -> None:
