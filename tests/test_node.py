@@ -547,6 +547,41 @@ def test_ctrl_c_cancels_the_command_like_a_cold_run(node: Node) -> None:
     assert status is not None and status["busy"] is False
 
 
+def test_the_node_survives_bad_peers(node: Node) -> None:
+    import socket
+
+    node.run("tool.py")
+    pid = node.pid()
+    name = node.cli("name", *node.options).stdout.decode().strip()
+    path = f"{node.env['XDG_RUNTIME_DIR']}/ipcfast/{name}"
+
+    def talk(data: bytes) -> bytes:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(path)
+            s.sendall(data)
+            chunks = []
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+
+    assert talk(b"GET / HTTP/1.0\r\n\r\n") == b"\xff"  # a foreign client: one byte, then closed
+    from ipcfast._codec import DEFAULT_HANDSHAKE, encode_handshake_request
+
+    hello = encode_handshake_request(DEFAULT_HANDSHAKE)
+    # A COMMAND that announces descriptors but carries none: ERROR, then closed.
+    from ipcfast._codec import COMMAND_FDS, Command, encode_command, encode_header
+
+    payload = encode_command(Command([b"python", b"-c", b"pass"], b"/", [], b"", COMMAND_FDS))
+    reply = talk(hello + encode_header(4, len(payload)) + payload)
+    assert reply[9:10] == bytes([3]) and b"without them" in reply
+    assert talk(hello + b"\x3f\x00\x00\x00\x00")[9:10] == bytes([3])  # an unknown packet type
+    assert node.pid() == pid
+    assert node.run("tool.py", "2").returncode == 2
+
+
 def test_an_idle_node_exits(node: Node) -> None:
     options = ["--idle-timeout", "1"]
     assert node.run("tool.py", options=options).returncode == 0

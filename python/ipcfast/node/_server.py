@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .._codec import (
     DEFAULT_HANDSHAKE,
+    FOREIGN_REPLY,
     HANDSHAKE_MESSAGE_SIZE,
     ExitType,
     MalformedPayload,
@@ -333,6 +334,9 @@ class NodeServer:
         if not data:
             self._drop(conn)
             return
+        if len(conn.fds) > 3:  # more than one command's worth: a client that hoards our descriptors
+            self._protocol_error(conn, "descriptors without a COMMAND to take them")
+            return
         if conn.decoder is None:
             data = self._handshake(conn, data)
             if conn.decoder is None:
@@ -350,6 +354,11 @@ class NodeServer:
         if verdict == Verdict.NEED_MORE:
             return b""
         if verdict != Verdict.OK:
+            if verdict == Verdict.FOREIGN:
+                try:
+                    conn.sock.send(bytes((FOREIGN_REPLY,)))  # docs/protocol.md 3.3
+                except OSError:
+                    pass
             self._drop(conn)
             return b""
         rest = conn.handshake[HANDSHAKE_MESSAGE_SIZE:]
