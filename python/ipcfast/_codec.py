@@ -408,6 +408,12 @@ class PacketDecoder:
 COMMAND_STDIN_TTY = 0x1
 COMMAND_STDOUT_TTY = 0x2
 COMMAND_STDERR_TTY = 0x4
+#: Command.flags: the client's stdin, stdout and stderr travel with the COMMAND
+#: packet as descriptors (SCM_RIGHTS, attached to its first byte).
+COMMAND_FDS = 0x8
+#: Command.flags: bits 16-27 hold the client's umask.
+COMMAND_UMASK = 0x10
+COMMAND_UMASK_SHIFT = 16
 #: CONSOLE_WRITE stream numbers.
 STDOUT = 1
 STDERR = 2
@@ -423,6 +429,7 @@ class ExitType(enum.IntEnum):
     BUSY = 3  #: not run: the node runs another command
     STALE = 4  #: not run: the node's code changed on disk; it is exiting
     REFUSED = 5  #: not run: the node cannot run it (the reason went to stderr)
+    KILLED = 6  #: the command died of a signal; the exit code is the signal number
 
 
 class MalformedPayload(ValueError):
@@ -436,7 +443,7 @@ class Command(NamedTuple):
     cwd: bytes
     env: List[bytes]  #: b"NAME=value" entries
     locale: bytes  #: the client's LC_CTYPE locale name, may be empty
-    flags: int = 0  #: COMMAND_*_TTY bits
+    flags: int = 0  #: COMMAND_*_TTY bits, COMMAND_FDS, COMMAND_UMASK and the umask
 
 
 def _check_string(value: bytes, what: str) -> bytes:

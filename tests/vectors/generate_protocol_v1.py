@@ -351,6 +351,10 @@ def add_node_vectors(doc: dict) -> None:
     command("no_environment", 0x1, [b"x"], b"/", [], b"POSIX")
     command("empty_strings", 0, [b""], b"", [b""], b"")
     command("raw_bytes", 0, [b"\xff\xfe", b"\x1b[31m"], b"/tmp/\x80", [b"K=\xc3"], b"en_US.ISO-8859-1")
+    # Descriptors attached (bit 3) and umask 022 present (bit 4, value in bits 16-27),
+    # stdout and stderr terminals: docs/protocol.md 10.2.
+    command("descriptors_and_umask", 0x8 | 0x10 | (0o022 << 16) | 0x6, [b"python", b"-m", b"black", b"-"],
+            b"/home/u/project", [b"TZ=Europe/Paris"], b"en_US.UTF-8")
     doc["command"] = commands
 
     good = bytes.fromhex(commands[0]["hex"])
@@ -389,6 +393,7 @@ def add_node_vectors(doc: dict) -> None:
         {"name": "cancelled_130", "hex": "8200000001", "exit_code": 130, "exit_type": 1},
         {"name": "crashed_1", "hex": "0100000002", "exit_code": 1, "exit_type": 2},
         {"name": "busy", "hex": "0000000003", "exit_code": 0, "exit_type": 3},
+        {"name": "killed_sigterm", "hex": "0f00000006", "exit_code": 15, "exit_type": 6},
         {"name": "negative", "hex": "feffffff00", "exit_code": -2, "exit_type": 0},
         {"name": "int32_min", "hex": "0000008002", "exit_code": -2147483648, "exit_type": 2},
         {"name": "int32_max", "hex": "ffffff7f00", "exit_code": 2147483647, "exit_type": 0},

@@ -1,41 +1,51 @@
 """The server node: a warm Python process that runs commands for short-lived
-clients (the "build server" pattern, SPEC section 7).
+clients (the "build server" pattern, SPEC sections 7 and 10).
 
-A tool whose start is slow (heavy imports, loaded caches) starts once; every
-later invocation is a fast client that hands its command line, working
-directory and environment to the warm process and streams back the output::
+A tool whose start is slow (heavy imports) starts once; every later
+invocation is a fast client that hands its command to the warm process::
 
-    python -m ipcfast.node run --preload numpy -- -m mytool args...
+    python -m ipcfast.node run --preload black -- -m black --check src/
     python -m ipcfast.node run -- script.py args...
 
-The first run starts the node (detached; it exits after ``--idle-timeout``
-seconds without a command); later runs reuse it. When the node is busy with
-another command, the client runs the command itself. ``status`` and
-``shutdown`` inspect and stop a node; ``c-command`` prints the command line
-for the C client (``ipcfast-node-client``), whose start costs about a
-millisecond instead of a Python interpreter's. Wire format: docs/protocol.md
-section 10. POSIX only for now (the node captures output through fds 1/2).
+The node imports the preloads once, then forks a fresh child from that warm
+state for each command; the child gets the client's own stdin, stdout and
+stderr (passed over the socket), argv, working directory, environment,
+umask, locale and time zone, and its exit status (or the signal it died of)
+is the client's. The first run starts the node (detached; it exits after
+``--idle-timeout`` seconds without a command, or when a module it loaded
+changes on disk); a busy or refusing node makes the client exec ``python``
+itself. ``status`` and ``shutdown`` inspect and stop a node; ``c-command``
+prints the command line for the C client (``ipcfast-node-client``), whose
+start costs about a millisecond instead of a Python interpreter's. Wire
+format: docs/protocol.md section 10. POSIX only.
 """
 
 from __future__ import annotations
 
-from .._codec import ExitType
-from ._client import NodeConnection, connect, run, run_in_process, start_node
-from ._compat import DEFAULT_PREFIX, node_name
-from ._runner import PythonCommand, UnsupportedCommand, parse_python_argv
-from ._server import NodeServer
+import importlib
+from typing import Any
 
-__all__ = [
-    "DEFAULT_PREFIX",
-    "ExitType",
-    "NodeConnection",
-    "NodeServer",
-    "PythonCommand",
-    "UnsupportedCommand",
-    "connect",
-    "node_name",
-    "parse_python_argv",
-    "run",
-    "run_in_process",
-    "start_node",
-]
+# Names are loaded on first use: a client run imports this package, and must
+# not pay for the server side (selectors, fork machinery) it never uses.
+_EXPORTS = {
+    "DEFAULT_PREFIX": "._compat",
+    "ExitType": ".._codec",
+    "NodeConnection": "._client",
+    "NodeServer": "._server",
+    "PythonCommand": "._runner",
+    "UnsupportedCommand": "._runner",
+    "connect": "._client",
+    "node_name": "._compat",
+    "parse_python_argv": "._runner",
+    "run": "._client",
+    "start_node": "._client",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)

@@ -9,25 +9,24 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
-import shlex
-import shutil
 import sys
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+
+if TYPE_CHECKING:
+    import argparse
 
 DEFAULT_IDLE_TIMEOUT = 600.0
 
 
-def _node_options(parser: argparse.ArgumentParser) -> None:
+def _node_options(parser: "argparse.ArgumentParser") -> None:
     parser.add_argument(
         "--preload",
         action="append",
         default=[],
         metavar="MODULE",
-        help="import MODULE once when the node starts (repeatable); part of the node's identity",
+        help="import MODULE once when the node starts (repeatable; MODULE.* also imports every submodule, "
+        "@GROUP the modules of an entry-point group such as @pytest11); part of the node's identity",
     )
     parser.add_argument(
         "--idle-timeout",
@@ -38,7 +37,9 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> "argparse.ArgumentParser":
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="python -m ipcfast.node",
         epilog="`ipcfast node ...` is the same.",
@@ -54,7 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     _node_options(run)
     run.add_argument("--start-timeout", type=float, default=60.0, metavar="SECONDS",
                      help="how long to wait for a new node to start (default 60)")
-    run.add_argument("--no-start", action="store_true", help="never start a node: run in-process if none runs")
+    run.add_argument("--no-start", action="store_true", help="never start a node: run python itself if none runs")
+    run.add_argument("--stream", action="store_true",
+                     help="get the output as packets instead of passing this process's stdin/stdout/stderr "
+                     "(the path of clients that cannot pass descriptors; see docs/protocol.md 10)")
     run.add_argument("args", nargs=argparse.REMAINDER, help="-- then the arguments for python")
     for action, text in (
         ("status", "print the node's status as JSON (exit 1 if none runs)"),
@@ -74,7 +78,7 @@ def _idle(value: float) -> Optional[float]:
     return None if value == 0 else value
 
 
-def _name(args: argparse.Namespace) -> str:
+def _name(args: "argparse.Namespace") -> str:
     from ._compat import node_name
 
     return node_name(args.preload, options={"idle_timeout": _idle(args.idle_timeout)})
@@ -89,6 +93,8 @@ def _python_argv(rest: List[str]) -> List[str]:
 
 
 def _c_client() -> Optional[str]:
+    import shutil
+
     here = os.path.dirname(os.path.abspath(sys.executable))
     for candidate in (os.path.join(here, "ipcfast-node-client"), shutil.which("ipcfast-node-client")):
         if candidate and os.access(candidate, os.X_OK):
@@ -96,7 +102,9 @@ def _c_client() -> Optional[str]:
     return None
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: "argparse.Namespace") -> int:
+    import logging
+
     from .._errors import AddressInUse
     from ._server import NodeServer
 
@@ -114,7 +122,9 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _control(args: argparse.Namespace, request: bytes) -> int:
+def _control(args: "argparse.Namespace", request: bytes) -> int:
+    import json
+
     from ._client import connect
 
     conn = connect(_name(args), 2.0)
@@ -123,6 +133,9 @@ def _control(args: argparse.Namespace, request: bytes) -> int:
         return 1
     try:
         reply = conn.request(request)
+    except (OSError, RuntimeError) as exc:
+        print(f"the node did not answer: {exc}", file=sys.stderr)
+        return 1
     finally:
         conn.close()
     if request == b"status":
@@ -132,8 +145,48 @@ def _control(args: argparse.Namespace, request: bytes) -> int:
     return 0
 
 
+_RUN_FLAGS = {"--no-start": "no_start", "--stream": "stream"}
+_RUN_VALUES = {"--preload": "preload", "--idle-timeout": "idle_timeout", "--start-timeout": "start_timeout"}
+
+
+def _quick_run_args(argv: List[str]) -> Optional[Any]:
+    """The arguments of a well-formed ``run`` without argparse (which costs
+    a client more than the rest of its start); None for anything else
+    (help, mistakes), which argparse then handles."""
+    if not argv or argv[0] != "run" or "--" not in argv:
+        return None
+    values: Dict[str, Any] = {"preload": [], "idle_timeout": DEFAULT_IDLE_TIMEOUT, "start_timeout": 60.0,
+                              "no_start": False, "stream": False}
+    i = 1
+    try:
+        while argv[i] != "--":
+            word = argv[i]
+            option, eq, inline = word.partition("=")
+            if word in _RUN_FLAGS:
+                values[_RUN_FLAGS[word]] = True
+            elif option in _RUN_VALUES:
+                value = inline if eq else argv[i + 1]
+                i += 0 if eq else 1
+                key = _RUN_VALUES[option]
+                if key == "preload":
+                    values[key].append(value)
+                else:
+                    values[key] = float(value)
+            else:
+                return None
+            i += 1
+    except (IndexError, ValueError):
+        return None
+    if i + 1 >= len(argv):
+        return None
+    values["args"] = argv[i:]
+    values["action"] = "run"
+    return type("Args", (), values)()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = _quick_run_args(words) or _parser().parse_args(words)
     if args.action == "run":
         from ._client import run
 
@@ -143,6 +196,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             idle_timeout=_idle(args.idle_timeout),
             start_timeout=args.start_timeout,
             start=not args.no_start,
+            stream=args.stream,
         )
     if args.action == "serve":
         return _serve(args)
@@ -150,6 +204,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(_name(args))
         return 0
     if args.action == "c-command":
+        import shlex
+
         client = _c_client() or "ipcfast-node-client"
         serve = [sys.executable, "-m", "ipcfast.node", "serve", "--name", _name(args)]
         for module in args.preload:

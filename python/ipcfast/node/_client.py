@@ -1,40 +1,39 @@
 """The short-lived side of a node: hand a ``python ...`` command to a warm
-node, write its output as it arrives, exit with its exit code.
+node, wait for its EXIT, end as the command ended.
 
 :func:`run` connects to the node for the given preloads and options; if no
 node runs it starts one (detached, with its own log file) and connects
-within one time budget; if the node is busy (or cannot start) it runs the
-command in this process instead. Ctrl-C is forwarded as CANCEL.
+within one time budget. The command gets this process's own stdin, stdout
+and stderr (passed to the node's child with SCM_RIGHTS), so terminals,
+colours, widths and the order of the two streams are exactly a cold run's.
+With ``stream=True`` (for clients that cannot pass descriptors) the output
+comes back as CONSOLE_WRITE packets instead. Ctrl-C is forwarded as CANCEL.
+When the node is busy, refuses the command or cannot start, the command runs
+cold: this process becomes ``python ARGS`` (exec), so the result is the same
+either way.
+
+This module is what every client run imports: it keeps to sockets and the
+codec (no cffi, no threads, no subprocess unless a node must be started).
 """
 
 from __future__ import annotations
 
-import locale
 import os
 import signal
-import subprocess
+import socket
 import sys
 import time
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, NoReturn, Optional, Sequence, Tuple
 
-from .._codec import ExitType
-from .._errors import raise_from_error
-from .._native import ffi, lib
+from .._codec import Command, PacketDecoder, PacketType, decode_exit, encode_command
 from ._compat import DEFAULT_PREFIX, node_name
-from ._runner import (
-    CANCELLED_STATUS,
-    UnsupportedCommand,
-    exit_status,
-    flush_std_streams,
-    parse_python_argv,
-    print_exception,
-    run_python_command,
-)
+from ._wire import COMMAND_FDS, COMMAND_UMASK, UMASK_SHIFT, connect as _connect_socket, send_packet
 
-__all__ = ["NodeConnection", "connect", "log_path", "run", "run_in_process", "start_node"]
+__all__ = ["NodeConnection", "connect", "log_path", "run", "start_node"]
 
-_NULL = ffi.NULL
-_READ_SLICE_MS = 100  # how often a waiting client looks at Ctrl-C
+# Exit types (docs/protocol.md 10.4).
+_COMPLETED, _CANCELLED, _CRASHED, _BUSY, _STALE, _REFUSED, _KILLED = range(7)
+_TTY_BITS = (0x1, 0x2, 0x4)
 
 
 def log_path(name: str) -> str:
@@ -44,80 +43,54 @@ def log_path(name: str) -> str:
 
 
 class NodeConnection:
-    """One connection to a node: send a command, read its packets."""
+    """One connection to a node (after the handshake): packets in and out."""
 
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self._err = ffi.new("ipc_error *")
-        self._type = ffi.new("uint8_t *")
-        self._payload = ffi.new("const uint8_t **")
-        self._size = ffi.new("size_t *")
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._decoder = PacketDecoder()
+        self._packets: List[Tuple[int, bytes]] = []
 
     def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            lib.ipc_client_close(client)
+        self.sock.close()
 
-    def send_command(
-        self, argv: Sequence[bytes], cwd: bytes, env: Sequence[bytes], locale_name: bytes, flags: int
-    ) -> None:
-        keep = [ffi.new("char[]", bytes(a)) for a in list(argv) + list(env)]
-        command = ffi.new("ipc_command *")
-        argv_array = ffi.new("char *[]", keep[: len(argv)])
-        env_array = ffi.new("char *[]", keep[len(argv) :] or 1)
-        cwd_c = ffi.new("char[]", cwd)
-        locale_c = ffi.new("char[]", locale_name)
-        command.flags = flags
-        command.argc = len(argv)
-        command.argv = argv_array
-        command.cwd = cwd_c
-        command.envc = len(env)
-        command.env = env_array
-        command.locale = locale_c
-        if lib.ipc_client_send_command(self._client, command, 10000, self._err) != lib.IPC_OK:
-            raise_from_error(self._err)
+    def send(self, type_: int, payload: bytes = b"", fds: Sequence[int] = ()) -> None:
+        send_packet(self.sock, type_, payload, fds)
 
-    def cancel(self) -> None:
-        if lib.ipc_client_write_packet(self._client, lib.IPC_PACKET_CANCEL, _NULL, 0, 5000, self._err) != lib.IPC_OK:
-            raise_from_error(self._err)
+    def read(self) -> Tuple[int, bytes]:
+        """The next packet (type, payload); raises ConnectionError at EOF."""
+        while not self._packets:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the node closed the connection")
+            self._packets.extend((p.type, p.payload) for p in self._decoder.feed(data))
+            if self._decoder.error is not None:
+                raise ConnectionError(f"bad packet from the node ({self._decoder.error.name})")
+        return self._packets.pop(0)
 
-    def request(self, data: bytes, timeout_ms: int = 10000) -> bytes:
+    def request(self, data: bytes) -> bytes:
         """A control request (``status``, ``shutdown``)."""
-        if lib.ipc_client_write_packet(self._client, lib.IPC_PACKET_REQUEST, data, len(data), timeout_ms, self._err):
-            raise_from_error(self._err)
-        kind, payload = self.read(timeout_ms)
-        if kind == lib.IPC_PACKET_ERROR:
+        self.send(PacketType.REQUEST, data)
+        kind, payload = self.read()
+        if kind != PacketType.RESPONSE:
             raise RuntimeError(payload.decode("utf-8", "replace"))
         return payload
-
-    def read(self, timeout_ms: int) -> Tuple[int, bytes]:
-        """The next packet (type, payload); type 0 if none came in time."""
-        rc = lib.ipc_client_read_packet(self._client, self._type, self._payload, self._size, timeout_ms, self._err)
-        if rc == lib.IPC_E_TIMEOUT:
-            lib.ipc_error_clear(self._err)
-            return 0, b""
-        if rc != lib.IPC_OK:
-            raise_from_error(self._err)
-        return int(self._type[0]), bytes(ffi.buffer(self._payload[0], self._size[0]))
 
 
 def connect(name: str, timeout: float) -> Optional[NodeConnection]:
     """Connects to the node ``name`` within ``timeout`` seconds; None if no
-    node answers in time (not found, busy or gone)."""
-    options = ffi.new("ipc_client_options *")
-    lib.ipc_client_options_init(options)
-    out = ffi.new("ipc_client_t **")
-    err = ffi.new("ipc_error *")
-    rc = lib.ipc_client_open(out, os.fsencode(name), options, max(0, int(timeout * 1000)), err)
-    if rc != lib.IPC_OK:
-        lib.ipc_error_clear(err)
+    node answers in time (not found, gone, or not this user's)."""
+    try:
+        sock = _connect_socket(name, timeout)
+    except OSError:
         return None
-    return NodeConnection(out[0])
+    return None if sock is None else NodeConnection(sock)
 
 
-def start_node(name: str, preload: Sequence[str], idle_timeout: Optional[float]) -> "subprocess.Popen[bytes]":
+def start_node(name: str, preload: Sequence[str], idle_timeout: Optional[float]) -> Any:
     """Starts the node ``name`` detached from this process (its own session,
-    stdio on its log file), so it outlives this client."""
+    stdio on its log file), so it outlives this client; returns the Popen."""
+    import subprocess
+
     log = log_path(name)
     os.makedirs(os.path.dirname(log), mode=0o700, exist_ok=True)
     args = [sys.executable, "-m", "ipcfast.node", "serve", "--name", name, "--log", log]
@@ -126,122 +99,104 @@ def start_node(name: str, preload: Sequence[str], idle_timeout: Optional[float])
     args += ["--idle-timeout", "0" if idle_timeout is None else repr(idle_timeout)]
     with open(log, "ab") as log_file:
         return subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            start_new_session=True,
-            close_fds=True,
+            args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True, close_fds=True
         )
 
 
-def _command_fields() -> Tuple[bytes, List[bytes], bytes, int]:
-    cwd = os.fsencode(os.getcwd())
-    env = [k + b"=" + v for k, v in os.environb.items()] if hasattr(os, "environb") else [
-        f"{k}={v}".encode() for k, v in os.environ.items()
-    ]
-    try:
-        locale_name = (locale.setlocale(locale.LC_CTYPE) or "").encode()
-    except locale.Error:
-        locale_name = b""
-    flags = 0
-    for fd, bit in ((0, lib.IPC_COMMAND_STDIN_TTY), (1, lib.IPC_COMMAND_STDOUT_TTY), (2, lib.IPC_COMMAND_STDERR_TTY)):
+def _command(python_argv: List[str], stream: bool) -> Command:
+    umask = os.umask(0)
+    os.umask(umask)
+    flags = COMMAND_UMASK | (umask << UMASK_SHIFT) | (0 if stream else COMMAND_FDS)
+    for fd, bit in enumerate(_TTY_BITS):
         try:
             if os.isatty(fd):
                 flags |= bit
         except OSError:
             pass
-    return cwd, env, locale_name, flags
+    try:
+        import _locale  # the C module: `locale` would import re, costly for a client
+
+        ctype = _locale.setlocale(_locale.LC_CTYPE)
+    except Exception:
+        ctype = ""
+    env = [k + b"=" + v for k, v in os.environb.items()]
+    argv = [os.fsencode(a) for a in python_argv]
+    return Command(argv, os.fsencode(os.getcwd()), env, ctype.encode(), flags)
 
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         try:
-            n = os.write(fd, view)
+            view = view[os.write(fd, view) :]
         except BlockingIOError:
             time.sleep(0.001)
-            continue
         except OSError:
             return  # our own stream is gone (closed pipe): drop the output
-        view = view[n:]
 
 
 class _Interrupted(Exception):
-    pass
+    """A second Ctrl-C: stop waiting for the node."""
 
 
-def _run_remote(conn: NodeConnection, python_argv: List[str]) -> Tuple[Optional[int], int, bool]:
-    """Runs the command on the node: (exit code, or None if the node did not
-    run it; exit type; whether this process got Ctrl-C)."""
-    cwd, env, locale_name, flags = _command_fields()
+def _run_remote(conn: NodeConnection, python_argv: List[str], stream: bool) -> Tuple[int, int]:
+    """Runs the command on the node: (exit code, exit type)."""
     try:
-        conn.send_command([os.fsencode(a) for a in python_argv], cwd, env, locale_name, flags)
-    except OSError:
-        return None, ExitType.REFUSED, False  # the node went away before it took the command
-    interrupted = False
-    received = False
-    while True:
+        conn.send(PacketType.COMMAND, encode_command(_command(python_argv, stream)), () if stream else (0, 1, 2))
+    except OSError:  # e.g. one of our standard descriptors is closed
+        return 0, _REFUSED
+    interrupts = [0]
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupts[0] += 1
+        if interrupts[0] > 1:
+            raise _Interrupted()
         try:
-            kind, payload = conn.read(_READ_SLICE_MS)
-        except KeyboardInterrupt:
-            if interrupted:
-                raise _Interrupted() from None  # a second Ctrl-C: stop waiting
-            interrupted = True
-            try:
-                conn.cancel()
-            except OSError:
-                pass
-            continue
+            conn.send(PacketType.CANCEL)
         except OSError:
-            if not received:  # e.g. the node stopped (idle) just as we came
-                return None, ExitType.REFUSED, interrupted
-            raise
-        if kind == 0:
-            continue
-        received = True
-        if kind == lib.IPC_PACKET_CONSOLE_WRITE:
-            _write_all(payload[0], payload[1:])
-        elif kind == lib.IPC_PACKET_EXIT:
-            code, exit_type = int.from_bytes(payload[:4], "little", signed=True), payload[4]
-            if exit_type in (ExitType.BUSY, ExitType.STALE, ExitType.REFUSED):
-                return None, exit_type, interrupted
-            return code, exit_type, interrupted
-        else:
-            raise RuntimeError(f"unexpected packet type {kind} from the node")
+            pass
 
-
-def run_in_process(python_argv: List[str]) -> int:
-    """Runs the command in this process, as ``python`` would (the fallback)."""
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        parsed = parse_python_argv(python_argv)
-    except UnsupportedCommand:
-        # Not something to emulate: let the real interpreter run it.
-        return subprocess.call([sys.executable, *python_argv[1:]])
-    try:
-        run_python_command(parsed)
-    except SystemExit as exc:
-        return exit_status(exc.code)
-    except KeyboardInterrupt as exc:
-        print_exception(exc)
-        _die_of_sigint()
-        return CANCELLED_STATUS
-    except BaseException as exc:
-        print_exception(exc)
-        return 1
+        while True:
+            kind, payload = conn.read()
+            if kind == PacketType.CONSOLE_WRITE and payload:
+                _write_all(payload[0], payload[1:])
+            elif kind == PacketType.EXIT:
+                return decode_exit(payload)
+            else:
+                raise ConnectionError(f"unexpected packet type {kind} from the node")
     finally:
-        flush_std_streams()
-    return 0
+        signal.signal(signal.SIGINT, previous)
 
 
-def _die_of_sigint() -> None:
-    """Ends the process the way an interrupted ``python`` does: killed by
-    SIGINT, so the caller sees the same status as for a cold run."""
-    flush_std_streams()
-    if hasattr(signal, "SIGINT") and hasattr(os, "kill") and sys.platform != "win32":
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
+def die_of_signal(signum: int) -> NoReturn:
+    """Ends this process the way the command ended: by the same signal, so
+    the caller sees the same status as for a cold run (else 128 + signum)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    try:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
         time.sleep(1)
+    except (OSError, ValueError):
+        pass
+    os._exit(128 + signum)
+
+
+def exec_cold(python_argv: List[str]) -> NoReturn:
+    """Becomes ``python ARGS`` itself: the fallback, exactly a cold run."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as a shell would start it
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.execv(sys.executable, [sys.executable, *python_argv[1:]])
 
 
 def _start_and_connect(
@@ -257,7 +212,7 @@ def _start_and_connect(
         if code is not None and code != 0:
             sys.stderr.write(
                 f"ipcfast.node: the node could not start (exit status {code}, log: {log_path(name)}); "
-                f"running the command in this process\n"
+                f"running the command without it\n"
             )
             return None
         if code == 0:  # another client's node won the name: use that one
@@ -274,34 +229,39 @@ def run(
     start_timeout: float = 60.0,
     prefix: str = DEFAULT_PREFIX,
     start: bool = True,
+    stream: bool = False,
 ) -> int:
-    """Runs ``python_argv`` (``[python, -m, module, args...]`` or
-    ``[python, script.py, args...]``) through the warm node for ``preload``,
-    starting the node if none runs; returns the exit code (a command
-    cancelled by Ctrl-C ends this process with SIGINT, as ``python`` would).
-    Falls back to running in this process when the node is busy, stale or
-    cannot start within ``start_timeout`` seconds."""
+    """Runs ``python_argv`` (``[python, -m, module, args...]``,
+    ``[python, script.py, args...]`` or ``[python, -c, code, args...]``)
+    through the warm node for ``preload``, starting the node if none runs;
+    returns the exit code. A command that died of a signal (Ctrl-C included)
+    ends this process with the same signal. When the node is busy, refuses
+    the command or cannot start within ``start_timeout`` seconds, this
+    process execs ``python`` with the same arguments instead (never returns)."""
     name = node_name(preload, prefix=prefix, options={"idle_timeout": idle_timeout})
-    conn = connect(name, 0)
-    if conn is None and start:
-        conn = _start_and_connect(name, preload, idle_timeout, start_timeout)
-    if conn is None:
-        return run_in_process(python_argv)
-    try:
+    for _attempt in range(2):
+        conn = connect(name, 0)
+        if conn is None and start:
+            conn = _start_and_connect(name, preload, idle_timeout, start_timeout)
+        if conn is None:
+            break
         try:
-            code, exit_type, interrupted = _run_remote(conn, python_argv)
+            code, exit_type = _run_remote(conn, python_argv, stream)
         except _Interrupted:
-            conn.close()
-            _die_of_sigint()
-            return CANCELLED_STATUS
+            die_of_signal(signal.SIGINT)
         except OSError as exc:
             # The node vanished mid-command (killed, crashed): say so.
             sys.stderr.write(f"ipcfast.node: the node failed while running the command: {exc}\n")
             return 1
-    finally:
-        conn.close()
-    if code is None:
-        return run_in_process(python_argv)
-    if exit_type == ExitType.CANCELLED and interrupted:
-        _die_of_sigint()
-    return code
+        finally:
+            conn.close()
+        if exit_type == _STALE:
+            continue  # that node gave its name up: start a fresh one
+        if exit_type in (_BUSY, _REFUSED):
+            break
+        if exit_type == _CANCELLED:
+            die_of_signal(signal.SIGINT)
+        if exit_type == _KILLED:
+            die_of_signal(code)
+        return code
+    exec_cold(python_argv)

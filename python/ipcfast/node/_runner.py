@@ -1,8 +1,7 @@
 """Running a ``python ...`` command line inside an already running interpreter.
 
-Both sides of the node use this: the warm server runs each COMMAND with it,
-and a client whose server is busy runs the command in its own process with
-it (the fallback). It emulates what ``python ARGS`` does for the forms a
+The node's forked child runs each COMMAND with it (in a fresh process, so
+nothing is saved or restored). It emulates what ``python ARGS`` does for the forms a
 command-line tool is started with::
 
     python [-u] [-B] [-E] [-s] [-X opt] [-W arg] -m module args...
@@ -18,12 +17,11 @@ exit status and message.
 from __future__ import annotations
 
 import importlib.machinery
-import importlib.util
 import os
 import runpy
 import sys
 import traceback
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional
 
 __all__ = [
     "CANCELLED_STATUS",
@@ -104,16 +102,11 @@ def exit_status(code: Any) -> int:
 
 
 def _trimmed_traceback(exc: BaseException) -> Any:
-    # Drop the frames of this module and runpy, which `python` itself never
-    # shows (its own -m machinery is in C).
+    # Drop the node's own frames, which `python` itself never shows; runpy's
+    # frames stay: `python -m` runs through runpy._run_module_as_main too.
     tb = exc.__traceback__
     node_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "")
-    runpy_file = os.path.abspath(runpy.__file__ or "")
-    while tb is not None:
-        raw = tb.tb_frame.f_code.co_filename
-        filename = raw if raw.startswith("<") else os.path.abspath(raw)
-        if not (filename.startswith(node_dir) or filename in (runpy_file, "<frozen runpy>")):
-            break
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(node_dir):
         tb = tb.tb_next
     return tb
 
@@ -130,34 +123,25 @@ def flush_std_streams() -> None:
 
 
 def print_exception(exc: BaseException) -> None:
-    """Prints ``exc`` to sys.stderr the way an uncaught exception is printed."""
+    """Prints ``exc`` the way the interpreter reports an uncaught exception:
+    through sys.excepthook (a tool may have replaced it)."""
     exc.__traceback__ = _trimmed_traceback(exc)
     flush_std_streams()
-    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    try:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    except BaseException:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     flush_std_streams()
-
-
-# Compiled scripts by path, (mtime, size): a warm node compiles a script
-# again only when it changed.
-_SCRIPT_CACHE: Dict[str, Tuple[Tuple[int, int], Any]] = {}
 
 
 def _run_script(path: str) -> None:
-    """What ``python path`` runs, like runpy.run_path for a source file,
-    with the compiled code cached."""
+    """What ``python path`` runs: the file's code in a fresh ``__main__``."""
     if not path.endswith((".py", ".pyw")) or not os.path.isfile(path):
         runpy.run_path(path, run_name="__main__")  # a zip, a directory, a .pyc: runpy knows them
         return
-    st = os.stat(path)
-    stamp = (st.st_mtime_ns, st.st_size)
-    cached = _SCRIPT_CACHE.get(path)
-    if cached is not None and cached[0] == stamp:
-        code = cached[1]
-    else:
-        with open(path, "rb") as f:
-            source = f.read()
-        code = compile(source, path, "exec", dont_inherit=True)
-        _SCRIPT_CACHE[path] = (stamp, code)
+    with open(path, "rb") as f:
+        source = f.read()
+    code = compile(source, path, "exec", dont_inherit=True)
     main = type(sys)("__main__")
     main.__dict__.update(
         __file__=path,
@@ -167,35 +151,22 @@ def _run_script(path: str) -> None:
         __package__=None,
         __spec__=None,
     )
-    saved = sys.modules.get("__main__")
     sys.modules["__main__"] = main
-    try:
-        exec(code, main.__dict__)
-    finally:
-        if saved is not None:
-            sys.modules["__main__"] = saved
-
-
-def _module_exists(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
+    exec(code, main.__dict__)
 
 
 def run_python_command(command: PythonCommand, cwd: Optional[str] = None) -> None:
     """Runs the command on this thread as ``__main__``. Returns normally when
     it ran to its end; lets SystemExit, KeyboardInterrupt and the command's
     own exceptions propagate (see :func:`exit_status`, :func:`print_exception`).
-    The caller saves and restores sys.argv and sys.path."""
+    Meant for a process of its own (the node's forked child): it replaces
+    ``__main__``, sys.argv and sys.path[0] for good."""
     base = cwd if cwd is not None else os.getcwd()
     if command.kind == "module":
-        sys.argv = [command.target, *command.args]  # runpy sets argv[0] to the module's file
+        sys.argv = ["-m", *command.args]  # runpy sets argv[0] to the module's file
         sys.path[0] = base
-        if not _module_exists(command.target):
-            sys.stderr.write(f"{sys.executable}: No module named {command.target}\n")
-            raise SystemExit(1)
-        runpy.run_module(command.target, run_name="__main__", alter_sys=True)
+        # What the interpreter itself calls for -m (same errors, same frames).
+        runpy._run_module_as_main(command.target, True)  # type: ignore[attr-defined]
     elif command.kind == "script":
         path = command.target
         full = path if os.path.isabs(path) else os.path.join(base, path)
@@ -214,10 +185,5 @@ def run_python_command(command: PythonCommand, cwd: Optional[str] = None) -> Non
         code = compile(command.target, "<string>", "exec")
         main = type(sys)("__main__")
         main.__dict__["__builtins__"] = __builtins__
-        saved = sys.modules.get("__main__")
         sys.modules["__main__"] = main
-        try:
-            exec(code, main.__dict__)
-        finally:
-            if saved is not None:
-                sys.modules["__main__"] = saved
+        exec(code, main.__dict__)

@@ -1,220 +1,115 @@
-"""The warm side of a node: a process that runs ``python ...`` commands for
-short-lived clients, one at a time, on its main thread.
+"""The warm side of a node: imports the preloads once, then forks a fresh
+child from that warm state for every command (as multiprocessing's
+forkserver and Android's zygote do).
 
-The C core does the transport: it queues each COMMAND (a second one, while
-a command runs, is answered BUSY without waking Python), keeps reading the
-connection while the command runs so a CANCEL is seen at once, and
-serializes the output packets. This module runs the command with the
-client's working directory, environment and argv in effect, captures what
-it writes to file descriptors 1 and 2 (so ``print``, logging, C extensions
-and subprocesses are all captured) and streams it back as it comes.
+The node itself is a single-threaded ``selectors`` loop over plain sockets
+with the sans-I/O codec (``ipcfast._codec``): a process with one thread is
+one that may fork. It accepts connections (peer checked to be this user,
+SO_PEERCRED, before anything is read), answers control requests, and for
+each COMMAND forks a child (``_child.become_command``) that becomes the
+command: the client's own stdin/stdout/stderr (passed with the COMMAND,
+SCM_RIGHTS) or, for a client that passed none, pipes whose bytes the node
+forwards as CONSOLE_WRITE packets. The child's exit status, or the signal it
+died of, becomes the EXIT packet. CANCEL sends SIGINT to the command's
+process group, a vanished client's command is killed. The node never runs
+tool code and keeps nothing from one command for the next.
 """
 
 from __future__ import annotations
 
-import codecs
-import io
+import gc
+import importlib
 import json
 import logging
 import os
-import select
+import pkgutil
+import selectors
 import signal
+import socket
 import sys
-import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .._codec import Command, ExitType
-from .._native import NativeServer, ffi, lib
-from ._compat import CodeWatch
-from ._runner import (
-    CANCELLED_STATUS,
-    PythonCommand,
-    UnsupportedCommand,
-    exit_status,
-    flush_std_streams,
-    parse_python_argv,
-    print_exception,
-    run_python_command,
+from .._codec import (
+    DEFAULT_HANDSHAKE,
+    FOREIGN_REPLY,
+    HANDSHAKE_MESSAGE_SIZE,
+    ExitType,
+    MalformedPayload,
+    PacketDecoder,
+    PacketType,
+    Verdict,
+    check_handshake_request,
+    decode_command,
+    encode_console_write,
+    encode_exit,
+    encode_handshake_reply,
+    encode_header,
 )
+from ._child import become_command
+from ._compat import CodeWatch
+from ._runner import CANCELLED_STATUS, PythonCommand, UnsupportedCommand, flush_std_streams, parse_python_argv
+from ._wire import COMMAND_FDS, COMMAND_UMASK, UMASK_SHIFT, peer_uid, recv_with_fds
 
-__all__ = ["NodeServer", "stdio_encoding"]
+__all__ = ["EXIT_KILLED", "NodeServer", "STARTUP_VARIABLES"]
 
 logger = logging.getLogger("ipcfast.node")
 
-_NULL = ffi.NULL
+#: EXIT type: the command died of a signal; the exit code is the signal number.
+EXIT_KILLED = int(ExitType.KILLED)
+
+# Exit types of the EXIT packet (docs/protocol.md 10.4).
+_COMPLETED, _CANCELLED, _CRASHED, _BUSY, _STALE, _REFUSED = range(6)
+
+#: Environment variables that shape an interpreter at its start: a command
+#: whose values differ from the node's would not run as a cold python would,
+#: so the node refuses it and the client runs it itself.
+STARTUP_VARIABLES = (
+    "PYTHONCOERCECLOCALE", "PYTHONDEBUG", "PYTHONDEVMODE", "PYTHONDONTWRITEBYTECODE", "PYTHONFAULTHANDLER",
+    "PYTHONHASHSEED", "PYTHONINSPECT", "PYTHONINTMAXSTRDIGITS", "PYTHONMALLOC", "PYTHONNODEBUGRANGES",
+    "PYTHONOPTIMIZE", "PYTHONPLATLIBDIR", "PYTHONPROFILEIMPORTTIME", "PYTHONPYCACHEPREFIX", "PYTHONSAFEPATH",
+    "PYTHONTRACEMALLOC", "PYTHONUTF8", "PYTHONVERBOSE", "PYTHONWARNDEFAULTENCODING", "PYTHONWARNINGS",
+)
+
+_KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL for a stopping node's commands
+_CHUNK = 65536
+_MAX_OUTPUT_PACKET = 1 << 20
+_MAX_PENDING = 4 << 20  # bytes queued for a slow client before its command's pipes wait
 
 
-def stdio_encoding(env: Dict[str, str], locale_name: str) -> Tuple[str, str]:
-    """(encoding, stdout errors) that ``python`` started with this
-    environment and LC_CTYPE locale would give its standard streams."""
-    configured = env.get("PYTHONIOENCODING", "")
-    if configured:
-        encoding, _, errors = configured.partition(":")
-        return (encoding or "utf-8", errors or "strict")
-    codeset = locale_name.partition(".")[2].partition("@")[0]
-    if env.get("PYTHONUTF8") == "1" or locale_name in ("", "C", "POSIX"):
-        # UTF-8 mode, or the C locale, which Python coerces to UTF-8.
-        return ("utf-8", "surrogateescape")
-    if not codeset:
-        return ("utf-8", "strict")
-    try:
-        return (codecs.lookup(codeset).name, "strict")
-    except LookupError:
-        return ("utf-8", "strict")
+class _Job:
+    """A running command: the forked child and, on the packet path, its pipes."""
+
+    def __init__(self, pid: int, conn: "_Conn", pipes: Dict[int, int]) -> None:
+        self.pid = pid
+        self.conn: Optional[_Conn] = conn
+        self.pipes = pipes  # read end -> stream number (packet path only)
+        self.cancelled = False
+        self.reading = True  # its pipes are registered with the selector
 
 
-class _TtyAwareWriter(io.TextIOWrapper):
-    """A text stream whose isatty() answers for the client's terminal."""
-
-    _client_tty = False
-
-    def isatty(self) -> bool:
-        return self._client_tty
-
-
-class _UnseekableFile(io.FileIO):
-    """fd 1/2 of a node point to a log file or a pipe by turns: never seek."""
-
-    def seekable(self) -> bool:
-        return False
-
-
-def _text_stream(fd: int, encoding: str, errors: str, line_buffering: bool, tty: bool, name: str) -> TextIO:
-    raw = _UnseekableFile(fd, "wb", closefd=False)
-    buffered = io.BufferedWriter(raw, io.DEFAULT_BUFFER_SIZE)
-    stream = _TtyAwareWriter(buffered, encoding=encoding, errors=errors, line_buffering=line_buffering)
-    stream._client_tty = tty
-    stream.mode = "w"  # type: ignore[misc]
-    try:
-        stream.name = name  # type: ignore[misc]
-    except AttributeError:
-        pass
-    return stream
-
-
-def install_streams() -> None:
-    """Gives the node process its lasting sys.stdin/stdout/stderr: streams
-    over fds 0/1/2. They are never replaced, so a logging handler or any
-    object that a command keeps a reference to (e.g. logging.basicConfig in
-    one command) still writes to the right place in later commands: each
-    command only points fds 1 and 2 elsewhere and reconfigures them."""
-    flush_std_streams()
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    stdin = open(0, encoding="utf-8", closefd=False)
-    stdout = _text_stream(1, "utf-8", "strict", False, False, "<stdout>")
-    stderr = _text_stream(2, "utf-8", "backslashreplace", True, False, "<stderr>")
-    _STREAMS[:] = [stdin, stdout, stderr]
-    restore_streams()
-
-
-_STREAMS: List[Any] = []
-
-
-def restore_streams() -> None:
-    """Puts the node's lasting streams back (a command may have replaced them)."""
-    if _STREAMS:
-        stdin, stdout, stderr = _STREAMS
-        sys.stdin, sys.stdout, sys.stderr = stdin, stdout, stderr
-        sys.__stdin__, sys.__stdout__, sys.__stderr__ = stdin, stdout, stderr  # type: ignore[misc]
-
-
-class _Capture:
-    """While a command runs: fds 1 and 2 are pipes, sys.stdout/stderr are
-    reconfigured for the client, and a thread sends what the pipes carry."""
-
-    def __init__(self, call: Any, command: Command, env: Dict[str, str]) -> None:
-        self._call = call
-        self._flags = command.flags
-        self._env = env
-        self._locale = os.fsdecode(command.locale)
-        self._saved_fds: Dict[int, int] = {}
-        self._pipes: Dict[int, int] = {}  # read end -> stream number
-        self._ending = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self.client_gone = False
-
-    def start(self) -> None:
-        flush_std_streams()
-        self._saved_fds = {fd: os.dup(fd) for fd in (1, 2)}
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
-        os.close(out_w)
-        os.close(err_w)
-        self._pipes = {out_r: lib.IPC_STREAM_STDOUT, err_r: lib.IPC_STREAM_STDERR}
-        encoding, errors = stdio_encoding(self._env, self._locale)
-        unbuffered = bool(self._env.get("PYTHONUNBUFFERED"))
-        out_tty = bool(self._flags & lib.IPC_COMMAND_STDOUT_TTY)
-        err_tty = bool(self._flags & lib.IPC_COMMAND_STDERR_TTY)
-        _reconfigure(sys.stdout, encoding, errors, out_tty or unbuffered, out_tty)
-        _reconfigure(sys.stderr, encoding, "backslashreplace", True, err_tty)
-        self._thread = threading.Thread(target=self._pump, name="ipcfast-node-output", daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        open_fds = dict(self._pipes)
-        buf = bytearray(65536)
-        view = memoryview(buf)
-        while open_fds:
-            ready, _, _ = select.select(list(open_fds), [], [], 0.05)
-            if not ready:
-                if self._ending.is_set():
-                    break  # a background child keeps the pipe open: stop here
-                continue
-            for fd in sorted(ready, key=lambda f: open_fds[f]):
-                try:
-                    n = os.readv(fd, [buf])
-                except OSError:
-                    n = 0
-                if n == 0:
-                    del open_fds[fd]
-                    continue
-                self._send(open_fds[fd], view[:n])
-
-    def _send(self, stream: int, data: memoryview) -> None:
-        if self.client_gone:
-            return
-        rc = lib.ipc_call_console_write(self._call, stream, ffi.from_buffer(data), len(data), _NULL)
-        if rc != lib.IPC_OK:
-            self.client_gone = True
-
-    def finish(self) -> None:
-        flush_std_streams()
-        restore_streams()
-        # Restoring fds 1 and 2 drops our write ends of the pipes, so the
-        # pump sees the end of the output (unless a child still holds them).
-        for fd, saved in self._saved_fds.items():
-            os.dup2(saved, fd)
-            os.close(saved)
-        self._ending.set()
-        if self._thread is not None:
-            self._thread.join()
-        for fd in self._pipes:
-            os.close(fd)
-        _reconfigure(sys.stdout, "utf-8", "strict", False, False)
-        _reconfigure(sys.stderr, "utf-8", "backslashreplace", True, False)
-
-
-def _reconfigure(stream: Any, encoding: str, errors: str, line_buffering: bool, tty: bool) -> None:
-    # A command may have replaced sys.stdout itself; only ours are adjusted.
-    if isinstance(stream, _TtyAwareWriter):
-        stream.reconfigure(encoding=encoding, errors=errors, line_buffering=line_buffering)
-        stream._client_tty = tty
+class _Conn:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.handshake = b""
+        self.decoder: Optional[PacketDecoder] = None
+        self.fds: List[int] = []  # descriptors received and not yet taken by a COMMAND
+        self.job: Optional[_Job] = None
+        self.out = bytearray()
+        self.closing = False  # close once self.out is sent
 
 
 class NodeServer:
-    """A warm process that runs ``python ...`` commands for node clients.
+    """A warm process that runs ``python ...`` commands for node clients,
+    each in a child forked from the state after the preloads.
 
-    ``preload`` modules are imported once, at start; each command then runs
-    on the calling (main) thread with the client's working directory,
-    environment and argv, its output streamed back. ``serve_forever()``
-    returns after ``idle_timeout`` seconds without a command (None: never),
-    after a ``shutdown`` control request, on SIGTERM, or when the node's code
-    changed on disk."""
+    ``preload`` modules are imported once, at start (``pkg.*``: the package
+    and all its submodules; ``@group``: the modules of every entry point in
+    that group, e.g. ``@pytest11`` for pytest's plugins). ``serve_forever()`` returns after
+    ``idle_timeout`` seconds without a command (None: never), after a
+    ``shutdown`` control request, on SIGTERM, or when a loaded module's code
+    changed on disk (it releases its name at once, so a fresh node can take
+    it). ``max_commands`` commands run at once; more are answered BUSY."""
 
     def __init__(
         self,
@@ -222,39 +117,289 @@ class NodeServer:
         *,
         preload: Sequence[str] = (),
         idle_timeout: Optional[float] = 600.0,
-        access: str = "user",
+        max_commands: int = 32,
     ) -> None:
         if idle_timeout is not None and idle_timeout <= 0:
             raise ValueError("idle_timeout must be a positive number of seconds, or None")
         self.name = name
         self.preload = list(preload)
         self.idle_timeout = idle_timeout
-        self._server = NativeServer(name, self._control, max_clients=64, access=access)
-        self._server._enable_node(self._on_cancel)
-        self._lock = threading.Lock()
-        self._current: Any = None  # the ipc_call * of the running command
-        self._cancelled = False
+        self.max_commands = max_commands
+        self._listener: Any = None
+        self._sel = selectors.DefaultSelector()
+        self._conns: Dict[int, _Conn] = {}
+        self._jobs: Dict[int, _Job] = {}
         self._stop_reason: Optional[str] = None
         self._commands = 0
         self._started = time.time()
         self._last_active = time.monotonic()
-        self._main_ident = threading.main_thread().ident or 0
+        self._wake_r = self._wake_w = -1
+        self._startup_env: Dict[str, Optional[str]] = {}
+        self._watch: Optional[CodeWatch] = None
+        self._next_check = 0.0
+        self._stopped_at: Optional[float] = None
+        self._fork_times: List[float] = []  # seconds os.fork() took in the node, last 100
 
-    # ---- control requests (C connection threads) -------------------------
+    # ---- start and stop ----------------------------------------------------
+
+    def _import_preloads(self) -> None:
+        for module in self.preload:
+            if module.startswith("@"):
+                _import_entry_points(module[1:])
+            elif module.endswith(".*"):
+                _import_tree(module[:-2])
+            else:
+                importlib.import_module(module)
+        if self.preload:
+            _warm_metadata()
+
+    def _listen(self) -> None:
+        from .._pure import _Listener  # the lock-file ownership protocol (docs/protocol.md 2.1)
+
+        self._listener = _Listener(self.name, world=False)
+        self._sel.register(self._listener.sock, selectors.EVENT_READ, None)
+
+    def _release_name(self) -> None:
+        """Closes the listening socket and gives the name up (a fresh node
+        may take it); running commands still end normally."""
+        if self._listener is not None:
+            try:
+                self._sel.unregister(self._listener.sock)
+            except (KeyError, ValueError):
+                pass
+            self._listener.close()
+            self._listener = None
+
+    def request_stop(self, reason: str) -> None:
+        """Makes serve_forever() return once the running commands have ended."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            logger.info("node %s stopping: %s", self.name, reason)
+        self._release_name()
+
+    def _node_fds(self) -> List[int]:
+        """Every descriptor of the node that a command must not keep."""
+        fds = [self._sel.fileno(), self._wake_r, self._wake_w]
+        if self._listener is not None:
+            fds += [self._listener.sock.fileno(), self._listener.lock_fd, self._listener.wake_r, self._listener.wake_w]
+        for conn in self._conns.values():
+            fds.append(conn.sock.fileno())
+            fds.extend(conn.fds)
+        for job in self._jobs.values():
+            fds.extend(job.pipes)
+        return [fd for fd in fds if fd >= 0]
+
+    def serve_forever(self) -> str:
+        """Serves until idle, shut down, stale or SIGTERM; returns why it stopped."""
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        self._import_preloads()
+        self._startup_env = {k: os.environ.get(k) for k in STARTUP_VARIABLES}
+        self._watch = CodeWatch()
+        # Objects made so far are shared by every child: the collector need
+        # not look at them again (fewer copy-on-write pages, faster children).
+        gc.collect()
+        gc.freeze()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        previous = {
+            signal.SIGCHLD: signal.signal(signal.SIGCHLD, lambda s, f: None),
+            signal.SIGTERM: signal.signal(signal.SIGTERM, lambda s, f: self._on_sigterm()),
+        }
+        previous_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        try:
+            self._listen()
+            logger.info("node %s serving (pid %d, preloaded %s)", self.name, os.getpid(), self.preload or "nothing")
+            self._loop()
+        finally:
+            self._shut_down()
+            signal.set_wakeup_fd(previous_wakeup)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        reason = self._stop_reason or "stopped"
+        logger.info("node %s stopped: %s", self.name, reason)
+        return reason
+
+    def _on_sigterm(self) -> None:
+        self.request_stop("SIGTERM")
+        for job in self._jobs.values():
+            self._kill(job, signal.SIGTERM)
+
+    def _shut_down(self) -> None:
+        self._release_name()
+        deadline = time.monotonic() + _KILL_GRACE
+        for job in list(self._jobs.values()):
+            self._kill(job, signal.SIGTERM)
+        while self._jobs and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.01)
+        for job in list(self._jobs.values()):
+            self._kill(job, signal.SIGKILL)
+            os.waitpid(job.pid, 0)
+            self._end_job(job, 0)
+        for conn in list(self._conns.values()):
+            self._drop(conn)
+        self._sel.close()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    # ---- the loop ----------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not (self._stop_reason is not None and not self._jobs and not self._sending()):
+            timeout = self._housekeeping()
+            for key, events in self._sel.select(timeout):
+                obj = key.fileobj
+                if self._listener is not None and obj is self._listener.sock:
+                    self._accept()
+                elif obj == self._wake_r:
+                    _drain(self._wake_r)
+                elif isinstance(key.data, _Conn):
+                    self._on_conn(key.data, events)
+                elif isinstance(key.data, _Job):
+                    self._on_pipe(key.data, int(key.fd))
+            self._reap()
+
+    def _sending(self) -> bool:
+        """Whether a stopping node still has packets (an EXIT) to deliver;
+        a client that stopped reading gets 5 seconds."""
+        if self._stopped_at is None:
+            self._stopped_at = time.monotonic()
+        pending = any(conn.out for conn in self._conns.values())
+        return pending and time.monotonic() - self._stopped_at < 5.0
+
+    def _housekeeping(self) -> float:
+        """Idle exit and the stale-code check; returns how long select may wait."""
+        now = time.monotonic()
+        if self._jobs:
+            self._last_active = now
+        if self._stop_reason is not None:
+            return 0.05
+        if now >= self._next_check and not self._jobs:
+            # An idle node notices a changed module by itself and goes away.
+            self._next_check = now + 1.0
+            changed = self._watch.changed() if self._watch is not None else None
+            if changed is not None:
+                self.request_stop(f"{changed} changed on disk")
+                return 0.0
+        if self.idle_timeout is not None:
+            left = self.idle_timeout - (now - self._last_active)
+            if left <= 0 and not self._conns:
+                self.request_stop(f"idle for {self.idle_timeout:g} s")
+                return 0.0
+            return max(0.01, min(1.0, left))
+        return 1.0
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        try:
+            sock, _ = self._listener.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            logger.warning("node %s: accept failed: %s", self.name, exc)
+            return
+        try:
+            uid = peer_uid(sock)
+        except OSError:
+            uid = -1
+        if uid is not None and uid != os.geteuid():
+            logger.warning("node %s: refused a connection from uid %s", self.name, uid)
+            sock.close()
+            return
+        sock.setblocking(False)
+        conn = _Conn(sock)
+        self._conns[sock.fileno()] = conn
+        self._sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _on_conn(self, conn: _Conn, events: int) -> None:
+        if events & selectors.EVENT_WRITE:
+            self._flush(conn)
+        if events & selectors.EVENT_READ and conn.sock.fileno() in self._conns:
+            self._read(conn)
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data, fds = recv_with_fds(conn.sock, _CHUNK, 3)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, fds = b"", []
+        conn.fds.extend(fds)
+        if not data:
+            self._drop(conn)
+            return
+        if len(conn.fds) > 3:  # more than one command's worth: a client that hoards our descriptors
+            self._protocol_error(conn, "descriptors without a COMMAND to take them")
+            return
+        if conn.decoder is None:
+            data = self._handshake(conn, data)
+            if conn.decoder is None:
+                return
+        for packet in conn.decoder.feed(data):
+            if conn.closing:
+                return
+            self._on_packet(conn, packet.type, packet.payload)
+        if conn.decoder.error is not None:
+            self._protocol_error(conn, f"bad packet header ({conn.decoder.error.name})")
+
+    def _handshake(self, conn: _Conn, data: bytes) -> bytes:
+        conn.handshake += data
+        verdict, _version = check_handshake_request(conn.handshake, DEFAULT_HANDSHAKE)
+        if verdict == Verdict.NEED_MORE:
+            return b""
+        if verdict != Verdict.OK:
+            if verdict == Verdict.FOREIGN:
+                try:
+                    conn.sock.send(bytes((FOREIGN_REPLY,)))  # docs/protocol.md 3.3
+                except OSError:
+                    pass
+            self._drop(conn)
+            return b""
+        rest = conn.handshake[HANDSHAKE_MESSAGE_SIZE:]
+        value = conn.handshake[: HANDSHAKE_MESSAGE_SIZE - 1]
+        conn.decoder = PacketDecoder()
+        self._send(conn, encode_handshake_reply(value, 1))
+        return rest
+
+    def _on_packet(self, conn: _Conn, type_: int, payload: bytes) -> None:
+        if type_ == PacketType.REQUEST:
+            try:
+                self._send_packet(conn, PacketType.RESPONSE, self._control(payload))
+            except ValueError as exc:
+                self._send_packet(conn, PacketType.ERROR, str(exc).encode())
+        elif type_ == PacketType.COMMAND:
+            if conn.job is not None:
+                self._protocol_error(conn, "a COMMAND while another runs on this connection")
+                return
+            self._command(conn, payload)
+        elif type_ == PacketType.CANCEL:
+            if payload:
+                self._protocol_error(conn, "a CANCEL with a payload")
+            elif conn.job is not None and not conn.job.cancelled:
+                conn.job.cancelled = True
+                self._kill(conn.job, signal.SIGINT)
+        else:
+            self._protocol_error(conn, f"unexpected packet type {type_}")
 
     def _control(self, request: bytes) -> bytes:
         if request == b"status":
-            with self._lock:
-                busy = self._current is not None
             return json.dumps(
                 {
                     "pid": os.getpid(),
                     "name": self.name,
-                    "busy": busy,
+                    "busy": bool(self._jobs),
+                    "running": sorted(self._jobs),
                     "commands": self._commands,
                     "started": self._started,
                     "idle_for": round(time.monotonic() - self._last_active, 3),
                     "idle_timeout": self.idle_timeout,
+                    "fork_ms_median": _median_ms(self._fork_times),
                     "preload": self.preload,
                     "python": sys.version.split()[0],
                     "executable": sys.executable,
@@ -265,184 +410,291 @@ class NodeServer:
             return b"ok"
         raise ValueError(f"unknown control request {request[:40]!r} (known: status, shutdown)")
 
-    def request_stop(self, reason: str) -> None:
-        """Makes serve_forever() return once the running command (if any) ends."""
-        with self._lock:
-            if self._stop_reason is None:
-                self._stop_reason = reason
+    # ---- commands ------------------------------------------------------------
 
-    # ---- cancellation -----------------------------------------------------
-
-    def _on_cancel(self, call: Any) -> None:
-        # On a C connection thread: interrupt the main thread if it still
-        # runs this call (a stale cancel for a finished command is ignored).
-        with self._lock:
-            if self._current is None or self._current != call:
-                return
-            self._cancelled = True
-        signal.pthread_kill(self._main_ident, signal.SIGINT)
-
-    def _sigint(self, signum: int, frame: Any) -> None:
-        with self._lock:
-            running = self._current is not None
-        if running:
-            raise KeyboardInterrupt
-
-    # ---- the main loop ----------------------------------------------------
-
-    def serve_forever(self) -> str:
-        """Serves until idle, shut down or stale; returns why it stopped.
-        Must run on the main thread (commands get KeyboardInterrupt there)."""
-        if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError("NodeServer.serve_forever() must run on the main thread")
-        install_streams()
-        for module in self.preload:
-            __import__(module)
-        watch = CodeWatch()
-        previous_term = signal.signal(signal.SIGTERM, lambda s, f: self.request_stop("SIGTERM"))
-        self._server.start()
-        logger.info("node %s serving (pid %d, preloaded %s)", self.name, os.getpid(), self.preload or "nothing")
-        call_p = ffi.new("ipc_call **")
-        request_p = ffi.new("const uint8_t **")
-        size_p = ffi.new("size_t *")
-        self._last_active = time.monotonic()
+    def _command(self, conn: _Conn, payload: bytes) -> None:
         try:
-            while True:
-                with self._lock:
-                    if self._stop_reason is not None:
-                        break
-                wait_ms = 500
-                if self.idle_timeout is not None:
-                    left = self.idle_timeout - (time.monotonic() - self._last_active)
-                    if left <= 0:
-                        self.request_stop(f"idle for {self.idle_timeout:g} s")
-                        continue
-                    wait_ms = max(1, min(wait_ms, int(left * 1000)))
-                rc = lib.ipc_server_next_call(self._server._c_server, call_p, request_p, size_p, wait_ms, _NULL)
-                if rc == lib.IPC_E_TIMEOUT:
-                    continue
-                if rc != lib.IPC_OK:
-                    self.request_stop("the server stopped")
-                    continue
-                call = call_p[0]
-                try:
-                    self._serve_call(call, request_p[0], size_p[0], watch)
-                finally:
-                    lib.ipc_call_finish(call)
-                    self._last_active = time.monotonic()
-        finally:
-            self._server.stop()
-            signal.signal(signal.SIGTERM, previous_term)
-        reason = self._stop_reason or "stopped"
-        logger.info("node %s stopped: %s", self.name, reason)
-        return reason
-
-    def _serve_call(self, call: Any, payload: Any, size: int, watch: CodeWatch) -> None:
-        try:
-            command = _decode_command(payload, size)
-            changed = watch.changed()
-            if changed is not None:
-                logger.info("node %s: %s changed on disk; exiting", self.name, changed)
-                self.request_stop(f"{changed} changed")
-                lib.ipc_call_exit(call, 0, ExitType.STALE, _NULL)
+            command = decode_command(payload)
+        except MalformedPayload as exc:
+            self._protocol_error(conn, str(exc))
+            return
+        stdio: Optional[List[int]] = None
+        if command.flags & COMMAND_FDS:
+            if len(conn.fds) < 3:
+                self._protocol_error(conn, "a COMMAND that announces descriptors came without them")
                 return
+            stdio, conn.fds = conn.fds[:3], conn.fds[3:]
+        try:
+            verdict = self._admit(command.argv, command.env, command.cwd)
+            if isinstance(verdict, int):
+                self._send_exit(conn, 2 if verdict == _REFUSED else 0, verdict)
+                return
+            umask = (command.flags >> UMASK_SHIFT) & 0o7777 if command.flags & COMMAND_UMASK else None
             try:
-                parsed = parse_python_argv([os.fsdecode(a) for a in command.argv])
-            except UnsupportedCommand as exc:
-                # Not an error of the command: the client runs it itself.
-                logger.info("node %s: refused a command: %s", self.name, exc)
-                lib.ipc_call_exit(call, 2, ExitType.REFUSED, _NULL)
-                return
-            code, kind = self._run(call, command, parsed)
-            self._commands += 1
-            lib.ipc_call_exit(call, _int32(code), kind, _NULL)
-            watch.update()
-        except Exception as exc:  # the node's own failure: report, keep serving
-            logger.exception("node %s: running a command failed", self.name)
-            _write_stderr(call, f"ipcfast.node: the node failed running the command: {exc!r}\n")
-            lib.ipc_call_exit(call, 1, ExitType.CRASHED, _NULL)
-
-    def _run(self, call: Any, command: Command, parsed: PythonCommand) -> Tuple[int, int]:
-        env = {os.fsdecode(k): os.fsdecode(v) for k, _, v in (e.partition(b"=") for e in command.env) if k}
-        cwd = os.fsdecode(command.cwd)
-        saved_cwd = os.getcwd()
-        saved_env = dict(os.environ)
-        saved_argv, saved_path = sys.argv[:], sys.path[:]
-        saved_sigint = signal.getsignal(signal.SIGINT)
-        try:
-            os.chdir(cwd)
-        except OSError as exc:
-            logger.info("node %s: refused a command: cannot enter %r: %s", self.name, cwd, exc.strerror)
-            return 2, ExitType.REFUSED
-        capture = _Capture(call, command, env)
-        code, kind = 0, int(ExitType.COMPLETED)
-        try:
-            _replace_environ(env)
-            capture.start()
-            signal.signal(signal.SIGINT, self._sigint)
-            with self._lock:
-                self._current = call
-                self._cancelled = False
-            code, kind = self._execute(call, parsed, cwd)
+                self._fork(conn, verdict[0], verdict[1], command.cwd, stdio, umask)
+            except OSError as exc:  # out of processes or descriptors: the client runs it itself
+                logger.warning("node %s: cannot start a command: %s", self.name, exc)
+                self._send_exit(conn, 0, _BUSY)
         finally:
-            with self._lock:
-                self._current = None
-            signal.signal(signal.SIGINT, saved_sigint)
-            capture.finish()
-            _replace_environ(saved_env)
-            os.chdir(saved_cwd)
-            sys.argv[:], sys.path[:] = saved_argv, saved_path
-        return code, kind
+            for fd in stdio or ():
+                os.close(fd)
 
-    def _execute(self, call: Any, parsed: PythonCommand, cwd: str) -> Tuple[int, int]:
+    def _admit(
+        self, argv: List[bytes], env_entries: List[bytes], cwd: bytes
+    ) -> "int | Tuple[PythonCommand, Dict[str, str]]":
+        """The parsed command and environment, or the exit type that says
+        why the node does not run it (the client then runs it itself)."""
+        if self._stop_reason is not None:
+            return _STALE
+        changed = self._watch.changed() if self._watch is not None else None
+        if changed is not None:
+            self.request_stop(f"{changed} changed on disk")
+            return _STALE
+        if len(self._jobs) >= self.max_commands:
+            return _BUSY
         try:
-            if lib.ipc_call_cancelled(call):
-                raise KeyboardInterrupt  # cancelled before it started
-            run_python_command(parsed, cwd)
-            return 0, ExitType.COMPLETED
-        except SystemExit as exc:
-            return exit_status(exc.code), ExitType.COMPLETED
-        except KeyboardInterrupt as exc:
-            print_exception(exc)
-            with self._lock:
-                cancelled = self._cancelled
-            return CANCELLED_STATUS, (ExitType.CANCELLED if cancelled else ExitType.COMPLETED)
-        except BaseException as exc:
-            print_exception(exc)
-            return 1, ExitType.CRASHED
+            parsed = parse_python_argv([os.fsdecode(a) for a in argv])
+        except UnsupportedCommand as exc:
+            logger.info("node %s: refused a command: %s", self.name, exc)
+            return _REFUSED
+        env = {os.fsdecode(k): os.fsdecode(v) for k, _, v in (e.partition(b"=") for e in env_entries) if k}
+        for key in STARTUP_VARIABLES:
+            if env.get(key) != self._startup_env.get(key):
+                logger.info("node %s: refused a command: %s differs from the node's", self.name, key)
+                return _REFUSED
+        if not os.path.isdir(cwd):
+            return _REFUSED
+        return parsed, env
+
+    def _fork(
+        self,
+        conn: _Conn,
+        parsed: PythonCommand,
+        env: Dict[str, str],
+        cwd: bytes,
+        stdio: Optional[List[int]],
+        umask: Optional[int],
+    ) -> None:
+        pipes: Dict[int, int] = {}
+        child_ends: List[int] = []
+        if stdio is None:  # the packet path: output through pipes, no stdin
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            pipes = {out_r: 1, err_r: 2}
+            null = os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            stdio = child_ends = [null, out_w, err_w]
+        close_fds = self._node_fds() + list(pipes)
+        flush_std_streams()
+        started = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            become_command(parsed, stdio, close_fds, cwd, env, umask)
+        self._fork_times.append(time.perf_counter() - started)
+        del self._fork_times[:-100]
+        for fd in child_ends:
+            os.close(fd)
+        try:
+            os.setpgid(pid, pid)  # also done by the child: no race with a CANCEL
+        except OSError:
+            pass
+        job = _Job(pid, conn, pipes)
+        conn.job = job
+        self._jobs[pid] = job
+        self._commands += 1
+        for fd in pipes:
+            os.set_blocking(fd, False)
+            self._sel.register(fd, selectors.EVENT_READ, job)
+
+    def _kill(self, job: _Job, signum: int) -> None:
+        try:
+            os.killpg(job.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(job.pid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def _on_pipe(self, job: _Job, fd: int) -> None:
+        try:
+            data = os.read(fd, _CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_pipe(job, fd)
+            return
+        if job.conn is not None:
+            self._send_packet(job.conn, PacketType.CONSOLE_WRITE, encode_console_write(job.pipes[fd], data))
+
+    def _close_pipe(self, job: _Job, fd: int) -> None:
+        if job.reading:
+            self._sel.unregister(fd)
+        os.close(fd)
+        del job.pipes[fd]
+
+    def _reap(self) -> None:
+        for pid in list(self._jobs):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                self._end_job(self._jobs[pid], status)
+
+    def _end_job(self, job: _Job, status: int) -> None:
+        del self._jobs[job.pid]
+        # What the child wrote is in its pipes by now: forward all of it.
+        # Output of background children after this point is not waited for.
+        for fd in list(job.pipes):
+            while fd in job.pipes:
+                self._on_pipe(job, fd)
+                if fd in job.pipes and not _readable(fd):
+                    self._close_pipe(job, fd)
+        conn, job.conn = job.conn, None
+        if conn is None:
+            return
+        conn.job = None
+        if os.WIFSIGNALED(status):
+            signum = os.WTERMSIG(status)
+            if signum == signal.SIGINT and job.cancelled:
+                self._send_exit(conn, CANCELLED_STATUS, _CANCELLED)
+            else:
+                self._send_exit(conn, signum, EXIT_KILLED)
+        else:
+            self._send_exit(conn, os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1, _COMPLETED)
+
+    # ---- sending ---------------------------------------------------------------
+
+    def _send_exit(self, conn: _Conn, code: int, exit_type: int) -> None:
+        self._send_packet(conn, PacketType.EXIT, encode_exit(code, exit_type))
+
+    def _send_packet(self, conn: _Conn, type_: int, payload: bytes) -> None:
+        for at in range(0, max(1, len(payload)), _MAX_OUTPUT_PACKET):
+            chunk = payload[at : at + _MAX_OUTPUT_PACKET]
+            if type_ == PacketType.CONSOLE_WRITE and at:
+                chunk = payload[:1] + chunk
+            self._send(conn, encode_header(type_, len(chunk)) + chunk)
+
+    def _send(self, conn: _Conn, data: bytes) -> None:
+        conn.out += data
+        self._flush(conn)
+
+    def _flush(self, conn: _Conn) -> None:
+        if conn.sock.fileno() < 0:
+            return
+        while conn.out:
+            try:
+                n = conn.sock.send(conn.out)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._drop(conn)
+                return
+            del conn.out[:n]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
+        self._sel.modify(conn.sock, events, conn)
+        if conn.closing and not conn.out:
+            self._drop(conn)
+        elif conn.job is not None and conn.job.pipes:
+            self._pace(conn.job, len(conn.out) < _MAX_PENDING)
+
+    def _pace(self, job: _Job, reading: bool) -> None:
+        """A client that reads slowly holds its command's output back (the
+        command blocks on a full pipe) instead of filling the node's memory."""
+        if reading == job.reading:
+            return
+        job.reading = reading
+        for fd in job.pipes:
+            if reading:
+                self._sel.register(fd, selectors.EVENT_READ, job)
+            else:
+                self._sel.unregister(fd)
+
+    def _protocol_error(self, conn: _Conn, message: str) -> None:
+        logger.warning("node %s: protocol error: %s", self.name, message)
+        conn.closing = True
+        self._send_packet(conn, PacketType.ERROR, message.encode("utf-8", "replace"))
+
+    def _drop(self, conn: _Conn) -> None:
+        """Forgets a connection; a command still running for it is killed
+        with its process group (its client is gone)."""
+        fd = conn.sock.fileno()
+        if fd < 0 or self._conns.pop(fd, None) is None:
+            return
+        self._sel.unregister(conn.sock)
+        conn.sock.close()
+        for received in conn.fds:
+            os.close(received)
+        conn.fds = []
+        job, conn.job = conn.job, None
+        if job is not None:
+            job.conn = None
+            self._kill(job, signal.SIGKILL)
 
 
-def _replace_environ(env: Dict[str, str]) -> None:
-    # Only what differs: every os.environ change is a putenv/unsetenv call,
-    # and two environments of one user differ in a few variables.
-    current = os.environ
-    for key in [k for k in current if k not in env]:
-        del current[key]
-    for key, value in env.items():
-        if current.get(key) != value:
-            current[key] = value
+def _median_ms(values: List[float]) -> Optional[float]:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[len(ordered) // 2] * 1000, 3)
 
 
-def _int32(code: int) -> int:
-    # An exit status outside int32 cannot travel; the OS keeps 8 bits anyway.
-    return code if -(2**31) <= code < 2**31 else code & 0xFF
-
-
-def _decode_command(payload: Any, size: int) -> Command:
-    c = ffi.new("ipc_command *")
-    err = ffi.new("ipc_error *")
+def _drain(fd: int) -> None:
     try:
-        if lib.ipc_command_decode(payload, size, c, err) != lib.IPC_OK:
-            raise ValueError(ffi.string(err.message).decode("utf-8", "replace") if err.message else "bad command")
-        s = ffi.string
-        argv: List[bytes] = [s(c.argv[i]) for i in range(c.argc)]
-        env: List[bytes] = [s(c.env[i]) for i in range(c.envc)]
-        return Command(argv, s(c.cwd), env, s(c.locale), c.flags)
-    finally:
-        lib.ipc_command_free(c)
-        lib.ipc_error_clear(err)
+        while os.read(fd, 512):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
 
 
-def _write_stderr(call: Any, text: str) -> None:
-    data = text.encode("utf-8", "backslashreplace")
-    lib.ipc_call_console_write(call, lib.IPC_STREAM_STDERR, data, len(data), _NULL)
+def _readable(fd: int) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def _import_tree(package: str) -> None:
+    """Imports a package and every submodule it has (``--preload pkg.*``);
+    a submodule that cannot be imported (an optional dependency missing) is
+    logged and skipped."""
+    module = importlib.import_module(package)
+    path = getattr(module, "__path__", None)
+    if path is None:
+        return
+    for info in pkgutil.walk_packages(path, package + ".", onerror=lambda name: None):
+        if info.name.rsplit(".", 1)[-1] == "__main__":
+            continue
+        try:
+            importlib.import_module(info.name)
+        except BaseException as exc:  # an import may even call sys.exit()
+            logger.info("preload %s: skipped %s: %r", package, info.name, exc)
+
+
+def _import_entry_points(group: str) -> None:
+    """Imports the module of every entry point in ``group`` (``--preload
+    @pytest11``: pytest's plugins, which pytest itself loads only while a
+    command runs); one that cannot be imported is logged and skipped."""
+    import importlib.metadata as metadata
+
+    found = metadata.entry_points()
+    # Python 3.9's entry_points() is a dict of groups; 3.10+ has select().
+    entries = found.select(group=group) if hasattr(found, "select") else found.get(group, ())
+    for entry in entries:
+        try:
+            importlib.import_module(entry.module)
+        except BaseException as exc:
+            logger.info("preload @%s: skipped %s: %r", group, entry.module, exc)
+
+
+def _warm_metadata() -> None:
+    """Reads the installed distributions' metadata once: tools that look up
+    their plugins by entry point (pytest, flake8) then find importlib.metadata's
+    directory caches filled (they are keyed by the directories' mtimes, so an
+    install between commands is still seen)."""
+    try:
+        import importlib.metadata as metadata
+
+        metadata.entry_points()
+    except Exception as exc:
+        logger.info("reading entry points failed: %r", exc)

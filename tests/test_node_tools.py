@@ -1,0 +1,385 @@
+"""Real third-party tools through the node (SPEC section 10, issue 16): black,
+flake8, pytest, pylint and mypy from PyPI (the ``test`` extra), each run cold
+(``python -m tool``) and through both clients (Python and C), compared byte
+for byte: stdout, stderr and exit code, or, on a pseudo-terminal, the merged
+output.
+
+Cases: plain runs with findings, piped stdin (``black -``, ``flake8 -``), a
+pty 123 columns wide with stdout and stderr on it (``2>&1``), Ctrl-C in the
+middle of a pytest run, ``os._exit()`` (mypy ends that way), multiprocessing
+inside the command (``pylint -j 2``), edits between runs (a changed source
+file, a changed ``line-length`` in pyproject.toml), and a command whose
+forked child ends with ``sys.exit(0)``.
+
+One node serves the whole module (all tools preloaded, as a user would set
+it up); every comparison is against a fresh cold run. The only
+normalisation: pytest's duration (``in 0.12s``), which two cold runs also
+differ in.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+from conftest import wait_for
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the node forks and passes POSIX descriptors")
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS = ["black", "flake8", "pytest", "pylint", "mypy"]
+INSTALLED = [tool for tool in TOOLS if importlib.util.find_spec(tool) is not None]
+
+Result = Tuple[int, bytes, bytes]
+
+BAD = '''import os, sys
+def f( x ):
+    y = 1
+    return x+1
+class Thing :
+    pass
+'''
+
+OTHER = '''"""Another module."""
+
+
+def g(value):
+    """Doubles."""
+    return value * 2
+'''
+
+TYPED = '''def add(a: int, b: int) -> int:
+    return a + b
+
+
+add(1, "two")
+'''
+
+TESTS = '''import sys
+
+
+def test_passes():
+    print("to stdout")
+    print("to stderr", file=sys.stderr)
+    assert 1 + 1 == 2
+
+
+def test_fails():
+    assert [1, 2, 3] == [1, 2, 4], "lists differ"
+'''
+
+SLOW_TEST = '''import os, time
+
+
+def test_slow():
+    open(os.environ["SLOW_MARKER"], "w").close()
+    time.sleep(60)
+'''
+
+FORKER = '''import os, sys
+print("parent before fork", flush=True)
+pid = os.fork()
+if pid == 0:
+    print("child", flush=True)
+    sys.exit(0)
+os.waitpid(pid, 0)
+print("parent after the child")
+sys.exit(5)
+'''
+
+_DURATION = re.compile(rb"in \d+\.\d+s")
+
+
+def normalise(data: bytes) -> bytes:
+    """What two cold runs differ in: pytest's duration."""
+    return _DURATION.sub(b"in N.NNs", data)
+
+
+class Tools:
+    """A small project, one node with every tool preloaded, and the three
+    ways to run a command: cold, the Python client, the C client."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.project = tmp / "project"
+        self.project.mkdir()
+        for name, text in (("bad.py", BAD), ("other.py", OTHER), ("typed.py", TYPED),
+                           ("test_sample.py", TESTS), ("slow_test.py", SLOW_TEST), ("forker.py", FORKER)):
+            (self.project / name).write_text(text, encoding="utf-8")
+        (self.project / "pyproject.toml").write_text("[tool.black]\nline-length = 88\n", encoding="utf-8")
+        self.run_dir = Path(tempfile.mkdtemp(prefix="ipt", dir="/tmp"))
+        self.env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "PYTHONUNBUFFERED")}
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        self.env["XDG_RUNTIME_DIR"] = str(self.run_dir)
+        self.env["XDG_CACHE_HOME"] = str(tmp / "cache")
+        self.env["SLOW_MARKER"] = str(tmp / "slow-started")
+        self.options = [w for tool in INSTALLED for w in ("--preload", tool)] + ["--idle-timeout", "600"]
+        self.c_words = self._c_words(tmp)
+
+    def _c_words(self, tmp: Path) -> Optional[List[str]]:
+        line = self.node_cli("c-command", *self.options).stdout.decode().strip()
+        words = shlex.split(line)
+        client = _c_client(tmp)
+        if client is None:
+            return None
+        words[0] = client
+        return words[:-1]  # without the interpreter: argv() adds it
+
+    def node_cli(self, *args: str) -> "subprocess.CompletedProcess[bytes]":
+        return subprocess.run([sys.executable, "-m", "ipcfast.node", *args], cwd=str(self.project),
+                              env=self.env, capture_output=True, timeout=120)
+
+    def argv(self, how: str, args: List[str]) -> List[str]:
+        if how == "cold":
+            return [sys.executable, *args]
+        if how == "python":
+            return [sys.executable, "-m", "ipcfast.node", "run", *self.options, "--", *args]
+        if self.c_words is None:
+            pytest.skip("no C client (neither installed nor a C compiler)")
+        return [*self.c_words, sys.executable, *args]
+
+    def run(self, how: str, args: List[str], stdin: Optional[bytes] = None) -> Result:
+        done = subprocess.run(self.argv(how, args), cwd=str(self.project), env=self.env, input=stdin,
+                              capture_output=True, timeout=300)
+        return done.returncode, normalise(done.stdout), normalise(done.stderr)
+
+    def pid(self) -> Optional[int]:
+        done = self.node_cli("status", *self.options)
+        if done.returncode != 0:
+            return None
+        import json
+
+        return int(json.loads(done.stdout)["pid"])
+
+    def close(self) -> None:
+        pid = self.pid()
+        self.node_cli("shutdown", *self.options)
+        if pid is not None and not wait_for(lambda: not _alive(pid), timeout=15):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _c_client(tmp: Path) -> Optional[str]:
+    installed = Path(sys.executable).with_name("ipcfast-node-client")
+    if installed.exists():
+        return str(installed)
+    cc = shutil.which("cc")
+    if cc is None:
+        return None
+    exe = tmp / "ipcfast-node-client"
+    sources = [str(p) for p in sorted((ROOT / "csrc").glob("*.c"))]
+    subprocess.run([cc, "-std=c99", "-O2", f"-I{ROOT / 'csrc'}", str(ROOT / "csrc" / "cli" / "ipcfast_node_client.c"),
+                    *sources, "-o", str(exe), "-lpthread"], check=True)
+    return str(exe)
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tools]:
+    if not INSTALLED:
+        pytest.skip("none of black, flake8, pytest, pylint, mypy is installed (pip install '.[test]')")
+    t = Tools(tmp_path_factory.mktemp("tools"))
+    # The first command starts the node (and imports every tool once).
+    t.run("python", ["-c", "pass"])
+    assert t.pid() is not None
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def need(tool: str) -> None:
+    if tool not in INSTALLED:
+        pytest.skip(f"{tool} is not installed (it is in the test extra: pip install '.[test]')")
+
+
+CLIENTS = ["python", "c"]
+
+
+def same_as_cold(tools: Tools, args: List[str], stdin: Optional[bytes] = None) -> Result:
+    cold = tools.run("cold", args, stdin)
+    for how in CLIENTS:
+        warm = tools.run(how, args, stdin)
+        assert warm[0] == cold[0], f"{how} client: exit code {warm[0]}, cold {cold[0]}\n{warm[2]!r}"
+        assert warm[1] == cold[1], f"{how} client: stdout differs"
+        assert warm[2] == cold[2], f"{how} client: stderr differs"
+    return cold
+
+
+# ---- plain runs ------------------------------------------------------------------
+
+
+def test_black_check(tools: Tools) -> None:
+    need("black")
+    cold = same_as_cold(tools, ["-m", "black", "--check", "bad.py", "other.py"])
+    assert cold[0] == 1 and b"would reformat bad.py" in cold[2]
+
+
+def test_flake8(tools: Tools) -> None:
+    need("flake8")
+    cold = same_as_cold(tools, ["-m", "flake8", "bad.py", "other.py"])
+    assert cold[0] == 1 and b"bad.py:1:1: F401" in cold[1]
+
+
+def test_pytest(tools: Tools) -> None:
+    need("pytest")
+    cold = same_as_cold(tools, ["-m", "pytest", "-p", "no:cacheprovider", "test_sample.py"])
+    assert cold[0] == 1 and b"1 failed, 1 passed" in cold[1] and b"lists differ" in cold[1]
+
+
+def test_pylint_with_two_worker_processes(tools: Tools) -> None:
+    need("pylint")
+    cold = same_as_cold(tools, ["-m", "pylint", "-j", "2", "--score=n", "bad.py", "other.py"])
+    assert cold[0] not in (0, 1) and b"bad.py:1:0" in cold[1]
+
+
+def test_mypy_which_ends_with_os_exit(tools: Tools) -> None:
+    need("mypy")
+    cache = ["--cache-dir", str(tools.project / ".mypy_cache")]
+    tools.run("cold", ["-m", "mypy", *cache, "typed.py"])  # fills the cache: every later run reads it
+    cold = same_as_cold(tools, ["-m", "mypy", *cache, "typed.py"])
+    assert cold[0] == 1 and b'incompatible type "str"' in cold[1]
+    clean = same_as_cold(tools, ["-m", "mypy", *cache, "other.py"])
+    assert clean[0] == 0 and clean[1].startswith(b"Success")
+
+
+def test_a_forked_child_that_exits_does_not_answer_for_the_command(tools: Tools) -> None:
+    cold = same_as_cold(tools, ["forker.py"])
+    assert cold[0] == 5 and cold[1].endswith(b"parent after the child\n")
+
+
+# ---- stdin -------------------------------------------------------------------------
+
+
+def test_black_and_flake8_read_piped_stdin(tools: Tools) -> None:
+    need("black")
+    need("flake8")
+    source = BAD.encode()
+    formatted = same_as_cold(tools, ["-m", "black", "-q", "-"], stdin=source)
+    assert formatted[0] == 0 and b"def f(x):" in formatted[1]
+    linted = same_as_cold(tools, ["-m", "flake8", "-"], stdin=source)
+    assert linted[0] == 1 and b"stdin:1:1: F401" in linted[1]
+
+
+# ---- edits between runs -----------------------------------------------------------------
+
+
+def test_edits_between_runs_are_seen(tools: Tools) -> None:
+    need("black")
+    need("flake8")
+    (tools.project / "edited.py").write_text("import os\n", encoding="utf-8")
+    assert same_as_cold(tools, ["-m", "flake8", "edited.py"])[0] == 1
+    (tools.project / "edited.py").write_text("print('clean')\n", encoding="utf-8")
+    assert same_as_cold(tools, ["-m", "flake8", "edited.py"])[0] == 0
+    long_line = "x = [" + ", ".join(f'"item{i}"' for i in range(12)) + "]\n"
+    (tools.project / "long.py").write_text(long_line, encoding="utf-8")
+    assert same_as_cold(tools, ["-m", "black", "--check", "long.py"])[0] == 1
+    pyproject = tools.project / "pyproject.toml"
+    pyproject.write_text("[tool.black]\nline-length = 200\n", encoding="utf-8")
+    try:
+        assert same_as_cold(tools, ["-m", "black", "--check", "long.py"])[0] == 0
+    finally:
+        pyproject.write_text("[tool.black]\nline-length = 88\n", encoding="utf-8")
+
+
+# ---- a terminal ------------------------------------------------------------------------
+
+
+def run_in_pty(argv: List[str], tools: Tools, columns: int = 123) -> Tuple[int, bytes]:
+    """Runs argv with stdin, stdout and stderr on one pseudo-terminal that is
+    ``columns`` wide (so 2>&1: both streams, in the order written)."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = dict(tools.env, TERM="xterm-256color")
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=str(tools.project), env=env,
+                            start_new_session=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: every holder of the terminal is gone
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(timeout=120), normalise(b"".join(chunks))
+
+
+def test_a_terminal_123_columns_wide_with_both_streams(tools: Tools) -> None:
+    need("pytest")
+    need("black")
+    colds = []
+    for args in (["-m", "pytest", "-p", "no:cacheprovider", "-v", "-s", "test_sample.py"],
+                 ["-m", "black", "--check", "bad.py", "other.py"]):
+        cold = run_in_pty(tools.argv("cold", args), tools)
+        colds.append(cold[1])
+        for how in CLIENTS:
+            assert run_in_pty(tools.argv(how, args), tools) == cold, f"{how} client on a pty: {args}"
+    # The terminal reached the tools: colours, and pytest's rules span the 123 columns.
+    assert b"\x1b[" in colds[0] and b"\x1b[" in colds[1]
+    plain = re.sub(rb"\x1b\[[0-9;]*m", b"", colds[0])
+    assert any(len(line) == 123 for line in plain.split(b"\r\n") if line.startswith(b"====")), plain[:400]
+
+
+def test_both_streams_into_one_pipe_keep_their_order(tools: Tools) -> None:
+    need("pytest")
+    args = ["-m", "pytest", "-p", "no:cacheprovider", "-s", "-q", "test_sample.py"]
+    results: Dict[str, bytes] = {}
+    for how in ["cold", *CLIENTS]:
+        done = subprocess.run(tools.argv(how, args), cwd=str(tools.project), env=tools.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+        results[how] = normalise(done.stdout)
+    assert results["python"] == results["cold"]
+    assert results["c"] == results["cold"]
+    # stdout is a pipe here, so block-buffered: stderr's line comes first, as cold.
+    assert b"to stderr\nto stdout\n" in results["cold"]
+
+
+# ---- Ctrl-C --------------------------------------------------------------------------------
+
+
+def test_ctrl_c_in_the_middle_of_a_pytest_run(tools: Tools) -> None:
+    need("pytest")
+    args = ["-m", "pytest", "-p", "no:cacheprovider", "-q", "slow_test.py"]
+    marker = Path(tools.env["SLOW_MARKER"])
+    results = {}
+    for how in ["cold", *CLIENTS]:
+        if marker.exists():
+            marker.unlink()
+        proc = subprocess.Popen(tools.argv(how, args), cwd=str(tools.project), env=tools.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert wait_for(marker.exists, timeout=60), how
+        time.sleep(0.5)  # well into the sleep: the interrupted line is the same in every run
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        results[how] = (proc.returncode, normalise(out), normalise(err))
+    assert results["cold"][0] == 2 and b"KeyboardInterrupt" in results["cold"][1]
+    assert results["python"] == results["cold"]
+    assert results["c"] == results["cold"]
