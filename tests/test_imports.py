@@ -21,16 +21,17 @@ COMPILED = "ipcfast._ipcfast_cffi"
 BINDING = "ipcfast._native._ffi"
 NATIVE_PACKAGE = "ipcfast._native"
 
-#: Temporary exceptions to the cffi rules: these modules are being rewritten
-#: in parallel (node/ to use ipcfast._native's NodeCall/PacketConnection
-#: wrappers). The lead removes it when merging.
-TEMPORARY_CFFI_USERS = ("ipcfast.node",)
+#: Exceptions to the cffi rules (none: every module reaches the extension
+#: through ipcfast._native).
+TEMPORARY_CFFI_USERS: Tuple[str, ...] = ()
 
 #: Every import inside a function, and why it is lazy.
 EXPECTED_LAZY = {
-    # Temporary: node/_client.py still imports raise_from_error from
-    # _errors; _errors forwards it without loading cffi at import.
-    ("ipcfast._errors", "ipcfast._native"),
+    # The node's client must start fast: it reads ipcfast's version only
+    # when it names a node, and the node takes its listener (the lock-file
+    # protocol of docs/protocol.md 2.1) from the pure backend only to serve.
+    ("ipcfast.node._compat", "ipcfast"),
+    ("ipcfast.node._server", "ipcfast._pure"),
     # The benchmark imports the library under test only where a peer runs
     # it, so the harness and the other peers never load it.
     ("ipcfast._bench.child", "ipcfast"),

@@ -13,8 +13,9 @@ forked child ends with ``sys.exit(0)``.
 
 One node serves the whole module (all tools preloaded, as a user would set
 it up); every comparison is against a fresh cold run. The only
-normalisation: pytest's duration (``in 0.12s``), which two cold runs also
-differ in.
+normalisations: pytest's duration (``in 0.12s``) and, on a terminal, its
+"collecting N items" progress rewrites (written only when collecting takes
+longer than half a second), which two cold runs also differ in.
 """
 
 from __future__ import annotations
@@ -103,11 +104,14 @@ sys.exit(5)
 '''
 
 _DURATION = re.compile(rb"in \d+\.\d+s")
+# pytest rewrites "collecting N items" in place on a terminal, but only once
+# collecting has taken 0.5 s: on a loaded machine a cold run shows it too.
+_COLLECTING = re.compile(rb"(?:\x1b\[1m)?\rcollecting \d+ items? *(?:\x1b\[0m)?")
 
 
 def normalise(data: bytes) -> bytes:
-    """What two cold runs differ in: pytest's duration."""
-    return _DURATION.sub(b"in N.NNs", data)
+    """What two cold runs differ in: pytest's duration and its timed progress rewrites."""
+    return _COLLECTING.sub(b"", _DURATION.sub(b"in N.NNs", data))
 
 
 class Tools:

@@ -195,14 +195,3 @@ def error_for_code(code: Union[Result, str], message: str, system_error: int = 0
         code = result
     cls = ERROR_CLASSES.get(code, IPCError)
     return cls(message, code=code.c_name, system_error=system_error)
-
-
-def __getattr__(name: str) -> Any:
-    # Temporary: node/_client.py still imports raise_from_error from here;
-    # it lives in the native package now (remove once node/ imports
-    # ipcfast._native). Lazy, so importing this module never loads cffi.
-    if name == "raise_from_error":
-        from ._native import raise_from_error
-
-        return raise_from_error
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -164,18 +164,6 @@ class NativeServer(Server):
             raise ConnectionClosed(f"server {self._name!r} stopped ({result_name(rc)})", code=result_name(rc))
         return NodeCall(call_p[0], ffi.buffer(request_p[0], size_p[0])[:])
 
-    # Temporary: node/_server.py still uses these two private names (remove
-    # once it calls enable_node/next_command).
-    def _enable_node(self, cancel_listener: Callable[[Any], None]) -> None:
-        self._options.node = 1
-        self._options.cancel_handler = lib._ipcfast_cancel
-        self._cancel_listener = lambda call: cancel_listener(call._call)
-
-    @property
-    def _c_server(self) -> Any:
-        """The ipc_server_t * while running, else None."""
-        return self._state
-
     # ---- handler calls ----
 
     # Manual dispatch: answer one call on the dispatching thread.
