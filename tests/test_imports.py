@@ -13,6 +13,8 @@ importing them.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 import os
 from typing import Dict, Iterator, List, Set, Tuple
 
@@ -207,3 +209,18 @@ def test_ffi_and_lib_are_used_only_in_the_native_package() -> None:
     assert BINDING in users and "ipcfast._native._server" in users  # the check sees them
     outside = {m for m in users if not _in(m, NATIVE_PACKAGE) and not _temporary(m)}
     assert not outside, outside
+
+
+def test_the_node_client_imports_neither_the_binding_nor_the_facades() -> None:
+    """The node's Python client pays its imports on every command: `import
+    ipcfast` must not load cffi, the native backend or the Server/Client
+    facades until something asks for them (PEP 562 names in __init__)."""
+    code = (
+        "import sys, ipcfast.node._client\n"
+        "heavy = [m for m in ('cffi', 'ipcfast._native', 'ipcfast._base', 'ipcfast._ipcfast_cffi') if m in sys.modules]\n"
+        "print(heavy)\n"
+        "import ipcfast\n"
+        "assert ipcfast.Server.__name__ == 'Server' and callable(ipcfast.pipe_name)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

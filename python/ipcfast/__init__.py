@@ -19,8 +19,9 @@ pipes on Windows); this package is a thin layer over it. Errors are
 
 from __future__ import annotations
 
-from ._backends import BACKENDS, load_native, native_import_error
-from ._base import Client, Server
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._errors import (
     AccessDenied,
     AddressInUse,
@@ -38,7 +39,11 @@ from ._errors import (
     ServerNotFound,
     Timeout,
 )
-from ._names import handshake_value, pipe_name
+
+if TYPE_CHECKING:
+    from ._backends import BACKENDS, native_import_error
+    from ._base import Client, Server
+    from ._names import handshake_value, pipe_name
 
 __version__ = "0.1.0"
 
@@ -67,6 +72,29 @@ __all__ = [
     "ClientInUse",
 ]
 
-# Import the native backend now (installs the log bridge); if it cannot be
-# imported, warn once here and let backend="native" raise ImportError.
-load_native(warn=True)
+#: Names loaded on first use (PEP 562): ``import ipcfast`` stays cheap for
+#: programs that need only part of it, such as the server node's client,
+#: whose start-up is paid on every command. The native backend loads (and
+#: installs its log bridge, or warns once that it cannot) when a server or
+#: client first asks for it.
+_LAZY = {
+    "Server": "._base",
+    "Client": "._base",
+    "BACKENDS": "._backends",
+    "native_import_error": "._backends",
+    "pipe_name": "._names",
+    "handshake_value": "._names",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> "list[str]":
+    return sorted(set(globals()) | set(_LAZY))
