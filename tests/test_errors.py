@@ -171,7 +171,7 @@ def test_handler_raising_base_exceptions_does_not_kill_the_server(
 def test_no_server_is_server_not_found_within_the_budget(name: str, make_client: MakeClient) -> None:
     t0 = time.monotonic()
     with pytest.raises(ipcfast.ServerNotFound) as info:
-        make_client(name, connect_timeout=0.5)
+        make_client(name, connect_timeout=0.5, wait_for_server=True)
     elapsed = time.monotonic() - t0
     assert 0.4 <= elapsed < 3.0, elapsed
     assert isinstance(info.value, FileNotFoundError)

@@ -666,6 +666,15 @@ static ipc_client_t *open_client(const char *name, const ipc_client_options *opt
     return client;
 }
 
+/* For a server another thread or process is about to start: nothing owns
+ * its name yet, so the client must be told to wait for it. */
+static ipc_client_t *open_client_waiting(const char *name, int timeout_ms) {
+    ipc_client_options co;
+    ipc_client_options_init(&co);
+    co.wait_if_not_found = 1;
+    return open_client(name, &co, timeout_ms);
+}
+
 /* One request whose response must equal `expected`. */
 static int expect_response(ipc_client_t *client, const void *request, size_t size,
                            const void *expected, size_t expected_size) {
@@ -1507,12 +1516,25 @@ static void test_not_found(void) {
     ipc_error err = {0, 0, NULL};
     long long t0;
     make_name(name, sizeof name, "missing");
+    /* Nothing owns or is starting under the name: answered at once. */
     t0 = t_now_ms();
-    CHECK_RC(ipc_client_open(&client, name, NULL, 300, &err), IPC_E_NOT_FOUND, &err);
-    CHECK_MS(t_now_ms() - t0, 250, 1500);
+    CHECK_RC(ipc_client_open(&client, name, NULL, 3000, &err), IPC_E_NOT_FOUND, &err);
+    CHECK_MS(t_now_ms() - t0, 0, IPC_NOT_FOUND_GRACE_MS + 500);
     CHECK(client == NULL);
     CHECK(err.message != NULL);
     ipc_error_clear(&err);
+    CHECK(ipc_client_probe(name, NULL) == IPC_STATE_NOT_LISTENING);
+    /* Asked to wait, the client spends its budget. */
+    {
+        ipc_client_options co;
+        ipc_client_options_init(&co);
+        co.wait_if_not_found = 1;
+        t0 = t_now_ms();
+        CHECK_RC(ipc_client_open(&client, name, &co, 300, &err), IPC_E_NOT_FOUND, &err);
+        CHECK_MS(t_now_ms() - t0, 250, 1500);
+        CHECK(client == NULL);
+        ipc_error_clear(&err);
+    }
     t0 = t_now_ms();
     CHECK_RC(ipc_client_open(&client, name, NULL, 0, &err), IPC_E_NOT_FOUND, &err);
     CHECK_MS(t_now_ms() - t0, 0, 500);
@@ -1543,7 +1565,7 @@ static void test_connect_retries_until_server_starts(void) {
     arg.ctx = &ctx;
     arg.server = NULL;
     thread = t_thread_start(late_server_main, &arg);
-    client = open_client(name, NULL, 5000);
+    client = open_client_waiting(name, 5000);
     if (client) {
         expect_text(client, "made it", "made it");
         ipc_client_close(client);
@@ -1671,6 +1693,54 @@ static void queued_main(void *param) {
         expect_text(client, "three", "three");
         ipc_client_close(client);
     }
+}
+
+/* Which server a client accepts: the default takes our own server; an
+ * explicit uid must match (POSIX; Windows refuses uids as meaningless). */
+static void test_server_user(void) {
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_t *server;
+    ipc_client_t *client = NULL;
+    ipc_client_options co;
+    ipc_error err = {0, 0, NULL};
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "who");
+    server = open_server(name, NULL, cmd_handler, &ctx);
+    if (server) {
+        CHECK(ipc_client_probe(name, NULL) == IPC_STATE_LISTENING);
+        client = open_client(name, NULL, 3000);   /* default: our own user */
+        if (client) {
+            expect_text(client, "mine", "mine");
+            ipc_client_close(client);
+        }
+        ipc_client_options_init(&co);
+        co.server_user = IPC_SERVER_USER_ANY;
+        client = open_client(name, &co, 3000);
+        if (client) ipc_client_close(client);
+        co.server_user = IPC_SERVER_USER_UID;
+#if defined(_WIN32)
+        co.server_uid = 0;
+        CHECK_RC(ipc_client_open(&client, name, &co, 3000, &err), IPC_E_INVALID, &err);
+        ipc_error_clear(&err);
+#else
+        co.server_uid = (uint32_t)geteuid();
+        client = open_client(name, &co, 3000);
+        if (client) ipc_client_close(client);
+        co.server_uid = (uint32_t)geteuid() + 1;
+        CHECK_RC(ipc_client_open(&client, name, &co, 3000, &err), IPC_E_ACCESS_DENIED, &err);
+        CHECK(err.message != NULL && strstr(err.message, "runs as") != NULL);
+        ipc_error_clear(&err);
+#endif
+        CHECK(client == NULL);
+        co.server_user = 7;
+        CHECK_RC(ipc_client_open(&client, name, &co, 3000, &err), IPC_E_INVALID, &err);
+        ipc_error_clear(&err);
+        ipc_server_stop(server);
+    }
+    CHECK(ipc_client_probe(name, NULL) == IPC_STATE_NOT_LISTENING);
+    CHECK(ipc_client_probe("", NULL) == IPC_STATE_INVALID_PATH);
+    ctx_free(&ctx);
 }
 
 static void test_busy(void) {
@@ -2372,7 +2442,7 @@ static void test_cross_process_server(void) {
     proc = t_proc_spawn("--child-server", name);
     CHECK(proc != NULL);
     if (!proc) return;
-    client = open_client(name, NULL, 15000); /* the child needs a moment to start */
+    client = open_client_waiting(name, 15000); /* the child needs a moment to start */
     if (client) {
         data = (unsigned char *)malloc(size);
         fill_random(data, size, 4242);
@@ -2397,7 +2467,7 @@ static void test_stale_name_reclaimed(void) {
     proc = t_proc_spawn("--child-server-hold", name);
     CHECK(proc != NULL);
     if (!proc) return;
-    client = open_client(name, NULL, 15000);
+    client = open_client_waiting(name, 15000);
     if (client) {
         expect_text(client, "alive", "alive");
         ipc_client_close(client);
@@ -3321,7 +3391,7 @@ static int child_new_client(const char *name) {
     enum { MAX_TEXT = 60000 };
     char *req = (char *)malloc(MAX_TEXT + 1);
     char *expected = (char *)malloc(MAX_TEXT + 8);
-    ipc_client_t *client = open_client(name, NULL, 15000); /* the server may still be starting */
+    ipc_client_t *client = open_client_waiting(name, 15000); /* the server may still be starting */
     ipc_client_t *other = NULL;
     unsigned rng = 12345;
     int i;
@@ -3542,7 +3612,7 @@ static void test_two_wine_processes(void) {
         make_name(name, sizeof name, "2p-busy");
         server_proc = t_proc_spawn("--child-server-one", name);
         CHECK(server_proc != NULL);
-        first = server_proc ? open_client(name, NULL, 15000) : NULL;
+        first = server_proc ? open_client_waiting(name, 15000) : NULL;
         if (first) {
             busy_waiter_arg arg;
             t_thread *thread;
@@ -3987,6 +4057,7 @@ static const test_case TESTS[] = {
     {"wrong_handshake", test_wrong_handshake},
     {"versions", test_versions},
     {"busy", test_busy},
+    {"server_user", test_server_user},
     {"stop_with_clients", test_stop_with_clients},
     {"stop_with_full_slots", test_stop_with_full_slots},
     {"timeouts", test_timeouts},
