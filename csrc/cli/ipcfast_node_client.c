@@ -254,9 +254,14 @@ static enum outcome follow(ipc_client_t *client, int *exit_code, uint8_t *exit_t
 static ipc_client_t *connect_node(const char *name, int timeout_ms)
 {
     ipc_client_t *client = NULL;
+    ipc_client_options options;
     ipc_error err = {0, 0, NULL};
 
-    if (ipc_client_open(&client, name, NULL, timeout_ms, &err) != IPC_OK)
+    /* With a budget we just started the node, which may not own its name
+     * yet: wait for it rather than take "not found" at once. */
+    ipc_client_options_init(&options);
+    options.wait_if_not_found = timeout_ms > 0;
+    if (ipc_client_open(&client, name, &options, timeout_ms, &err) != IPC_OK)
         client = NULL;
     ipc_error_clear(&err);
     return client;

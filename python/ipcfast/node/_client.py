@@ -101,11 +101,13 @@ class NodeConnection:
         return int(self._type[0]), bytes(ffi.buffer(self._payload[0], self._size[0]))
 
 
-def connect(name: str, timeout: float) -> Optional[NodeConnection]:
+def connect(name: str, timeout: float, wait: bool = False) -> Optional[NodeConnection]:
     """Connects to the node ``name`` within ``timeout`` seconds; None if no
-    node answers in time (not found, busy or gone)."""
+    node answers in time (not found, busy or gone). ``wait``: a node we just
+    started may not own its name yet; retry "not found" within the budget."""
     options = ffi.new("ipc_client_options *")
     lib.ipc_client_options_init(options)
+    options.wait_if_not_found = wait
     out = ffi.new("ipc_client_t **")
     err = ffi.new("ipc_error *")
     rc = lib.ipc_client_open(out, os.fsencode(name), options, max(0, int(timeout * 1000)), err)
@@ -250,7 +252,7 @@ def _start_and_connect(
     process = start_node(name, preload, idle_timeout)
     deadline = time.monotonic() + start_timeout
     while True:
-        conn = connect(name, min(0.2, max(0.0, deadline - time.monotonic())))
+        conn = connect(name, min(0.2, max(0.0, deadline - time.monotonic())), wait=True)
         if conn is not None:
             return conn
         code = process.poll()
