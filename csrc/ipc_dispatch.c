@@ -108,10 +108,18 @@ int ipc_call_respond(ipc_call *call, const void *data, size_t size, ipc_error *e
 
 int ipc_call_fail(ipc_call *call, const char *message, size_t size, ipc_error *err)
 {
+    uint32_t limit;
+
     if (!call || (!message && size))
         return ipc__fail(err, IPC_E_INVALID, 0, "ipc_call_fail: NULL call or message");
     if (call->type == IPC_PACKET_COMMAND)
         return ipc__fail(err, IPC_E_INVALID, 0, "a command is answered with ipc_call_exit");
+    /* The text explains a failure: its head is enough, and the ERROR packet
+     * obeys max_message like every packet (docs/protocol.md 5), which also
+     * keeps its length within the 4-byte field. */
+    limit = call->connection->server->options.max_message;
+    if (size > limit)
+        size = limit;
     return ipc__send_on_call(call, IPC_PACKET_ERROR, message, size, err);
 }
 

@@ -644,3 +644,24 @@ def test_zero_connect_timeout_means_one_attempt(
     with pytest.raises(ipcfast.ServerNotFound):
         make_client(name, connect_timeout=0)
     assert time.monotonic() - started < 1.0
+
+
+def test_error_text_above_max_message_is_cut_to_it(
+    name: str, make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """An ERROR packet obeys the server's max_message like every packet
+    (docs/protocol.md 5): a handler failing with a long text sends its head,
+    and the connection stays in step (issue 13, item 15)."""
+
+    def handler(request: bytes) -> bytes:
+        if request == b"fail":
+            raise ValueError("x" * 5000)
+        return request
+
+    with make_server(name, handler, max_message=256):
+        with make_client(name) as client:
+            with pytest.raises(ipcfast.RemoteError) as info:
+                client.request(b"fail")
+            text = str(info.value)
+            assert text.startswith("ValueError: xxx") and len(text.encode()) <= 256, len(text)
+            assert client.request(b"in step") == b"in step"

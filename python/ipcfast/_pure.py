@@ -1073,7 +1073,9 @@ class _Connection:
         self.send(PacketType.RESPONSE, view)
 
     def fail(self, exc: BaseException) -> None:
-        self.send(PacketType.ERROR, memoryview(failure_text(self.server._name, exc)))
+        # An ERROR packet obeys max_message like every packet (protocol 5).
+        text = failure_text(self.server._name, exc)[: self.server._max_message]
+        self.send(PacketType.ERROR, memoryview(text))
 
     def send(self, type_: int, payload: memoryview) -> None:
         if self.write_failed:

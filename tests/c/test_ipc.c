@@ -1248,6 +1248,87 @@ static void test_remote_errors(void) {
     ctx_free(&ctx);
 }
 
+/* ipc_call_fail with a message above max_message (or above 4 GiB, whose
+ * length a 32-bit cast would wrap): the ERROR packet carries the head of the
+ * text, within max_message, and the stream stays in step. */
+static void huge_fail_handler(void *user, ipc_call *call, const uint8_t *request, size_t size) {
+    static char text[300];
+    (void)user;
+    if (!request) return;
+    memset(text, 'x', sizeof text);
+    memcpy(text, "head of a long", 14);
+    if (size == 4 && memcmp(request, "long", 4) == 0) {
+        ipc_call_fail(call, text, sizeof text, NULL);
+    } else if (size == 4 && memcmp(request, "huge", 4) == 0 && sizeof(size_t) > 4) {
+        /* Only the first max_message bytes may be read: the rest of this
+         * "message" does not exist, and reading it would be caught by ASan. */
+        ipc_call_fail(call, text, (size_t)0xFFFFFFFFu + 6u, NULL);
+    } else {
+        ipc_call_respond(call, request, size, NULL);
+    }
+}
+
+static void test_fail_message_bounds(void) {
+    char name[96];
+    ipc_server_t *server = NULL;
+    ipc_server_options so;
+    ipc_client_t *client;
+    ipc_error err = {0, 0, NULL};
+    const uint8_t *response;
+    size_t response_size;
+    int round;
+    make_name(name, sizeof name, "failbound");
+    ipc_server_options_init(&so);
+    so.max_message = 64;
+    if (!CHECK_RC(ipc_server_open(&server, name, &so, huge_fail_handler, NULL, &err), IPC_OK, &err)) {
+        ipc_error_clear(&err);
+        return;
+    }
+    client = open_client(name, NULL, 5000);
+    for (round = 0; client && round < 2; round++) {
+        const char *request = round == 0 ? "long" : "huge";
+        CHECK_RC(ipc_client_request(client, request, 4, &response, &response_size, 5000, &err),
+                 IPC_E_REMOTE, &err);
+        CHECK(err.message != NULL && strlen(err.message) == 64);
+        CHECK(err.message != NULL && strncmp(err.message, "head of a long", 14) == 0);
+        ipc_error_clear(&err);
+        expect_text(client, "in step", "in step");
+    }
+    ipc_client_close(client);
+    ipc_server_stop(server);
+}
+
+/* A message above IPC__STREAM_KEEP_CAPACITY (8 MiB) frees its stream
+ * buffer once consumed; the next read on both sides starts from a NULL
+ * buffer and must not form NULL + 0 (undefined in C; clang's
+ * -fsanitize=pointer-overflow traps on it: tests/test_c_clang.py). */
+static void test_big_then_small(void) {
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_t *server;
+    ipc_client_t *client;
+    size_t size = 9u * 1024u * 1024u;
+    uint8_t *data;
+    int round;
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "bigsmall");
+    server = open_server(name, NULL, cmd_handler, &ctx);
+    client = server ? open_client(name, NULL, 5000) : NULL;
+    data = (uint8_t *)malloc(size);
+    if (client && CHECK(data != NULL)) {
+        memset(data, 0x11, size);
+        data[0] = 0xEE;   /* echoed as is */
+        for (round = 0; round < 2; round++) {
+            expect_response(client, data, size, data, size);   /* big both ways */
+            expect_text(client, "small after big", "small after big");
+        }
+    }
+    free(data);
+    ipc_client_close(client);
+    ipc_server_stop(server);
+    ctx_free(&ctx);
+}
+
 static void test_pipelining_and_connection(void) {
     char name[96];
     srv_ctx ctx;
@@ -4046,6 +4127,8 @@ static const test_case TESTS[] = {
     {"bad_options", test_bad_options},
     {"racing_servers", test_racing_servers},
     {"remote_errors", test_remote_errors},
+    {"fail_message_bounds", test_fail_message_bounds},
+    {"big_then_small", test_big_then_small},
     {"pipelining_and_connection", test_pipelining_and_connection},
     {"client_in_use", test_client_in_use},
     {"too_large_response", test_too_large_response},
