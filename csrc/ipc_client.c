@@ -264,7 +264,9 @@ fail:
 }
 
 /* Turns an ERROR packet into a result: IPC_E_TOO_LARGE for the transport's
- * own refusals (IPC__TOO_LARGE_PREFIX), else `code` with the handler's text.
+ * own refusals (IPC__TOO_LARGE_PREFIX), IPC_E_PROTOCOL for a server closing
+ * on a protocol error (IPC__PROTOCOL_ERROR_PREFIX, text kept whole), else
+ * `code` with the handler's text.
  * The text may hold NUL bytes, which a C string cannot: each becomes
  * U+FFFD, as in the pure-Python client. */
 static int fail_from_error_packet(const ipc_packet *packet, int code, ipc_error *err)
@@ -281,6 +283,9 @@ static int fail_from_error_packet(const ipc_packet *packet, int code, ipc_error 
         code = IPC_E_TOO_LARGE;
         text += prefix;
         length -= prefix;
+    } else if (length >= sizeof IPC__PROTOCOL_ERROR_PREFIX - 1 &&
+               memcmp(text, IPC__PROTOCOL_ERROR_PREFIX, sizeof IPC__PROTOCOL_ERROR_PREFIX - 1) == 0) {
+        code = IPC_E_PROTOCOL;   /* the server closes after it */
     }
     if (length == 0)
         return ipc__fail(err, code, 0, "the server's handler failed without a message");

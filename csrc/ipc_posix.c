@@ -457,6 +457,10 @@ static int resolve_name(const char *name, struct sockaddr_un *addr, char **path_
 
     if (!name || !*name)
         return ipc__fail(err, IPC_E_INVALID, 0, "empty name");
+    length = strlen(name);
+    if (length >= 5 && strcmp(name + length - 5, ".lock") == 0)
+        return ipc__fail(err, IPC_E_INVALID, 0, "'%s': names ending in .lock are reserved for "
+                         "the lock files that own names (docs/protocol.md 2.1)", name);
     if (strchr(name, '/')) {
         path = ipc__format("%s", name);
     } else {
@@ -641,6 +645,13 @@ static int clear_stale_socket(ipc_plat_listener *l, const struct sockaddr_un *ad
         close_quietly(probe);
         return ipc__fail(err, IPC_E_ADDRESS_IN_USE, EADDRINUSE,
                          "a process that does not hold '%s' is listening on it", l->path);
+    }
+    /* Only "refused" proves that nobody listens (docs/protocol.md 2.1). */
+    if (errno != ECONNREFUSED) {
+        int e = errno;
+
+        close_quietly(probe);
+        return e == ENOENT ? IPC_OK : fail_errno(err, e, "probing the existing socket", l->path);
     }
     close_quietly(probe);
     if (unlink(l->path) != 0 && errno != ENOENT)

@@ -59,6 +59,7 @@ from ._codec import (
     PacketType,
     ProtocolFailure,
     Refuse,
+    MAX_ERROR_TEXT,
     RemoteFailure,
     Request,
     Response,
@@ -233,6 +234,11 @@ def resolve_name(name: str, create: bool) -> str:
     """The socket path for a name: a name containing '/' is a path as is."""
     if not name:
         raise _error("IPC_E_INVALID", "empty name")
+    if name.endswith(".lock"):
+        raise _error(
+            "IPC_E_INVALID",
+            f"'{name}': names ending in .lock are reserved for the lock files that own names (docs/protocol.md 2.1)",
+        )
     if "/" in name:
         path = name
     else:
@@ -479,6 +485,11 @@ class _Listener:
                 f"a process that does not hold '{self.path}' is listening on it",
                 errno.EADDRINUSE,
             )
+        # Only "refused" proves that nobody listens (docs/protocol.md 2.1).
+        if result == errno.ENOENT:
+            return
+        if result != errno.ECONNREFUSED:
+            raise _errno_error(result, "probing the existing socket", self.path)
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -1073,8 +1084,8 @@ class _Connection:
         self.send(PacketType.RESPONSE, view)
 
     def fail(self, exc: BaseException) -> None:
-        # An ERROR packet obeys max_message like every packet (protocol 5).
-        text = failure_text(self.server._name, exc)[: self.server._max_message]
+        # A failure text is an explanation: its head is enough (protocol 5).
+        text = failure_text(self.server._name, exc)[:MAX_ERROR_TEXT]
         self.send(PacketType.ERROR, memoryview(text))
 
     def send(self, type_: int, payload: memoryview) -> None:
