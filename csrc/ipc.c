@@ -184,10 +184,11 @@ void ipc__refuse_packet(ipc_connection *c, const ipc_packet *p, int r, const ipc
                            "%lu bytes", IPC__TOO_LARGE_PREFIX, (unsigned long)p->header.length,
                            (unsigned long)c->server->options.max_message);
     } else if (r == IPC_E_PROTOCOL) {
-        text = ipc__format("protocol error: %s", err->message ? err->message : "bad packet");
+        text = ipc__format("%s%s", IPC__PROTOCOL_ERROR_PREFIX,
+                           err->message ? err->message : "bad packet");
     } else {
-        text = ipc__format("protocol error: packet type %u is not accepted by this server",
-                           (unsigned)p->header.type);
+        text = ipc__format("%spacket type %u is not accepted by this server",
+                           IPC__PROTOCOL_ERROR_PREFIX, (unsigned)p->header.type);
     }
     ipc__log(IPC_LOG_WARNING, "[slot %u] %s; closing the connection", slot,
              text ? text : "bad packet");

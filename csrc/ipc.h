@@ -48,6 +48,7 @@ extern "C" {
 #define IPC_DEFAULT_MAX_MESSAGE (64u * 1024u * 1024u)
 #define IPC_DEFAULT_HANDSHAKE_TIMEOUT_MS 5000
 #define IPC_WAKE_INTERVAL_MS 500        /* blocked reads wake at least this often */
+#define IPC_NOT_FOUND_GRACE_MS 250      /* Windows: how long "not found" is retried */
 
 /* The handshake value used when none is given: the same 8 bytes the Python
  * layer derives with key=None (0x00 + SHA-256("ipcfast\0" 0x01)[0:7], see
@@ -444,22 +445,68 @@ int ipc_call_cancelled(ipc_call *call);
 
 /* ---- client ------------------------------------------------------------ */
 
+/* Which server a client accepts (ipc_client_options.server_user). The
+ * server's user is read from the connected socket (POSIX: SO_PEERCRED /
+ * getpeereid) or the pipe server's process token (Windows) before a byte is
+ * sent, so an impostor that took the name first never sees a request. */
+enum ipc_server_user {
+    /* The default. POSIX: a plain name must be served by our own user (the
+     * private directory already says so); a path name by our own user or
+     * root (uid 0), so root services keep working. Windows: our own user or
+     * LocalSystem. */
+    IPC_SERVER_USER_DEFAULT = 0,
+    IPC_SERVER_USER_ANY = 1,   /* no check (any user may serve the name) */
+    IPC_SERVER_USER_UID = 2    /* exactly server_uid (POSIX only) */
+};
+
 typedef struct ipc_client_options {
     uint32_t max_message;   /* largest response accepted; 0: 64 MiB */
     uint8_t handshake[IPC_HANDSHAKE_SIZE];
     uint8_t version;        /* 0: IPC_PROTOCOL_VERSION */
+    /* Nonzero: retry "not found" within the budget even when nothing owns
+     * or is starting under the name (for a server that someone else starts
+     * or restarts later). 0 (default): such a name fails at once. */
+    uint8_t wait_if_not_found;
+    int server_user;        /* enum ipc_server_user; 0: IPC_SERVER_USER_DEFAULT */
+    uint32_t server_uid;    /* the user required with IPC_SERVER_USER_UID */
 } ipc_client_options;
 
+/* Fills defaults: 64 MiB, IPC_DEFAULT_HANDSHAKE, version 1, absent names
+ * answered at once, IPC_SERVER_USER_DEFAULT. */
 void ipc_client_options_init(ipc_client_options *options);
 
+/* What stands behind a name, as a client sees it (git's Simple-IPC
+ * "active state"). */
+enum ipc_server_state {
+    IPC_STATE_LISTENING = 0,      /* a server accepts connections (it may be busy) */
+    IPC_STATE_STARTING = 1,       /* a live process owns the name, not listening yet */
+    IPC_STATE_NOT_LISTENING = 2,  /* nothing serves or is starting under the name */
+    IPC_STATE_INVALID_PATH = 3    /* the name cannot be reached (err says why) */
+};
+
+/* Tells the states apart without waiting: one connection attempt (closed at
+ * once, no handshake), then, if nothing listens, the owner recorded in the
+ * name's lock file (docs/protocol.md 2.1): a live process is STARTING, no
+ * lock file or a dead owner is NOT_LISTENING. It never takes the lock (a
+ * starting server would then fail). Windows has no lock file: a missing
+ * pipe is NOT_LISTENING. Returns an ipc_server_state; err is filled for
+ * INVALID_PATH only. */
+int ipc_client_probe(const char *name, ipc_error *err);
+
 /* Connects and completes the handshake within one time budget
- * (timeout_ms < 0: no limit). "Not found" and "busy" are retried until the
- * budget is spent; the budget is not reset by retries. On failure:
- * IPC_E_NOT_FOUND (no server: start one), IPC_E_BUSY (a server exists but did
- * not take the connection in time: retry later), IPC_E_HANDSHAKE (wrong key,
- * incompatible version, or refused as another user), IPC_E_ACCESS_DENIED,
+ * (timeout_ms < 0: no limit); the budget is not reset by retries.
+ * "Busy" and STARTING (see ipc_client_probe) are retried until the budget is
+ * spent; NOT_LISTENING fails at once with IPC_E_NOT_FOUND unless
+ * options.wait_if_not_found is set (Windows, which cannot see a starting
+ * server, retries "not found" for IPC_NOT_FOUND_GRACE_MS first). On
+ * failure: IPC_E_NOT_FOUND (no server: start one), IPC_E_BUSY (a server
+ * exists but did not take the connection in time: retry later),
+ * IPC_E_ACCESS_DENIED (the server runs as a user options.server_user does
+ * not accept; the message names it; or permissions), IPC_E_HANDSHAKE (wrong
+ * key, incompatible version, or refused as another user),
  * IPC_E_NAME_TOO_LONG, IPC_E_INVALID (empty name, handshake value not
- * starting with 0x00), IPC_E_NO_MEMORY, IPC_E_SYSTEM. options may be NULL. */
+ * starting with 0x00, IPC_SERVER_USER_UID on Windows), IPC_E_NO_MEMORY,
+ * IPC_E_SYSTEM. options may be NULL. */
 int ipc_client_open(ipc_client_t **client, const char *name,
                     const ipc_client_options *options, int timeout_ms,
                     ipc_error *err);

@@ -121,10 +121,28 @@ static int client_handshake(ipc_client_t *client, const char *name, int64_t dead
     return IPC_OK;
 }
 
+/* Whether a "not found" is worth another attempt: a live owner of the name
+ * is starting; no owner means nothing will answer unless the caller asked
+ * to wait; an owner we cannot see (Windows) gets a short grace. */
+static int worth_retrying_not_found(const ipc_client_t *client, const char *name,
+                                    int64_t started)
+{
+    int owner;
+
+    if (client->options.wait_if_not_found)
+        return 1;
+    owner = ipc_plat_name_owner(name);
+    if (owner == IPC_PLAT_OWNER_ALIVE)
+        return 1;
+    return owner == IPC_PLAT_OWNER_UNKNOWN &&
+           ipc_plat_now_ms() - started < IPC_NOT_FOUND_GRACE_MS;
+}
+
 /* Connection attempts until one works or the budget is spent. */
 static int client_connect(ipc_client_t *client, const char *name, int64_t deadline,
                           int timeout_ms, ipc_error *err)
 {
+    int64_t started = ipc_plat_now_ms();
     int backoff_ms = 1;
     int seen_busy = 0;
 
@@ -136,11 +154,14 @@ static int client_connect(ipc_client_t *client, const char *name, int64_t deadli
             return IPC_OK;
         if (r != IPC_E_NOT_FOUND && r != IPC_E_BUSY)
             return r;
-        /* "Not found" is retried for a server that is (re)starting; a
-         * server we saw busy and that then vanished has stopped. */
+        /* A server we saw busy and that then vanished has stopped. */
         if (r == IPC_E_NOT_FOUND && seen_busy)
             return ipc__fail(err, r, err ? err->system_error : 0,
                              "the server '%s' went away while we waited for a free slot",
+                             name);
+        if (r == IPC_E_NOT_FOUND && !worth_retrying_not_found(client, name, started))
+            return ipc__fail(err, r, err ? err->system_error : 0,
+                             "no server is listening on '%s' and none is starting: start one",
                              name);
         seen_busy |= r == IPC_E_BUSY;
         wait = ipc__remaining_ms(deadline);
@@ -157,6 +178,31 @@ static int client_connect(ipc_client_t *client, const char *name, int64_t deadli
         ipc_plat_sleep_ms(wait < 0 || wait > backoff_ms ? backoff_ms : wait);
         backoff_ms = backoff_ms * 2 > 50 ? 50 : backoff_ms * 2;
     }
+}
+
+int ipc_client_probe(const char *name, ipc_error *err)
+{
+    ipc_plat_conn *conn = NULL;
+    int r;
+
+    if (!name || !*name) {
+        ipc__fail(err, IPC_E_INVALID, 0, "ipc_client_probe needs a name");
+        return IPC_STATE_INVALID_PATH;
+    }
+    r = ipc_plat_connect(&conn, name, 0, err);
+    if (r == IPC_OK) {
+        ipc_plat_conn_close(conn);
+        return IPC_STATE_LISTENING;
+    }
+    if (r == IPC_E_BUSY) {
+        ipc_error_clear(err);
+        return IPC_STATE_LISTENING;
+    }
+    if (r != IPC_E_NOT_FOUND)
+        return IPC_STATE_INVALID_PATH;
+    ipc_error_clear(err);
+    return ipc_plat_name_owner(name) == IPC_PLAT_OWNER_ALIVE ? IPC_STATE_STARTING
+                                                              : IPC_STATE_NOT_LISTENING;
 }
 
 int ipc_client_open(ipc_client_t **out, const char *name, const ipc_client_options *options,
@@ -182,6 +228,12 @@ int ipc_client_open(ipc_client_t **out, const char *name, const ipc_client_optio
         client->options.max_message = IPC_DEFAULT_MAX_MESSAGE;
     if (client->options.version == 0)
         client->options.version = IPC_PROTOCOL_VERSION;
+    if (client->options.server_user < IPC_SERVER_USER_DEFAULT ||
+        client->options.server_user > IPC_SERVER_USER_UID) {
+        r = ipc__fail(err, IPC_E_INVALID, 0, "server_user %d is not an ipc_server_user",
+                      client->options.server_user);
+        goto fail;
+    }
     if (client->options.handshake[0] != 0x00) {
         r = ipc__fail(err, IPC_E_INVALID, 0, "the handshake value must start with a 0x00 byte");
         goto fail;
@@ -190,6 +242,11 @@ int ipc_client_open(ipc_client_t **out, const char *name, const ipc_client_optio
     if (r != IPC_OK)
         goto fail;
     r = client_connect(client, name, deadline, timeout_ms, err);
+    if (r != IPC_OK)
+        goto fail;
+    /* Before the handshake: an impostor must not even learn our key's value. */
+    r = ipc_plat_check_server_user(client->stream.conn, name, client->options.server_user,
+                                   client->options.server_uid, err);
     if (r != IPC_OK)
         goto fail;
     /* A budget of 0 means one connection attempt without retries; the
@@ -207,7 +264,9 @@ fail:
 }
 
 /* Turns an ERROR packet into a result: IPC_E_TOO_LARGE for the transport's
- * own refusals (IPC__TOO_LARGE_PREFIX), else `code` with the handler's text.
+ * own refusals (IPC__TOO_LARGE_PREFIX), IPC_E_PROTOCOL for a server closing
+ * on a protocol error (IPC__PROTOCOL_ERROR_PREFIX, text kept whole), else
+ * `code` with the handler's text.
  * The text may hold NUL bytes, which a C string cannot: each becomes
  * U+FFFD, as in the pure-Python client. */
 static int fail_from_error_packet(const ipc_packet *packet, int code, ipc_error *err)
@@ -224,6 +283,9 @@ static int fail_from_error_packet(const ipc_packet *packet, int code, ipc_error 
         code = IPC_E_TOO_LARGE;
         text += prefix;
         length -= prefix;
+    } else if (length >= sizeof IPC__PROTOCOL_ERROR_PREFIX - 1 &&
+               memcmp(text, IPC__PROTOCOL_ERROR_PREFIX, sizeof IPC__PROTOCOL_ERROR_PREFIX - 1) == 0) {
+        code = IPC_E_PROTOCOL;   /* the server closes after it */
     }
     if (length == 0)
         return ipc__fail(err, code, 0, "the server's handler failed without a message");

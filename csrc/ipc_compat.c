@@ -91,9 +91,13 @@ fail:
 ipc_client_t *ipc_client_connect(char const *pipe_name)
 {
     ipc_client_t *client = NULL;
+    ipc_client_options options;
     ipc_error err = {0};
 
-    if (ipc_client_open(&client, pipe_name, NULL, IPC_LEGACY_CONNECT_TIMEOUT_MS, &err) != IPC_OK) {
+    /* The original API waited for a server that was not there yet: keep it. */
+    ipc_client_options_init(&options);
+    options.wait_if_not_found = 1;
+    if (ipc_client_open(&client, pipe_name, &options, IPC_LEGACY_CONNECT_TIMEOUT_MS, &err) != IPC_OK) {
         log_failure("ipc_client_connect", &err);
         return NULL;
     }

@@ -112,6 +112,11 @@ int ipc_call_fail(ipc_call *call, const char *message, size_t size, ipc_error *e
         return ipc__fail(err, IPC_E_INVALID, 0, "ipc_call_fail: NULL call or message");
     if (call->type == IPC_PACKET_COMMAND)
         return ipc__fail(err, IPC_E_INVALID, 0, "a command is answered with ipc_call_exit");
+    /* The text explains a failure: its head is enough, and a bounded
+     * ERROR fits every client's max_message of 64 KiB or more and the
+     * 4-byte length field (a longer one was cast to 32 bits). */
+    if (size > IPC__MAX_ERROR_TEXT)
+        size = IPC__MAX_ERROR_TEXT;
     return ipc__send_on_call(call, IPC_PACKET_ERROR, message, size, err);
 }
 

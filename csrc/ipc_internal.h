@@ -25,6 +25,12 @@
  * request as too large, so the client can report IPC_E_TOO_LARGE rather than
  * a handler failure (docs/protocol.md). */
 #define IPC__TOO_LARGE_PREFIX "ipcfast: too large: "
+/* An ERROR a server sends just before it closes for a protocol error
+ * (docs/protocol.md 6.2): the client reports IPC_E_PROTOCOL. */
+#define IPC__PROTOCOL_ERROR_PREFIX "ipcfast: protocol error: "
+/* A failure text is an explanation: ipc_call_fail sends at most its first
+ * 64 KiB (docs/protocol.md 5). */
+#define IPC__MAX_ERROR_TEXT (64u * 1024u)
 
 /* ---- time budgets (ipc_stream.c) ---------------------------------------- */
 

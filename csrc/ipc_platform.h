@@ -117,6 +117,23 @@ void ipc_plat_listener_close(ipc_plat_listener *listener);
 int ipc_plat_connect(ipc_plat_conn **conn, const char *name, int timeout_ms,
                      ipc_error *err);
 
+/* After a connection attempt found nothing listening: what the name's
+ * owner record says (POSIX: the pid in the lock file; docs/protocol.md
+ * 2.1). Never takes the lock. */
+enum ipc_plat_owner {
+    IPC_PLAT_OWNER_NONE = 0,     /* no owner, or a dead one: nothing is starting */
+    IPC_PLAT_OWNER_ALIVE = 1,    /* a live process owns the name: starting */
+    IPC_PLAT_OWNER_UNKNOWN = 2   /* cannot tell (Windows; an owner not recorded yet) */
+};
+int ipc_plat_name_owner(const char *name);
+
+/* Client side, before anything is sent: IPC_OK if the server at the other
+ * end runs as a user that `policy` (enum ipc_server_user, with `uid` for
+ * IPC_SERVER_USER_UID) accepts for `name`; else IPC_E_ACCESS_DENIED with a
+ * message naming the server's user. */
+int ipc_plat_check_server_user(ipc_plat_conn *conn, const char *name, int policy,
+                               uint32_t uid, ipc_error *err);
+
 /* Reads what is available, at least 1 byte, into buf. Waits at most
  * timeout_ms (< 0: no limit; server threads pass IPC_WAKE_INTERVAL_MS).
  * IPC_OK with *got > 0; IPC_E_TIMEOUT if nothing came; IPC_E_CLOSED when the

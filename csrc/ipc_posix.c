@@ -20,6 +20,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <pwd.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -742,6 +743,22 @@ static void close_dir_to_others(ipc_plat_listener *l)
     free(dir);
 }
 
+/* Records our pid in the lock file we hold, so that a client finding no
+ * socket can tell a starting server (live pid) from none (no file, dead
+ * pid) without touching the lock. Best effort: an unrecorded owner only
+ * makes clients retry briefly. */
+static void record_owner(int fd)
+{
+    char text[32];
+    int length = snprintf(text, sizeof text, "%ld\n", (long)getpid());
+    ssize_t ignored;
+
+    if (ftruncate(fd, 0) == 0 && length > 0) {
+        ignored = pwrite(fd, text, (size_t)length, 0);
+        (void)ignored;
+    }
+}
+
 /* Takes the lock file that decides who owns the name. The kernel drops the
  * lock when its holder dies, so a held lock means a live server, and a
  * socket file found without one is stale. Opened close-on-exec from birth:
@@ -769,6 +786,7 @@ static int take_name_lock(ipc_plat_listener *l, ipc_error *err)
          * file that is still at the path, not an orphan. */
         if (fstat(fd, &held) == 0 && stat(l->lock_path, &named) == 0 &&
             held.st_dev == named.st_dev && held.st_ino == named.st_ino) {
+            record_owner(fd);
             l->lock_fd = fd;
             return IPC_OK;
         }
@@ -802,6 +820,13 @@ static int clear_stale_socket(ipc_plat_listener *l, const struct sockaddr_un *ad
         close_quietly(probe);
         return ipc__fail(err, IPC_E_ADDRESS_IN_USE, EADDRINUSE,
                          "a process that does not hold '%s' is listening on it", l->path);
+    }
+    /* Only "refused" proves that nobody listens (docs/protocol.md 2.1). */
+    if (errno != ECONNREFUSED) {
+        int e = errno;
+
+        close_quietly(probe);
+        return e == ENOENT ? IPC_OK : fail_errno(err, e, "probing the existing socket", l->path);
     }
     close_quietly(probe);
     if (unlink(l->path) != 0 && errno != ENOENT)
@@ -1464,6 +1489,80 @@ void ipc_plat_conn_close(ipc_plat_conn *conn)
         return;
     close_quietly(conn->fd);
     free(conn);
+}
+
+/* ======================================================================
+ * What a client may learn about a name before it trusts it
+ * ====================================================================== */
+
+static int owner_from_lock_file(const char *lock_path)
+{
+    char text[32];
+    ssize_t n;
+    long pid;
+    char *end;
+    int fd = open(lock_path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+
+    if (fd < 0)
+        return errno == ENOENT ? IPC_PLAT_OWNER_NONE : IPC_PLAT_OWNER_UNKNOWN;
+    n = read(fd, text, sizeof text - 1);
+    close_quietly(fd);
+    if (n <= 0)
+        return IPC_PLAT_OWNER_UNKNOWN;   /* created, pid not written yet */
+    text[n] = '\0';
+    pid = strtol(text, &end, 10);
+    if (end == text || pid <= 0)
+        return IPC_PLAT_OWNER_UNKNOWN;
+    /* EPERM: alive, another user's. Another pid namespace reads as dead or
+     * as someone else: a client then answers at once or retries, never
+     * worse than without the record. */
+    if (kill((pid_t)pid, 0) == 0 || errno == EPERM)
+        return IPC_PLAT_OWNER_ALIVE;
+    return IPC_PLAT_OWNER_NONE;
+}
+
+int ipc_plat_name_owner(const char *name)
+{
+    struct sockaddr_un addr;
+    char *path = NULL, *lock_path;
+    int owner;
+
+    if (resolve_name(name, &addr, &path, 0, NULL) != IPC_OK)
+        return IPC_PLAT_OWNER_NONE;
+    lock_path = ipc__format("%s.lock", path);
+    owner = lock_path ? owner_from_lock_file(lock_path) : IPC_PLAT_OWNER_UNKNOWN;
+    free(lock_path);
+    free(path);
+    return owner;
+}
+
+int ipc_plat_check_server_user(ipc_plat_conn *conn, const char *name, int policy,
+                               uint32_t uid, ipc_error *err)
+{
+    uid_t server, ours = geteuid();
+    char *theirs, *wanted;
+    int ok, r;
+
+    if (policy == IPC_SERVER_USER_ANY)
+        return IPC_OK;
+    if (peer_uid(conn->fd, &server) != 0)
+        return fail_errno(err, errno, "reading the server's credentials", NULL);
+    if (policy == IPC_SERVER_USER_UID)
+        ok = server == (uid_t)uid;
+    else   /* a path name may be a root service; a plain name is our own */
+        ok = server == ours || (strchr(name, '/') && server == 0);
+    if (ok)
+        return IPC_OK;
+    theirs = describe_user(server);
+    wanted = policy == IPC_SERVER_USER_UID ? describe_user((uid_t)uid) : describe_user(ours);
+    r = ipc__fail(err, IPC_E_ACCESS_DENIED, 0,
+                  "the server on '%s' runs as %s, not as %s%s; refusing to send it anything "
+                  "(pass server_user to trust that user)", name,
+                  theirs ? theirs : "another user", wanted ? wanted : "the expected user",
+                  policy == IPC_SERVER_USER_DEFAULT && strchr(name, '/') ? " or root" : "");
+    free(theirs);
+    free(wanted);
+    return r;
 }
 
 #else

@@ -133,7 +133,9 @@ int ipc__stream_read_packet(ipc_stream *s, uint32_t max_message, uint8_t max_ver
 
     stream_consume(s);
     for (;;) {
-        packet->verdict = ipc_packet_header_parse(s->buf + s->start, s->end - s->start,
+        /* After a huge message the buffer is freed: NULL + 0 is undefined. */
+        packet->verdict = ipc_packet_header_parse(s->buf ? s->buf + s->start : NULL,
+                                                  s->end - s->start,
                                                   max_message, max_version,
                                                   &packet->header);
         if (packet->verdict != IPC_VERDICT_NEED_MORE)
@@ -176,6 +178,9 @@ int ipc__write_packet_parts(ipc_plat_conn *conn, uint8_t type, const void *prefi
     ipc_plat_buf parts[3];
     size_t count = 1;
 
+    if (body_size > 0xFFFFFFFFu - prefix_size || prefix_size > 0xFFFFFFFFu)
+        return ipc__fail(err, IPC_E_TOO_LARGE, 0, "a packet of %lu bytes does not fit the "
+                         "4-byte length field", (unsigned long)(prefix_size + body_size));
     parts[0].data = header;
     parts[0].size = ipc_packet_header_encode(header, type, (uint32_t)(prefix_size + body_size), 0);
     if (prefix_size) {

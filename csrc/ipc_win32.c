@@ -891,6 +891,73 @@ int ipc_plat_peer_same_user(ipc_plat_conn *c, int *same, ipc_error *err)
     return r;
 }
 
+int ipc_plat_name_owner(const char *name)
+{
+    /* A pipe name has no owner record: a server between two instances and
+     * one that never existed look alike, so the client retries briefly. */
+    (void)name;
+    return IPC_PLAT_OWNER_UNKNOWN;
+}
+
+/* "DOMAIN\\user", or the SID's text form if it has no name. */
+static char *describe_sid(PSID sid)
+{
+    char user[256], domain[256];
+    DWORD user_size = sizeof user, domain_size = sizeof domain;
+    SID_NAME_USE use;
+
+    if (LookupAccountSidA(NULL, sid, user, &user_size, domain, &domain_size, &use))
+        return domain[0] ? ipc__format("user %s\\%s", domain, user)
+                         : ipc__format("user %s", user);
+    return ipc__format("an unnamed user");
+}
+
+int ipc_plat_check_server_user(ipc_plat_conn *c, const char *name, int policy, uint32_t uid,
+                               ipc_error *err)
+{
+    static SID_IDENTIFIER_AUTHORITY nt_authority = {SECURITY_NT_AUTHORITY};
+    ULONG pid = 0;
+    HANDLE process;
+    TOKEN_USER *ours = NULL, *theirs = NULL;
+    PSID system = NULL;
+    int r;
+
+    (void)uid;
+    if (policy == IPC_SERVER_USER_ANY)
+        return IPC_OK;
+    if (policy == IPC_SERVER_USER_UID)
+        return ipc__fail(err, IPC_E_INVALID, 0, "a server uid means nothing on Windows: use "
+                         "the default (same user or LocalSystem) or \"any\"");
+    if (!GetNamedPipeServerProcessId(c->pipe, &pid))
+        return fail_win(err, GetLastError(), "GetNamedPipeServerProcessId");
+    process = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, FALSE, pid);
+    if (!process)
+        return fail_win(err, GetLastError(), "OpenProcess(server)");
+    r = process_user(process, &theirs, err);
+    CloseHandle(process);
+    if (r == IPC_OK)
+        r = process_user(GetCurrentProcess(), &ours, err);
+    if (r == IPC_OK &&
+        !AllocateAndInitializeSid(&nt_authority, 1, SECURITY_LOCAL_SYSTEM_RID, 0, 0, 0, 0, 0,
+                                  0, 0, &system))
+        r = fail_win(err, GetLastError(), "AllocateAndInitializeSid(LocalSystem)");
+    if (r == IPC_OK && !EqualSid(ours->User.Sid, theirs->User.Sid) &&
+        !EqualSid(system, theirs->User.Sid)) {
+        char *who = describe_sid(theirs->User.Sid);
+
+        r = ipc__fail(err, IPC_E_ACCESS_DENIED, 0,
+                      "the server on '%s' runs as %s, not as this user or LocalSystem; "
+                      "refusing to send it anything (pass server_user to trust it)", name,
+                      who ? who : "another user");
+        free(who);
+    }
+    if (system)
+        FreeSid(system);
+    free(ours);
+    free(theirs);
+    return r;
+}
+
 void ipc_plat_conn_interrupt(ipc_plat_conn *c, int hard)
 {
     InterlockedExchange(&c->soft, 1);

@@ -529,13 +529,15 @@ def test_many_servers_at_once(make_server: MakeServer, make_client: MakeClient) 
 def test_connect_waits_for_a_server_that_starts_later(
     name: str, make_server: MakeServer, make_client: MakeClient
 ) -> None:
-    """connect retries "not found" within its budget (a server restarting)."""
+    """With wait_for_server, connect retries "not found" within its budget
+    (a server someone else starts later); without it, an absent server is
+    answered at once (tests/test_connect_policy.py)."""
     server = make_server(name, echo)
     timer = threading.Timer(0.3, server.start)
     timer.start()
     try:
         t0 = time.monotonic()
-        with make_client(name, connect_timeout=10) as client:
+        with make_client(name, connect_timeout=10, wait_for_server=True) as client:
             assert time.monotonic() - t0 >= 0.2
             assert client.request(b"late") == b"late"
     finally:

@@ -171,7 +171,7 @@ def test_handler_raising_base_exceptions_does_not_kill_the_server(
 def test_no_server_is_server_not_found_within_the_budget(name: str, make_client: MakeClient) -> None:
     t0 = time.monotonic()
     with pytest.raises(ipcfast.ServerNotFound) as info:
-        make_client(name, connect_timeout=0.5)
+        make_client(name, connect_timeout=0.5, wait_for_server=True)
     elapsed = time.monotonic() - t0
     assert 0.4 <= elapsed < 3.0, elapsed
     assert isinstance(info.value, FileNotFoundError)
@@ -644,3 +644,23 @@ def test_zero_connect_timeout_means_one_attempt(
     with pytest.raises(ipcfast.ServerNotFound):
         make_client(name, connect_timeout=0)
     assert time.monotonic() - started < 1.0
+
+
+def test_a_long_failure_text_is_cut_to_64_kib(
+    name: str, make_server: MakeServer, make_client: MakeClient
+) -> None:
+    """A failure text is cut to its first 64 KiB (docs/protocol.md 5), and
+    the connection stays in step (issue 13, item 15)."""
+
+    def handler(request: bytes) -> bytes:
+        if request == b"fail":
+            raise ValueError("x" * 100_000)
+        return request
+
+    with make_server(name, handler):
+        with make_client(name) as client:
+            with pytest.raises(ipcfast.RemoteError) as info:
+                client.request(b"fail")
+            text = str(info.value)
+            assert text.startswith("ValueError: xxx") and len(text.encode()) == 64 * 1024, len(text)
+            assert client.request(b"in step") == b"in step"

@@ -866,12 +866,12 @@ def _expected_server_events(case: Dict[str, Any]) -> List[Any]:
     expected: List[Any] = []
     for packet in case["packets"]:
         if packet["type"] != 1:
-            return expected + [_Refused(f"protocol error: packet type {packet['type']} is not accepted")]
+            return expected + [_Refused(f"ipcfast: protocol error: packet type {packet['type']} is not accepted")]
         expected.append(Request(_hex(packet["payload"])))
     if case["end"] == "TOO_LARGE":
         expected.append(_Refused(TOO_LARGE_PREFIX.decode() + "the request of "))
     elif case["end"] not in ("OK", "NEED_MORE"):
-        expected.append(_Refused(f"protocol error: malformed packet header (IPC_VERDICT_{case['end']}"))
+        expected.append(_Refused(f"ipcfast: protocol error: malformed packet header (IPC_VERDICT_{case['end']}"))
     return expected
 
 

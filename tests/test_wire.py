@@ -97,7 +97,7 @@ def test_a_newer_client_version_negotiates_down_to_1(echo_server: ipcfast.Server
         sock.sendall(packet(REQUEST, b"v2", version=2))  # above the negotiated version
         rest = recv_all(sock)
         assert rest == b"" or rest == packet(
-            ERROR, b"protocol error: malformed packet header (IPC_VERDICT_BAD_VERSION, first byte 0x41)"
+            ERROR, b"ipcfast: protocol error: malformed packet header (IPC_VERDICT_BAD_VERSION, first byte 0x41)"
         ), rest
 
 
@@ -110,10 +110,16 @@ def test_handshake_version_0_gets_eof(echo_server: ipcfast.Server) -> None:
 @pytest.mark.parametrize(
     "sent, text",
     [
-        (packet(RESPONSE, b"x"), b"protocol error: packet type 2 is not accepted by this server"),
-        (packet(7), b"protocol error: packet type 7 is not accepted by this server"),
-        (b"\x82\0\0\0\0", b"protocol error: malformed packet header (IPC_VERDICT_RESERVED_BIT, first byte 0x82)"),
-        (b"\x08\0\0\0\0", b"protocol error: malformed packet header (IPC_VERDICT_UNKNOWN_TYPE, first byte 0x08)"),
+        (packet(RESPONSE, b"x"), b"ipcfast: protocol error: packet type 2 is not accepted by this server"),
+        (packet(7), b"ipcfast: protocol error: packet type 7 is not accepted by this server"),
+        (
+            b"\x82\0\0\0\0",
+            b"ipcfast: protocol error: malformed packet header (IPC_VERDICT_RESERVED_BIT, first byte 0x82)",
+        ),
+        (
+            b"\x08\0\0\0\0",
+            b"ipcfast: protocol error: malformed packet header (IPC_VERDICT_UNKNOWN_TYPE, first byte 0x08)",
+        ),
     ],
     ids=["response", "cancel", "reserved-bit", "type-8"],
 )

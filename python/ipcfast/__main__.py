@@ -16,7 +16,7 @@ import time
 from typing import Callable, List, Optional
 
 from . import IPCError, __version__
-from ._base import BACKENDS, BytesLike
+from ._base import BACKENDS, BytesLike, Client
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -69,11 +69,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_call(args: argparse.Namespace) -> int:
-    from . import Client
+def _client(args: argparse.Namespace) -> Client:
+    return Client(
+        args.name,
+        key=args.key,
+        connect_timeout=args.connect_timeout,
+        backend=args.backend,
+        wait_for_server=args.wait,
+    )
 
+
+def _cmd_call(args: argparse.Namespace) -> int:
     data = sys.stdin.buffer.read() if args.data == "-" else args.data.encode()
-    with Client(args.name, key=args.key, connect_timeout=args.connect_timeout, backend=args.backend) as client:
+    with _client(args) as client:
         response = client.request(data, timeout=args.timeout)
     sys.stdout.buffer.write(response)
     if sys.stdout.isatty() and not response.endswith(b"\n"):
@@ -83,11 +91,9 @@ def _cmd_call(args: argparse.Namespace) -> int:
 
 
 def _cmd_ping(args: argparse.Namespace) -> int:
-    from . import Client
-
     payload = b"\0" * args.size
     times: List[float] = []
-    with Client(args.name, key=args.key, connect_timeout=args.connect_timeout, backend=args.backend) as client:
+    with _client(args) as client:
         for i in range(args.count):
             started = time.perf_counter()
             client.request(payload, timeout=args.timeout)
@@ -146,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("data", help="the request as text, or - to read bytes from stdin")
     call.add_argument("--timeout", type=float, default=None, help="seconds to wait for the answer")
     call.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to find the server (default 5)")
+    call.add_argument("--wait", action="store_true",
+                      help="wait up to --connect-timeout for a server nobody is starting yet")
     call.set_defaults(run=_cmd_call)
 
     ping = commands.add_parser("ping", help="measure round-trip times",
@@ -157,6 +165,8 @@ def _parser() -> argparse.ArgumentParser:
     ping.add_argument("-v", "--verbose", action="store_true", help="print every round trip")
     ping.add_argument("--timeout", type=float, default=5.0, help="seconds per round trip (default 5)")
     ping.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to find the server (default 5)")
+    ping.add_argument("--wait", action="store_true",
+                      help="wait up to --connect-timeout for a server nobody is starting yet")
     ping.set_defaults(run=_cmd_ping)
 
     commands.add_parser("bench", help="run the benchmark (bench --help for its options)", add_help=False)

@@ -160,6 +160,34 @@ class ServerOptions:
         )
 
 
+#: ``enum ipc_server_user`` (csrc/ipc.h).
+SERVER_USER_DEFAULT = 0
+SERVER_USER_ANY = 1
+SERVER_USER_UID = 2
+#: What ``Client(server_user=...)`` takes: None (the default rule), "any", a uid or a user name.
+ServerUser = Optional[Union[int, str]]
+
+
+def parse_server_user(server_user: ServerUser) -> "tuple[int, int]":
+    """``server_user`` as (policy, uid) for the C core's ipc_client_options."""
+    if server_user is None:
+        return SERVER_USER_DEFAULT, 0
+    if server_user == "any":
+        return SERVER_USER_ANY, 0
+    if isinstance(server_user, bool) or not isinstance(server_user, (int, str)):
+        raise TypeError(f"server_user must be None, 'any', a uid or a user name, not {type(server_user).__name__}")
+    if isinstance(server_user, int):
+        return SERVER_USER_UID, check_uint32(server_user, "server_user", minimum=0)
+    try:
+        import pwd
+    except ImportError:
+        raise ValueError("server_user by name needs a POSIX system (Windows takes None or 'any')") from None
+    try:
+        return SERVER_USER_UID, pwd.getpwnam(server_user).pw_uid
+    except KeyError:
+        raise ValueError(f"server_user: there is no user named {server_user!r}") from None
+
+
 @dataclass(frozen=True)
 class ClientOptions:
     """The Client arguments, checked once for every backend."""
@@ -170,6 +198,11 @@ class ClientOptions:
     connect_ms: int  #: -1: no limit
     timeout_ms: int  #: the default for request(); -1: no limit
     max_message: int
+    #: Retry "not found" within the budget even when nothing is starting.
+    wait_for_server: bool = False
+    #: Which server user is accepted: SERVER_USER_DEFAULT, _ANY or _UID (ipc.h).
+    server_user: int = 0
+    server_uid: int = 0  #: with SERVER_USER_UID
 
     @classmethod
     def parse(
@@ -179,10 +212,13 @@ class ClientOptions:
         connect_timeout: Optional[float],
         timeout: Optional[float],
         max_message: int,
+        wait_for_server: bool = False,
+        server_user: ServerUser = None,
     ) -> "ClientOptions":
         name_bytes = encode_name(name)
         request_ms = timeout_ms(timeout, "timeout")
         connect_ms = timeout_ms(connect_timeout, "connect_timeout")
+        policy, uid = parse_server_user(server_user)
         return cls(
             name=os.fspath(name),
             name_bytes=name_bytes,
@@ -190,6 +226,9 @@ class ClientOptions:
             connect_ms=connect_ms,
             timeout_ms=request_ms,
             max_message=check_uint32(max_message, "max_message"),
+            wait_for_server=bool(wait_for_server),
+            server_user=policy,
+            server_uid=uid,
         )
 
 
@@ -527,11 +566,22 @@ class Client:
     """A connection to a server.
 
     ``Client(name, *, key=None, connect_timeout=5.0, timeout=None,
-    max_message=64 MiB, backend="native")`` connects at once: it retries
-    while the server is not found or busy until ``connect_timeout`` seconds
-    are spent (None: no limit), then raises :class:`~ipcfast.ServerNotFound`
-    or :class:`~ipcfast.ServerBusy`; a wrong ``key`` raises
-    :class:`~ipcfast.HandshakeError`.
+    max_message=64 MiB, backend="native", wait_for_server=False,
+    server_user=None)`` connects at once: it retries while the server is
+    busy or starting (a live process owns the name but does not listen yet)
+    until ``connect_timeout`` seconds are spent (None: no limit), then
+    raises :class:`~ipcfast.ServerBusy` or :class:`~ipcfast.ServerNotFound`.
+    A name that nothing serves or is starting under raises ServerNotFound at
+    once, unless ``wait_for_server`` is true (for a server someone else
+    starts or restarts: then "not found" is retried within the budget too).
+    A wrong ``key`` raises :class:`~ipcfast.HandshakeError`.
+
+    ``server_user`` says which server is trusted, checked on the connected
+    socket before anything is sent: None (default) accepts our own user,
+    and root too for a path name (POSIX; Windows: our user or LocalSystem);
+    ``"any"`` accepts everyone; a uid or user name accepts exactly that
+    user (POSIX). Another server raises :class:`~ipcfast.AccessDenied`
+    naming its user.
 
     ``timeout`` is the default for :meth:`request`; ``max_message`` the
     largest response accepted. A client may be shared between threads:
@@ -556,9 +606,13 @@ class Client:
         timeout: Optional[float] = None,
         max_message: int = DEFAULT_MAX_MESSAGE,
         backend: Optional[str] = None,
+        wait_for_server: bool = False,
+        server_user: ServerUser = None,
     ) -> None:
         _check_backend(self, backend)
-        options = ClientOptions.parse(name, key, connect_timeout, timeout, max_message)
+        options = ClientOptions.parse(
+            name, key, connect_timeout, timeout, max_message, wait_for_server, server_user
+        )
         self._name = options.name
         self._timeout_ms = options.timeout_ms
         self._lock = threading.Lock()  # one request at a time

@@ -57,6 +57,7 @@ __all__ = [
     "MAX_HEADER_SIZE",
     "PROTOCOL_VERSION",
     "TOO_LARGE_PREFIX",
+    "PROTOCOL_ERROR_PREFIX",
     "TYPE_EXTENDED",
     "TYPE_MASK",
     "TYPE_RESERVED",
@@ -108,6 +109,11 @@ TYPE_RESERVED = 0x80
 #: ERROR payloads starting with these 20 bytes mean "refused as too large"
 #: (sent by the transport, not by a failing handler).
 TOO_LARGE_PREFIX = b"ipcfast: too large: "
+#: Starts the ERROR a server sends just before it closes for a protocol error (docs/protocol.md 6.2).
+PROTOCOL_ERROR_PREFIX = b"ipcfast: protocol error: "
+_PROTOCOL_ERROR = PROTOCOL_ERROR_PREFIX.decode()
+#: A server sends at most this much of a handler's failure text (docs/protocol.md 5).
+MAX_ERROR_TEXT = 64 * 1024
 
 _MAX_UINT32 = 0xFFFFFFFF
 _U32 = struct.Struct("<I")
@@ -699,7 +705,7 @@ class ServerConnection:
             packet = self._pending.popleft()
             if packet.type == _REQUEST:
                 return Request(packet.payload)
-            return self._refuse(f"protocol error: packet type {packet.type} is not accepted by this server")
+            return self._refuse(f"{_PROTOCOL_ERROR}packet type {packet.type} is not accepted by this server")
         if self.state is ConnectionState.READY:
             return NEED_DATA if self._decoder.error is None else self._bad_header()
         if self.state is ConnectionState.CLOSED:
@@ -728,7 +734,7 @@ class ServerConnection:
                 f"{TOO_LARGE_PREFIX.decode()}the request of {decoder.error_header.length} bytes exceeds the "
                 f"server's max_message of {self.max_message} bytes"
             )
-        return self._refuse(f"protocol error: {_malformed_text(decoder)}")
+        return self._refuse(f"{_PROTOCOL_ERROR}{_malformed_text(decoder)}")
 
     def _refuse(self, text: str) -> Refuse:
         self.state = ConnectionState.CLOSED
@@ -832,6 +838,10 @@ class ClientConnection:
         if payload.startswith(TOO_LARGE_PREFIX):
             code = Result.E_TOO_LARGE
             payload = payload[len(TOO_LARGE_PREFIX) :]
+            self.state = ConnectionState.CLOSED
+            self._pending.clear()
+        elif payload.startswith(PROTOCOL_ERROR_PREFIX):
+            code = Result.E_PROTOCOL  # the server closes after it
             self.state = ConnectionState.CLOSED
             self._pending.clear()
         text = payload.replace(b"\x00", "\ufffd".encode()).decode("utf-8", "replace")

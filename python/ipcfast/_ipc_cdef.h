@@ -27,6 +27,7 @@ static char *const IPCFAST_VERSION;
 #define IPC_DEFAULT_MAX_MESSAGE ...
 #define IPC_DEFAULT_HANDSHAKE_TIMEOUT_MS 5000
 #define IPC_WAKE_INTERVAL_MS 500
+#define IPC_NOT_FOUND_GRACE_MS 250
 
 extern const uint8_t IPC_DEFAULT_HANDSHAKE[8];
 
@@ -232,13 +233,31 @@ int ipc_call_cancelled(ipc_call *call);
 
 /* ---- client ---- */
 
+enum ipc_server_user {
+    IPC_SERVER_USER_DEFAULT = 0,
+    IPC_SERVER_USER_ANY = 1,
+    IPC_SERVER_USER_UID = 2
+};
+
 typedef struct ipc_client_options {
     uint32_t max_message;
     uint8_t handshake[8];
     uint8_t version;
+    uint8_t wait_if_not_found;
+    int server_user;
+    uint32_t server_uid;
 } ipc_client_options;
 
 void ipc_client_options_init(ipc_client_options *options);
+
+enum ipc_server_state {
+    IPC_STATE_LISTENING = 0,
+    IPC_STATE_STARTING = 1,
+    IPC_STATE_NOT_LISTENING = 2,
+    IPC_STATE_INVALID_PATH = 3
+};
+
+int ipc_client_probe(const char *name, ipc_error *err);
 
 int ipc_client_open(ipc_client_t **client, const char *name,
                     const ipc_client_options *options, int timeout_ms,

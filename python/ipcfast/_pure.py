@@ -39,6 +39,8 @@ import time
 from typing import Any, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from ._base import (
+    SERVER_USER_ANY,
+    SERVER_USER_UID,
     BytesLike,
     Client,
     ClientOptions,
@@ -57,6 +59,7 @@ from ._codec import (
     PacketType,
     ProtocolFailure,
     Refuse,
+    MAX_ERROR_TEXT,
     RemoteFailure,
     Request,
     Response,
@@ -76,6 +79,8 @@ logger = logging.getLogger("ipcfast")
 
 #: Blocked reads and accepts wake at least this often (IPC_WAKE_INTERVAL_MS).
 WAKE_INTERVAL = 0.5
+#: How long "not found" is retried when the name's owner is not recorded yet.
+NOT_FOUND_GRACE = 0.25
 #: How long stop() lets running handlers finish before it closes their
 #: connections under them (STOP_GRACE_MS in ipc.c).
 STOP_GRACE = 1.0
@@ -674,6 +679,7 @@ class _Listener:
             except OSError:
                 named = None
             if named is not None and (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
+                _record_owner(fd)
                 self.lock_fd = fd
                 return
             os.close(fd)
@@ -709,6 +715,11 @@ class _Listener:
                 f"a process that does not hold '{self.path}' is listening on it",
                 errno.EADDRINUSE,
             )
+        # Only "refused" proves that nobody listens (docs/protocol.md 2.1).
+        if result == errno.ENOENT:
+            return
+        if result != errno.ECONNREFUSED:
+            raise _errno_error(result, "probing the existing socket", self.path)
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -853,6 +864,73 @@ class _Listener:
             if fd >= 0:
                 os.close(fd)
         self.wake_r = self.wake_w = -1
+
+
+def _record_owner(fd: int) -> None:
+    """Our pid in the lock file we hold (docs/protocol.md 2.1), so that a
+    client finding no socket tells a starting server (live pid) from none.
+    Best effort: an unrecorded owner only makes clients retry briefly."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass
+
+
+_OWNER_NONE, _OWNER_ALIVE, _OWNER_UNKNOWN = range(3)
+
+
+def _name_owner(path: str) -> int:
+    """What the lock file of the socket ``path`` says about its owner; never
+    takes the lock (a starting server would then fail)."""
+    try:
+        fd = os.open(path + ".lock", os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return _OWNER_NONE
+    except OSError:
+        return _OWNER_UNKNOWN
+    try:
+        text = os.read(fd, 31)
+    except OSError:
+        return _OWNER_UNKNOWN
+    finally:
+        os.close(fd)
+    try:
+        pid = int(text)
+    except ValueError:
+        return _OWNER_UNKNOWN  # created, pid not written yet
+    if pid <= 0:
+        return _OWNER_UNKNOWN
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return _OWNER_NONE
+    except PermissionError:
+        pass  # alive, another user's
+    return _OWNER_ALIVE
+
+
+def _check_server_user(sock: socket.socket, name: str, options: ClientOptions) -> None:
+    """Refuses a server whose user ``options.server_user`` does not accept,
+    before anything is sent to it."""
+    if options.server_user == SERVER_USER_ANY:
+        return
+    try:
+        server = _peer_uid(sock)
+    except OSError as exc:
+        raise _errno_error(exc, "reading the server's credentials") from None
+    ours = os.geteuid()
+    if options.server_user == SERVER_USER_UID:
+        ok, wanted, extra = server == options.server_uid, options.server_uid, ""
+    else:  # a path name may be a root service; a plain name is our own
+        ok = server == ours or ("/" in name and server == 0)
+        wanted, extra = ours, " or root" if "/" in name else ""
+    if not ok:
+        raise _error(
+            "IPC_E_ACCESS_DENIED",
+            f"the server on '{name}' runs as {_describe_user(server)}, not as {_describe_user(wanted)}{extra}; "
+            f"refusing to send it anything (pass server_user to trust that user)",
+        )
 
 
 def _peer_uid(sock: socket.socket) -> int:
@@ -1314,7 +1392,9 @@ class _Connection:
         self.send(PacketType.RESPONSE, view)
 
     def fail(self, exc: BaseException) -> None:
-        self.send(PacketType.ERROR, memoryview(failure_text(self.server._name, exc)))
+        # A failure text is an explanation: its head is enough (protocol 5).
+        text = failure_text(self.server._name, exc)[:MAX_ERROR_TEXT]
+        self.send(PacketType.ERROR, memoryview(text))
 
     def send(self, type_: int, payload: memoryview) -> None:
         if self.write_failed:
@@ -1429,8 +1509,14 @@ class PureClient(Client):
         self._version = 0
         self._scratch = bytearray(RECV_CHUNK)
         self._protocol = ClientConnection(self._value, self._max_message, self._name)
+        self._wait_for_server = options.wait_for_server
         deadline = _deadline_after(connect_ms)
         sock = self._connect_retrying(deadline, connect_ms)
+        try:
+            _check_server_user(sock, self._name, options)
+        except BaseException:
+            sock.close()
+            raise
         if connect_ms == 0:
             # A budget of 0 means one attempt without retries; the handshake
             # that follows still needs a round trip (same rule as native).
@@ -1483,9 +1569,21 @@ class PureClient(Client):
             raise _error(_NOT_FOUND, f"no server is listening on '{path}' ({os.strerror(result)})", result)
         raise _errno_error(result, "connect to", path)
 
+    def _worth_retrying_not_found(self, started: float) -> bool:
+        """A live owner of the name is starting; no owner means nothing will
+        answer unless the caller asked to wait; an owner not recorded yet
+        gets a short grace (same rule as native)."""
+        if self._wait_for_server:
+            return True
+        owner = _name_owner(resolve_name(self._name, create=False))
+        if owner == _OWNER_ALIVE:
+            return True
+        return owner == _OWNER_UNKNOWN and _monotonic() - started < NOT_FOUND_GRACE
+
     def _connect_retrying(self, deadline: Optional[float], budget_ms: int) -> socket.socket:
-        """Connection attempts until one works or the budget is spent; "not
-        found" and "busy" are retried with a backoff."""
+        """Connection attempts until one works or the budget is spent; "busy"
+        and a starting server are retried with a backoff."""
+        started = _monotonic()
         backoff = 0.001
         seen_busy = False
         while True:
@@ -1495,12 +1593,17 @@ class PureClient(Client):
                 if exc.code not in (_NOT_FOUND.c_name, _BUSY.c_name):
                     raise
                 last = exc
-            # "Not found" is retried for a server that is (re)starting; a
-            # server we saw busy and that then vanished has stopped.
+            # A server we saw busy and that then vanished has stopped.
             if last.code == _NOT_FOUND.c_name and seen_busy:
                 raise _error(
                     _NOT_FOUND,
                     f"the server '{self._name}' went away while we waited for a free slot",
+                    last.system_error,
+                ) from None
+            if last.code == _NOT_FOUND.c_name and not self._worth_retrying_not_found(started):
+                raise _error(
+                    _NOT_FOUND,
+                    f"no server is listening on '{self._name}' and none is starting: start one",
                     last.system_error,
                 ) from None
             seen_busy = seen_busy or last.code == _BUSY.c_name

@@ -393,6 +393,16 @@ ipc_client_t *open_client(const char *name, const ipc_client_options *options, i
     return client;
 }
 
+/* For a server another thread or process is about to start: nothing owns
+ * its name yet, so the client must be told to wait for it. */
+ipc_client_t *open_client_waiting(const char *name, int timeout_ms)
+{
+    ipc_client_options co;
+    ipc_client_options_init(&co);
+    co.wait_if_not_found = 1;
+    return open_client(name, &co, timeout_ms);
+}
+
 /* One request whose response must equal `expected`. */
 int expect_response(ipc_client_t *client, const void *request, size_t size, const void *expected,
                     size_t expected_size)

@@ -202,6 +202,7 @@ void legacy_handler(char const *request, void *user_data, char *response, size_t
 ipc_server_t *open_server(const char *name, const ipc_server_options *options,
                           ipc_handler_fn handler, srv_ctx *ctx);
 ipc_client_t *open_client(const char *name, const ipc_client_options *options, int timeout_ms);
+ipc_client_t *open_client_waiting(const char *name, int timeout_ms);
 /* One request whose response must equal `expected`. */
 int expect_response(ipc_client_t *client, const void *request, size_t size, const void *expected,
                     size_t expected_size);

@@ -26,6 +26,8 @@
     X(bad_options)                                                  \
     X(racing_servers)                                               \
     X(remote_errors)                                                \
+    X(fail_message_bounds)                                          \
+    X(big_then_small)                                               \
     X(pipelining_and_connection)                                    \
     X(client_in_use)                                                \
     X(too_large_response)                                           \
@@ -37,6 +39,7 @@
     X(wrong_handshake)                                              \
     X(versions)                                                     \
     X(busy)                                                         \
+    X(server_user)                                                  \
     X(stop_with_clients)                                            \
     X(stop_with_full_slots)                                         \
     X(timeouts)                                                     \

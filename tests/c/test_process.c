@@ -130,7 +130,7 @@ void test_cross_process_server(void)
     CHECK(proc != NULL);
     if (!proc)
         return;
-    client = open_client(name, NULL, 15000); /* the child needs a moment to start */
+    client = open_client_waiting(name, 15000); /* the child needs a moment to start */
     if (client) {
         data = (unsigned char *)malloc(size);
         fill_random(data, size, 4242);
@@ -157,7 +157,7 @@ void test_stale_name_reclaimed(void)
     CHECK(proc != NULL);
     if (!proc)
         return;
-    client = open_client(name, NULL, 15000);
+    client = open_client_waiting(name, 15000);
     if (client) {
         expect_text(client, "alive", "alive");
         ipc_client_close(client);
@@ -237,7 +237,7 @@ int child_new_client(const char *name)
     enum { MAX_TEXT = 60000 };
     char *req = (char *)malloc(MAX_TEXT + 1);
     char *expected = (char *)malloc(MAX_TEXT + 8);
-    ipc_client_t *client = open_client(name, NULL, 15000); /* the server may still be starting */
+    ipc_client_t *client = open_client_waiting(name, 15000); /* the server may still be starting */
     ipc_client_t *other = NULL;
     unsigned rng = 12345;
     int i;
@@ -471,7 +471,7 @@ void test_two_wine_processes(void)
         make_name(name, sizeof name, "2p-busy");
         server_proc = t_proc_spawn("--child-server-one", name);
         CHECK(server_proc != NULL);
-        first = server_proc ? open_client(name, NULL, 15000) : NULL;
+        first = server_proc ? open_client_waiting(name, 15000) : NULL;
         if (first) {
             busy_waiter_arg arg;
             t_thread *thread;

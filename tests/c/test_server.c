@@ -284,6 +284,57 @@ static void queued_main(void *param)
     }
 }
 
+/* Which server a client accepts: the default takes our own server; an
+ * explicit uid must match (POSIX; Windows refuses uids as meaningless). */
+void test_server_user(void)
+{
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_t *server;
+    ipc_client_t *client = NULL;
+    ipc_client_options co;
+    ipc_error err = {0, 0, NULL};
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "who");
+    server = open_server(name, NULL, cmd_handler, &ctx);
+    if (server) {
+        CHECK(ipc_client_probe(name, NULL) == IPC_STATE_LISTENING);
+        client = open_client(name, NULL, 3000); /* default: our own user */
+        if (client) {
+            expect_text(client, "mine", "mine");
+            ipc_client_close(client);
+        }
+        ipc_client_options_init(&co);
+        co.server_user = IPC_SERVER_USER_ANY;
+        client = open_client(name, &co, 3000);
+        if (client)
+            ipc_client_close(client);
+        co.server_user = IPC_SERVER_USER_UID;
+#if defined(_WIN32)
+        co.server_uid = 0;
+        CHECK_RC(ipc_client_open(&client, name, &co, 3000, &err), IPC_E_INVALID, &err);
+        ipc_error_clear(&err);
+#else
+        co.server_uid = (uint32_t)geteuid();
+        client = open_client(name, &co, 3000);
+        if (client)
+            ipc_client_close(client);
+        co.server_uid = (uint32_t)geteuid() + 1;
+        CHECK_RC(ipc_client_open(&client, name, &co, 3000, &err), IPC_E_ACCESS_DENIED, &err);
+        CHECK(err.message != NULL && strstr(err.message, "runs as") != NULL);
+        ipc_error_clear(&err);
+#endif
+        CHECK(client == NULL);
+        co.server_user = 7;
+        CHECK_RC(ipc_client_open(&client, name, &co, 3000, &err), IPC_E_INVALID, &err);
+        ipc_error_clear(&err);
+        ipc_server_stop(server);
+    }
+    CHECK(ipc_client_probe(name, NULL) == IPC_STATE_NOT_LISTENING);
+    CHECK(ipc_client_probe("", NULL) == IPC_STATE_INVALID_PATH);
+    ctx_free(&ctx);
+}
+
 void test_busy(void)
 {
     char name[96];

@@ -296,7 +296,7 @@ def build() -> dict:
     )
     stream(
         "node_packets",
-        [(4, 0, b"argv"), (5, 0, b"\x01out\x1b[0m"), (5, 1, b"\x02err"), (7, 0, b""), (6, 0, b"\x00\x00\x00\x00")],
+        [(4, 0, b"argv"), (5, 0, b"\x01out\x1b[0m"), (5, 1, b"\x02err"), (7, 0, b""), (6, 0, b"\x00\x00\x00\x00\x00")],
     )
     stream("empty_stream", [])
     stream("payload_looks_like_headers", [(1, 0, header(8, 0xFFFFFFFF) + b"\x80\xff"), (1, 0, header(1, 0))])

@@ -24,6 +24,9 @@ class NativeClient(Client):
         lib.ipc_client_options_init(c_options)
         c_options.max_message = options.max_message
         ffi.memmove(c_options.handshake, options.handshake, lib.IPC_HANDSHAKE_SIZE)
+        c_options.wait_if_not_found = options.wait_for_server
+        c_options.server_user = options.server_user
+        c_options.server_uid = options.server_uid
         self._err = ffi.new("ipc_error *")
         self._response = ffi.new("const uint8_t **")
         self._response_size = ffi.new("size_t *")
