@@ -346,6 +346,28 @@ intptr_t ipc_server_ready_handle(const ipc_server_t *server);
  * removes the socket. Must not be called from a handler. NULL is allowed. */
 void ipc_server_stop(ipc_server_t *server);
 
+/* ipc_server_stop within about timeout_ms (< 0: no limit, as
+ * ipc_server_stop): running handlers get half of it to answer, then their
+ * connections are closed under them, and a connection thread still inside
+ * a handler at the deadline is abandoned: a warning is logged, the name is
+ * released at once (a new server can start on it), and the server's memory
+ * is deliberately left allocated, because the abandoned thread still uses
+ * it (and the handler's user_data) when its handler returns: keep
+ * user_data valid. Returns how many threads were abandoned (0: the server
+ * was stopped and freed), -1 if called from a handler (nothing done). */
+int ipc_server_stop_timeout(ipc_server_t *server, int timeout_ms);
+
+/* Fork: a server belongs to the process that created it. In the child of
+ * fork() the only call allowed on the parent's servers is this one (and
+ * not even it is needed): it closes the child's copies of the server's
+ * descriptors with close() alone (no shutdown, nothing removed from the
+ * file system, no thread joined, no lock taken), so the parent keeps its
+ * name, its clients and its connections. The handle is invalid afterwards;
+ * the struct is leaked, since its locks may have been held by threads that
+ * do not exist in the child. The same holds for ipc_client_t: the child
+ * must not use the parent's connections. */
+void ipc_server_forget(ipc_server_t *server);
+
 /* ---- server node: commands for a warm process ------------------------- */
 
 /* A server node runs commands for short-lived clients (docs/protocol.md,

@@ -181,6 +181,8 @@ void ipc_server_interrupt(ipc_server_t *server);
 void ipc_call_finish(ipc_call *call);
 intptr_t ipc_server_ready_handle(const ipc_server_t *server);
 void ipc_server_stop(ipc_server_t *server);
+int ipc_server_stop_timeout(ipc_server_t *server, int timeout_ms);
+void ipc_server_forget(ipc_server_t *server);
 
 /* ---- server node ---- */
 

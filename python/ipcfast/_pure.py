@@ -796,34 +796,85 @@ class _Run:
             self.stopping = True
             self.abandon_queued()
 
-    def stop(self) -> None:
+    def wait_running(self, until: Optional[float]) -> None:
+        """Waits until no connection runs or `until` passes. Caller holds cond."""
+        while self.count_running() > 0:
+            left = None if until is None else until - _monotonic()
+            if left is not None and left <= 0:
+                break
+            self.cond.wait(left)
+
+    def join_connections(self) -> int:
+        """Joins every connection thread that ended; returns how many still
+        run a handler (left alone: they still use their slot)."""
+        abandoned = 0
+        for slot in self.slots:
+            with self.cond:
+                running = slot.state == _SLOT_RUNNING
+                thread = None if running else slot.thread
+                if running:
+                    abandoned += 1
+                else:
+                    slot.thread = None
+            if thread is not None:
+                thread.join()
+                slot.state = _SLOT_FREE
+        return abandoned
+
+    def stop(self, timeout_ms: int) -> None:
+        now = _monotonic()
+        deadline = None if timeout_ms < 0 else now + timeout_ms / 1000.0
+        # With a timeout, half of it is the soft grace, the rest is for
+        # threads to leave once their connections are closed under them.
+        grace_end = now + (STOP_GRACE if deadline is None else min(STOP_GRACE, timeout_ms / 2000.0))
         with self.cond:
             self.stopping = True
             self.abandon_queued()
             self.interrupt_connections(hard=False)
         self.stop_listeners()
-        grace_end = _monotonic() + STOP_GRACE
         with self.cond:
-            while self.count_running() > 0:
-                left = grace_end - _monotonic()
-                if left <= 0:
-                    break
-                self.cond.wait(left)
+            self.wait_running(grace_end)
             self.hard.set()
             self.interrupt_connections(hard=True)
+            self.wait_running(deadline)
         # No new threads can start now: join without the lock.
-        for slot in self.slots:
-            thread = slot.thread
-            if thread is not None:
-                thread.join()
-                slot.thread = None
-                slot.state = _SLOT_FREE
+        abandoned = self.join_connections()
         address = self.listener.path
         self.listener.close()
         if self.ready is not None:
             os.close(self.ready[0])
             os.close(self.ready[1])
-        logger.info("server on %s stopped", address)
+        if abandoned:
+            logger.warning(
+                "server on %s stopped; abandoned %d connection thread(s) still running a handler "
+                "after the stop timeout",
+                address,
+                abandoned,
+            )
+        else:
+            logger.info("server on %s stopped", address)
+
+    def forget(self) -> None:
+        """Fork child: close this process's copies of the descriptors with
+        close() alone (the parent keeps its socket, lock and clients); no
+        lock is taken, nothing is unlinked or joined."""
+        listener = self.listener
+        for slot in self.slots:
+            conn = slot.conn
+            if conn is not None:
+                conn.close()
+        if listener.sock is not None:
+            listener.sock.close()
+            listener.sock = None
+        listener.bound = False
+        fds = [listener.lock_fd, listener.wake_r, listener.wake_w]
+        listener.lock_fd = listener.wake_r = listener.wake_w = -1
+        if self.ready is not None:
+            fds.extend(self.ready)
+            self.ready = None
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
 
 
 class _Pending:
@@ -1061,8 +1112,11 @@ class PureServer(Server):
     def _interrupt(self, run: _Run) -> None:
         run.end_dispatch()
 
-    def _close(self, run: _Run) -> None:
-        run.stop()
+    def _close(self, run: _Run, timeout_ms: int) -> None:
+        run.stop(timeout_ms)
+
+    def _forget(self, run: _Run) -> None:
+        run.forget()
 
     def _in_handler_thread(self, ident: int) -> bool:
         run = self._run

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .._base import Server, ServerOptions, failure_text, handler_result
 from .._errors import ConnectionClosed
@@ -24,6 +24,9 @@ logger = logging.getLogger("ipcfast")
 
 _get_ident = threading.get_ident
 _NULL = NULL
+#: Handles of servers whose stop abandoned connection threads stuck in a
+#: handler: deliberately kept for the life of the process (see _close).
+_ABANDONED_HANDLES: List[Any] = []
 
 
 # ---- handler bridge -----------------------------------------------------------
@@ -111,11 +114,21 @@ class NativeServer(Server):
     def _interrupt(self, server: Any) -> None:
         lib.ipc_server_interrupt(server)
 
-    def _close(self, server: Any) -> None:
+    def _close(self, server: Any, timeout_ms: int) -> None:
+        abandoned = 0
         try:
-            lib.ipc_server_stop(server)  # GIL released; joins every C thread
+            # GIL released; joins every C thread it does not abandon.
+            abandoned = lib.ipc_server_stop_timeout(server, timeout_ms)
         finally:
+            if abandoned > 0:
+                # Abandoned C threads call back through the handle when
+                # their handler returns: it must live as long as they may.
+                _ABANDONED_HANDLES.append(self._handle)
             self._handle = None
+
+    def _forget(self, server: Any) -> None:
+        lib.ipc_server_forget(server)
+        self._handle = None
 
     def _in_handler_thread(self, ident: int) -> bool:
         return ident in self._held
