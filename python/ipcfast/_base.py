@@ -55,6 +55,10 @@ Handler = Callable[[bytes], BytesLike]
 Name = Union[str, "os.PathLike[str]"]
 
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+#: Server(workers=...): see docs/design.md ("Python handlers") for how the
+#: default was chosen.
+DEFAULT_WORKERS = 0
+MAX_WORKERS = 256
 _MAX_UINT32 = 0xFFFFFFFF
 _MAX_TIMEOUT_MS = 0x7FFFFFFF
 
@@ -122,6 +126,7 @@ class ServerOptions:
     listeners: int
     handshake_timeout_ms: int
     manual: bool  #: dispatch == "manual"
+    workers: int  #: handler threads fed from the core's queue; 0: none
 
     @classmethod
     def parse(
@@ -135,8 +140,14 @@ class ServerOptions:
         listeners: int,
         handshake_timeout: float,
         dispatch: str,
+        workers: int = 0,
     ) -> "ServerOptions":
         check_server_args(handler, access, dispatch)
+        workers = check_uint32(workers, "workers", minimum=0)
+        if workers and dispatch == "manual":
+            raise ValueError("workers= needs dispatch='thread' (manual dispatch runs the handler on your thread)")
+        if workers > MAX_WORKERS:
+            raise ValueError(f"workers must be at most {MAX_WORKERS}, got {workers}")
         name_bytes = encode_name(name)
         max_message = check_uint32(max_message, "max_message")
         max_clients = check_uint32(max_clients, "max_clients")
@@ -154,6 +165,7 @@ class ServerOptions:
             listeners=listeners,
             handshake_timeout_ms=hs_ms,
             manual=dispatch == "manual",
+            workers=workers,
         )
 
 
@@ -288,7 +300,7 @@ class Server:
 
     ``Server(name, handler, *, key=None, max_clients=32, max_message=64 MiB,
     access="user", listeners=1, handshake_timeout=5.0, dispatch="thread",
-    backend="native")``
+    workers=0, backend="native")``
 
     * ``name``: a plain name (POSIX: a socket in a private per-user
       directory; Windows: ``\\\\.\\pipe\\NAME``), or on POSIX a socket path
@@ -309,6 +321,13 @@ class Server:
       requests (received and framed without the GIL) until the application
       calls :meth:`dispatch` from its own loop, which runs the handler on
       that thread. :meth:`fileno` is ready while requests are pending.
+    * ``workers``: with ``dispatch="thread"``, ``N > 0`` runs the handler on
+      N Python worker threads that take framed requests from the core's
+      queue in batches (the connection threads only do I/O and never take
+      the GIL); up to N handlers run at once, and a slow one stalls other
+      clients only when all N are busy. ``0`` (default) runs the handler on
+      the connection threads themselves, which is the lowest latency (no
+      hand-off between threads).
 
     The server runs from :meth:`start` (or entering ``with``) until
     :meth:`stop` (or leaving ``with``), even if no reference to it is kept.
@@ -343,17 +362,19 @@ class Server:
         listeners: int = 1,
         handshake_timeout: float = 5.0,
         dispatch: str = "thread",
+        workers: int = DEFAULT_WORKERS,
         backend: Optional[str] = None,
     ) -> None:
         _check_backend(self, backend)
         options = ServerOptions.parse(
-            name, handler, key, max_clients, max_message, access, listeners, handshake_timeout, dispatch
+            name, handler, key, max_clients, max_message, access, listeners, handshake_timeout, dispatch, workers
         )
         # Copied out of options: the handler paths read them per request.
         self._name = options.name
         self._handler = handler
         self._max_message = options.max_message
         self._manual = options.manual
+        self._workers = options.workers
         self._state: Any = None  # what _open() returned, while running
         self._address = None
         self._lock = threading.Lock()  # start/stop

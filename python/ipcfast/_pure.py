@@ -575,7 +575,10 @@ class _Run:
         self.stopping = False
         self.hard = threading.Event()  # set when stop stops waiting for handlers
         self.listener_threads: List[threading.Thread] = []
-        self.thread_idents: Set[int] = set()  # connection threads (stop/start from a handler)
+        self.thread_idents: Set[int] = set()  # connection and worker threads (stop/start from a handler)
+        self.worker_threads: List[threading.Thread] = []
+        # workers > 0 queues requests as manual dispatch does.
+        self.queued = server._manual or server._workers > 0
         # Manual dispatch (guarded by cond): requests waiting for
         # dispatch(), oldest first; a pipe readable while there are some.
         self.queue: Deque[_Pending] = collections.deque()
@@ -643,10 +646,27 @@ class _Run:
         self._clear_ready()
         self.cond.notify_all()
 
+    # -- worker threads (workers > 0) --
+
+    def worker_main(self) -> None:
+        self.thread_idents.add(_get_ident())
+        while True:
+            item = self.take(None)
+            if item is None:
+                return  # stopping
+            try:
+                item.conn.handle(item.request)
+            finally:
+                self.finish(item)
+
     # -- listener threads --
 
     def launch(self, count: int) -> None:
         try:
+            for i in range(self.server._workers):
+                worker = threading.Thread(target=self.worker_main, name=f"ipcfast-pure-worker-{i}", daemon=True)
+                worker.start()
+                self.worker_threads.append(worker)
             for i in range(count):
                 thread = threading.Thread(
                     target=self.listener_main, name=f"ipcfast-pure-listener-{i}", daemon=True
@@ -832,6 +852,8 @@ class _Run:
             self.abandon_queued()
             self.interrupt_connections(hard=False)
         self.stop_listeners()
+        for worker in self.worker_threads:  # take() returns None now
+            worker.join(max(0.0, grace_end - _monotonic()))
         with self.cond:
             self.wait_running(grace_end)
             self.hard.set()
@@ -987,7 +1009,6 @@ class _Connection:
         return same_user
 
     def serve(self) -> None:
-        server = self.server
         run = self.run_
         protocol = self.protocol
         view = memoryview(self.scratch)
@@ -1012,7 +1033,7 @@ class _Connection:
                 assert isinstance(event, Refuse)
                 self.refuse(event)
                 return
-            if server._manual:
+            if run.queued:
                 if not run.queue_and_wait(self, event.payload):
                     return  # the server is stopping
             else:
