@@ -389,3 +389,12 @@ def test_ctrl_c_breaks_a_stop_waiting_for_a_stuck_handler(backend: str) -> None:
     assert "INTERRUPTED" in out, err
     assert proc.returncode == 0, err
     assert elapsed < 5.0, f"exit took {elapsed:.1f} s after SIGINT"
+
+
+def test_a_node_refuses_workers(name: str) -> None:
+    from ipcfast._native import NativeServer
+
+    server = ipcfast.Server(name, lambda r: r, workers=1, backend="native")
+    assert isinstance(server, NativeServer)
+    with pytest.raises(ValueError, match="workers"):
+        server.enable_node(lambda call: None)

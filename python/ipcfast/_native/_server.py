@@ -216,9 +216,15 @@ class NativeServer(Server):
         """Makes this (not yet started) server a node: COMMAND packets are
         queued for :meth:`next_command` and CANCELs reported to
         ``cancel_listener`` (on a C thread); REQUESTs still go to the handler."""
+        self._refuse_workers_for_node()
         self._options.node = 1
         self._options.cancel_handler = lib._ipcfast_cancel
         self._cancel_listener = cancel_listener
+
+    def _refuse_workers_for_node(self) -> None:
+        # A node's COMMANDs share the core's queue with the workers' requests.
+        if self._workers:
+            raise ValueError("a server node cannot have workers: use workers=0")
 
     def next_command(self, timeout_ms: int) -> Optional[NodeCall]:
         """A node's next queued COMMAND, waiting up to timeout_ms; None if
@@ -239,6 +245,7 @@ class NativeServer(Server):
     # Temporary: node/_server.py still uses these two private names (remove
     # once it calls enable_node/next_command).
     def _enable_node(self, cancel_listener: Callable[[Any], None]) -> None:
+        self._refuse_workers_for_node()
         self._options.node = 1
         self._options.cancel_handler = lib._ipcfast_cancel
         self._cancel_listener = lambda call: cancel_listener(call._call)
