@@ -852,20 +852,25 @@ class _Run:
             self.abandon_queued()
             self.interrupt_connections(hard=False)
         self.stop_listeners()
-        for worker in self.worker_threads:  # take() returns None now
-            worker.join(max(0.0, grace_end - _monotonic()))
-        with self.cond:
-            self.wait_running(grace_end)
-            self.hard.set()
-            self.interrupt_connections(hard=True)
-            self.wait_running(deadline)
-        # No new threads can start now: join without the lock.
-        abandoned = self.join_connections()
         address = self.listener.path
-        self.listener.close()
-        if self.ready is not None:
-            os.close(self.ready[0])
-            os.close(self.ready[1])
+        try:
+            for worker in self.worker_threads:  # take() returns None now
+                worker.join(max(0.0, grace_end - _monotonic()))
+            with self.cond:
+                self.wait_running(grace_end)
+                self.hard.set()
+                self.interrupt_connections(hard=True)
+                self.wait_running(deadline)
+            # No new threads can start now: join without the lock.
+            abandoned = self.join_connections()
+        finally:
+            # Even when Ctrl-C breaks the wait: the name is released (no
+            # connection thread uses the listener or the ready pipe now).
+            self.listener.close()
+            if self.ready is not None:
+                os.close(self.ready[0])
+                os.close(self.ready[1])
+                self.ready = None
         if abandoned:
             logger.warning(
                 "server on %s stopped; abandoned %d connection thread(s) still running a handler "
