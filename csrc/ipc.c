@@ -22,12 +22,12 @@
  * No lock is held while a handler runs, while a thread is joined, or while
  * reading from a client.
  *
- * Stop (ipc_server_stop, from any thread but a handler): set `stopping`,
- * abandon queued calls and wake next_call waiters, soft-interrupt every
- * connection (a running handler may still answer), join the listener
- * threads, give running connections STOP_GRACE_MS, hard-interrupt what is
- * left, join every connection thread, free. After stopping is set no new
- * connection thread starts, so joining without the lock is safe.
+ * Stop (from any thread but a handler): set `stopping`, abandon queued
+ * calls, wake next_call waiters, soft-interrupt every connection (a running
+ * handler may still answer), join the listeners, give running connections
+ * STOP_GRACE_MS, hard-interrupt the rest, join every connection thread (no
+ * new one starts: no lock needed), free. With a timeout, threads still in
+ * a handler at the deadline are abandoned: name released, server leaked.
  */
 #include "ipc_internal.h"
 
@@ -692,18 +692,66 @@ void ipc_server_interrupt(ipc_server_t *server)
     ipc_plat_mutex_unlock(server->lock);
 }
 
-void ipc_server_stop(ipc_server_t *server)
+/* Waits until no connection runs or `until` passes. Caller holds the lock. */
+static void wait_connections_locked(ipc_server_t *server, int64_t until)
 {
-    int64_t grace_end;
-    uint32_t i;
+    while (count_running(server) > 0 && (until < 0 || ipc_plat_now_ms() < until))
+        ipc_plat_cond_wait(server->changed, server->lock,
+                           until < 0 ? -1 : ipc__remaining_ms(until));
+}
+
+/* Joins every connection thread that has ended (all of them when nothing
+ * is abandoned); returns how many still run a handler. No thread can start
+ * now, and a RUNNING slot is left alone: its thread still uses it. */
+static uint32_t join_connections(ipc_server_t *server)
+{
+    uint32_t i, abandoned = 0;
+
+    for (i = 0; i < server->options.max_clients; i++) {
+        ipc_plat_thread *thread;
+
+        ipc_plat_mutex_lock(server->lock);
+        thread = server->slots[i].state == IPC__SLOT_RUNNING ? NULL : server->slots[i].thread;
+        abandoned += server->slots[i].state == IPC__SLOT_RUNNING;
+        server->slots[i].thread = thread ? NULL : server->slots[i].thread;
+        ipc_plat_mutex_unlock(server->lock);
+        if (thread) {
+            ipc_plat_thread_join(thread);
+            server->slots[i].state = IPC__SLOT_FREE;
+        }
+    }
+    return abandoned;
+}
+
+/* Stop gave up on `abandoned` threads stuck in a handler: release the name
+ * (nothing but the listener threads, joined, use the listener) and leak the
+ * rest, which those threads still use when their handler returns. */
+static void abandon_server(ipc_server_t *server, uint32_t abandoned)
+{
+    ipc__log(IPC_LOG_WARNING, "server on %s stopped; abandoned %lu connection thread(s) still "
+             "running a handler after the stop timeout (their memory stays allocated)",
+             ipc_plat_listener_address(server->listener), (unsigned long)abandoned);
+    ipc_plat_listener_close(server->listener);
+    server->listener = NULL;
+}
+
+int ipc_server_stop_timeout(ipc_server_t *server, int timeout_ms)
+{
+    int64_t deadline = ipc__deadline_after(timeout_ms);
+    int64_t grace_end = ipc_plat_now_ms() + STOP_GRACE_MS;
+    uint32_t abandoned;
 
     if (!server)
-        return;
+        return 0;
     if (called_from_server_thread(server)) {
         ipc__log(IPC_LOG_ERROR, "ipc_server_stop called from a handler: it would wait for "
                  "itself; call it from another thread");
-        return;
+        return -1;
     }
+    /* With a timeout, half of it is the soft grace, the rest is for threads
+     * to leave once their connections are closed under them. */
+    if (deadline >= 0 && grace_end > ipc_plat_now_ms() + timeout_ms / 2)
+        grace_end = ipc_plat_now_ms() + timeout_ms / 2;
     ipc_plat_mutex_lock(server->lock);
     server->stopping = 1;
     ipc_plat_cond_broadcast(server->changed);
@@ -713,21 +761,40 @@ void ipc_server_stop(ipc_server_t *server)
 
     stop_listeners(server);
 
-    grace_end = ipc_plat_now_ms() + STOP_GRACE_MS;
     ipc_plat_mutex_lock(server->lock);
-    while (count_running(server) > 0 && ipc_plat_now_ms() < grace_end)
-        ipc_plat_cond_wait(server->changed, server->lock, ipc__remaining_ms(grace_end));
+    wait_connections_locked(server, grace_end);
     interrupt_connections(server, 1);
+    wait_connections_locked(server, deadline);
     ipc_plat_mutex_unlock(server->lock);
 
-    /* No new threads can start now: joining without the lock is safe. */
-    for (i = 0; i < server->options.max_clients; i++) {
-        if (server->slots[i].thread) {
-            ipc_plat_thread_join(server->slots[i].thread);
-            server->slots[i].thread = NULL;
-            server->slots[i].state = IPC__SLOT_FREE;
-        }
+    abandoned = join_connections(server);
+    if (abandoned) {
+        abandon_server(server, abandoned);
+        return (int)abandoned;
     }
     ipc__log(IPC_LOG_INFO, "server on %s stopped", ipc_plat_listener_address(server->listener));
     server_free(server);
+    return 0;
+}
+
+void ipc_server_stop(ipc_server_t *server)
+{
+    ipc_server_stop_timeout(server, -1);
+}
+
+void ipc_server_forget(ipc_server_t *server)
+{
+    uint32_t i;
+
+    /* The child has none of the server's threads, whose locks it may have
+     * inherited held: read the slots unlocked, only close() descriptors
+     * (shutdown() would cut off the parent's clients), free nothing. */
+    for (i = 0; server && i < server->options.max_clients; i++)
+        if (server->slots[i].state == IPC__SLOT_RUNNING && server->slots[i].conn)
+            ipc_plat_conn_close(server->slots[i].conn);
+    if (!server)
+        return;
+    ipc_plat_listener_forget(server->listener);
+    ipc_plat_ready_destroy(server->ready);
+    server->ready = NULL;
 }

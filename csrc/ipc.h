@@ -322,6 +322,18 @@ const char *ipc_server_address(const ipc_server_t *server);
 int ipc_server_next_call(ipc_server_t *server, ipc_call **call, const uint8_t **request,
                          size_t *size, int timeout_ms, ipc_error *err);
 
+/* ipc_server_next_call for a batch, for worker threads: first ends the
+ * `finished_count` calls in `finished` (ipc_call_finish on each: the last
+ * batch, answered), then waits up to timeout_ms for the first call and
+ * takes every call already queued, up to `capacity`, under one lock.
+ * *count says how many of calls/requests/sizes were filled; each must be
+ * ended later (here, or with ipc_call_finish). Results as
+ * ipc_server_next_call's. One C call per batch instead of two per call:
+ * for a Python worker, one GIL hand-over per batch. */
+int ipc_server_next_calls(ipc_server_t *server, ipc_call **finished, size_t finished_count,
+                          ipc_call **calls, const uint8_t **requests, size_t *sizes,
+                          size_t capacity, size_t *count, int timeout_ms, ipc_error *err);
+
 /* Begins stopping without freeing: stops taking requests and wakes every
  * ipc_server_next_call waiter (they return IPC_E_CLOSED), so threads that
  * dispatch can leave before ipc_server_stop frees the server. Optional;
@@ -346,6 +358,28 @@ intptr_t ipc_server_ready_handle(const ipc_server_t *server);
  * see the connection closed), joins every thread, closes every handle,
  * removes the socket. Must not be called from a handler. NULL is allowed. */
 void ipc_server_stop(ipc_server_t *server);
+
+/* ipc_server_stop within about timeout_ms (< 0: no limit, as
+ * ipc_server_stop): running handlers get half of it to answer, then their
+ * connections are closed under them, and a connection thread still inside
+ * a handler at the deadline is abandoned: a warning is logged, the name is
+ * released at once (a new server can start on it), and the server's memory
+ * is deliberately left allocated, because the abandoned thread still uses
+ * it (and the handler's user_data) when its handler returns: keep
+ * user_data valid. Returns how many threads were abandoned (0: the server
+ * was stopped and freed), -1 if called from a handler (nothing done). */
+int ipc_server_stop_timeout(ipc_server_t *server, int timeout_ms);
+
+/* Fork: a server belongs to the process that created it. In the child of
+ * fork() the only call allowed on the parent's servers is this one (and
+ * not even it is needed): it closes the child's copies of the server's
+ * descriptors with close() alone (no shutdown, nothing removed from the
+ * file system, no thread joined, no lock taken), so the parent keeps its
+ * name, its clients and its connections. The handle is invalid afterwards;
+ * the struct is leaked, since its locks may have been held by threads that
+ * do not exist in the child. The same holds for ipc_client_t: the child
+ * must not use the parent's connections. */
+void ipc_server_forget(ipc_server_t *server);
 
 /* ---- server node: commands for a warm process ------------------------- */
 

@@ -258,6 +258,44 @@ int ipc_server_next_call(ipc_server_t *server, ipc_call **call, const uint8_t **
     return IPC_OK;
 }
 
+int ipc_server_next_calls(ipc_server_t *server, ipc_call **finished, size_t finished_count,
+                          ipc_call **calls, const uint8_t **requests, size_t *sizes,
+                          size_t capacity, size_t *count, int timeout_ms, ipc_error *err)
+{
+    int64_t deadline = ipc__deadline_after(timeout_ms);
+    size_t taken = 0;
+    int stopping;
+
+    while (finished && finished_count)
+        ipc_call_finish(finished[--finished_count]);
+    if (!server || !calls || !requests || !sizes || !capacity || !count)
+        return ipc__fail(err, IPC_E_INVALID, 0, "ipc_server_next_calls: NULL argument");
+    *count = 0;
+    if (!server->queued)
+        return ipc__fail(err, IPC_E_INVALID, 0, "the server uses neither manual dispatch nor "
+                         "node commands");
+    /* One lock (and, for a Python caller, one GIL hand-over) per batch:
+     * wait for the first call, then take what is ready without waiting. */
+    ipc_plat_mutex_lock(server->lock);
+    while (taken < capacity) {
+        ipc_call *call = take_locked(server, taken ? 0 : deadline);
+
+        if (!call)
+            break;
+        calls[taken] = call;
+        requests[taken] = call->request;
+        sizes[taken++] = call->size;
+    }
+    stopping = server->stopping;
+    ipc_plat_mutex_unlock(server->lock);
+    *count = taken;
+    if (taken)
+        return IPC_OK;
+    if (stopping)
+        return ipc__fail(err, IPC_E_CLOSED, 0, "the server is stopping");
+    return ipc__fail(err, IPC_E_TIMEOUT, 0, "no request is pending");
+}
+
 void ipc_call_finish(ipc_call *call)
 {
     const ipc_packet_family *family;

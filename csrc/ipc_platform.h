@@ -109,6 +109,11 @@ void ipc_plat_listener_interrupt(ipc_plat_listener *listener);
 /* Releases the name (removes the socket) and frees. Acceptors first. */
 void ipc_plat_listener_close(ipc_plat_listener *listener);
 
+/* In the child of fork(): closes the listener's descriptors without
+ * removing the socket or the lock file (the parent still owns the name)
+ * and frees nothing. Windows has no fork: does nothing. */
+void ipc_plat_listener_forget(ipc_plat_listener *listener);
+
 /* ---- connections --------------------------------------------------------- */
 
 /* One connection attempt (the caller loops within its budget). Returns

@@ -1231,6 +1231,19 @@ void ipc_plat_listener_close(ipc_plat_listener *l)
     free(l);
 }
 
+void ipc_plat_listener_forget(ipc_plat_listener *l)
+{
+    /* close() alone: the parent's copies of these descriptors stay open,
+     * its flock stays held (the lock belongs to the shared open file). */
+    if (!l)
+        return;
+    close_quietly(l->fd);
+    close_quietly(l->lock_fd);
+    close_quietly(l->wake[0]);
+    close_quietly(l->wake[1]);
+    l->fd = l->lock_fd = l->wake[0] = l->wake[1] = -1;
+}
+
 /* ======================================================================
  * Connections
  * ====================================================================== */

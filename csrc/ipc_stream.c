@@ -17,7 +17,11 @@ void ipc__stream_free(ipc_stream *s)
     s->capacity = s->start = s->end = s->packet_size = 0;
 }
 
-/* Makes room for `total` unread bytes plus one terminator byte. */
+/* Makes room for the next read towards `total` unread bytes (plus one
+ * terminator byte). The buffer grows with the data that arrives, doubling
+ * but never past what the packet needs: a peer that announces a large
+ * packet and stalls costs what it sent (at most twice), not what it
+ * announced. */
 static int stream_reserve(ipc_stream *s, size_t total, ipc_error *err)
 {
     size_t unread = s->end - s->start;
@@ -26,17 +30,22 @@ static int stream_reserve(ipc_stream *s, size_t total, ipc_error *err)
     size_t capacity;
 
     if (s->start + wanted <= s->capacity)
-        return IPC_OK;
+        return IPC_OK;   /* the packet fits where it starts */
     if (s->start > 0) {
+        /* Moves only the packet's first bytes, once per packet. */
         memmove(s->buf, s->buf + s->start, unread);
         s->start = 0;
         s->end = unread;
-        if (wanted <= s->capacity)
-            return IPC_OK;
     }
-    capacity = s->capacity ? s->capacity : IPC__STREAM_INITIAL_CAPACITY;
-    while (capacity < wanted)
-        capacity = capacity * 2 > capacity ? capacity * 2 : wanted;
+    if (wanted <= s->capacity || s->end + 1 < s->capacity)
+        return IPC_OK;   /* it fits now, or there is room to read into */
+    /* Full: double, capped at what the packet needs (a buffer never
+     * shrinks here: wanted > capacity whenever it is full). */
+    capacity = s->capacity ? s->capacity * 2 : IPC__STREAM_INITIAL_CAPACITY;
+    if (capacity < s->capacity)
+        capacity = wanted;   /* the doubling wrapped */
+    if (s->capacity && capacity > wanted && wanted > s->capacity)
+        capacity = wanted;
     grown = (uint8_t *)realloc(s->buf, capacity);
     if (!grown)
         return ipc__fail(err, IPC_E_NO_MEMORY, 0,
@@ -88,7 +97,7 @@ static int read_some(ipc_stream *s, int wait, int sliced, ipc_error *err)
 int ipc__stream_fill(ipc_stream *s, size_t total, int64_t deadline, int slice_ms,
                      ipc_error *err)
 {
-    int r = stream_reserve(s, total, err);
+    int r = IPC_OK;
 
     while (r == IPC_OK && s->end - s->start < total) {
         int wait = ipc__remaining_ms(deadline);
@@ -97,8 +106,12 @@ int ipc__stream_fill(ipc_stream *s, size_t total, int64_t deadline, int slice_ms
             return ipc__fail(err, IPC_E_TIMEOUT, 0, "timed out waiting for data");
         if (slice_ms >= 0 && (wait < 0 || wait > slice_ms))
             wait = slice_ms;
-        r = read_some(s, wait, slice_ms >= 0, err);
+        r = stream_reserve(s, total, err);
+        if (r == IPC_OK)
+            r = read_some(s, wait, slice_ms >= 0, err);
     }
+    /* Reads leave the last byte free, so buf[start + total] exists for the
+     * terminator. */
     return r;
 }
 

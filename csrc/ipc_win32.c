@@ -672,6 +672,11 @@ void ipc_plat_listener_close(ipc_plat_listener *l)
     free(l);
 }
 
+void ipc_plat_listener_forget(ipc_plat_listener *l)
+{
+    (void)l;   /* no fork on Windows: nothing to forget */
+}
+
 /* ======================================================================
  * Connections
  * ====================================================================== */

@@ -56,6 +56,10 @@ Handler = Callable[[bytes], BytesLike]
 Name = Union[str, "os.PathLike[str]"]
 
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+#: Server(workers=...): see docs/design.md ("Python handlers") for how the
+#: default was chosen.
+DEFAULT_WORKERS = 0
+MAX_WORKERS = 256
 _MAX_UINT32 = 0xFFFFFFFF
 _MAX_TIMEOUT_MS = 0x7FFFFFFF
 
@@ -125,6 +129,7 @@ class ServerOptions:
     listeners: int
     handshake_timeout_ms: int
     manual: bool  #: dispatch == "manual"
+    workers: int  #: handler threads fed from the core's queue; 0: none
 
     @classmethod
     def parse(
@@ -138,8 +143,14 @@ class ServerOptions:
         listeners: int,
         handshake_timeout: float,
         dispatch: str,
+        workers: int = 0,
     ) -> "ServerOptions":
         check_server_args(handler, access, dispatch)
+        workers = check_uint32(workers, "workers", minimum=0)
+        if workers and dispatch == "manual":
+            raise ValueError("workers= needs dispatch='thread' (manual dispatch runs the handler on your thread)")
+        if workers > MAX_WORKERS:
+            raise ValueError(f"workers must be at most {MAX_WORKERS}, got {workers}")
         name_bytes = encode_name(name)
         max_message = check_uint32(max_message, "max_message")
         max_clients = check_uint32(max_clients, "max_clients")
@@ -157,6 +168,7 @@ class ServerOptions:
             listeners=listeners,
             handshake_timeout_ms=hs_ms,
             manual=dispatch == "manual",
+            workers=workers,
         )
 
 
@@ -287,19 +299,39 @@ def track_running(server: "Server", running: bool) -> None:
             _running_servers.discard(server)
 
 
-def stop_running_servers() -> None:
+#: How long interpreter exit lets running handlers finish before it
+#: abandons their threads: exit must never hang on a stuck handler.
+EXIT_STOP_TIMEOUT = 2.0
+
+
+def stop_running_servers(timeout: Optional[float] = EXIT_STOP_TIMEOUT) -> None:
     """Stop every running server (at interpreter exit, before anything they
-    use is torn down)."""
+    use is torn down), abandoning handlers still running after ``timeout``."""
     with _running_lock:
         servers = list(_running_servers)
     for server in servers:
         try:
-            server.stop()
+            server.stop(timeout=timeout)
         except BaseException:
             pass
 
 
+def _forget_servers_in_fork_child() -> None:
+    """os.fork() child: the parent's servers are the parent's. Forget them
+    (close the child's copies of their descriptors, nothing shut down,
+    unlinked or joined) so that the child's exit leaves them alone."""
+    global _running_lock
+    # Another thread may have held the lock at fork; it does not exist here.
+    _running_lock = threading.Lock()
+    servers = list(_running_servers)
+    _running_servers.clear()
+    for server in servers:
+        server._forget_after_fork()
+
+
 atexit.register(stop_running_servers)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_servers_in_fork_child)
 
 
 # ---- facades ----------------------------------------------------------------
@@ -310,7 +342,7 @@ class Server:
 
     ``Server(name, handler, *, key=None, max_clients=32, max_message=64 MiB,
     access="user", listeners=1, handshake_timeout=5.0, dispatch="thread",
-    backend="native")``
+    workers=0, backend="native")``
 
     * ``name``: a plain name (POSIX: a socket in a private per-user
       directory; Windows: ``\\\\.\\pipe\\NAME``), or on POSIX a socket path
@@ -331,10 +363,21 @@ class Server:
       requests (received and framed without the GIL) until the application
       calls :meth:`dispatch` from its own loop, which runs the handler on
       that thread. :meth:`fileno` is ready while requests are pending.
+    * ``workers``: with ``dispatch="thread"``, ``N > 0`` runs the handler on
+      N Python worker threads that take framed requests from the core's
+      queue in batches (the connection threads only do I/O and never take
+      the GIL); up to N handlers run at once, and a slow one stalls other
+      clients only when all N are busy. ``0`` (default) runs the handler on
+      the connection threads themselves, which is the lowest latency (no
+      hand-off between threads).
 
     The server runs from :meth:`start` (or entering ``with``) until
     :meth:`stop` (or leaving ``with``), even if no reference to it is kept.
-    Running servers are stopped when the interpreter exits.
+    Running servers are stopped when the interpreter exits (handlers still
+    running after a grace of two seconds are abandoned: exit never hangs). A
+    server belongs to the process that started it: in a child made with
+    ``os.fork()`` it is forgotten (the child's copies of its descriptors are
+    closed; the parent's server, name and clients are untouched).
     """
 
     _stopped_event: threading.Event
@@ -361,17 +404,19 @@ class Server:
         listeners: int = 1,
         handshake_timeout: float = 5.0,
         dispatch: str = "thread",
+        workers: int = DEFAULT_WORKERS,
         backend: Optional[str] = None,
     ) -> None:
         _check_backend(self, backend)
         options = ServerOptions.parse(
-            name, handler, key, max_clients, max_message, access, listeners, handshake_timeout, dispatch
+            name, handler, key, max_clients, max_message, access, listeners, handshake_timeout, dispatch, workers
         )
         # Copied out of options: the handler paths read them per request.
         self._name = options.name
         self._handler = handler
         self._max_message = options.max_message
         self._manual = options.manual
+        self._workers = options.workers
         self._state: Any = None  # what _open() returned, while running
         self._address = None
         self._lock = threading.Lock()  # start/stop
@@ -399,8 +444,15 @@ class Server:
         """Manual dispatch, stopping: wake and end every dispatch() wait."""
         raise NotImplementedError
 
-    def _close(self, state: Any) -> None:
-        """Stop the run: no dispatch() is running any more."""
+    def _close(self, state: Any, timeout_ms: int) -> None:
+        """Stop the run: no dispatch() is running any more. With timeout_ms
+        >= 0, connection threads still in the handler after it are
+        abandoned (logged with a warning); the name is released anyway."""
+        raise NotImplementedError
+
+    def _forget(self, state: Any) -> None:
+        """Fork child: close this process's copies of the run's descriptors,
+        without shutdown, unlink, join or taking a lock."""
         raise NotImplementedError
 
     def _in_handler_thread(self, ident: int) -> bool:
@@ -432,11 +484,18 @@ class Server:
             self._stopped_event.clear()
             track_running(self, True)
 
-    def stop(self) -> None:
+    def stop(self, timeout: Optional[float] = None) -> None:
         """Stop the server: stop accepting, let running handlers finish, close
         every connection, release the name. Idempotent. Must not be called
-        from inside this server's handler (raises RuntimeError)."""
+        from inside this server's handler (raises RuntimeError).
+
+        ``timeout`` (seconds, None: no limit) bounds the wait: running
+        handlers get half of it to answer, then their connections are
+        closed, and a handler still running at the end is abandoned (its
+        thread is left to finish on its own, a warning is logged); the name
+        is released either way, so a new server can start at once."""
         self._check_not_in_handler("stop")
+        wait_ms = timeout_ms(timeout)
         with self._lock:
             state = self._state
             if state is None:
@@ -444,12 +503,29 @@ class Server:
             try:
                 if self._manual:
                     self._wait_for_dispatchers(state)
-                self._close(state)
+                self._close(state, wait_ms)
             finally:
                 self._state = None
                 self._stopping = False
                 track_running(self, False)
                 self._stopped_event.set()
+
+    def _forget_after_fork(self) -> None:
+        """In a fork child: drop the parent's run without touching it. Locks
+        are replaced: a thread of the parent may have held them at fork."""
+        state = self._state
+        self._lock = threading.Lock()
+        self._dispatch_idle = threading.Condition(threading.Lock())
+        self._dispatching = {}
+        self._stopping = False
+        self._state = None
+        self._stopped_event = threading.Event()
+        self._stopped_event.set()
+        if state is not None:
+            try:
+                self._forget(state)
+            except BaseException:  # the child must not fail for the parent's server
+                pass
 
     def _wait_for_dispatchers(self, state: Any) -> None:
         # Wake dispatch() calls waiting in the backend, then let them return

@@ -178,10 +178,15 @@ int ipc_server_open(ipc_server_t **server, const char *name,
 const char *ipc_server_address(const ipc_server_t *server);
 int ipc_server_next_call(ipc_server_t *server, ipc_call **call, const uint8_t **request,
                          size_t *size, int timeout_ms, ipc_error *err);
+int ipc_server_next_calls(ipc_server_t *server, ipc_call **finished, size_t finished_count,
+                          ipc_call **calls, const uint8_t **requests, size_t *sizes,
+                          size_t capacity, size_t *count, int timeout_ms, ipc_error *err);
 void ipc_server_interrupt(ipc_server_t *server);
 void ipc_call_finish(ipc_call *call);
 intptr_t ipc_server_ready_handle(const ipc_server_t *server);
 void ipc_server_stop(ipc_server_t *server);
+int ipc_server_stop_timeout(ipc_server_t *server, int timeout_ms);
+void ipc_server_forget(ipc_server_t *server);
 
 /* ---- server node ---- */
 

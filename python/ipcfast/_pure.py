@@ -975,7 +975,10 @@ class _Run:
         self.stopping = False
         self.hard = threading.Event()  # set when stop stops waiting for handlers
         self.listener_threads: List[threading.Thread] = []
-        self.thread_idents: Set[int] = set()  # connection threads (stop/start from a handler)
+        self.thread_idents: Set[int] = set()  # connection and worker threads (stop/start from a handler)
+        self.worker_threads: List[threading.Thread] = []
+        # workers > 0 queues requests as manual dispatch does.
+        self.queued = server._manual or server._workers > 0
         # Manual dispatch (guarded by cond): requests waiting for
         # dispatch(), oldest first; a pipe readable while there are some.
         self.queue: Deque[_Pending] = collections.deque()
@@ -1043,10 +1046,27 @@ class _Run:
         self._clear_ready()
         self.cond.notify_all()
 
+    # -- worker threads (workers > 0) --
+
+    def worker_main(self) -> None:
+        self.thread_idents.add(_get_ident())
+        while True:
+            item = self.take(None)
+            if item is None:
+                return  # stopping
+            try:
+                item.conn.handle(item.request)
+            finally:
+                self.finish(item)
+
     # -- listener threads --
 
     def launch(self, count: int) -> None:
         try:
+            for i in range(self.server._workers):
+                worker = threading.Thread(target=self.worker_main, name=f"ipcfast-pure-worker-{i}", daemon=True)
+                worker.start()
+                self.worker_threads.append(worker)
             for i in range(count):
                 thread = threading.Thread(
                     target=self.listener_main, name=f"ipcfast-pure-listener-{i}", daemon=True
@@ -1196,34 +1216,92 @@ class _Run:
             self.stopping = True
             self.abandon_queued()
 
-    def stop(self) -> None:
+    def wait_running(self, until: Optional[float]) -> None:
+        """Waits until no connection runs or `until` passes. Caller holds cond."""
+        while self.count_running() > 0:
+            left = None if until is None else until - _monotonic()
+            if left is not None and left <= 0:
+                break
+            self.cond.wait(left)
+
+    def join_connections(self) -> int:
+        """Joins every connection thread that ended; returns how many still
+        run a handler (left alone: they still use their slot)."""
+        abandoned = 0
+        for slot in self.slots:
+            with self.cond:
+                running = slot.state == _SLOT_RUNNING
+                thread = None if running else slot.thread
+                if running:
+                    abandoned += 1
+                else:
+                    slot.thread = None
+            if thread is not None:
+                thread.join()
+                slot.state = _SLOT_FREE
+        return abandoned
+
+    def stop(self, timeout_ms: int) -> None:
+        now = _monotonic()
+        deadline = None if timeout_ms < 0 else now + timeout_ms / 1000.0
+        # With a timeout, half of it is the soft grace, the rest is for
+        # threads to leave once their connections are closed under them.
+        grace_end = now + (STOP_GRACE if deadline is None else min(STOP_GRACE, timeout_ms / 2000.0))
         with self.cond:
             self.stopping = True
             self.abandon_queued()
             self.interrupt_connections(hard=False)
         self.stop_listeners()
-        grace_end = _monotonic() + STOP_GRACE
-        with self.cond:
-            while self.count_running() > 0:
-                left = grace_end - _monotonic()
-                if left <= 0:
-                    break
-                self.cond.wait(left)
-            self.hard.set()
-            self.interrupt_connections(hard=True)
-        # No new threads can start now: join without the lock.
-        for slot in self.slots:
-            thread = slot.thread
-            if thread is not None:
-                thread.join()
-                slot.thread = None
-                slot.state = _SLOT_FREE
         address = self.listener.path
-        self.listener.close()
+        try:
+            for worker in self.worker_threads:  # take() returns None now
+                worker.join(max(0.0, grace_end - _monotonic()))
+            with self.cond:
+                self.wait_running(grace_end)
+                self.hard.set()
+                self.interrupt_connections(hard=True)
+                self.wait_running(deadline)
+            # No new threads can start now: join without the lock.
+            abandoned = self.join_connections()
+        finally:
+            # Even when Ctrl-C breaks the wait: the name is released (no
+            # connection thread uses the listener or the ready pipe now).
+            self.listener.close()
+            if self.ready is not None:
+                os.close(self.ready[0])
+                os.close(self.ready[1])
+                self.ready = None
+        if abandoned:
+            logger.warning(
+                "server on %s stopped; abandoned %d connection thread(s) still running a handler "
+                "after the stop timeout",
+                address,
+                abandoned,
+            )
+        else:
+            logger.info("server on %s stopped", address)
+
+    def forget(self) -> None:
+        """Fork child: close this process's copies of the descriptors with
+        close() alone (the parent keeps its socket, lock and clients); no
+        lock is taken, nothing is unlinked or joined."""
+        listener = self.listener
+        for slot in self.slots:
+            conn = slot.conn
+            if conn is not None:
+                conn.close()
+        if listener.sock is not None:
+            listener.sock.close()
+            listener.sock = None
+        listener.placed = None  # never unlink: the socket file is the parent's
+        fds = [listener.lock_fd, listener.wake_r, listener.wake_w]
+        listener.lock_fd = listener.wake_r = listener.wake_w = -1
         if self.ready is not None:
-            os.close(self.ready[0])
-            os.close(self.ready[1])
-        logger.info("server on %s stopped", address)
+            fds.extend(self.ready)
+            self.ready = None
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
 
 
 class _Pending:
@@ -1336,7 +1414,6 @@ class _Connection:
         return same_user
 
     def serve(self) -> None:
-        server = self.server
         run = self.run_
         protocol = self.protocol
         view = memoryview(self.scratch)
@@ -1361,7 +1438,7 @@ class _Connection:
                 assert isinstance(event, Refuse)
                 self.refuse(event)
                 return
-            if server._manual:
+            if run.queued:
                 if not run.queue_and_wait(self, event.payload):
                     return  # the server is stopping
             else:
@@ -1463,8 +1540,11 @@ class PureServer(Server):
     def _interrupt(self, run: _Run) -> None:
         run.end_dispatch()
 
-    def _close(self, run: _Run) -> None:
-        run.stop()
+    def _close(self, run: _Run, timeout_ms: int) -> None:
+        run.stop(timeout_ms)
+
+    def _forget(self, run: _Run) -> None:
+        run.forget()
 
     def _in_handler_thread(self, ident: int) -> bool:
         run = self._run

@@ -145,3 +145,86 @@ void test_manual_dispatch(void)
     }
     ipc_server_stop(server);
 }
+
+/* ipc_server_next_calls: a worker ends its last batch and takes the next
+ * in one call; a batch holds every ready call, up to its capacity. */
+void test_batched_next_calls(void)
+{
+    enum { N = 4, ITERATIONS = 25, BATCH = 8 };
+    char name[96];
+    ipc_server_t *server = NULL;
+    ipc_server_options so;
+    ipc_error err = {0, 0, NULL};
+    worker_arg args[N];
+    t_thread *threads[N];
+    ipc_call *calls[BATCH], *answered[BATCH];
+    const uint8_t *requests[BATCH];
+    size_t sizes[BATCH], count = 0, done = 0, largest = 0;
+    int i, handled = 0;
+    long long deadline;
+    make_name(name, sizeof name, "batched");
+    ipc_server_options_init(&so);
+    so.dispatch = IPC_DISPATCH_MANUAL;
+    CHECK_RC(ipc_server_open(&server, name, &so, NULL, NULL, &err), IPC_OK, &err);
+    ipc_error_clear(&err);
+    if (!server)
+        return;
+    CHECK_RC(ipc_server_next_calls(server, NULL, 0, calls, requests, sizes, BATCH, &count, 0, &err),
+             IPC_E_TIMEOUT, &err);
+    ipc_error_clear(&err);
+    CHECK(count == 0);
+    CHECK_RC(ipc_server_next_calls(server, NULL, 0, calls, requests, sizes, 0, &count, 0, &err),
+             IPC_E_INVALID, &err);
+    ipc_error_clear(&err);
+    for (i = 0; i < N; i++) {
+        args[i].name = name;
+        args[i].index = i + 1;
+        args[i].iterations = ITERATIONS;
+        args[i].ok_count = 0;
+        threads[i] = t_thread_start(worker_main, &args[i]);
+    }
+    deadline = t_now_ms() + 20000;
+    while (handled < N * ITERATIONS && t_now_ms() < deadline) {
+        size_t k, j;
+        if (ipc_server_next_calls(server, answered, done, calls, requests, sizes, BATCH, &count,
+                                  200, NULL) != IPC_OK) {
+            done = 0;
+            continue;
+        }
+        CHECK(count >= 1 && count <= BATCH);
+        if (count > largest)
+            largest = count;
+        for (k = 0; k < count; k++) {
+            uint8_t *out = (uint8_t *)malloc(sizes[k] + 1);
+            CHECK(out != NULL);
+            if (out) {
+                for (j = 0; j < sizes[k]; j++)
+                    out[j] = (uint8_t)(requests[k][j] ^ 0x5C);
+                CHECK_RC(ipc_call_respond(calls[k], out, sizes[k], &err), IPC_OK, &err);
+                ipc_error_clear(&err);
+                free(out);
+            }
+            answered[k] = calls[k];
+        }
+        done = count;
+        handled += (int)count;
+    }
+    /* The last batch is ended by the next take, which finds nothing. */
+    CHECK_RC(ipc_server_next_calls(server, answered, done, calls, requests, sizes, BATCH, &count, 0,
+                                   &err),
+             IPC_E_TIMEOUT, &err);
+    ipc_error_clear(&err);
+    for (i = 0; i < N; i++) {
+        t_thread_join(threads[i]);
+        CHECK(args[i].ok_count == ITERATIONS);
+    }
+    CHECK(handled == N * ITERATIONS);
+    CHECK(largest >= 1);
+    ipc_server_interrupt(server);
+    CHECK_RC(
+        ipc_server_next_calls(server, NULL, 0, calls, requests, sizes, BATCH, &count, -1, &err),
+        IPC_E_CLOSED, &err);
+    ipc_error_clear(&err);
+    /* Nothing is stuck: a bounded stop frees the server and reports 0. */
+    CHECK(ipc_server_stop_timeout(server, 500) == 0);
+}

@@ -63,6 +63,7 @@
     X(two_wine_processes)                                           \
     X(no_sigpipe)                                                   \
     X(manual_dispatch)                                              \
+    X(batched_next_calls)                                           \
     X(node_codec)                                                   \
     X(node_commands)                                                \
     X(node_packets_refused)                                         \

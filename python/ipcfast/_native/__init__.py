@@ -48,8 +48,9 @@ ClientImpl = NativeClient
 
 
 def _shutdown() -> None:
-    """atexit: stop running servers, then detach the log callback (this runs
-    before _base's own stop_running_servers, registered earlier)."""
+    """atexit: stop running servers (bounded: handlers stuck past the grace
+    are abandoned), then detach the log callback (this runs before _base's
+    own stop_running_servers, registered earlier)."""
     stop_running_servers()
     uninstall_log_handler()
 

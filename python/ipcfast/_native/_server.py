@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Callable, Dict, Optional
+import time
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from .._base import Server, ServerOptions, failure_text, handler_result
 from .._errors import ConnectionClosed
@@ -24,6 +25,12 @@ logger = logging.getLogger("ipcfast")
 
 _get_ident = threading.get_ident
 _NULL = NULL
+_OK: int = lib.IPC_OK
+#: How many ready requests a single worker takes at once.
+_BATCH = 64
+#: Handles of servers whose stop abandoned connection threads stuck in a
+#: handler: deliberately kept for the life of the process (see _close).
+_ABANDONED_HANDLES: List[Any] = []
 
 
 # ---- handler bridge -----------------------------------------------------------
@@ -86,8 +93,10 @@ class NativeServer(Server):
         c_options.handshake_timeout_ms = options.handshake_timeout_ms
         c_options.access = _ACCESS_WORLD if options.world else _ACCESS_USER
         ffi.memmove(c_options.handshake, options.handshake, lib.IPC_HANDSHAKE_SIZE)
-        c_options.dispatch = _DISPATCH_MANUAL if options.manual else _DISPATCH_THREAD
-        if not options.manual:
+        # Workers take requests from the core's queue, as manual dispatch.
+        queued = options.manual or options.workers > 0
+        c_options.dispatch = _DISPATCH_MANUAL if queued else _DISPATCH_THREAD
+        if not queued:
             c_options.returning_handler = lib._ipcfast_reply
         self._options = c_options
         self._handle: Any = None  # ffi.new_handle(self), while running
@@ -96,6 +105,10 @@ class NativeServer(Server):
         self._held: Dict[int, Any] = {}
         # ipcfast.node: called (on a C thread) with the call of a cancelled command.
         self._cancel_listener: Optional[Callable[[NodeCall], None]] = None
+        # workers > 0: the threads running the handler, and their idents.
+        self._worker_threads: List[threading.Thread] = []
+        self._worker_idents: Set[int] = set()
+        self._workers_leaving = False
 
     def _open(self) -> Any:
         handle = ffi.new_handle(self)
@@ -106,19 +119,78 @@ class NativeServer(Server):
             raise_from_error(err)
         self._handle = handle
         self._address = os.fsdecode(ffi.string(lib.ipc_server_address(out[0])))
+        if self._workers:
+            self._start_workers(out[0])
         return out[0]
+
+    def _start_workers(self, server: Any) -> None:
+        self._workers_leaving = False
+        self._worker_idents = set()
+        self._worker_threads = [
+            threading.Thread(target=self._work, args=(server,), name=f"ipcfast-worker-{i}", daemon=True)
+            for i in range(self._workers)
+        ]
+        for thread in self._worker_threads:
+            thread.start()
+
+    def _stop_workers(self, server: Any, timeout_ms: int) -> None:
+        """Ends the workers before the core frees what they use: those
+        still in a handler after half the timeout are left to the core's
+        stop, which then abandons their connections (and keeps the server)."""
+        self._workers_leaving = True
+        lib.ipc_server_interrupt(server)
+        until = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 2000.0
+        for thread in self._worker_threads:
+            thread.join(None if until is None else max(0.0, until - time.monotonic()))
+        self._worker_threads = []
 
     def _interrupt(self, server: Any) -> None:
         lib.ipc_server_interrupt(server)
 
-    def _close(self, server: Any) -> None:
+    def _close(self, server: Any, timeout_ms: int) -> None:
+        abandoned = 0
+        if self._worker_threads:
+            started = time.monotonic()
+            self._stop_workers(server, timeout_ms)
+            if timeout_ms >= 0:
+                timeout_ms = max(0, timeout_ms - int((time.monotonic() - started) * 1000))
         try:
-            lib.ipc_server_stop(server)  # GIL released; joins every C thread
+            # GIL released; joins every C thread it does not abandon.
+            abandoned = self._stop_core(server, timeout_ms)
         finally:
+            if abandoned > 0:
+                # Abandoned C threads call back through the handle when
+                # their handler returns: it must live as long as they may.
+                _ABANDONED_HANDLES.append(self._handle)
             self._handle = None
 
+    def _stop_core(self, server: Any, timeout_ms: int) -> int:
+        """ipc_server_stop_timeout; on the main thread without a timeout it
+        runs on a helper thread, so that Ctrl-C can break the wait (the stop
+        then goes on in the background, and the handle is kept for it)."""
+        if timeout_ms >= 0 or threading.current_thread() is not threading.main_thread():
+            result: int = lib.ipc_server_stop_timeout(server, timeout_ms)
+            return result
+        outcome: List[int] = []
+        helper = threading.Thread(
+            target=lambda: outcome.append(lib.ipc_server_stop_timeout(server, -1)),
+            name="ipcfast-stop",
+            daemon=True,
+        )
+        helper.start()
+        try:
+            helper.join()
+        except BaseException:
+            _ABANDONED_HANDLES.append(self._handle)
+            raise
+        return outcome[0] if outcome else 0
+
+    def _forget(self, server: Any) -> None:
+        lib.ipc_server_forget(server)
+        self._handle = None
+
     def _in_handler_thread(self, ident: int) -> bool:
-        return ident in self._held
+        return ident in self._held or ident in self._worker_idents
 
     def _ready_fileno(self, server: Any) -> int:
         return int(lib.ipc_server_ready_handle(server))
@@ -144,9 +216,15 @@ class NativeServer(Server):
         """Makes this (not yet started) server a node: COMMAND packets are
         queued for :meth:`next_command` and CANCELs reported to
         ``cancel_listener`` (on a C thread); REQUESTs still go to the handler."""
+        self._refuse_workers_for_node()
         self._options.node = 1
         self._options.cancel_handler = lib._ipcfast_cancel
         self._cancel_listener = cancel_listener
+
+    def _refuse_workers_for_node(self) -> None:
+        # A node's COMMANDs share the core's queue with the workers' requests.
+        if self._workers:
+            raise ValueError("a server node cannot have workers: use workers=0")
 
     def next_command(self, timeout_ms: int) -> Optional[NodeCall]:
         """A node's next queued COMMAND, waiting up to timeout_ms; None if
@@ -166,7 +244,47 @@ class NativeServer(Server):
 
     # ---- handler calls ----
 
-    # Manual dispatch: answer one call on the dispatching thread.
+    # workers > 0: a worker thread's loop. One GIL hand-over per batch of
+    # ready requests; each is answered with one write from this thread.
+    def _work(self, server: Any) -> None:
+        self._worker_idents.add(_get_ident())
+        calls = ffi.new("ipc_call *[]", _BATCH)
+        answered = ffi.new("ipc_call *[]", _BATCH)
+        requests = ffi.new("const uint8_t *[]", _BATCH)
+        sizes = ffi.new("size_t[]", _BATCH)
+        count_p = ffi.new("size_t *")
+        take = lib.ipc_server_next_calls
+        respond = lib.ipc_call_respond
+        handler = self._handler
+        buffer = ffi.buffer
+        from_buffer = ffi.from_buffer
+        # A batch runs its handlers one after another: with more than one
+        # worker, take one call at a time, so that a slow handler never holds
+        # back a request another (idle) worker could run.
+        batch = _BATCH if self._workers == 1 else 1
+        done = 0
+        try:
+            while not self._workers_leaving:
+                # Ends the last batch and takes the next in one C call.
+                if take(server, answered, done, calls, requests, sizes, batch, count_p, -1, _NULL) != _OK:
+                    done = 0
+                    break  # the server is stopping
+                done = 0
+                for i in range(count_p[0]):
+                    call = answered[i] = calls[i]
+                    done += 1
+                    try:
+                        result = handler(buffer(requests[i], sizes[i])[:])
+                        buf = from_buffer(result) if type(result) is bytes else handler_result(result, from_buffer)
+                    except BaseException as exc:
+                        self._fail(call, exc)
+                        continue
+                    respond(call, buf, len(buf), _NULL)
+        finally:
+            for i in range(done):  # only if the loop itself failed
+                lib.ipc_call_finish(answered[i])
+
+    # Manual dispatch and workers: answer one call on this thread.
     def _answer(self, call: Any, request: Any, size: int) -> None:
         try:
             result = self._handler(ffi.buffer(request, size)[:])
