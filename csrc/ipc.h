@@ -90,7 +90,8 @@ enum ipc_packet_type {
     XX(IPC_E_REMOTE, 12, "the server's handler failed (ERROR packet)")         \
     XX(IPC_E_NO_MEMORY, 13, "out of memory")                                   \
     XX(IPC_E_IN_USE, 14, "a client used from two threads at once")             \
-    XX(IPC_E_SYSTEM, 15, "another OS failure; see system_error")
+    XX(IPC_E_SYSTEM, 15, "another OS failure; see system_error")               \
+    XX(IPC_E_INTERRUPTED, 16, "the client's interrupt hook ended the wait")
 
 /* C99 allows the trailing comma the expansion leaves. */
 #define IPC__RESULT_ENUM(name, value, meaning) name = value,
@@ -444,10 +445,27 @@ int ipc_call_cancelled(ipc_call *call);
 
 /* ---- client ------------------------------------------------------------ */
 
+/* How often a client with an interrupt hook runs it while it waits. */
+#define IPC_INTERRUPT_SLICE_MS 50
+
+/* A client's interrupt hook: nonzero ends the wait (see below). */
+typedef int (*ipc_interrupt_fn)(void *user_data);
+
 typedef struct ipc_client_options {
     uint32_t max_message;   /* largest response accepted; 0: 64 MiB */
     uint8_t handshake[IPC_HANDSHAKE_SIZE];
     uint8_t version;        /* 0: IPC_PROTOCOL_VERSION */
+    /* Optional (NULL: never called). While a call of this client (connect
+     * and handshake included) waits for the server, the hook runs every
+     * IPC_INTERRUPT_SLICE_MS, on the calling thread, with interrupt_data:
+     * nonzero ends the call with IPC_E_INTERRUPTED and abandons the
+     * connection (later calls: IPC_E_CLOSED); 0 lets it wait on, within its
+     * deadline. For bindings whose signal handlers must run during a wait
+     * (Python's Ctrl-C). A call that does not wait never runs it. Writes
+     * wait without it (a full socket buffer toward a server that reads
+     * nothing). */
+    ipc_interrupt_fn interrupt_check;
+    void *interrupt_data;
 } ipc_client_options;
 
 void ipc_client_options_init(ipc_client_options *options);
@@ -476,6 +494,21 @@ int ipc_client_request(ipc_client_t *client, const void *request, size_t size,
                        const uint8_t **response, size_t *response_size,
                        int timeout_ms, ipc_error *err);
 
+/* The answer of ipc_client_call. */
+typedef struct ipc_client_reply {
+    const char *data;  /* IPC_OK: the response in the client's buffer, NUL-terminated,
+                        * valid until the client's next call */
+    size_t size;
+    ipc_error error;   /* a failure; release it with ipc_error_clear */
+} ipc_client_reply;
+
+/* ipc_client_request for bindings that count every argument: the same round
+ * trip, its outcome in one caller-owned reply (reused across calls). Also
+ * differs in that a second thread waits its turn (with an interrupt hook:
+ * interruptibly) instead of getting IPC_E_IN_USE. */
+int ipc_client_call(ipc_client_t *client, const void *request, size_t size, int timeout_ms,
+                    ipc_client_reply *reply);
+
 /* The two halves of ipc_client_request, for callers that pipeline or that
  * receive in a different place than they send. */
 int ipc_client_write(ipc_client_t *client, const void *request, size_t size,
@@ -502,8 +535,26 @@ int ipc_client_send_command(ipc_client_t *client, const ipc_command *command, in
 /* The packet version both sides agreed on. */
 uint8_t ipc_client_version(const ipc_client_t *client);
 
-/* Flushes, closes and frees (same as ipc_client_disconnect). NULL is allowed. */
+/* Closes and frees (same as ipc_client_disconnect). NULL is allowed. Safe
+ * while another thread is in a call on this client: that call is woken and
+ * returns IPC_E_CLOSED first (as with ipc_client_shutdown). No call may
+ * start once it returned. */
 void ipc_client_close(ipc_client_t *client);
+
+/* From any thread, at any time: ends the call in progress (it returns
+ * IPC_E_CLOSED at once), waits for it to leave, and closes the connection;
+ * the client stays allocated and later calls fail with IPC_E_CLOSED, until
+ * ipc_client_close frees it. Idempotent. For bindings whose close() may
+ * race with a call on another thread. */
+void ipc_client_shutdown(ipc_client_t *client);
+
+/* In a child made by fork(): releases this process's copy of a client the
+ * parent opened, without touching the connection the parent still uses (no
+ * shutdown, no bytes sent) and without taking its locks (a parent thread may
+ * have held them at fork time). The only client call a fork child may make
+ * on an inherited client; it frees it (a few bytes of lock memory are left
+ * behind on purpose). */
+void ipc_client_forget(ipc_client_t *client);
 
 /* ---- the original single-header API ------------------------------------ */
 

@@ -25,6 +25,7 @@ from ._errors import (
     AccessDenied,
     AddressInUse,
     ClientInUse,
+    Interrupted,
     ConnectionClosed,
     HandshakeError,
     InvalidArgument,
@@ -65,6 +66,7 @@ __all__ = [
     "ProtocolError",
     "NoMemory",
     "ClientInUse",
+    "Interrupted",
 ]
 
 # Import the native backend now (installs the log bridge); if it cannot be

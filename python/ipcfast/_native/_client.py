@@ -1,15 +1,83 @@
-"""The native Client: one ``ipc_client_request`` call per request, with the
-GIL released (cffi releases it around every call into the library)."""
+"""The native Client: one ``ipc_client_call`` per request, with the GIL
+released (cffi releases it around every call into the library).
+
+The request path is kept to what must happen per request (see
+bench/client_instructions.py for the instruction counts): bytes go to C as
+they are, the outcome comes back in one reply struct allocated at connect
+time, and the response is copied once, by ``ffi.unpack``.
+
+Signals. The C client runs an interrupt hook every ``IPC_INTERRUPT_SLICE_MS``
+while it waits for the server (never on a request that does not wait). The
+hook, :func:`_ipcfast_interrupt_check`, enters Python, where the interpreter
+runs pending signal handlers on the main thread. A handler that raises
+(Ctrl-C's KeyboardInterrupt) ends the C call with ``IPC_E_INTERRUPTED``; the
+exception is kept and re-raised by the call, and the connection is abandoned.
+A handler that returns lets the call wait on.
+
+Closing. :meth:`close` may run on any thread during a request: the C client
+wakes the request (it raises ConnectionClosed), waits for it to leave and
+closes the connection; the C struct itself is freed only when the Python
+object goes (no request can be running then).
+
+fork(). A client inherited by a fork() child is forgotten there (its
+descriptor closed, nothing sent, no lock taken); using it raises an error
+naming the process that owns it.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import os
+import threading
+import weakref
+from typing import Any, List, Optional
 
 from .._base import BytesLike, Client, ClientOptions, timeout_ms
-from .._errors import ConnectionClosed
+from .._errors import ConnectionClosed, InvalidArgument
 from ._ffi import ffi, lib, raise_from_error
 
 __all__ = ["NativeClient"]
+
+_NULL = ffi.NULL
+_OK = lib.IPC_OK
+_INTERRUPTED = lib.IPC_E_INTERRUPTED
+_call = lib.ipc_client_call
+_unpack = ffi.unpack
+_get_ident = threading.get_ident
+
+#: What a signal handler raised inside the interrupt hook, for the call to
+#: re-raise. Only the main thread runs signal handlers, so one slot is enough.
+_raised: List[BaseException] = []
+
+
+def _keep_raised(exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+    # cffi's onerror: the hook raised, which is how a signal handler's
+    # exception arrives (the interpreter runs pending handlers as the hook's
+    # frame starts). Returning None makes the hook return its error value, 1.
+    if exc is not None:
+        _raised[:] = [exc]
+
+
+def _ipcfast_interrupt_check(user_data: Any) -> int:
+    """The C client's interrupt hook. Entering this function runs the
+    pending signal handlers (main thread only); if one raises, cffi hands the
+    exception to _keep_raised and the C call ends."""
+    return 0
+
+
+ffi.def_extern(name="_ipcfast_interrupt_check", error=1, onerror=_keep_raised)(_ipcfast_interrupt_check)
+
+
+#: Open clients of this process, for the fork() child hook.
+_live: "weakref.WeakSet[NativeClient]" = weakref.WeakSet()
+
+
+def _forget_after_fork() -> None:
+    for client in list(_live):
+        client._forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 class NativeClient(Client):
@@ -17,64 +85,118 @@ class NativeClient(Client):
 
     backend = "native"
 
-    _client: Any = None
+    #: The ipc_client_t *, freed with the object (or forgotten after fork).
+    _handle: Any = None
+    #: What requests pass to C: the handle while open, NULL once closed (C
+    #: answers a NULL client at once, and the slow path says why).
+    _client: Any = _NULL
+    _closed = True
+    _forked_from = 0
 
     def _connect(self, options: ClientOptions) -> None:
         c_options = ffi.new("ipc_client_options *")
         lib.ipc_client_options_init(c_options)
         c_options.max_message = options.max_message
         ffi.memmove(c_options.handshake, options.handshake, lib.IPC_HANDSHAKE_SIZE)
-        self._err = ffi.new("ipc_error *")
-        self._response = ffi.new("const uint8_t **")
-        self._response_size = ffi.new("size_t *")
+        c_options.interrupt_check = lib._ipcfast_interrupt_check
+        self._reply = ffi.new("ipc_client_reply *")
+        err = ffi.new("ipc_error *")
         out = ffi.new("ipc_client_t **")
-        rc = lib.ipc_client_open(out, options.name_bytes, c_options, options.connect_ms, self._err)
-        if rc != lib.IPC_OK:
-            raise_from_error(self._err)
-        self._client = out[0]
+        rc = lib.ipc_client_open(out, options.name_bytes, c_options, options.connect_ms, err)
+        if rc != _OK:
+            _raise_interrupted(rc, err)
+            raise_from_error(err)
+        self._handle = self._client = out[0]
+        self._closed = False
+        self._pid = os.getpid()
+        _live.add(self)
 
     @property
     def closed(self) -> bool:
-        return self._client is None
+        return self._closed
 
     @property
     def version(self) -> int:
         """The packet version both sides agreed on."""
-        with self._lock:
-            if self._client is None:
-                raise ConnectionClosed("the client is closed", code="IPC_E_CLOSED")
-            return int(lib.ipc_client_version(self._client))
+        if self._closed:
+            self._raise_closed()
+        return int(lib.ipc_client_version(self._handle))
 
     def request(self, data: BytesLike, timeout: Optional[float] = None) -> bytes:
+        if type(data) is not bytes:
+            data = _as_buffer(data)
+        # The lock covers the copy of the response too: it lives in the C
+        # client's buffer, which the next request overwrites.
+        lock = self._lock
+        lock.acquire()
         try:
-            buf = ffi.from_buffer(data)
-        except TypeError:
-            raise TypeError(f"request data must be bytes-like, not {type(data).__name__}") from None
-        ms = self._timeout_ms if timeout is None else timeout_ms(timeout)
-        with self._lock:
-            client = self._client
-            if client is None:
-                raise ConnectionClosed(
-                    f"the client for {self._name!r} is closed: open a new Client", code="IPC_E_CLOSED"
-                )
-            rc = lib.ipc_client_request(client, buf, len(buf), self._response, self._response_size, ms, self._err)
-            if rc != 0:
-                raise_from_error(self._err)
-            response: bytes = ffi.buffer(self._response[0], self._response_size[0])[:]
-            return response
+            rc = _call(self._client, data, len(data), self._timeout_ms if timeout is None else timeout_ms(timeout),
+                       self._reply)
+            if rc:
+                self._raise_failure(rc)
+            reply = self._reply
+            return _unpack(reply.data, reply.size)  # type: ignore[no-any-return]
+        finally:
+            lock.release()
+
+    def _raise_failure(self, rc: int) -> None:
+        err = ffi.addressof(self._reply, "error")
+        _raise_interrupted(rc, err)
+        if self._client == _NULL:
+            lib.ipc_error_clear(err)
+            self._raise_closed()
+        raise_from_error(err)
+
+    def _raise_closed(self) -> None:
+        if self._forked_from:
+            raise InvalidArgument(
+                f"this client belongs to process {self._forked_from}: it was opened before fork() and this "
+                f"process ({os.getpid()}) must not share its connection; open a new Client in the child",
+                code="IPC_E_INVALID",
+            )
+        raise ConnectionClosed(f"the client for {self._name!r} is closed: open a new Client", code="IPC_E_CLOSED")
 
     def close(self) -> None:
-        with self._lock:
-            client = self._client
-            if client is not None:
-                self._client = None
-                lib.ipc_client_close(client)
+        # No Python lock: a request on another thread may hold it. The C
+        # client wakes that request and waits for it to leave.
+        if self._closed:
+            return
+        self._closed = True
+        self._client = _NULL
+        lib.ipc_client_shutdown(self._handle)
+        _live.discard(self)
+
+    def _forget(self) -> None:
+        """In a fork() child: drop the parent's connection without touching it."""
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        self._client = _NULL
+        self._closed = True
+        self._forked_from = self._pid
+        # A parent thread may have held the lock at fork time.
+        self._lock = threading.Lock()
+        lib.ipc_client_forget(handle)
 
     def __del__(self) -> None:
-        client = self._client
-        if client is not None:
-            self._client = None
+        handle, self._handle = self._handle, None
+        if handle is not None:
             try:
-                lib.ipc_client_close(client)
+                lib.ipc_client_close(handle)
             except Exception:
                 pass
+
+
+def _as_buffer(data: Any) -> Any:
+    try:
+        return ffi.from_buffer(data)
+    except TypeError:
+        raise TypeError(f"request data must be bytes-like, not {type(data).__name__}") from None
+
+
+def _raise_interrupted(rc: int, err: Any) -> None:
+    """IPC_E_INTERRUPTED: re-raise what the signal handler raised."""
+    if rc == _INTERRUPTED and _raised:
+        lib.ipc_error_clear(err)
+        exc = _raised.pop()
+        raise exc
