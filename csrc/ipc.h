@@ -494,20 +494,32 @@ int ipc_client_request(ipc_client_t *client, const void *request, size_t size,
                        const uint8_t **response, size_t *response_size,
                        int timeout_ms, ipc_error *err);
 
-/* The answer of ipc_client_call. */
+/* Responses up to this size are copied into ipc_client_reply.inline_data. */
+#define IPC_REPLY_INLINE_SIZE 240
+
+/* The answer of ipc_client_call, owned by the caller and reused across
+ * calls (a binding allocates it once per client). */
 typedef struct ipc_client_reply {
-    const char *data;  /* IPC_OK: the response in the client's buffer, NUL-terminated,
-                        * valid until the client's next call */
+    /* The response, NUL-terminated, valid until the client's next call:
+     * inline_data when it fits there, else in the client's buffer. */
+    const char *data;
     size_t size;
     ipc_error error;   /* a failure; release it with ipc_error_clear */
+    /* Small responses are copied here, so a binding finds them at an
+     * address it knows and reads no field per call (a few bytes of memcpy
+     * cost less than one field access from Python). */
+    char inline_data[IPC_REPLY_INLINE_SIZE + 1];
 } ipc_client_reply;
 
-/* ipc_client_request for bindings that count every argument: the same round
- * trip, its outcome in one caller-owned reply (reused across calls). Also
- * differs in that a second thread waits its turn (with an interrupt hook:
- * interruptibly) instead of getting IPC_E_IN_USE. */
-int ipc_client_call(ipc_client_t *client, const void *request, size_t size, int timeout_ms,
-                    ipc_client_reply *reply);
+/* ipc_client_request for bindings that count every argument and every
+ * field access: the same round trip, its outcome in one reply. Returns the
+ * response's size (>= 0: success, the response is in reply->data, which is
+ * reply->inline_data for sizes up to IPC_REPLY_INLINE_SIZE), or minus the
+ * result code (reply->error says why). Unlike ipc_client_request, a second
+ * thread waits its turn (with an interrupt hook: interruptibly) instead of
+ * getting IPC_E_IN_USE. */
+int64_t ipc_client_call(ipc_client_t *client, const void *request, size_t size, int timeout_ms,
+                        ipc_client_reply *reply);
 
 /* The two halves of ipc_client_request, for callers that pipeline or that
  * receive in a different place than they send. */

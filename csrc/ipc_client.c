@@ -537,27 +537,32 @@ int ipc_client_request(ipc_client_t *client, const void *request, size_t size,
     return client_leave(client, r, err);
 }
 
-int ipc_client_call(ipc_client_t *client, const void *request, size_t size, int timeout_ms,
-                    ipc_client_reply *reply)
+int64_t ipc_client_call(ipc_client_t *client, const void *request, size_t size, int timeout_ms,
+                        ipc_client_reply *reply)
 {
     int64_t deadline = ipc__deadline_after(timeout_ms);
     const uint8_t *response = NULL;
+    size_t response_size = 0;
     int r;
 
     if (!reply)
-        return IPC_E_INVALID;
-    reply->data = NULL;
-    reply->size = 0;
+        return -IPC_E_INVALID;
     if (!request && size)
-        return ipc__fail(&reply->error, IPC_E_INVALID, 0, "NULL request with a nonzero size");
+        return -ipc__fail(&reply->error, IPC_E_INVALID, 0, "NULL request with a nonzero size");
     r = client_enter(client, 1, &reply->error);
     if (r != IPC_OK)
-        return r;
+        return -r;
     r = client_write_locked(client, IPC_PACKET_REQUEST, request, size, deadline, &reply->error);
     if (r == IPC_OK)
-        r = client_read_locked(client, &response, &reply->size, deadline, &reply->error);
+        r = client_read_locked(client, &response, &response_size, deadline, &reply->error);
+    if (r == IPC_OK && response_size <= IPC_REPLY_INLINE_SIZE) {
+        memcpy(reply->inline_data, response, response_size + 1);   /* with the NUL */
+        response = (const uint8_t *)reply->inline_data;
+    }
     reply->data = (const char *)response;
-    return client_leave(client, r, &reply->error);
+    reply->size = response_size;
+    r = client_leave(client, r, &reply->error);
+    return r == IPC_OK ? (int64_t)response_size : -(int64_t)r;
 }
 
 int ipc_client_write_packet(ipc_client_t *client, uint8_t type, const void *data, size_t size,

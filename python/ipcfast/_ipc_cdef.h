@@ -253,14 +253,17 @@ int ipc_client_open(ipc_client_t **client, const char *name,
 int ipc_client_request(ipc_client_t *client, const void *request, size_t size,
                        const uint8_t **response, size_t *response_size,
                        int timeout_ms, ipc_error *err);
+#define IPC_REPLY_INLINE_SIZE 240
+
 typedef struct ipc_client_reply {
     const char *data;
     size_t size;
     ipc_error error;
+    char inline_data[241];
 } ipc_client_reply;
 
-int ipc_client_call(ipc_client_t *client, const void *request, size_t size, int timeout_ms,
-                    ipc_client_reply *reply);
+int64_t ipc_client_call(ipc_client_t *client, const void *request, size_t size, int timeout_ms,
+                        ipc_client_reply *reply);
 int ipc_client_write(ipc_client_t *client, const void *request, size_t size,
                      int timeout_ms, ipc_error *err);
 int ipc_client_read(ipc_client_t *client, const uint8_t **response,
