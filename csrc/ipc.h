@@ -564,8 +564,8 @@ void ipc_client_shutdown(ipc_client_t *client);
  * parent opened, without touching the connection the parent still uses (no
  * shutdown, no bytes sent) and without taking its locks (a parent thread may
  * have held them at fork time). The only client call a fork child may make
- * on an inherited client; it frees it (a few bytes of lock memory are left
- * behind on purpose). */
+ * on an inherited client; it frees it (a lock a parent thread held at fork
+ * time is left behind, a few bytes, rather than destroyed while held). */
 void ipc_client_forget(ipc_client_t *client);
 
 /* ---- the original single-header API ------------------------------------ */

@@ -680,9 +680,17 @@ void ipc_client_forget(ipc_client_t *client)
 {
     if (!client)
         return;
-    /* No lock is taken: a thread of the parent may have held it at fork()
-     * time, and that thread does not exist here. The lock's and the
-     * condition's memory is left behind for the same reason. */
+    /* No waiting for the lock: a thread of the parent may have held it at
+     * fork() time, and that thread does not exist here. A lock held then
+     * (and a condition someone waited on) is left behind, not destroyed. */
+    if (client->lock && ipc_plat_mutex_trylock(client->lock)) {
+        int idle = client->waiters == 0;
+
+        ipc_plat_mutex_unlock(client->lock);
+        if (idle && client->turn)
+            ipc_plat_cond_destroy(client->turn);
+        ipc_plat_mutex_destroy(client->lock);
+    }
     if (client->stream.conn)
         ipc_plat_conn_close(client->stream.conn);
     ipc__stream_free(&client->stream);
