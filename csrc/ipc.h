@@ -557,7 +557,10 @@ void ipc_client_close(ipc_client_t *client);
  * IPC_E_CLOSED at once), waits for it to leave, and closes the connection;
  * the client stays allocated and later calls fail with IPC_E_CLOSED, until
  * ipc_client_close frees it. Idempotent. For bindings whose close() may
- * race with a call on another thread. */
+ * race with a call on another thread. Also allowed from the client's own
+ * interrupt hook (a signal handler closing the client): then it does not
+ * wait, and the call ends as soon as the hook returns. ipc_client_close
+ * must never be called from the hook. */
 void ipc_client_shutdown(ipc_client_t *client);
 
 /* In a child made by fork(): releases this process's copy of a client the

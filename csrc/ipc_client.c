@@ -27,6 +27,7 @@ struct ipc_client_t {
     int in_call;              /* a call is in progress */
     int waiters;              /* threads waiting in ipc_client_call */
     int shut;                 /* ipc_client_shutdown was called */
+    int in_hook;              /* the call in progress is running the interrupt hook */
     uint8_t version;
     char *closed_reason;      /* why the connection was abandoned */
     /* A wrapper's state about the last response (ipc__client_attach). */
@@ -129,8 +130,19 @@ static int64_t slice_deadline(const ipc_client_t *client, int64_t deadline, int 
  * deadline): runs the hook. IPC_OK: wait on. */
 static int after_slice(ipc_client_t *client, ipc_error *slice_err, ipc_error *err)
 {
+    int stop;
+
     ipc_error_clear(slice_err);
-    if (client_interrupted(client))
+    /* Marked, so that a shutdown from inside the hook (a signal handler
+     * closing this client) does not wait for this very call. */
+    ipc_plat_mutex_lock(client->lock);
+    client->in_hook = 1;
+    ipc_plat_mutex_unlock(client->lock);
+    stop = client_interrupted(client);
+    ipc_plat_mutex_lock(client->lock);
+    client->in_hook = 0;
+    ipc_plat_mutex_unlock(client->lock);
+    if (stop)
         return ipc__fail(err, IPC_E_INTERRUPTED, 0, "interrupted while waiting for the server "
                          "(a signal handler raised)");
     return IPC_OK;
@@ -485,8 +497,8 @@ static int client_leave(ipc_client_t *client, int r, ipc_error *err)
     ipc_plat_mutex_unlock(client->lock);
     if (!shut || r == IPC_OK || r == IPC_E_REMOTE)
         return r;
-    return ipc__fail(err, IPC_E_CLOSED, 0, "the client was closed by another thread during "
-                     "this call");
+    return ipc__fail(err, IPC_E_CLOSED, 0, "the client was closed by another thread (or a "
+                     "signal handler) during this call");
 }
 
 int ipc_client_write(ipc_client_t *client, const void *request, size_t size, int timeout_ms,
@@ -631,7 +643,10 @@ uint8_t ipc_client_version(const ipc_client_t *client)
     return client ? client->version : 0;
 }
 
-void ipc_client_shutdown(ipc_client_t *client)
+/* ipc_client_shutdown; `from_hook_ok`: when the call in progress is in its
+ * interrupt hook (which may be what called us), return without waiting for
+ * it: it ends, and closes the connection, once the hook returns. */
+static void client_shutdown(ipc_client_t *client, int from_hook_ok)
 {
     char reason[] = "the client was closed";
     ipc_error why = {IPC_E_CLOSED, 0, reason};
@@ -644,6 +659,10 @@ void ipc_client_shutdown(ipc_client_t *client)
      * connection may be shared with a fork()ed process. */
     if (client->in_call && client->stream.conn)
         ipc_plat_conn_interrupt(client->stream.conn, 1);
+    if (client->in_call && client->in_hook && from_hook_ok) {
+        ipc_plat_mutex_unlock(client->lock);
+        return;
+    }
     while (client->in_call) {
         client->waiters++;
         ipc_plat_cond_wait(client->turn, client->lock, -1);
@@ -659,11 +678,16 @@ void ipc_client_shutdown(ipc_client_t *client)
     ipc_plat_mutex_unlock(client->lock);
 }
 
+void ipc_client_shutdown(ipc_client_t *client)
+{
+    client_shutdown(client, 1);
+}
+
 void ipc_client_close(ipc_client_t *client)
 {
     if (!client)
         return;
-    ipc_client_shutdown(client);
+    client_shutdown(client, 0);
     if (client->stream.conn)   /* only when the lock could not be created */
         ipc_plat_conn_close(client->stream.conn);
     ipc__stream_free(&client->stream);

@@ -292,6 +292,35 @@ def test_a_signal_handler_that_returns_lets_the_request_complete(backend: str, h
     assert float(timeout_line.split()[1]) < 2.0, result.stdout
 
 
+CLOSE_IN_HANDLER_SCRIPT = _script(
+    """
+    import signal, sys, time
+    import ipcfast
+
+    backend, name = sys.argv[1:3]
+    client = ipcfast.Client(name, backend=backend)
+    signal.signal(signal.SIGALRM, lambda signum, frame: client.close())
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    started = time.monotonic()
+    try:
+        client.request(b"sleep:60")
+        print("ANSWERED", flush=True)
+    except ipcfast.ConnectionClosed as exc:
+        print("CLOSED", round(time.monotonic() - started, 2), exc, flush=True)
+    assert client.closed
+    """
+)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_signal_handler_may_close_the_client_during_its_request(backend: str, hung_server: ServerProcess) -> None:
+    result = run_python(CLOSE_IN_HANDLER_SCRIPT, backend, hung_server.name, timeout=60)
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith(("CLOSED", "ANSWERED")))
+    assert line.startswith("CLOSED"), result.stdout
+    assert float(line.split()[1]) < 3.0, line
+
+
 # ---- asyncio: cancelling a request aborts its round trip ---------------------------------
 
 

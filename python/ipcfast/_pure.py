@@ -1119,6 +1119,7 @@ class PureClient(Client):
 
     _sock: Optional[socket.socket] = None
     _forked_from = 0
+    _owner = 0  #: the thread of the latest request
 
     def _connect(self, options: ClientOptions) -> None:
         _require_posix()
@@ -1341,6 +1342,7 @@ class PureClient(Client):
             raise TypeError(f"request data must be bytes-like, not {type(data).__name__}") from None
         ms = self._timeout_ms if timeout is None else timeout_ms(timeout)
         with self._lock:
+            self._owner = threading.get_ident()
             sock = self._sock
             if self._closed:
                 raise self._closed_error()
@@ -1402,6 +1404,11 @@ class PureClient(Client):
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+            if self._owner == threading.get_ident():
+                # A signal handler closing the client during our own request
+                # on this thread: the request ends (and closes the socket)
+                # once the handler returns; waiting would wait for ourselves.
+                return
             lock.acquire()
         try:
             self._closed = True

@@ -1382,12 +1382,20 @@ static void test_client_shutdown_during_call(void) {
 
 typedef struct hook_state {
     int calls;
-    int stop_at;   /* nonzero: interrupt on this call */
+    int stop_at;              /* nonzero: interrupt on this call */
+    ipc_client_t *shut_down;  /* non-NULL: shut this client down from the hook */
 } hook_state;
 
 static int count_hook(void *user_data) {
     hook_state *state = (hook_state *)user_data;
     state->calls++;
+    if (state->shut_down) {
+        /* What a signal handler closing its client does: must not wait for
+         * the very call that runs this hook. */
+        ipc_client_shutdown(state->shut_down);
+        state->shut_down = NULL;
+        return 0;
+    }
     return state->stop_at && state->calls >= state->stop_at;
 }
 
@@ -1399,7 +1407,7 @@ static void test_client_interrupt_hook(void) {
     ipc_server_t *server;
     ipc_client_t *client;
     ipc_client_options co;
-    hook_state state = {0, 0};
+    hook_state state = {0, 0, NULL};
     ipc_error err = {0, 0, NULL};
     const uint8_t *resp;
     size_t resp_size;
@@ -1432,6 +1440,19 @@ static void test_client_interrupt_hook(void) {
         CHECK(err.message != NULL && strstr(err.message, "interrupted") != NULL);
         ipc_error_clear(&err);
         ipc_client_close(client);
+        /* A shutdown from inside the hook ends the call once the hook returns. */
+        state.calls = 0;
+        state.stop_at = 0;
+        client = open_client(name, &co, 5000);
+        state.shut_down = client;
+        started = t_now_ms();
+        if (client) {
+            CHECK_RC(ipc_client_request(client, "sleep:1000", 10, &resp, &resp_size, 20000, &err),
+                     IPC_E_CLOSED, &err);
+            CHECK(t_now_ms() - started < 900);
+            ipc_error_clear(&err);
+            ipc_client_close(client);
+        }
     }
     ipc_server_stop(server);
     ctx_free(&ctx);
