@@ -11,8 +11,9 @@ stable on a noisy machine where timings do not.
 ``--mode`` picks what the client loop does:
 
 * ``request``: ``Client.request(data)``, what applications call;
-* ``raw``: the bare ``lib.ipc_client_request`` + ``ffi.unpack`` over the same
-  client, the floor the binding can reach without changing the C API.
+* ``raw``: the bare ``lib.ipc_client_call`` and the slice of the reply's
+  inline buffer over the same client (responses up to 240 bytes), the floor
+  of what the binding's ``request()`` adds to it.
 """
 
 from __future__ import annotations
@@ -44,12 +45,10 @@ CLIENT = textwrap.dedent(
     data = b"x" * size
     if mode == "raw":
         from ipcfast._native._ffi import ffi, lib
-        c, err = client._client, ffi.new("ipc_error *")
-        resp, n = ffi.new("const uint8_t **"), ffi.new("size_t *")
-        request, unpack = lib.ipc_client_request, ffi.unpack
+        c, reply = client._client, ffi.new("ipc_client_reply *")
+        call, inline = lib.ipc_client_call, ffi.buffer(reply.inline_data)
         for _ in range(count):
-            request(c, data, size, resp, n, -1, err)
-            unpack(resp[0], n[0])
+            inline[:call(c, data, size, -1, reply)]
     else:
         request = client.request
         for _ in range(count):
