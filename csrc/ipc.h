@@ -91,7 +91,8 @@ enum ipc_packet_type {
     XX(IPC_E_REMOTE, 12, "the server's handler failed (ERROR packet)")         \
     XX(IPC_E_NO_MEMORY, 13, "out of memory")                                   \
     XX(IPC_E_IN_USE, 14, "a client used from two threads at once")             \
-    XX(IPC_E_SYSTEM, 15, "another OS failure; see system_error")
+    XX(IPC_E_SYSTEM, 15, "another OS failure; see system_error")               \
+    XX(IPC_E_INTERRUPTED, 16, "the client's interrupt hook ended the wait")
 
 /* C99 allows the trailing comma the expansion leaves. */
 #define IPC__RESULT_ENUM(name, value, meaning) name = value,
@@ -492,6 +493,11 @@ enum ipc_server_user {
     IPC_SERVER_USER_ANY = 1,   /* no check (any user may serve the name) */
     IPC_SERVER_USER_UID = 2    /* exactly server_uid (POSIX only) */
 };
+/* How often a client with an interrupt hook runs it while it waits. */
+#define IPC_INTERRUPT_SLICE_MS 50
+
+/* A client's interrupt hook: nonzero ends the wait (see below). */
+typedef int (*ipc_interrupt_fn)(void *user_data);
 
 typedef struct ipc_client_options {
     uint32_t max_message;   /* largest response accepted; 0: 64 MiB */
@@ -503,6 +509,17 @@ typedef struct ipc_client_options {
     uint8_t wait_if_not_found;
     int server_user;        /* enum ipc_server_user; 0: IPC_SERVER_USER_DEFAULT */
     uint32_t server_uid;    /* the user required with IPC_SERVER_USER_UID */
+    /* Optional (NULL: never called). While a call of this client (connect
+     * and handshake included) waits for the server, the hook runs every
+     * IPC_INTERRUPT_SLICE_MS, on the calling thread, with interrupt_data:
+     * nonzero ends the call with IPC_E_INTERRUPTED and abandons the
+     * connection (later calls: IPC_E_CLOSED); 0 lets it wait on, within its
+     * deadline. For bindings whose signal handlers must run during a wait
+     * (Python's Ctrl-C). A call that does not wait never runs it. Writes
+     * wait without it (a full socket buffer toward a server that reads
+     * nothing). */
+    ipc_interrupt_fn interrupt_check;
+    void *interrupt_data;
 } ipc_client_options;
 
 /* Fills defaults: 64 MiB, IPC_DEFAULT_HANDSHAKE, version 1, absent names
@@ -557,6 +574,33 @@ int ipc_client_request(ipc_client_t *client, const void *request, size_t size,
                        const uint8_t **response, size_t *response_size,
                        int timeout_ms, ipc_error *err);
 
+/* Responses up to this size are copied into ipc_client_reply.inline_data. */
+#define IPC_REPLY_INLINE_SIZE 240
+
+/* The answer of ipc_client_call, owned by the caller and reused across
+ * calls (a binding allocates it once per client). */
+typedef struct ipc_client_reply {
+    /* The response, NUL-terminated, valid until the client's next call:
+     * inline_data when it fits there, else in the client's buffer. */
+    const char *data;
+    size_t size;
+    ipc_error error;   /* a failure; release it with ipc_error_clear */
+    /* Small responses are copied here, so a binding finds them at an
+     * address it knows and reads no field per call (a few bytes of memcpy
+     * cost less than one field access from Python). */
+    char inline_data[IPC_REPLY_INLINE_SIZE + 1];
+} ipc_client_reply;
+
+/* ipc_client_request for bindings that count every argument and every
+ * field access: the same round trip, its outcome in one reply. Returns the
+ * response's size (>= 0: success, the response is in reply->data, which is
+ * reply->inline_data for sizes up to IPC_REPLY_INLINE_SIZE), or minus the
+ * result code (reply->error says why). Unlike ipc_client_request, a second
+ * thread waits its turn (with an interrupt hook: interruptibly) instead of
+ * getting IPC_E_IN_USE. */
+int64_t ipc_client_call(ipc_client_t *client, const void *request, size_t size, int timeout_ms,
+                        ipc_client_reply *reply);
+
 /* The two halves of ipc_client_request, for callers that pipeline or that
  * receive in a different place than they send. */
 int ipc_client_write(ipc_client_t *client, const void *request, size_t size,
@@ -583,8 +627,29 @@ int ipc_client_send_command(ipc_client_t *client, const ipc_command *command, in
 /* The packet version both sides agreed on. */
 uint8_t ipc_client_version(const ipc_client_t *client);
 
-/* Flushes, closes and frees (same as ipc_client_disconnect). NULL is allowed. */
+/* Closes and frees (same as ipc_client_disconnect). NULL is allowed. Safe
+ * while another thread is in a call on this client: that call is woken and
+ * returns IPC_E_CLOSED first (as with ipc_client_shutdown). No call may
+ * start once it returned. */
 void ipc_client_close(ipc_client_t *client);
+
+/* From any thread, at any time: ends the call in progress (it returns
+ * IPC_E_CLOSED at once), waits for it to leave, and closes the connection;
+ * the client stays allocated and later calls fail with IPC_E_CLOSED, until
+ * ipc_client_close frees it. Idempotent. For bindings whose close() may
+ * race with a call on another thread. Also allowed from the client's own
+ * interrupt hook (a signal handler closing the client): then it does not
+ * wait, and the call ends as soon as the hook returns. ipc_client_close
+ * must never be called from the hook. */
+void ipc_client_shutdown(ipc_client_t *client);
+
+/* In a child made by fork(): releases this process's copy of a client the
+ * parent opened, without touching the connection the parent still uses (no
+ * shutdown, no bytes sent) and without taking its locks (a parent thread may
+ * have held them at fork time). The only client call a fork child may make
+ * on an inherited client; it frees it (a lock a parent thread held at fork
+ * time is left behind, a few bytes, rather than destroyed while held). */
+void ipc_client_forget(ipc_client_t *client);
 
 /* ---- the original single-header API ------------------------------------ */
 

@@ -1,7 +1,16 @@
 /*
  * The client: connect with retries, the client side of the handshake, and
- * calls (request, write, read, raw packets) over the buffered stream. One
- * client is used by one thread at a time: `busy` detects the second.
+ * calls (request, write, read, raw packets) over the buffered stream.
+ *
+ * One call at a time: `in_call` marks the call in progress. The original
+ * calls refuse a second thread (IPC_E_IN_USE); ipc_client_call makes it wait
+ * its turn. ipc_client_shutdown may run on any thread during a call: it
+ * wakes the call's wait (shutdown of the connection), waits for the call to
+ * leave, then closes the connection; the call returns IPC_E_CLOSED.
+ *
+ * With an interrupt hook (options.interrupt_check), every wait is cut into
+ * slices of IPC_INTERRUPT_SLICE_MS and the hook runs between them: nonzero
+ * ends the call with IPC_E_INTERRUPTED and abandons the connection.
  */
 #include "ipc_internal.h"
 
@@ -10,8 +19,15 @@
 
 struct ipc_client_t {
     ipc_client_options options;
-    ipc_stream stream;        /* stream.conn is NULL once closed */
-    ipc_plat_mutex *busy;     /* held during a call: detects concurrent use */
+    /* stream.conn is NULL once closed. Only the thread in the call changes
+     * it (under `lock`, which ipc_client_shutdown holds to interrupt it). */
+    ipc_stream stream;
+    ipc_plat_mutex *lock;     /* guards in_call, waiters, shut; see above */
+    ipc_plat_cond *turn;      /* broadcast when a call leaves */
+    int in_call;              /* a call is in progress */
+    int waiters;              /* threads waiting in ipc_client_call */
+    int shut;                 /* ipc_client_shutdown was called */
+    int in_hook;              /* the call in progress is running the interrupt hook */
     uint8_t version;
     char *closed_reason;      /* why the connection was abandoned */
     /* A wrapper's state about the last response (ipc__client_attach). */
@@ -53,10 +69,15 @@ void ipc_client_options_init(ipc_client_options *options)
  * mid-response, peer gone, garbage), the connection is closed for good. */
 static void client_abandon(ipc_client_t *client, const ipc_error *why)
 {
-    if (!client->stream.conn)
+    ipc_plat_conn *conn = client->stream.conn;
+
+    if (!conn)
         return;
-    ipc_plat_conn_close(client->stream.conn);
+    /* Under the lock: ipc_client_shutdown may be interrupting conn now. */
+    ipc_plat_mutex_lock(client->lock);
     client->stream.conn = NULL;
+    ipc_plat_mutex_unlock(client->lock);
+    ipc_plat_conn_close(conn);
     drop_attached(client);
     free(client->closed_reason);
     client->closed_reason = ipc__format("%s", why && why->message ? why->message
@@ -69,6 +90,105 @@ static int client_check_open(ipc_client_t *client, ipc_error *err)
         return IPC_OK;
     return ipc__fail(err, IPC_E_CLOSED, 0, "the connection is closed (%s); open a new client",
                      client->closed_reason ? client->closed_reason : "closed");
+}
+
+/* Nonzero when the embedder's hook asks to stop waiting. */
+static int client_interrupted(const ipc_client_t *client)
+{
+    return client->options.interrupt_check &&
+           client->options.interrupt_check(client->options.interrupt_data) != 0;
+}
+
+/* Hands the error of a slice over to the caller's err (NULL: drops it). */
+static void move_error(ipc_error *to, ipc_error *from)
+{
+    if (to) {
+        ipc_error_clear(to);
+        *to = *from;
+        from->message = NULL;
+    }
+    ipc_error_clear(from);
+}
+
+/* Where the next wait ends: the call's deadline, or with an interrupt hook
+ * at most a slice away (*last says whether it is the call's deadline). */
+static int64_t slice_deadline(const ipc_client_t *client, int64_t deadline, int *last)
+{
+    int64_t slice_end;
+
+    *last = 1;
+    if (!client->options.interrupt_check)
+        return deadline;
+    slice_end = ipc_plat_now_ms() + IPC_INTERRUPT_SLICE_MS;
+    if (deadline >= 0 && deadline <= slice_end)
+        return deadline;
+    *last = 0;
+    return slice_end;
+}
+
+/* After a wait that ended at a slice's end (IPC_E_TIMEOUT, not the call's
+ * deadline): runs the hook. IPC_OK: wait on. */
+static int after_slice(ipc_client_t *client, ipc_error *slice_err, ipc_error *err)
+{
+    int stop;
+
+    ipc_error_clear(slice_err);
+    /* Marked, so that a shutdown from inside the hook (a signal handler
+     * closing this client) does not wait for this very call. */
+    ipc_plat_mutex_lock(client->lock);
+    client->in_hook = 1;
+    ipc_plat_mutex_unlock(client->lock);
+    stop = client_interrupted(client);
+    ipc_plat_mutex_lock(client->lock);
+    client->in_hook = 0;
+    ipc_plat_mutex_unlock(client->lock);
+    if (stop)
+        return ipc__fail(err, IPC_E_INTERRUPTED, 0, "interrupted while waiting for the server "
+                         "(a signal handler raised)");
+    return IPC_OK;
+}
+
+/* ipc__stream_fill in slices (see slice_deadline). */
+static int client_fill(ipc_client_t *client, size_t total, int64_t deadline, ipc_error *err)
+{
+    for (;;) {
+        ipc_error slice_err = {0, 0, NULL};
+        int last;
+        int64_t until = slice_deadline(client, deadline, &last);
+        int r = ipc__stream_fill(&client->stream, total, until, -1, last ? err : &slice_err);
+
+        if (last || r != IPC_E_TIMEOUT) {
+            if (!last)
+                move_error(err, &slice_err);
+            return r;
+        }
+        r = after_slice(client, &slice_err, err);
+        if (r != IPC_OK)
+            return r;
+    }
+}
+
+/* ipc__stream_read_packet in slices (see slice_deadline). */
+static int client_read_packet(ipc_client_t *client, int64_t deadline, ipc_packet *packet,
+                              ipc_error *err)
+{
+    for (;;) {
+        ipc_error slice_err = {0, 0, NULL};
+        int last;
+        int64_t until = slice_deadline(client, deadline, &last);
+        int r = ipc__stream_read_packet(&client->stream, client->options.max_message,
+                                        client->version, until, -1, packet,
+                                        last ? err : &slice_err);
+
+        if (last || r != IPC_E_TIMEOUT) {
+            if (!last)
+                move_error(err, &slice_err);
+            return r;
+        }
+        r = after_slice(client, &slice_err, err);
+        if (r != IPC_OK)
+            return r;
+    }
 }
 
 static int client_handshake(ipc_client_t *client, const char *name, int64_t deadline,
@@ -93,7 +213,7 @@ static int client_handshake(ipc_client_t *client, const char *name, int64_t dead
                                             &server_version);
         if (verdict != IPC_VERDICT_NEED_MORE)
             break;
-        r = ipc__stream_fill(s, s->end - s->start + 1, deadline, -1, err);
+        r = client_fill(client, s->end - s->start + 1, deadline, err);
     }
     if (r == IPC_E_TIMEOUT)
         return ipc__fail(err, IPC_E_BUSY, 0,
@@ -106,6 +226,8 @@ static int client_handshake(ipc_client_t *client, const char *name, int64_t dead
                          "uses another key or protocol version, refused this user, or is "
                          "stopping",
                          name);
+    if (r == IPC_E_INTERRUPTED)
+        return r;
     if (r != IPC_OK)
         return ipc__fail_with_context(err, r, "handshake");
     if (verdict == IPC_VERDICT_FOREIGN)
@@ -176,6 +298,9 @@ static int client_connect(ipc_client_t *client, const char *name, int64_t deadli
         }
         ipc_error_clear(err);
         ipc_plat_sleep_ms(wait < 0 || wait > backoff_ms ? backoff_ms : wait);
+        if (client_interrupted(client))
+            return ipc__fail(err, IPC_E_INTERRUPTED, 0,
+                             "interrupted while waiting for the server '%s'", name);
         backoff_ms = backoff_ms * 2 > 50 ? 50 : backoff_ms * 2;
     }
 }
@@ -238,7 +363,9 @@ int ipc_client_open(ipc_client_t **out, const char *name, const ipc_client_optio
         r = ipc__fail(err, IPC_E_INVALID, 0, "the handshake value must start with a 0x00 byte");
         goto fail;
     }
-    r = ipc_plat_mutex_create(&client->busy, err);
+    r = ipc_plat_mutex_create(&client->lock, err);
+    if (r == IPC_OK)
+        r = ipc_plat_cond_create(&client->turn, err);
     if (r != IPC_OK)
         goto fail;
     r = client_connect(client, name, deadline, timeout_ms, err);
@@ -348,8 +475,7 @@ static int client_read_locked(ipc_client_t *client, const uint8_t **response,
     int r;
 
     drop_attached(client);
-    r = ipc__stream_read_packet(&client->stream, client->options.max_message, client->version,
-                           deadline, -1, &packet, err);
+    r = client_read_packet(client, deadline, &packet, err);
     if (r == IPC_E_TOO_LARGE) {
         ipc__fail(err, r, 0, "the response of %lu bytes exceeds this client's max_message of "
                   "%lu bytes; raise max_message", (unsigned long)packet.header.length,
@@ -374,18 +500,67 @@ static int client_read_locked(ipc_client_t *client, const uint8_t **response,
     return IPC_OK;
 }
 
-/* Serializes calls on one client; a second thread gets IPC_E_IN_USE. */
-static int client_enter(ipc_client_t *client, ipc_error *err)
+/* Starts a call: takes the client's turn. A busy client answers
+ * IPC_E_IN_USE, or with `wait` makes the caller wait (with an interrupt hook,
+ * in slices that run it). */
+static int client_leave(ipc_client_t *client, int r, ipc_error *err);
+
+static int client_enter(ipc_client_t *client, int wait, ipc_error *err)
 {
+    int r = IPC_OK;
+
     if (!client)
         return ipc__fail(err, IPC_E_INVALID, 0, "NULL client");
-    if (!ipc_plat_mutex_trylock(client->busy))
-        return ipc__fail(err, IPC_E_IN_USE, 0, "this client is being used by another thread; "
-                         "use one client per thread or a lock");
-    if (client_check_open(client, err) == IPC_OK)
-        return IPC_OK;
-    ipc_plat_mutex_unlock(client->busy);
-    return IPC_E_CLOSED;
+    ipc_plat_mutex_lock(client->lock);
+    while (client->in_call && !client->shut && r == IPC_OK) {
+        if (!wait) {
+            ipc_plat_mutex_unlock(client->lock);
+            return ipc__fail(err, IPC_E_IN_USE, 0, "this client is being used by another "
+                             "thread; use one client per thread or a lock");
+        }
+        client->waiters++;
+        ipc_plat_cond_wait(client->turn, client->lock,
+                           client->options.interrupt_check ? IPC_INTERRUPT_SLICE_MS : -1);
+        client->waiters--;
+        if (client->in_call && client->options.interrupt_check) {
+            ipc_plat_mutex_unlock(client->lock);
+            if (client_interrupted(client))
+                r = ipc__fail(err, IPC_E_INTERRUPTED, 0, "interrupted while waiting for "
+                              "another thread's call on this client");
+            ipc_plat_mutex_lock(client->lock);
+        }
+    }
+    if (r == IPC_OK && client->shut)
+        r = ipc__fail(err, IPC_E_CLOSED, 0, "the client is closed; open a new client");
+    if (r == IPC_OK)
+        client->in_call = 1;
+    ipc_plat_mutex_unlock(client->lock);
+    if (r != IPC_OK)
+        return r;
+    r = client_check_open(client, err);
+    if (r != IPC_OK)
+        client_leave(client, IPC_OK, NULL);
+    return r;
+}
+
+/* Ends a call and hands the turn on; returns r, or IPC_E_CLOSED when
+ * ipc_client_shutdown cut the call short. The client may be freed as soon
+ * as the lock is released (ipc_client_close waits for exactly that), so
+ * nothing after it touches the client. */
+static int client_leave(ipc_client_t *client, int r, ipc_error *err)
+{
+    int shut;
+
+    ipc_plat_mutex_lock(client->lock);
+    shut = client->shut;
+    client->in_call = 0;
+    if (client->waiters)
+        ipc_plat_cond_broadcast(client->turn);
+    ipc_plat_mutex_unlock(client->lock);
+    if (!shut || r == IPC_OK || r == IPC_E_REMOTE)
+        return r;
+    return ipc__fail(err, IPC_E_CLOSED, 0, "the client was closed by another thread (or a "
+                     "signal handler) during this call");
 }
 
 int ipc_client_write(ipc_client_t *client, const void *request, size_t size, int timeout_ms,
@@ -396,12 +571,11 @@ int ipc_client_write(ipc_client_t *client, const void *request, size_t size, int
 
     if (!request && size)
         return ipc__fail(err, IPC_E_INVALID, 0, "NULL request with a nonzero size");
-    r = client_enter(client, err);
+    r = client_enter(client, 0, err);
     if (r != IPC_OK)
         return r;
     r = client_write_locked(client, IPC_PACKET_REQUEST, request, size, deadline, err);
-    ipc_plat_mutex_unlock(client->busy);
-    return r;
+    return client_leave(client, r, err);
 }
 
 int ipc_client_read(ipc_client_t *client, const uint8_t **response, size_t *response_size,
@@ -412,12 +586,11 @@ int ipc_client_read(ipc_client_t *client, const uint8_t **response, size_t *resp
 
     if (!response || !response_size)
         return ipc__fail(err, IPC_E_INVALID, 0, "NULL response pointers");
-    r = client_enter(client, err);
+    r = client_enter(client, 0, err);
     if (r != IPC_OK)
         return r;
     r = client_read_locked(client, response, response_size, deadline, err);
-    ipc_plat_mutex_unlock(client->busy);
-    return r;
+    return client_leave(client, r, err);
 }
 
 int ipc_client_request(ipc_client_t *client, const void *request, size_t size,
@@ -429,14 +602,41 @@ int ipc_client_request(ipc_client_t *client, const void *request, size_t size,
 
     if ((!request && size) || !response || !response_size)
         return ipc__fail(err, IPC_E_INVALID, 0, "NULL request or response pointers");
-    r = client_enter(client, err);
+    r = client_enter(client, 0, err);
     if (r != IPC_OK)
         return r;
     r = client_write_locked(client, IPC_PACKET_REQUEST, request, size, deadline, err);
     if (r == IPC_OK)
         r = client_read_locked(client, response, response_size, deadline, err);
-    ipc_plat_mutex_unlock(client->busy);
-    return r;
+    return client_leave(client, r, err);
+}
+
+int64_t ipc_client_call(ipc_client_t *client, const void *request, size_t size, int timeout_ms,
+                        ipc_client_reply *reply)
+{
+    int64_t deadline = ipc__deadline_after(timeout_ms);
+    const uint8_t *response = NULL;
+    size_t response_size = 0;
+    int r;
+
+    if (!reply)
+        return -IPC_E_INVALID;
+    if (!request && size)
+        return -ipc__fail(&reply->error, IPC_E_INVALID, 0, "NULL request with a nonzero size");
+    r = client_enter(client, 1, &reply->error);
+    if (r != IPC_OK)
+        return -r;
+    r = client_write_locked(client, IPC_PACKET_REQUEST, request, size, deadline, &reply->error);
+    if (r == IPC_OK)
+        r = client_read_locked(client, &response, &response_size, deadline, &reply->error);
+    if (r == IPC_OK && response_size <= IPC_REPLY_INLINE_SIZE) {
+        memcpy(reply->inline_data, response, response_size + 1);   /* with the NUL */
+        response = (const uint8_t *)reply->inline_data;
+    }
+    reply->data = (const char *)response;
+    reply->size = response_size;
+    r = client_leave(client, r, &reply->error);
+    return r == IPC_OK ? (int64_t)response_size : -(int64_t)r;
 }
 
 int ipc_client_write_packet(ipc_client_t *client, uint8_t type, const void *data, size_t size,
@@ -450,12 +650,11 @@ int ipc_client_write_packet(ipc_client_t *client, uint8_t type, const void *data
     if (type != IPC_PACKET_REQUEST && type != IPC_PACKET_COMMAND && type != IPC_PACKET_CANCEL)
         return ipc__fail(err, IPC_E_INVALID, 0, "packet type %u is not sent by clients",
                          (unsigned)type);
-    r = client_enter(client, err);
+    r = client_enter(client, 0, err);
     if (r != IPC_OK)
         return r;
     r = client_write_locked(client, type, data, size, deadline, err);
-    ipc_plat_mutex_unlock(client->busy);
-    return r;
+    return client_leave(client, r, err);
 }
 
 int ipc_client_read_packet(ipc_client_t *client, uint8_t *type, const uint8_t **payload,
@@ -467,12 +666,11 @@ int ipc_client_read_packet(ipc_client_t *client, uint8_t *type, const uint8_t **
 
     if (!type || !payload || !size)
         return ipc__fail(err, IPC_E_INVALID, 0, "NULL packet pointers");
-    r = client_enter(client, err);
+    r = client_enter(client, 0, err);
     if (r != IPC_OK)
         return r;
     drop_attached(client);
-    r = ipc__stream_read_packet(&client->stream, client->options.max_message, client->version,
-                           deadline, -1, &packet, err);
+    r = client_read_packet(client, deadline, &packet, err);
     if (r == IPC_OK && packet.header.type != IPC_PACKET_RESPONSE &&
         packet.header.type != IPC_PACKET_ERROR && packet.header.type != IPC_PACKET_CONSOLE_WRITE &&
         packet.header.type != IPC_PACKET_EXIT)
@@ -486,8 +684,7 @@ int ipc_client_read_packet(ipc_client_t *client, uint8_t *type, const uint8_t **
         /* A timeout leaves what arrived buffered: the next read goes on. */
         client_abandon(client, err);
     }
-    ipc_plat_mutex_unlock(client->busy);
-    return r;
+    return client_leave(client, r, err);
 }
 
 int ipc_client_send_command(ipc_client_t *client, const ipc_command *command, int timeout_ms,
@@ -508,15 +705,81 @@ uint8_t ipc_client_version(const ipc_client_t *client)
     return client ? client->version : 0;
 }
 
+/* ipc_client_shutdown; `from_hook_ok`: when the call in progress is in its
+ * interrupt hook (which may be what called us), return without waiting for
+ * it: it ends, and closes the connection, once the hook returns. */
+static void client_shutdown(ipc_client_t *client, int from_hook_ok)
+{
+    char reason[] = "the client was closed";
+    ipc_error why = {IPC_E_CLOSED, 0, reason};
+
+    if (!client || !client->lock)
+        return;
+    ipc_plat_mutex_lock(client->lock);
+    client->shut = 1;
+    /* Only a call in progress needs waking; otherwise no shutdown(): the
+     * connection may be shared with a fork()ed process. */
+    if (client->in_call && client->stream.conn)
+        ipc_plat_conn_interrupt(client->stream.conn, 1);
+    if (client->in_call && client->in_hook && from_hook_ok) {
+        ipc_plat_mutex_unlock(client->lock);
+        return;
+    }
+    while (client->in_call) {
+        client->waiters++;
+        ipc_plat_cond_wait(client->turn, client->lock, -1);
+        client->waiters--;
+    }
+    client->in_call = 1;   /* the connection is ours now */
+    ipc_plat_mutex_unlock(client->lock);
+    client_abandon(client, &why);
+    ipc_plat_mutex_lock(client->lock);
+    client->in_call = 0;
+    if (client->waiters)
+        ipc_plat_cond_broadcast(client->turn);
+    ipc_plat_mutex_unlock(client->lock);
+}
+
+void ipc_client_shutdown(ipc_client_t *client)
+{
+    client_shutdown(client, 1);
+}
+
 void ipc_client_close(ipc_client_t *client)
 {
     if (!client)
         return;
+    client_shutdown(client, 0);
+    if (client->stream.conn)   /* only when the lock could not be created */
+        ipc_plat_conn_close(client->stream.conn);
+    ipc__stream_free(&client->stream);
+    if (client->turn)
+        ipc_plat_cond_destroy(client->turn);
+    if (client->lock)
+        ipc_plat_mutex_destroy(client->lock);
+    drop_attached(client);
+    free(client->closed_reason);
+    free(client);
+}
+
+void ipc_client_forget(ipc_client_t *client)
+{
+    if (!client)
+        return;
+    /* No waiting for the lock: a thread of the parent may have held it at
+     * fork() time, and that thread does not exist here. A lock held then
+     * (and a condition someone waited on) is left behind, not destroyed. */
+    if (client->lock && ipc_plat_mutex_trylock(client->lock)) {
+        int idle = client->waiters == 0;
+
+        ipc_plat_mutex_unlock(client->lock);
+        if (idle && client->turn)
+            ipc_plat_cond_destroy(client->turn);
+        ipc_plat_mutex_destroy(client->lock);
+    }
     if (client->stream.conn)
         ipc_plat_conn_close(client->stream.conn);
     ipc__stream_free(&client->stream);
-    if (client->busy)
-        ipc_plat_mutex_destroy(client->busy);
     drop_attached(client);
     free(client->closed_reason);
     free(client);

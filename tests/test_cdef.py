@@ -320,7 +320,8 @@ def test_result_codes_and_verdicts_come_from_their_x_macro_lists() -> None:
     assert {"IPC_RESULT_MAP", "IPC_VERDICT_MAP"} <= set(HEADER_MACROS)
     assert C.open_enums == {"ipc_result", "ipc_verdict"}
     codes = dict(H.enums["ipc_result"])
-    assert codes["IPC_OK"] == 0 and codes["IPC_E_SYSTEM"] == 15 and len(codes) == 16
+    assert codes["IPC_OK"] == 0 and codes["IPC_E_SYSTEM"] == 15 and codes["IPC_E_INTERRUPTED"] == 16
+    assert len(codes) == 17
     assert dict(H.enums["ipc_verdict"])["IPC_VERDICT_TOO_LARGE"] == 7
 
 
@@ -361,7 +362,8 @@ def test_every_integer_define_matches() -> None:
 
 
 def test_python_callbacks_match_the_c_callback_types() -> None:
-    assert set(CALLBACKS) == {"_ipcfast_reply", "_ipcfast_log", "_ipcfast_cancel"}
+    assert set(CALLBACKS) == {"_ipcfast_reply", "_ipcfast_log", "_ipcfast_cancel", "_ipcfast_interrupt_check"}
+    assert H.typedefs["ipc_interrupt_fn"] == CALLBACKS["_ipcfast_interrupt_check"] + " *"
     assert H.typedefs["ipc_cancel_fn"] == CALLBACKS["_ipcfast_cancel"] + " *"
     assert "ipc_returning_handler_fn" in H.typedefs and "ipc_log_fn" in H.typedefs
     # typedef void (*fn)(...) is "void (...) *"; the callback is "void (...)".

@@ -26,6 +26,7 @@ from ._errors import (
     AccessDenied,
     AddressInUse,
     ClientInUse,
+    Interrupted,
     ConnectionClosed,
     HandshakeError,
     InvalidArgument,
@@ -70,6 +71,7 @@ __all__ = [
     "ProtocolError",
     "NoMemory",
     "ClientInUse",
+    "Interrupted",
 ]
 
 #: Names loaded on first use (PEP 562): ``import ipcfast`` stays cheap for

@@ -43,6 +43,7 @@ __all__ = [
     "RemoteError",
     "NoMemory",
     "ClientInUse",
+    "Interrupted",
     "ERROR_CLASSES",
     "error_for_code",
 ]
@@ -69,6 +70,7 @@ class Result(enum.IntEnum):
     E_NO_MEMORY = 13
     E_IN_USE = 14  #: a client used from two threads at once
     E_SYSTEM = 15  #: another OS failure; see system_error
+    E_INTERRUPTED = 16  #: the client's interrupt hook ended the wait
 
     @property
     def c_name(self) -> str:
@@ -162,6 +164,13 @@ class ClientInUse(IPCError, RuntimeError):
     """
 
 
+class Interrupted(IPCError, InterruptedError):
+    """A wait of the C client was ended by its interrupt hook
+    (``IPC_E_INTERRUPTED``). The Python :class:`~ipcfast.Client` raises the
+    signal handler's own exception instead (e.g. KeyboardInterrupt), so
+    Python code sees this only from the C API's hook."""
+
+
 #: The one table from C results to exceptions.
 ERROR_CLASSES: Dict[Result, Type[IPCError]] = {
     Result.E_INVALID: InvalidArgument,
@@ -179,6 +188,7 @@ ERROR_CLASSES: Dict[Result, Type[IPCError]] = {
     Result.E_NO_MEMORY: NoMemory,
     Result.E_IN_USE: ClientInUse,
     Result.E_SYSTEM: IPCError,
+    Result.E_INTERRUPTED: Interrupted,
 }
 
 

@@ -63,6 +63,7 @@ typedef enum ipc_result {
     IPC_E_NO_MEMORY,
     IPC_E_IN_USE,
     IPC_E_SYSTEM,
+    IPC_E_INTERRUPTED,
     ...
 } ipc_result;
 
@@ -243,6 +244,9 @@ enum ipc_server_user {
     IPC_SERVER_USER_ANY = 1,
     IPC_SERVER_USER_UID = 2
 };
+#define IPC_INTERRUPT_SLICE_MS 50
+
+typedef int (*ipc_interrupt_fn)(void *user_data);
 
 typedef struct ipc_client_options {
     uint32_t max_message;
@@ -251,6 +255,8 @@ typedef struct ipc_client_options {
     uint8_t wait_if_not_found;
     int server_user;
     uint32_t server_uid;
+    ipc_interrupt_fn interrupt_check;
+    void *interrupt_data;
 } ipc_client_options;
 
 void ipc_client_options_init(ipc_client_options *options);
@@ -270,6 +276,17 @@ int ipc_client_open(ipc_client_t **client, const char *name,
 int ipc_client_request(ipc_client_t *client, const void *request, size_t size,
                        const uint8_t **response, size_t *response_size,
                        int timeout_ms, ipc_error *err);
+#define IPC_REPLY_INLINE_SIZE 240
+
+typedef struct ipc_client_reply {
+    const char *data;
+    size_t size;
+    ipc_error error;
+    char inline_data[241];
+} ipc_client_reply;
+
+int64_t ipc_client_call(ipc_client_t *client, const void *request, size_t size, int timeout_ms,
+                        ipc_client_reply *reply);
 int ipc_client_write(ipc_client_t *client, const void *request, size_t size,
                      int timeout_ms, ipc_error *err);
 int ipc_client_read(ipc_client_t *client, const uint8_t **response,
@@ -282,6 +299,8 @@ int ipc_client_send_command(ipc_client_t *client, const ipc_command *command, in
                             ipc_error *err);
 uint8_t ipc_client_version(const ipc_client_t *client);
 void ipc_client_close(ipc_client_t *client);
+void ipc_client_shutdown(ipc_client_t *client);
+void ipc_client_forget(ipc_client_t *client);
 
 /* ---- the original single-header API ---- */
 
@@ -311,3 +330,4 @@ ipc_receive_status_t ipc_client_receive(ipc_client_t *connection, char *output,
 extern "Python" const void *_ipcfast_reply(void *, ipc_call *, const uint8_t *, size_t, size_t *);
 extern "Python" void _ipcfast_log(void *, int, const char *);
 extern "Python" void _ipcfast_cancel(void *, ipc_call *);
+extern "Python" int _ipcfast_interrupt_check(void *);

@@ -36,6 +36,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from ._base import (
@@ -67,7 +68,7 @@ from ._codec import (
     Verdict,
     encode_header,
 )
-from ._errors import ConnectionClosed, IPCError, Result, error_for_code
+from ._errors import ConnectionClosed, InvalidArgument, IPCError, Result, error_for_code
 
 POSIX = os.name == "posix"
 if POSIX:
@@ -1572,12 +1573,35 @@ class PureServer(Server):
 # ---- client --------------------------------------------------------------------------------
 
 
+#: Open clients of this process, for the fork() child hook.
+_live_clients: "weakref.WeakSet[PureClient]" = weakref.WeakSet()
+
+
+def _forget_clients_after_fork() -> None:
+    for client in list(_live_clients):
+        client._forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_clients_after_fork)
+
+
 class PureClient(Client):
-    """The pure-Python implementation of :class:`ipcfast.Client`."""
+    """The pure-Python implementation of :class:`ipcfast.Client`.
+
+    Signals: every wait is a socket call with a timeout, which Python
+    interrupts to run signal handlers (PEP 475): Ctrl-C raises at once and
+    abandons the connection; a handler that returns lets the wait go on
+    within its deadline. close() from another thread wakes a request with
+    shutdown() and waits for it to leave. A client inherited by a fork()
+    child is forgotten there (closed without shutdown()).
+    """
 
     backend = "pure"
 
     _sock: Optional[socket.socket] = None
+    _forked_from = 0
+    _owner = 0  #: the thread of the latest request
 
     def _connect(self, options: ClientOptions) -> None:
         _require_posix()
@@ -1607,10 +1631,34 @@ class PureClient(Client):
             sock.close()
             raise
         self._sock = sock
+        self._pid = os.getpid()
+        _live_clients.add(self)
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def _forget(self) -> None:
+        """In a fork() child: drop the parent's connection without touching
+        it (close() of our descriptor only: no shutdown, nothing sent)."""
+        sock, self._sock = self._sock, None
+        if self._closed and sock is None:
+            return
+        self._closed = True
+        self._forked_from = self._pid
+        # A parent thread may have held the lock at fork time.
+        self._lock = threading.Lock()
+        if sock is not None:
+            sock.close()
+
+    def _closed_error(self) -> IPCError:
+        if self._forked_from:
+            return InvalidArgument(
+                f"this client belongs to process {self._forked_from}: it was opened before fork() and this "
+                f"process ({os.getpid()}) must not share its connection; open a new Client in the child",
+                code=Result.E_INVALID.c_name,
+            )
+        return ConnectionClosed(f"the client for {self._name!r} is closed: open a new Client", code=_CLOSED.c_name)
 
     @property
     def version(self) -> int:
@@ -1801,11 +1849,10 @@ class PureClient(Client):
             raise TypeError(f"request data must be bytes-like, not {type(data).__name__}") from None
         ms = self._timeout_ms if timeout is None else timeout_ms(timeout)
         with self._lock:
+            self._owner = threading.get_ident()
             sock = self._sock
             if self._closed:
-                raise ConnectionClosed(
-                    f"the client for {self._name!r} is closed: open a new Client", code=_CLOSED.c_name
-                )
+                raise self._closed_error()
             if sock is None:
                 raise ConnectionClosed(
                     f"the connection is closed ({self._closed_reason}); open a new client", code=_CLOSED.c_name
@@ -1821,13 +1868,11 @@ class PureClient(Client):
                     _send_all(sock, _packet_parts(PacketType.REQUEST, view), deadline, ms)
                 except IPCError as exc:
                     error = self._explain_refused_write(sock, exc) if exc.code == _CLOSED.c_name else exc
-                    self._abandon(error)
-                    raise error from None
+                    raise self._abandon_for(error) from None
                 try:
                     event = self._read_event(sock, deadline)
                 except IPCError as exc:
-                    self._abandon(exc)
-                    raise exc from None
+                    raise self._abandon_for(exc) from None
             except IPCError:
                 raise
             except BaseException as exc:
@@ -1844,13 +1889,43 @@ class PureClient(Client):
             # A handler failure leaves the connection usable.
             raise error
 
+    def _abandon_for(self, error: IPCError) -> IPCError:
+        """Abandons the connection after a failed request; the error to raise
+        (a close() from another thread says so)."""
+        if self._closed:
+            error = ConnectionClosed("the client was closed by another thread during this call", code=_CLOSED.c_name)
+        self._abandon(error)
+        return error
+
     def close(self) -> None:
-        with self._lock:
+        lock = self._lock
+        if not lock.acquire(blocking=False):
+            # A request is in flight on another thread: wake it (shutdown()
+            # makes its wait return at once), then let it leave. Only then:
+            # without a call in flight the connection may be shared with a
+            # fork()ed process, which shutdown() would cut off too.
+            self._closed = True
+            sock = self._sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            if self._owner == threading.get_ident():
+                # A signal handler closing the client during our own request
+                # on this thread: the request ends (and closes the socket)
+                # once the handler returns; waiting would wait for ourselves.
+                return
+            lock.acquire()
+        try:
             self._closed = True
             sock = self._sock
             if sock is not None:
                 self._sock = None
                 sock.close()
+            _live_clients.discard(self)
+        finally:
+            lock.release()
 
     def __del__(self) -> None:
         sock = self._sock

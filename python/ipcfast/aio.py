@@ -3,9 +3,10 @@
 ``ipcfast.aio.Client`` awaits requests without blocking the event loop: each
 request runs as one blocking call in a worker thread, where the native
 backend waits inside the C core with the GIL released (no polling).
-Cancellation is safe: a cancelled ``await client.request(...)`` lets that
-round trip finish in its thread and drops the answer, so the connection never
-holds a stale response for the next request.
+Cancelling an ``await client.request(...)`` (``task.cancel()``,
+``asyncio.wait_for``) aborts that round trip: the connection, whose stream is
+then at an unknown point, is closed at once and the worker is free; the next
+request connects again.
 
 ``ipcfast.aio.serve(name, handler)`` runs a server whose handler is a
 coroutine function executed on the event loop; the transport's connection
@@ -53,7 +54,8 @@ class Client:
 
     async def request(self, data: BytesLike, timeout: Optional[float] = None) -> bytes:
         """Send one request and return the response (see
-        :meth:`ipcfast.Client.request`). Safe to cancel."""
+        :meth:`ipcfast.Client.request`). Cancelling it aborts the round trip
+        and closes the connection; the next request opens a new one."""
         if self._client is None:
             await self.connect()
         client = self._client
@@ -62,9 +64,20 @@ class Client:
         # request runs after this coroutine yields.
         payload = data if isinstance(data, bytes) else bytes(data)
         future = self._executor.submit(client.request, payload, timeout)
-        # shield: cancelling the await must not abandon the round trip half
-        # way; the thread finishes it and the answer is dropped.
-        return await asyncio.shield(asyncio.wrap_future(future))
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # Not started yet: cancelling the future is enough. Running: the
+            # round trip is cut short by closing the client (close() from
+            # another thread wakes the request and waits for it to leave).
+            if not future.cancel() and not future.done():
+                self._abort(client)
+            raise
+
+    def _abort(self, client: _SyncClient) -> None:
+        if self._client is client:
+            self._client = None
+        client.close()
 
     async def close(self) -> None:
         """Close the connection once pending requests are done."""

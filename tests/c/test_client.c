@@ -408,3 +408,179 @@ void test_connect_cycles(void)
     ipc_server_stop(server);
     ctx_free(&ctx);
 }
+
+typedef struct call_arg {
+    ipc_client_t *client;
+    int64_t rc;
+    ipc_client_reply reply;
+} call_arg;
+
+static void call_main(void *param)
+{
+    call_arg *arg = (call_arg *)param;
+    arg->rc = ipc_client_call(arg->client, "sleep:1500", 10, 20000, &arg->reply);
+}
+
+/* ipc_client_shutdown / ipc_client_close from another thread end a call in
+ * progress at once (IPC_E_CLOSED) and wait for it to leave before closing. */
+void test_client_shutdown_during_call(void)
+{
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_t *server;
+    int round;
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "shut");
+    server = open_server(name, NULL, cmd_handler, &ctx);
+    for (round = 0; server && round < 2; round++) {
+        ipc_client_t *client = open_client(name, NULL, 5000);
+        call_arg arg;
+        t_thread *thread;
+        long long started;
+        if (!client)
+            break;
+        memset(&arg, 0, sizeof arg);
+        arg.client = client;
+        arg.rc = 1;
+        thread = t_thread_start(call_main, &arg);
+        CHECK(ctx_wait_for(&ctx, &ctx.requests, round + 1, 5000));
+        t_sleep_ms(50);
+        started = t_now_ms();
+        if (round == 0) {
+            ipc_error err = {0, 0, NULL};
+            const uint8_t *resp;
+            size_t resp_size;
+            ipc_client_shutdown(client);
+            CHECK(t_now_ms() - started < 2000);
+            t_thread_join(thread);
+            CHECK_RC(ipc_client_request(client, "x", 1, &resp, &resp_size, 1000, &err),
+                     IPC_E_CLOSED, &err);
+            ipc_error_clear(&err);
+            ipc_client_shutdown(client); /* idempotent */
+            ipc_client_close(client);
+        } else {
+            ipc_client_close(client); /* frees once the call has left */
+            CHECK(t_now_ms() - started < 2000);
+            t_thread_join(thread);
+        }
+        CHECK(arg.rc == -IPC_E_CLOSED);
+        CHECK(arg.reply.error.message != NULL &&
+              strstr(arg.reply.error.message, "another thread") != NULL);
+        ipc_error_clear(&arg.reply.error);
+    }
+    ipc_server_stop(server);
+    ctx_free(&ctx);
+}
+
+typedef struct hook_state {
+    int calls;
+    int stop_at;             /* nonzero: interrupt on this call */
+    ipc_client_t *shut_down; /* non-NULL: shut this client down from the hook */
+} hook_state;
+
+static int count_hook(void *user_data)
+{
+    hook_state *state = (hook_state *)user_data;
+    state->calls++;
+    if (state->shut_down) {
+        /* What a signal handler closing its client does: must not wait for
+         * the very call that runs this hook. */
+        ipc_client_shutdown(state->shut_down);
+        state->shut_down = NULL;
+        return 0;
+    }
+    return state->stop_at && state->calls >= state->stop_at;
+}
+
+/* The interrupt hook runs while a call waits: nonzero ends the call with
+ * IPC_E_INTERRUPTED and abandons the connection; zero lets it finish. */
+void test_client_interrupt_hook(void)
+{
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_t *server;
+    ipc_client_t *client;
+    ipc_client_options co;
+    hook_state state = {0, 0, NULL};
+    ipc_error err = {0, 0, NULL};
+    const uint8_t *resp;
+    size_t resp_size;
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "hook");
+    server = open_server(name, NULL, cmd_handler, &ctx);
+    ipc_client_options_init(&co);
+    co.interrupt_check = count_hook;
+    co.interrupt_data = &state;
+    client = server ? open_client(name, &co, 5000) : NULL;
+    if (client) {
+        long long started;
+        /* No wait, no hook. */
+        expect_text(client, "quick", "quick");
+        /* A hook that says "go on": the call completes within its deadline. */
+        state.calls = 0;
+        CHECK_RC(ipc_client_request(client, "sleep:300", 9, &resp, &resp_size, 5000, &err), IPC_OK,
+                 &err);
+        CHECK(state.calls >= 3);
+        /* One that says "stop": IPC_E_INTERRUPTED, then the connection is gone. */
+        state.calls = 0;
+        state.stop_at = 3;
+        started = t_now_ms();
+        CHECK_RC(ipc_client_request(client, "sleep:1000", 10, &resp, &resp_size, 20000, &err),
+                 IPC_E_INTERRUPTED, &err);
+        CHECK(t_now_ms() - started < 2000);
+        ipc_error_clear(&err);
+        CHECK_RC(ipc_client_request(client, "x", 1, &resp, &resp_size, 1000, &err), IPC_E_CLOSED,
+                 &err);
+        CHECK(err.message != NULL && strstr(err.message, "interrupted") != NULL);
+        ipc_error_clear(&err);
+        ipc_client_close(client);
+        /* A shutdown from inside the hook ends the call once the hook returns. */
+        state.calls = 0;
+        state.stop_at = 0;
+        client = open_client(name, &co, 5000);
+        state.shut_down = client;
+        started = t_now_ms();
+        if (client) {
+            CHECK_RC(ipc_client_request(client, "sleep:1000", 10, &resp, &resp_size, 20000, &err),
+                     IPC_E_CLOSED, &err);
+            CHECK(t_now_ms() - started < 900);
+            ipc_error_clear(&err);
+            ipc_client_close(client);
+        }
+    }
+    ipc_server_stop(server);
+    ctx_free(&ctx);
+}
+
+/* ipc_client_call: the size returned, small responses in inline_data. */
+void test_client_call_reply(void)
+{
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_t *server;
+    ipc_client_t *client;
+    ipc_client_reply reply;
+    ctx_init(&ctx);
+    memset(&reply, 0, sizeof reply);
+    make_name(name, sizeof name, "reply");
+    server = open_server(name, NULL, cmd_handler, &ctx);
+    client = server ? open_client(name, NULL, 5000) : NULL;
+    if (client) {
+        CHECK(ipc_client_call(client, "big:240", 7, 5000, &reply) == IPC_REPLY_INLINE_SIZE);
+        CHECK(reply.data == reply.inline_data && reply.size == IPC_REPLY_INLINE_SIZE);
+        CHECK(reply.data[IPC_REPLY_INLINE_SIZE] == 0);
+        CHECK(ipc_client_call(client, "big:241", 7, 5000, &reply) == 241);
+        CHECK(reply.data != reply.inline_data && reply.data[241] == 0);
+        CHECK(ipc_client_call(client, "fail:no", 7, 5000, &reply) == -IPC_E_REMOTE);
+        CHECK(reply.error.message != NULL && strcmp(reply.error.message, "no") == 0);
+        ipc_error_clear(&reply.error);
+        CHECK(ipc_client_call(client, NULL, 3, 5000, &reply) == -IPC_E_INVALID);
+        ipc_error_clear(&reply.error);
+        CHECK(ipc_client_call(NULL, "x", 1, 5000, &reply) == -IPC_E_INVALID);
+        ipc_error_clear(&reply.error);
+        CHECK(ipc_client_call(client, "", 0, 5000, &reply) == 0);
+        ipc_client_forget(client); /* what a fork child does; frees it */
+    }
+    ipc_server_stop(server);
+    ctx_free(&ctx);
+}

@@ -30,6 +30,9 @@
     X(big_then_small)                                               \
     X(pipelining_and_connection)                                    \
     X(client_in_use)                                                \
+    X(client_shutdown_during_call)                                  \
+    X(client_interrupt_hook)                                        \
+    X(client_call_reply)                                            \
     X(too_large_response)                                           \
     X(too_large_request)                                            \
     X(address_in_use)                                               \

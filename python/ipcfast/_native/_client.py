@@ -1,15 +1,89 @@
-"""The native Client: one ``ipc_client_request`` call per request, with the
-GIL released (cffi releases it around every call into the library)."""
+"""The native Client: one ``ipc_client_call`` per request, with the GIL
+released (cffi releases it around every call into the library).
+
+The request path is kept to what must happen per request (see
+bench/client_instructions.py for the instruction counts): bytes go to C as
+they are, five arguments; the call returns the response's size (or minus
+an error code), a small response sits at a fixed address (the reply's
+inline buffer, wrapped in a cffi buffer once at connect time), and a slice
+of that buffer copies it into the bytes returned: one Python-level copy, no
+field read per request. Larger responses are copied by ``ffi.unpack`` from
+the C client's buffer.
+
+Signals. The C client runs an interrupt hook every ``IPC_INTERRUPT_SLICE_MS``
+while it waits for the server (never on a request that does not wait). The
+hook, :func:`_ipcfast_interrupt_check`, enters Python, where the interpreter
+runs pending signal handlers on the main thread. A handler that raises
+(Ctrl-C's KeyboardInterrupt) ends the C call with ``IPC_E_INTERRUPTED``; the
+exception is kept and re-raised by the call, and the connection is abandoned.
+A handler that returns lets the call wait on.
+
+Closing. :meth:`close` may run on any thread during a request: the C client
+wakes the request (it raises ConnectionClosed), waits for it to leave and
+closes the connection; the C struct itself is freed only when the Python
+object goes (no request can be running then).
+
+fork(). A client inherited by a fork() child is forgotten there (its
+descriptor closed, nothing sent, no lock taken); using it raises an error
+naming the process that owns it.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import collections
+import os
+import threading
+import weakref
+from typing import Any, Deque, List, NoReturn, Optional
 
 from .._base import BytesLike, Client, ClientOptions, timeout_ms
-from .._errors import ConnectionClosed
+from .._errors import ConnectionClosed, InvalidArgument
 from ._ffi import ffi, lib, raise_from_error
 
 __all__ = ["NativeClient"]
+
+_NULL = ffi.NULL
+_OK = lib.IPC_OK
+_INTERRUPTED = lib.IPC_E_INTERRUPTED
+_INLINE_SIZE = lib.IPC_REPLY_INLINE_SIZE
+_call = lib.ipc_client_call
+_unpack = ffi.unpack
+_get_ident = threading.get_ident
+
+#: What a signal handler raised inside the interrupt hook, for the call to
+#: re-raise. Only the main thread runs signal handlers, so one slot is enough.
+_raised: List[BaseException] = []
+
+
+def _keep_raised(exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+    # cffi's onerror: the hook raised, which is how a signal handler's
+    # exception arrives (the interpreter runs pending handlers as the hook's
+    # frame starts). Returning None makes the hook return its error value, 1.
+    if exc is not None:
+        _raised[:] = [exc]
+
+
+def _ipcfast_interrupt_check(user_data: Any) -> int:
+    """The C client's interrupt hook. Entering this function runs the
+    pending signal handlers (main thread only); if one raises, cffi hands the
+    exception to _keep_raised and the C call ends."""
+    return 0
+
+
+ffi.def_extern(name="_ipcfast_interrupt_check", error=1, onerror=_keep_raised)(_ipcfast_interrupt_check)
+
+
+#: Open clients of this process, for the fork() child hook.
+_live: "weakref.WeakSet[NativeClient]" = weakref.WeakSet()
+
+
+def _forget_after_fork() -> None:
+    for client in list(_live):
+        client._forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 class NativeClient(Client):
@@ -17,7 +91,13 @@ class NativeClient(Client):
 
     backend = "native"
 
-    _client: Any = None
+    #: The ipc_client_t *, freed with the object (or forgotten after fork).
+    _handle: Any = None
+    #: What requests pass to C: the handle while open, NULL once closed (C
+    #: answers a NULL client at once, and the slow path says why).
+    _client: Any = _NULL
+    _closed = True
+    _forked_from = 0
 
     def _connect(self, options: ClientOptions) -> None:
         c_options = ffi.new("ipc_client_options *")
@@ -27,57 +107,153 @@ class NativeClient(Client):
         c_options.wait_if_not_found = options.wait_for_server
         c_options.server_user = options.server_user
         c_options.server_uid = options.server_uid
-        self._err = ffi.new("ipc_error *")
-        self._response = ffi.new("const uint8_t **")
-        self._response_size = ffi.new("size_t *")
+        c_options.interrupt_check = lib._ipcfast_interrupt_check
+        self._turn: Deque[None] = collections.deque([None])
+        self._turn_changed = threading.Condition(threading.Lock())
+        self._waiters = 0
+        self._reply = ffi.new("ipc_client_reply *")
+        # A slice of a cffi buffer is a bytes copy, cheaper than ffi.unpack
+        # (which parses keyword arguments).
+        self._inline = ffi.buffer(self._reply.inline_data)
+        err = ffi.new("ipc_error *")
         out = ffi.new("ipc_client_t **")
-        rc = lib.ipc_client_open(out, options.name_bytes, c_options, options.connect_ms, self._err)
-        if rc != lib.IPC_OK:
-            raise_from_error(self._err)
-        self._client = out[0]
+        rc = lib.ipc_client_open(out, options.name_bytes, c_options, options.connect_ms, err)
+        if rc != _OK:
+            _raise_interrupted(rc, err)
+            raise_from_error(err)
+        self._handle = self._client = out[0]
+        self._closed = False
+        self._pid = os.getpid()
+        _live.add(self)
 
     @property
     def closed(self) -> bool:
-        return self._client is None
+        return self._closed
 
     @property
     def version(self) -> int:
         """The packet version both sides agreed on."""
-        with self._lock:
-            if self._client is None:
-                raise ConnectionClosed("the client is closed", code="IPC_E_CLOSED")
-            return int(lib.ipc_client_version(self._client))
+        if self._closed:
+            self._raise_closed()
+        return int(lib.ipc_client_version(self._handle))
 
     def request(self, data: BytesLike, timeout: Optional[float] = None) -> bytes:
-        try:
-            buf = ffi.from_buffer(data)
-        except TypeError:
-            raise TypeError(f"request data must be bytes-like, not {type(data).__name__}") from None
+        if type(data) is not bytes:
+            data = _as_buffer(data)
         ms = self._timeout_ms if timeout is None else timeout_ms(timeout)
-        with self._lock:
-            client = self._client
-            if client is None:
-                raise ConnectionClosed(
-                    f"the client for {self._name!r} is closed: open a new Client", code="IPC_E_CLOSED"
-                )
-            rc = lib.ipc_client_request(client, buf, len(buf), self._response, self._response_size, ms, self._err)
-            if rc != 0:
-                raise_from_error(self._err)
-            response: bytes = ffi.buffer(self._response[0], self._response_size[0])[:]
-            return response
+        # One request at a time, and the turn covers the copy of the
+        # response too (the next request overwrites it). The turn is a token
+        # in a deque: pop and append are atomic and cost half a Lock's
+        # acquire and release; a thread that finds no token waits in
+        # _request_waiting.
+        turn = self._turn
+        try:
+            turn.pop()
+        except IndexError:
+            return self._request_waiting(data, ms)
+        try:
+            n = _call(self._client, data, len(data), ms, self._reply)
+            if n > _INLINE_SIZE:
+                return _unpack(self._reply.data, n)  # type: ignore[no-any-return]
+            if n >= 0:
+                return self._inline[:n]  # type: ignore[no-any-return]
+            self._raise_failure(-n)
+        finally:
+            turn.append(None)
+            if self._waiters:
+                self._hand_over()
+
+    def _round_trip(self, data: Any, ms: int) -> bytes:
+        n = _call(self._client, data, len(data), ms, self._reply)
+        if n < 0:
+            self._raise_failure(-n)
+        return _unpack(self._reply.data, n)  # type: ignore[no-any-return]
+
+    def _request_waiting(self, data: Any, ms: int) -> bytes:
+        """request() when another thread has the turn: wait for it."""
+        turn = self._turn
+        with self._turn_changed:
+            self._waiters += 1
+            try:
+                while True:
+                    try:
+                        turn.pop()
+                        break
+                    except IndexError:
+                        self._turn_changed.wait()
+            finally:
+                self._waiters -= 1
+        try:
+            return self._round_trip(data, ms)
+        finally:
+            turn.append(None)
+            if self._waiters:
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        with self._turn_changed:
+            self._turn_changed.notify()
+
+    def _raise_failure(self, rc: int) -> NoReturn:
+        err = ffi.addressof(self._reply, "error")
+        _raise_interrupted(rc, err)
+        if self._client == _NULL:
+            lib.ipc_error_clear(err)
+            self._raise_closed()
+        raise_from_error(err)
+
+    def _raise_closed(self) -> NoReturn:
+        if self._forked_from:
+            raise InvalidArgument(
+                f"this client belongs to process {self._forked_from}: it was opened before fork() and this "
+                f"process ({os.getpid()}) must not share its connection; open a new Client in the child",
+                code="IPC_E_INVALID",
+            )
+        raise ConnectionClosed(f"the client for {self._name!r} is closed: open a new Client", code="IPC_E_CLOSED")
 
     def close(self) -> None:
-        with self._lock:
-            client = self._client
-            if client is not None:
-                self._client = None
-                lib.ipc_client_close(client)
+        # No Python lock: a request on another thread may hold it. The C
+        # client wakes that request and waits for it to leave.
+        if self._closed:
+            return
+        self._closed = True
+        self._client = _NULL
+        lib.ipc_client_shutdown(self._handle)
+        _live.discard(self)
+
+    def _forget(self) -> None:
+        """In a fork() child: drop the parent's connection without touching it."""
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        self._client = _NULL
+        self._closed = True
+        self._forked_from = self._pid
+        # A parent thread may have held the turn at fork time.
+        self._turn = collections.deque([None])
+        self._turn_changed = threading.Condition(threading.Lock())
+        self._waiters = 0
+        lib.ipc_client_forget(handle)
 
     def __del__(self) -> None:
-        client = self._client
-        if client is not None:
-            self._client = None
+        handle, self._handle = self._handle, None
+        if handle is not None:
             try:
-                lib.ipc_client_close(client)
+                lib.ipc_client_close(handle)
             except Exception:
                 pass
+
+
+def _as_buffer(data: Any) -> Any:
+    try:
+        return ffi.from_buffer(data)
+    except TypeError:
+        raise TypeError(f"request data must be bytes-like, not {type(data).__name__}") from None
+
+
+def _raise_interrupted(rc: int, err: Any) -> None:
+    """IPC_E_INTERRUPTED: re-raise what the signal handler raised."""
+    if rc == _INTERRUPTED and _raised:
+        lib.ipc_error_clear(err)
+        exc = _raised.pop()
+        raise exc
