@@ -122,6 +122,8 @@ class ServerOptions:
     listeners: int
     handshake_timeout_ms: int
     manual: bool  #: dispatch == "manual"
+    #: accept a client's shared-memory data path (native backend, Linux)
+    shm: bool = False
 
     @classmethod
     def parse(
@@ -135,6 +137,7 @@ class ServerOptions:
         listeners: int,
         handshake_timeout: float,
         dispatch: str,
+        shm: bool = False,
     ) -> "ServerOptions":
         check_server_args(handler, access, dispatch)
         name_bytes = encode_name(name)
@@ -154,6 +157,7 @@ class ServerOptions:
             listeners=listeners,
             handshake_timeout_ms=hs_ms,
             manual=dispatch == "manual",
+            shm=bool(shm),
         )
 
 
@@ -167,6 +171,8 @@ class ClientOptions:
     connect_ms: int  #: -1: no limit
     timeout_ms: int  #: the default for request(); -1: no limit
     max_message: int
+    #: offer the server a shared-memory data path (native backend, Linux)
+    shm: bool = False
 
     @classmethod
     def parse(
@@ -176,6 +182,7 @@ class ClientOptions:
         connect_timeout: Optional[float],
         timeout: Optional[float],
         max_message: int,
+        shm: bool = False,
     ) -> "ClientOptions":
         name_bytes = encode_name(name)
         request_ms = timeout_ms(timeout, "timeout")
@@ -187,6 +194,7 @@ class ClientOptions:
             connect_ms=connect_ms,
             timeout_ms=request_ms,
             max_message=check_uint32(max_message, "max_message"),
+            shm=bool(shm),
         )
 
 
@@ -289,6 +297,9 @@ class Server:
       requests (received and framed without the GIL) until the application
       calls :meth:`dispatch` from its own loop, which runs the handler on
       that thread. :meth:`fileno` is ready while requests are pending.
+    * ``shm``: accept clients' offers of a shared-memory data path
+      (``Client(..., shm=True)``; native backend on Linux, off by default).
+      The pure backend always keeps the socket path.
 
     The server runs from :meth:`start` (or entering ``with``) until
     :meth:`stop` (or leaving ``with``), even if no reference to it is kept.
@@ -320,10 +331,11 @@ class Server:
         handshake_timeout: float = 5.0,
         dispatch: str = "thread",
         backend: Optional[str] = None,
+        shm: bool = False,
     ) -> None:
         _check_backend(self, backend)
         options = ServerOptions.parse(
-            name, handler, key, max_clients, max_message, access, listeners, handshake_timeout, dispatch
+            name, handler, key, max_clients, max_message, access, listeners, handshake_timeout, dispatch, shm
         )
         # Copied out of options: the handler paths read them per request.
         self._name = options.name
@@ -533,6 +545,11 @@ class Client:
     ``timeout`` is the default for :meth:`request`; ``max_message`` the
     largest response accepted. A client may be shared between threads:
     requests are serialized.
+
+    ``shm=True`` (native backend, Linux) offers the server a shared-memory
+    data path for this connection (docs/protocol.md section 11); a server
+    that declines, or does not speak it (the pure backend), keeps the
+    socket path, so the option never breaks a connection.
     """
 
     _name: str
@@ -553,9 +570,10 @@ class Client:
         timeout: Optional[float] = None,
         max_message: int = DEFAULT_MAX_MESSAGE,
         backend: Optional[str] = None,
+        shm: bool = False,
     ) -> None:
         _check_backend(self, backend)
-        options = ClientOptions.parse(name, key, connect_timeout, timeout, max_message)
+        options = ClientOptions.parse(name, key, connect_timeout, timeout, max_message, shm)
         self._name = options.name
         self._timeout_ms = options.timeout_ms
         self._lock = threading.Lock()  # one request at a time

@@ -7,7 +7,7 @@
  * work over the socket: the offer is simply not made or declined.
  */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
-#define _GNU_SOURCE 1   /* memfd_create, F_ADD_SEALS for the raw peer */
+#define _GNU_SOURCE 1 /* memfd_create, F_ADD_SEALS for the raw peer */
 #endif
 #include "t_harness.h"
 
@@ -37,8 +37,9 @@ static void shm_client_options(ipc_client_options *co, uint32_t slot)
  * (xor_handler answers as many bytes as it got). */
 void test_shm_round_trips(void)
 {
-    static const size_t sizes[] = {0, 1, 16, 1000, 4095, 4096, 4097, 8192, 65536,
-                                   1024 * 1024 + 3, 4096, 16, 3 * 1024 * 1024, 0, 5};
+    static const size_t sizes[] = {
+        0, 1, 16, 1000, 4095, 4096, 4097, 8192, 65536, 1024 * 1024 + 3, 4096, 16, 3 * 1024 * 1024,
+        0, 5};
     char name[96];
     srv_ctx ctx;
     ipc_server_options so;
@@ -83,10 +84,10 @@ void test_shm_negotiation(void)
     static const struct {
         int server_shm, server_version, client_shm, version, uses;
     } cases[] = {
-        {0, 0, 1, 1, 0},   /* server speaks 1: no offer */
-        {1, 0, 0, 1, 0},   /* client does not offer */
-        {0, 2, 1, 2, 0},   /* server speaks 2 but declines */
-        {1, 0, 1, 2, 1},   /* accepted */
+        {0, 0, 1, 1, 0}, /* server speaks 1: no offer */
+        {1, 0, 0, 1, 0}, /* client does not offer */
+        {0, 2, 1, 2, 0}, /* server speaks 2 but declines */
+        {1, 0, 1, 2, 1}, /* accepted */
     };
     size_t i;
     srv_ctx ctx;
@@ -200,8 +201,8 @@ void test_shm_stop_during_request(void)
 #if SHM_HERE
 /* ---- a raw peer that speaks the protocol by hand and then misbehaves ---- */
 
-static int raw_open(const char *name, int *fd_out, uint32_t **words, uint8_t **base,
-                    uint32_t slot, int seal, int send_fd)
+static int raw_open(const char *name, int *fd_out, uint32_t **words, uint8_t **base, uint32_t slot,
+                    int seal, int send_fd)
 {
     char path[200];
     const char *dir = getenv("XDG_RUNTIME_DIR");
@@ -221,8 +222,8 @@ static int raw_open(const char *name, int *fd_out, uint32_t **words, uint8_t **b
         snprintf(path, sizeof path, "%s/ipcfast/%s", dir, name);
     else
         snprintf(path, sizeof path, "%s/ipcfast-%ld/%s",
-                 getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
-                 (long)geteuid(), name);
+                 getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (long)geteuid(),
+                 name);
     fd = socket(AF_UNIX, SOCK_STREAM, 0);
     memset(&addr, 0, sizeof addr);
     addr.sun_family = AF_UNIX;
@@ -285,7 +286,7 @@ static int raw_open(const char *name, int *fd_out, uint32_t **words, uint8_t **b
         got += (size_t)n;
     }
     *fd_out = fd;
-    return answer[0];   /* SHM_ACCEPT or SHM_DECLINE (its text left unread) */
+    return answer[0]; /* SHM_ACCEPT or SHM_DECLINE (its text left unread) */
 }
 
 /* Reads until the server closes; nonzero if it did within 5 s. */
@@ -321,14 +322,14 @@ void test_shm_hostile_peer(void)
     static const struct {
         uint32_t seq, type, length, flags;
     } forged[] = {
-        {1, IPC_PACKET_REQUEST, 0xFFFFFFFFu, 0},   /* length far beyond the slot */
-        {1, IPC_PACKET_REQUEST, 4097, 0},          /* one byte beyond the slot */
-        {7, IPC_PACKET_REQUEST, 4, 0},             /* sequence jumped */
-        {1, 0, 4, 0},                              /* type 0 */
-        {1, 63, 4, 0},                             /* unknown type */
-        {1, IPC_PACKET_REQUEST, 4, 0x80},          /* unknown flags */
-        {1, IPC_PACKET_RESPONSE, 4, 0},            /* wrong direction */
-        {1, IPC_PACKET_SHM_SETUP, 16, 0},          /* a second setup */
+        {1, IPC_PACKET_REQUEST, 0xFFFFFFFFu, 0}, /* length far beyond the slot */
+        {1, IPC_PACKET_REQUEST, 4097, 0},        /* one byte beyond the slot */
+        {7, IPC_PACKET_REQUEST, 4, 0},           /* sequence jumped */
+        {1, 0, 4, 0},                            /* type 0 */
+        {1, 63, 4, 0},                           /* unknown type */
+        {1, IPC_PACKET_REQUEST, 4, 0x80},        /* unknown flags */
+        {1, IPC_PACKET_RESPONSE, 4, 0},          /* wrong direction */
+        {1, IPC_PACKET_SHM_SETUP, 16, 0},        /* a second setup */
     };
     char name[96];
     srv_ctx ctx;
@@ -359,7 +360,7 @@ void test_shm_hostile_peer(void)
             note("      (case %lu)", (unsigned long)i);
         munmap(base, 192 + 2 * 4096);
         close(fd);
-        CHECK(expect_response(good, "\x1d", 1, "A", 1));   /* 0x1d ^ 0x5c = 'A' */
+        CHECK(expect_response(good, "\x1d", 1, "A", 1)); /* 0x1d ^ 0x5c = 'A' */
     }
     /* Offers the server must decline: no descriptor, an unsealed region. */
     for (i = 0; good && i < 2; i++) {
@@ -466,13 +467,12 @@ void test_shm_many_idle_connections(void)
     CHECK(mapped == N);
     CHECK(count_maps() == maps0 + 2 * N);   /* each side maps each region */
     CHECK(COUNT_FDS() <= fds0 + 2 * N + 8); /* sockets only: the memfds are closed */
-    t_sleep_ms(1300);   /* let the connection threads settle into their idle waits */
+    t_sleep_ms(1300); /* let the connection threads settle into their idle waits */
     cpu0 = cpu_seconds();
     t_sleep_ms(1000);
     idle_cpu = cpu_seconds() - cpu0;
-    note("      idle: %.1f ms of CPU in 1 s with %d shared-memory connections",
-         idle_cpu * 1000, N);
-    CHECK(idle_cpu < 0.2);   /* a spinning waiter would burn a whole second */
+    note("      idle: %.1f ms of CPU in 1 s with %d shared-memory connections", idle_cpu * 1000, N);
+    CHECK(idle_cpu < 0.2); /* a spinning waiter would burn a whole second */
     for (i = 0; i < N; i++)
         ipc_client_close(clients[i]);
     ipc_server_stop(server);

@@ -23,6 +23,7 @@ class NativeClient(Client):
         c_options = ffi.new("ipc_client_options *")
         lib.ipc_client_options_init(c_options)
         c_options.max_message = options.max_message
+        c_options.shm = int(options.shm)
         ffi.memmove(c_options.handshake, options.handshake, lib.IPC_HANDSHAKE_SIZE)
         self._err = ffi.new("ipc_error *")
         self._response = ffi.new("const uint8_t **")

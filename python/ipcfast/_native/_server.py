@@ -87,6 +87,7 @@ class NativeServer(Server):
         c_options.access = _ACCESS_WORLD if options.world else _ACCESS_USER
         ffi.memmove(c_options.handshake, options.handshake, lib.IPC_HANDSHAKE_SIZE)
         c_options.dispatch = _DISPATCH_MANUAL if options.manual else _DISPATCH_THREAD
+        c_options.shm = int(options.shm)
         if not options.manual:
             c_options.returning_handler = lib._ipcfast_reply
         self._options = c_options
