@@ -69,6 +69,12 @@ def one_run(bindir: str, program: str, env: Dict[str, str], server_cpu: int, cli
     return result
 
 
+def size_label(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    return f"{size // 1024} KiB" if size < 1 << 20 else f"{size >> 20} MiB"
+
+
 def fmt_us(us: float) -> str:
     return f"{us:.2f} µs" if us < 100 else f"{us:.0f} µs"
 
@@ -88,8 +94,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 runs.setdefault((placement, impl), []).append(one_run(args.bindir, program, env, server_cpu, cpu))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     for placement in placements:
-        print(f"\n{placement} ({'both on CPU %d' % client_cpu if placement == 'pinned' else 'server on CPU %d, client on CPU %d' % (other_cpu, client_cpu)}), medians of {args.rounds} interleaved rounds\n")
-        print("| round trip | " + " | ".join(f"{s} B" if s < 1024 else f"{s // 1024} KiB" if s < 1 << 20 else "1 MiB" for s in SIZES) + " |")
+        where = (f"both on CPU {client_cpu}" if placement == "pinned"
+                 else f"server on CPU {other_cpu}, client on CPU {client_cpu}")
+        print(f"\n{placement} ({where}), medians of {args.rounds} interleaved rounds\n")
+        print("| round trip | " + " | ".join(size_label(s) for s in SIZES) + " |")
         print("|---" * (len(SIZES) + 1) + "|")
         floor = {s: statistics.median(run[s] for run in runs[(placement, "floor (raw socket)")]) for s in SIZES}
         for impl in IMPLS:

@@ -123,8 +123,11 @@ static int wait_for_message(ipc_shm_link *l, int64_t deadline, ipc_error *err)
         ipc_plat_word_store(&l->in[W_SLEEPING], 0);
         if (arrived(l))
             return IPC_OK;
+        /* A peer publishes its last message before it closes: look once
+         * more after seeing the close, or that message would be lost. */
         if (ipc_plat_conn_closed(l->stream->conn))
-            return ipc__fail(err, IPC_E_CLOSED, 0, "the peer closed the connection");
+            return arrived(l) ? IPC_OK
+                              : ipc__fail(err, IPC_E_CLOSED, 0, "the peer closed the connection");
     }
 }
 
