@@ -110,6 +110,7 @@ typedef struct ipc_shm_link {
     uint32_t in_seen;          /* last sequence number taken from `in` */
     uint32_t out_sent;         /* last sequence number published on `out` */
     int spin_us;
+    int wakes_on_interrupt;    /* server: interrupting the socket wakes us */
     uint8_t *copy;             /* private copy of the last message read */
     size_t copy_capacity;
 } ipc_shm_link;

@@ -194,6 +194,14 @@ int ipc_plat_write_handle(ipc_plat_conn *conn, const ipc_plat_buf *parts, int co
 void ipc_plat_conn_accept_handles(ipc_plat_conn *conn, int on);
 /* Hands over the kept handle (-1: none). */
 intptr_t ipc_plat_conn_take_handle(ipc_plat_conn *conn);
+/* From then on ipc_plat_conn_interrupt also wakes the waiters of `word`
+ * (a shared word the connection's thread sleeps on), after the socket is
+ * shut, so a stop reaches a shared-memory wait at once. NULL: no more. */
+void ipc_plat_conn_wake_on_interrupt(ipc_plat_conn *conn, uint32_t *word);
+/* Nonzero once ipc_plat_conn_interrupt was called; no system call, so a
+ * waiter can look just before it sleeps (a wake-up sent while it was busy
+ * would otherwise be lost until its next liveness check). */
+int ipc_plat_conn_interrupted(ipc_plat_conn *conn);
 
 /* Shared 32-bit words: sequentially consistent load and store, a futex
  * wait that returns when *word != expected, a wake-up, or after

@@ -750,6 +750,8 @@ struct ipc_plat_conn {
     int fd;
     int accept_handles;    /* reads keep an SCM_RIGHTS descriptor */
     int kept_handle;       /* the descriptor kept, -1 if none */
+    uint32_t *wake_word;   /* woken by interrupt (atomic: stop reads it) */
+    int interrupted;       /* set by ipc_plat_conn_interrupt (atomic) */
     int recv_timeout_ms;   /* what SO_RCVTIMEO is set to; -2: unknown */
     int send_timeout_ms;   /* what SO_SNDTIMEO is set to; -2: unknown */
 };
@@ -779,6 +781,8 @@ static int wrap_conn(int fd, ipc_plat_conn **out, ipc_error *err)
     conn->fd = fd;
     conn->accept_handles = 0;
     conn->kept_handle = -1;
+    conn->wake_word = NULL;
+    conn->interrupted = 0;
     conn->recv_timeout_ms = -2;
     conn->send_timeout_ms = -2;
     *out = conn;
@@ -1160,7 +1164,24 @@ void ipc_plat_conn_interrupt(ipc_plat_conn *conn, int hard)
     /* shutdown() wakes a thread blocked in recv/send on this socket at once
      * and makes later calls return immediately; the descriptor stays valid
      * until its owner closes it. */
+    __atomic_store_n(&conn->interrupted, 1, __ATOMIC_SEQ_CST);
     shutdown(conn->fd, hard ? SHUT_RDWR : SHUT_RD);
+    {
+        uint32_t *word = __atomic_load_n(&conn->wake_word, __ATOMIC_SEQ_CST);
+
+        if (word)
+            ipc_plat_word_wake(word);
+    }
+}
+
+int ipc_plat_conn_interrupted(ipc_plat_conn *conn)
+{
+    return __atomic_load_n(&conn->interrupted, __ATOMIC_SEQ_CST);
+}
+
+void ipc_plat_conn_wake_on_interrupt(ipc_plat_conn *conn, uint32_t *word)
+{
+    __atomic_store_n(&conn->wake_word, word, __ATOMIC_SEQ_CST);
 }
 
 void ipc_plat_conn_drain(ipc_plat_conn *conn)

@@ -61,6 +61,8 @@ void ipc__shm_free(ipc_shm_link *link)
 {
     if (!link)
         return;
+    if (link->wakes_on_interrupt)
+        ipc_plat_conn_wake_on_interrupt(link->stream->conn, NULL);
     ipc_plat_shm_release(&link->region);
     free(link->copy);
     free(link);
@@ -118,7 +120,7 @@ static int wait_for_message(ipc_shm_link *l, int64_t deadline, ipc_error *err)
         /* Announce the sleep, then look once more: the writer stores the
          * sequence before it reads W_SLEEPING, so one of us sees the other. */
         ipc_plat_word_store(&l->in[W_SLEEPING], 1);
-        if (!arrived(l))
+        if (!arrived(l) && !ipc_plat_conn_interrupted(l->stream->conn))
             ipc_plat_word_wait(&l->in[W_SEQ], l->in_seen, wait);
         ipc_plat_word_store(&l->in[W_SLEEPING], 0);
         if (arrived(l))
@@ -385,6 +387,9 @@ int ipc__shm_accept(ipc_stream *stream, const ipc_packet *packet, int allowed, i
         ipc__shm_free(l);
         return r;
     }
+    /* stop shuts the socket: it must not wait for our next liveness check */
+    ipc_plat_conn_wake_on_interrupt(stream->conn, &l->in[W_SEQ]);
+    l->wakes_on_interrupt = 1;
     *out = l;
     return IPC_OK;
 }

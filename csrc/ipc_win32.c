@@ -995,6 +995,16 @@ intptr_t ipc_plat_conn_take_handle(ipc_plat_conn *conn)
     return -1;
 }
 
+int ipc_plat_conn_interrupted(ipc_plat_conn *c)
+{
+    return InterlockedCompareExchange(&c->soft, 0, 0) != 0;
+}
+
+void ipc_plat_conn_wake_on_interrupt(ipc_plat_conn *conn, uint32_t *word)
+{
+    (void)conn, (void)word;   /* no shared-memory waits here */
+}
+
 uint32_t ipc_plat_word_load(const uint32_t *word)
 {
     return (uint32_t)InterlockedCompareExchange((volatile LONG *)word, 0, 0);

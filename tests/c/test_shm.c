@@ -199,6 +199,39 @@ void test_shm_stop_during_request(void)
 }
 
 #if SHM_HERE
+/* stop reaches a connection that sleeps on the region at once: its socket
+ * shut down, the wait is woken too, not left for the next liveness check
+ * (500 ms once a connection has been idle for a second). */
+void test_shm_stop_wakes_idle_waits(void)
+{
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_options so;
+    ipc_client_options co;
+    ipc_server_t *server;
+    ipc_client_t *clients[4];
+    long long t0;
+    int i;
+
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "shmidle");
+    shm_server_options(&so);
+    server = open_server(name, &so, cmd_handler, &ctx);
+    shm_client_options(&co, 0);
+    for (i = 0; i < 4; i++) {
+        clients[i] = server ? open_client(name, &co, 5000) : NULL;
+        if (clients[i])
+            expect_text(clients[i], "hi", "hi");
+    }
+    t_sleep_ms(1100); /* early in the first idle, 500 ms slice */
+    t0 = t_now_ms();
+    ipc_server_stop(server);
+    CHECK_MS(t_now_ms() - t0, 0, 250);
+    for (i = 0; i < 4; i++)
+        ipc_client_close(clients[i]);
+    ctx_free(&ctx);
+}
+
 /* ---- a raw peer that speaks the protocol by hand and then misbehaves ---- */
 
 static int raw_open(const char *name, int *fd_out, uint32_t **words, uint8_t **base, uint32_t slot,

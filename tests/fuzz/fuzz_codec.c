@@ -278,6 +278,11 @@ int ipc_plat_write_handle(ipc_plat_conn *conn, const ipc_plat_buf *parts, int co
 }
 void ipc_plat_conn_accept_handles(ipc_plat_conn *conn, int on) { (void)conn; (void)on; }
 intptr_t ipc_plat_conn_take_handle(ipc_plat_conn *conn) { (void)conn; return -1; }
+int ipc_plat_conn_interrupted(ipc_plat_conn *conn) { return conn->interrupted; }
+void ipc_plat_conn_wake_on_interrupt(ipc_plat_conn *conn, uint32_t *word)
+{
+    (void)conn; (void)word;
+}
 uint32_t ipc_plat_word_load(const uint32_t *word) { return *word; }
 void ipc_plat_word_store(uint32_t *word, uint32_t value) { *word = value; }
 void ipc_plat_word_wait(uint32_t *word, uint32_t expected, int timeout_ms)
