@@ -75,6 +75,7 @@
     X(shm_errors)                                                   \
     X(shm_stop_during_request)                                      \
     T_LINUX_ONLY(X, shm_stop_wakes_idle_waits)                      \
+    T_LINUX_ONLY(X, shm_killed_peers)                               \
     T_LINUX_ONLY(X, shm_hostile_peer)                               \
     T_LINUX_ONLY(X, shm_vanished_peer)                              \
     T_LINUX_ONLY(X, shm_many_idle_connections)                      \

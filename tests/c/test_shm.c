@@ -445,6 +445,71 @@ void test_shm_vanished_peer(void)
     ctx_free(&ctx);
 }
 
+/* Killed processes on either side of a shared-memory connection: the
+ * survivor notices through the socket, never hangs. */
+void test_shm_killed_peers(void)
+{
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_options so;
+    ipc_client_options co;
+    ipc_server_t *server;
+    ipc_client_t *client;
+    ipc_error err = {0, 0, NULL};
+    t_proc *proc;
+
+    setenv("IPCFAST_TEST_SHM", "1", 1);
+    /* a killed client, mid-request: the server goes on serving */
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "shmkc");
+    shm_server_options(&so);
+    server = open_server(name, &so, cmd_handler, &ctx);
+    if (server) {
+        proc = t_proc_spawn("--child-client-hang", name);
+        CHECK(proc != NULL);
+        CHECK(ctx_wait_for(&ctx, &ctx.requests, 1, 15000));
+        t_proc_kill(proc);
+        CHECK(t_proc_wait(proc, 10000) != 0);
+        CHECK(ctx_wait_for(&ctx, &ctx.disconnects, 1, 5000));
+        shm_client_options(&co, 0);
+        client = open_client(name, &co, 5000);
+        if (client) {
+            CHECK(ipc_client_uses_shm(client));
+            expect_text(client, "next", "next");
+            ipc_client_close(client);
+        }
+        ipc_server_stop(server);
+    }
+    ctx_free(&ctx);
+
+    /* a killed server while the client waits on the region */
+    make_name(name, sizeof name, "shmks");
+    proc = t_proc_spawn("--child-server-hold", name);
+    CHECK(proc != NULL);
+    shm_client_options(&co, 0);
+    client = proc ? open_client(name, &co, 15000) : NULL;
+    if (client) {
+        const uint8_t *resp;
+        size_t size;
+        long long t0;
+        CHECK(ipc_client_uses_shm(client));
+        CHECK_RC(ipc_client_write(client, "sleep:20000", 11, 5000, &err), IPC_OK, &err);
+        ipc_error_clear(&err);
+        t_sleep_ms(200);
+        t_proc_kill(proc);
+        t0 = t_now_ms();
+        CHECK_RC(ipc_client_read(client, &resp, &size, 30000, &err), IPC_E_CLOSED, &err);
+        ipc_error_clear(&err);
+        CHECK_MS(t_now_ms() - t0, 0, 3000);
+        ipc_client_close(client);
+    }
+    if (proc) {
+        t_proc_kill(proc);
+        CHECK(t_proc_wait(proc, 10000) != 0);
+    }
+    unsetenv("IPCFAST_TEST_SHM");
+}
+
 /* Lines of /proc/self/maps that map a region (memfd "ipcfast-shm"). */
 static int count_maps(void)
 {
