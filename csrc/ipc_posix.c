@@ -942,15 +942,17 @@ static int set_socket_timeout(int fd, int option, int *cached, int ms)
     return 0;
 }
 
+/* recv that keeps one descriptor passed with the data (SCM_RIGHTS); any
+ * more in the same message are closed at once. */
+#if defined(__linux__)
 static void keep_handle(ipc_plat_conn *conn, int fd)
 {
     if (conn->kept_handle >= 0)
         close_quietly(conn->kept_handle);
     conn->kept_handle = fd;
 }
+#endif
 
-/* recv that keeps one descriptor passed with the data (SCM_RIGHTS); any
- * more in the same message are closed at once. */
 static ssize_t recv_keeping_handle(ipc_plat_conn *conn, void *buf, size_t capacity)
 {
 #if defined(__linux__)
