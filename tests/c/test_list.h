@@ -74,6 +74,7 @@
     X(shm_round_trips)                                              \
     X(shm_errors)                                                   \
     X(shm_stop_during_request)                                      \
+    X(shm_manual_dispatch)                                          \
     T_LINUX_ONLY(X, shm_stop_wakes_idle_waits)                      \
     T_LINUX_ONLY(X, shm_killed_peers)                               \
     T_LINUX_ONLY(X, shm_hostile_peer)                               \

@@ -78,6 +78,77 @@ void test_shm_round_trips(void)
     ctx_free(&ctx);
 }
 
+typedef struct manual_client {
+    const char *name;
+    int ok;
+} manual_client;
+
+static void manual_client_main(void *arg)
+{
+    manual_client *m = (manual_client *)arg;
+    static const size_t sizes[] = {0, 7, 4096, 4097, 20000, 3};
+    unsigned char req[20000], want[20000];
+    ipc_client_options co;
+    ipc_client_t *client;
+    size_t i, k;
+
+    shm_client_options(&co, 4096);
+    client = open_client(m->name, &co, 5000);
+    if (!client)
+        return;
+    CHECK(ipc_client_uses_shm(client) == SHM_HERE);
+    for (i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        fill_random(req, sizes[i], (unsigned)i + 99);
+        for (k = 0; k < sizes[i]; k++)
+            want[k] = (unsigned char)(req[k] ^ 0x5C);
+        m->ok += expect_response(client, req, sizes[i], want, sizes[i]);
+    }
+    ipc_client_close(client);
+}
+
+/* Manual dispatch: the answer is written from the application's thread
+ * through the connection's data path, the region here. */
+void test_shm_manual_dispatch(void)
+{
+    char name[96];
+    ipc_server_options so;
+    ipc_server_t *server;
+    manual_client m;
+    t_thread *thread;
+    long long deadline;
+    int handled = 0;
+
+    make_name(name, sizeof name, "shmman");
+    shm_server_options(&so);
+    so.dispatch = IPC_DISPATCH_MANUAL;
+    server = open_server(name, &so, NULL, NULL);
+    if (!server)
+        return;
+    m.name = name;
+    m.ok = 0;
+    thread = t_thread_start(manual_client_main, &m);
+    deadline = t_now_ms() + 20000;
+    while (handled < 6 && t_now_ms() < deadline) {
+        ipc_call *call = NULL;
+        const uint8_t *request;
+        size_t size, j;
+        uint8_t *out;
+        if (ipc_server_next_call(server, &call, &request, &size, 200, NULL) != IPC_OK)
+            continue;
+        out = (uint8_t *)ipc_call_buffer(call, size);
+        if (CHECK(out != NULL)) {
+            for (j = 0; j < size; j++)
+                out[j] = (uint8_t)(request[j] ^ 0x5C);
+            CHECK_RC(ipc_call_respond(call, out, size, NULL), IPC_OK, NULL);
+        }
+        ipc_call_finish(call);
+        handled++;
+    }
+    t_thread_join(thread);
+    CHECK(handled == 6 && m.ok == 6);
+    ipc_server_stop(server);
+}
+
 /* Every combination of offer and acceptance ends on a working path. */
 void test_shm_negotiation(void)
 {
