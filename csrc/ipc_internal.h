@@ -77,11 +77,10 @@ int ipc__write_packet_parts(ipc_plat_conn *conn, uint8_t type, const void *prefi
                             size_t prefix_size, const void *body, size_t body_size,
                             int timeout_ms, ipc_error *err);
 
-/* A data path: how one server connection reads and writes packets. The
- * socket stream above is the only one today; a second one (a shared-memory
- * ring beside the socket, issue 14) is another table, chosen per connection
- * after the handshake, and the request loop does not change. The
- * shared-memory path (ipc_shm.c) is the second table. */
+/* A data path: how one server connection reads and writes packets. Two
+ * tables exist, chosen per connection after the handshake: the socket
+ * stream above and the shared-memory path (ipc_shm.c, issue 15); the
+ * request loop does not know which one runs. */
 typedef struct ipc_datapath_ops {
     int (*read_packet)(void *path, uint32_t max_message, uint8_t max_version, int slice_ms,
                        ipc_packet *packet, ipc_error *err);
