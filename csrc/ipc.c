@@ -50,6 +50,9 @@ static void fill_server_defaults(ipc_server_options *o)
         o->handshake_timeout_ms = IPC_DEFAULT_HANDSHAKE_TIMEOUT_MS;
     if (o->version == 0)
         o->version = IPC_PROTOCOL_VERSION;
+    /* The shared-memory packets are version 2's. */
+    if (o->shm && o->version < IPC_PROTOCOL_VERSION_SHM)
+        o->version = IPC_PROTOCOL_VERSION_SHM;
 }
 
 void ipc_server_options_init(ipc_server_options *options)
@@ -57,6 +60,7 @@ void ipc_server_options_init(ipc_server_options *options)
     memset(options, 0, sizeof *options);
     memcpy(options->handshake, IPC_DEFAULT_HANDSHAKE, IPC_HANDSHAKE_SIZE);
     options->access = IPC_ACCESS_USER;
+    options->shm_spin_us = IPC_DEFAULT_SPIN_US;
     fill_server_defaults(options);
 }
 /* ---- the handshake --------------------------------------------------------- */
@@ -164,6 +168,9 @@ int ipc__server_handshake(ipc_connection *c)
         return r;
     c->stream.start += IPC_HANDSHAKE_SIZE + 1;
     c->version = client_version < o->version ? client_version : o->version;
+    /* A SHM_SETUP may follow the reply, its descriptor attached. */
+    if (o->shm && c->version >= IPC_PROTOCOL_VERSION_SHM)
+        ipc_plat_conn_accept_handles(c->stream.conn, 1);
     return send_handshake_reply(c, deadline);
 }
 
@@ -219,6 +226,29 @@ static int read_request(ipc_connection *c, ipc_packet *packet, ipc_error *err)
     return 0;
 }
 
+/* A client's offer of a shared-memory data path (docs/protocol.md 11):
+ * accepted, the connection reads and writes through the region from now
+ * on. 0: the connection is over. */
+static int serve_shm_setup(ipc_connection *c, const ipc_packet *packet, ipc_error *err)
+{
+    const ipc_server_options *o = &c->server->options;
+    int allowed = o->shm && !c->server->family && !c->shm;
+    ipc_shm_link *link = NULL;
+    int r = c->shm ? ipc__fail(err, IPC_E_PROTOCOL, 0, "a second SHM_SETUP")
+                   : ipc__shm_accept(&c->stream, packet, allowed, o->shm_spin_us, &link, err);
+
+    if (r == IPC_E_PROTOCOL)
+        ipc__refuse_packet(c, packet, r, err);
+    if (r != IPC_OK)
+        return 0;
+    if (link) {
+        c->shm = link;
+        c->path = &ipc__shm_datapath;
+        c->path_state = link;
+    }
+    return 1;
+}
+
 /* The request loop. A packet family sees each packet first; what it passes
  * on must be a REQUEST. */
 void ipc__serve_requests(ipc_connection *c)
@@ -228,8 +258,14 @@ void ipc__serve_requests(ipc_connection *c)
     ipc_error err = {0};
 
     while (read_request(c, &packet, &err)) {
-        int verdict = family && family->on_packet ? family->on_packet(c, &packet)
-                                                  : IPC__PACKET_PASS;
+        int verdict;
+
+        if (packet.header.type == IPC_PACKET_SHM_SETUP) {
+            if (!serve_shm_setup(c, &packet, &err))
+                break;
+            continue;
+        }
+        verdict = family && family->on_packet ? family->on_packet(c, &packet) : IPC__PACKET_PASS;
 
         if (verdict == IPC__PACKET_CLOSE)
             break;
@@ -280,6 +316,7 @@ static void connection_free(ipc_connection *c)
 
     if (family && family->connection_close)
         family->connection_close(c);
+    ipc__shm_free(c->shm);
     ipc__stream_free(&c->stream);
     free(c->scratch);
     if (c->done)

@@ -38,7 +38,10 @@ extern "C" {
 
 /* ---- constants ------------------------------------------------------- */
 
-#define IPC_PROTOCOL_VERSION 1          /* highest packet version spoken */
+#define IPC_PROTOCOL_VERSION 1          /* packet version spoken by default */
+/* Packet version 2 adds the shared-memory data path (docs/protocol.md 11):
+ * a peer speaks it only when its `shm` option is set. */
+#define IPC_PROTOCOL_VERSION_SHM 2
 #define IPC_HANDSHAKE_SIZE 8            /* handshake value, first byte 0x00 */
 #define IPC_HANDSHAKE_REPLY_XOR 0x5A    /* server reply = client value ^ 0x5A */
 #define IPC_FOREIGN_REPLY 0xFF          /* sent to a client whose first byte is not 0x00 */
@@ -63,7 +66,11 @@ enum ipc_packet_type {
     IPC_PACKET_COMMAND = 4,       /* server node packets (docs/protocol.md) */
     IPC_PACKET_CONSOLE_WRITE = 5,
     IPC_PACKET_EXIT = 6,
-    IPC_PACKET_CANCEL = 7
+    IPC_PACKET_CANCEL = 7,
+    /* Version 2 and above only (docs/protocol.md 11). */
+    IPC_PACKET_SHM_SETUP = 8,     /* client -> server: region offer, descriptor attached */
+    IPC_PACKET_SHM_ACCEPT = 9,    /* server -> client: the data path moves to the region */
+    IPC_PACKET_SHM_DECLINE = 10   /* server -> client: it stays on the socket; UTF-8 why */
 };
 #define IPC_TYPE_MASK 0x3Fu
 #define IPC_TYPE_EXTENDED 0x40u   /* a version byte follows the type byte */
@@ -192,8 +199,36 @@ ipc_verdict ipc_handshake_check_reply(const uint8_t *data, size_t size,
 size_t ipc_packet_header_encode(uint8_t out[IPC_MAX_HEADER_SIZE], uint8_t type,
                                 uint32_t length, uint8_t version);
 
+/* The SHM_SETUP payload (docs/protocol.md 11.2): 16 bytes. */
+#define IPC_SHM_SETUP_SIZE 16
+#define IPC_SHM_LAYOUT 1                 /* the region layout of 11.3 */
+#define IPC_SHM_HEADER_SIZE 192          /* region header + two channel headers */
+#define IPC_SHM_MIN_SLOT 64u
+#define IPC_SHM_MAX_SLOT (64u * 1024u * 1024u)
+#define IPC_SHM_DEFAULT_SLOT (256u * 1024u)
+#define IPC_DEFAULT_SPIN_US 20           /* see docs/design.md, "data paths" */
+
+typedef struct ipc_shm_setup {
+    uint32_t layout;       /* IPC_SHM_LAYOUT */
+    uint32_t region_size;  /* IPC_SHM_HEADER_SIZE + 2 * slot_size */
+    uint32_t slot_size;    /* payload bytes per direction */
+    uint32_t flags;        /* 0; other values are refused */
+} ipc_shm_setup;
+
+/* The exact region size for a slot size (0 if the slot size is outside
+ * IPC_SHM_MIN_SLOT..IPC_SHM_MAX_SLOT). */
+uint32_t ipc_shm_region_size(uint32_t slot_size);
+/* Writes the 16-byte SHM_SETUP payload. */
+size_t ipc_shm_setup_encode(uint8_t out[IPC_SHM_SETUP_SIZE], const ipc_shm_setup *setup);
+/* Checks a SHM_SETUP payload: IPC_OK, or IPC_E_PROTOCOL with the reason
+ * in err for a wrong size, an unknown layout or flags, a slot size out of
+ * range, or a region size that is not ipc_shm_region_size(slot_size). */
+int ipc_shm_setup_decode(const uint8_t *payload, size_t size, ipc_shm_setup *setup,
+                         ipc_error *err);
+
 /* Parses a header from the bytes received so far. max_version is the
- * negotiated version: an extended header must carry 1..max_version. A
+ * negotiated version: an extended header must carry 1..max_version, and
+ * the types SHM_SETUP..SHM_DECLINE exist only from version 2 on. A
  * length above max_message is TOO_LARGE and header->length still holds it,
  * so the caller can say how large (nothing is allocated here). */
 ipc_verdict ipc_packet_header_parse(const uint8_t *data, size_t size,
@@ -273,6 +308,15 @@ typedef struct ipc_server_options {
      * command taken by ipc_server_next_call sends CANCEL or disconnects. May
      * be NULL (poll ipc_call_cancelled instead). */
     ipc_cancel_fn cancel_handler;
+    /* Nonzero: accept a client's offer to move its connection's data path
+     * into shared memory (docs/protocol.md 11; Linux only, elsewhere every
+     * offer is declined). The server then speaks packet version 2. Off by
+     * default in this release. Not for server nodes: they decline. */
+    int shm;
+    /* Shared-memory connections: how long a waiting thread spins before it
+     * sleeps in the kernel, in microseconds (0: never spin). Set to
+     * IPC_DEFAULT_SPIN_US by ipc_server_options_init. */
+    int shm_spin_us;
 } ipc_server_options;
 
 /* Fills defaults: 32 clients, 1 listener, 64 MiB, user access,
@@ -520,6 +564,21 @@ typedef struct ipc_client_options {
      * nothing). */
     ipc_interrupt_fn interrupt_check;
     void *interrupt_data;
+    /* Nonzero: after the handshake, offer the server a shared-memory data
+     * path (docs/protocol.md 11). Requests and responses up to
+     * shm_slot_size bytes then travel through a memory region both
+     * processes map, with futex wake-ups; larger ones still use the socket,
+     * which stays the liveness channel. A server that declines (or does not
+     * speak version 2, like the pure-Python one) keeps the socket path.
+     * Linux only; elsewhere nothing is offered. While it is active the
+     * client cannot pipeline: ipc_client_write while a response is unread
+     * fails with IPC_E_INVALID. Off by default. */
+    int shm;
+    uint32_t shm_slot_size; /* 0: IPC_SHM_DEFAULT_SLOT (256 KiB) */
+    /* Spin budget in microseconds before sleeping (0: never spin); no spin
+     * while the server last ran on our CPU. ipc_client_options_init sets
+     * IPC_DEFAULT_SPIN_US. */
+    int shm_spin_us;
 } ipc_client_options;
 
 /* Fills defaults: 64 MiB, IPC_DEFAULT_HANDSHAKE, version 1, absent names
@@ -626,6 +685,10 @@ int ipc_client_send_command(ipc_client_t *client, const ipc_command *command, in
 
 /* The packet version both sides agreed on. */
 uint8_t ipc_client_version(const ipc_client_t *client);
+
+/* Nonzero when this connection's data path is in shared memory (the
+ * server accepted the client's `shm` offer). */
+int ipc_client_uses_shm(const ipc_client_t *client);
 
 /* Closes and frees (same as ipc_client_disconnect). NULL is allowed. Safe
  * while another thread is in a call on this client: that call is woken and

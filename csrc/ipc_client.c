@@ -29,6 +29,8 @@ struct ipc_client_t {
     int shut;                 /* ipc_client_shutdown was called */
     int in_hook;              /* the call in progress is running the interrupt hook */
     uint8_t version;
+    ipc_shm_link *shm;        /* the shared-memory data path, if accepted */
+    int awaiting;             /* shm: a request was sent, its answer not read */
     char *closed_reason;      /* why the connection was abandoned */
     /* A wrapper's state about the last response (ipc__client_attach). */
     void *attached;
@@ -63,6 +65,7 @@ void ipc_client_options_init(ipc_client_options *options)
     options->max_message = IPC_DEFAULT_MAX_MESSAGE;
     memcpy(options->handshake, IPC_DEFAULT_HANDSHAKE, IPC_HANDSHAKE_SIZE);
     options->version = IPC_PROTOCOL_VERSION;
+    options->shm_spin_us = IPC_DEFAULT_SPIN_US;
 }
 
 /* After a failure that leaves the stream in an unknown state (timeout
@@ -78,6 +81,8 @@ static void client_abandon(ipc_client_t *client, const ipc_error *why)
     client->stream.conn = NULL;
     ipc_plat_mutex_unlock(client->lock);
     ipc_plat_conn_close(conn);
+    ipc__shm_free(client->shm);
+    client->shm = NULL;
     drop_attached(client);
     free(client->closed_reason);
     client->closed_reason = ipc__format("%s", why && why->message ? why->message
@@ -169,7 +174,7 @@ static int client_fill(ipc_client_t *client, size_t total, int64_t deadline, ipc
 }
 
 /* ipc__stream_read_packet in slices (see slice_deadline). */
-static int client_read_packet(ipc_client_t *client, int64_t deadline, ipc_packet *packet,
+static int stream_read_sliced(ipc_client_t *client, int64_t deadline, ipc_packet *packet,
                               ipc_error *err)
 {
     for (;;) {
@@ -359,6 +364,8 @@ int ipc_client_open(ipc_client_t **out, const char *name, const ipc_client_optio
                       client->options.server_user);
         goto fail;
     }
+    if (client->options.shm && client->options.version < IPC_PROTOCOL_VERSION_SHM)
+        client->options.version = IPC_PROTOCOL_VERSION_SHM;
     if (client->options.handshake[0] != 0x00) {
         r = ipc__fail(err, IPC_E_INVALID, 0, "the handshake value must start with a 0x00 byte");
         goto fail;
@@ -381,6 +388,10 @@ int ipc_client_open(ipc_client_t **out, const char *name, const ipc_client_optio
     if (timeout_ms == 0)
         deadline = ipc_plat_now_ms() + IPC_WAKE_INTERVAL_MS;
     r = client_handshake(client, name, deadline, err);
+    if (r == IPC_OK && client->options.shm && client->version >= IPC_PROTOCOL_VERSION_SHM)
+        r = ipc__shm_offer(&client->stream, client->options.shm_slot_size,
+                           client->options.shm_spin_us, client->version,
+                           client->options.max_message, deadline, &client->shm, err);
     if (r != IPC_OK)
         goto fail;
     *out = client;
@@ -459,12 +470,37 @@ static int client_write_locked(ipc_client_t *client, uint8_t type, const void *d
         return ipc__fail(err, IPC_E_TOO_LARGE, 0,
                          "a %s of %lu bytes does not fit the 4-byte length field",
                          type == IPC_PACKET_REQUEST ? "request" : "packet", (unsigned long)size);
-    r = ipc__write_packet_parts(client->stream.conn, type, NULL, 0, data, size,
-                                ipc__remaining_ms(deadline), err);
+    if (client->shm && client->awaiting)
+        return ipc__fail(err, IPC_E_INVALID, 0, "a shared-memory connection carries one "
+                         "request at a time: read the response first");
+    if (client->shm) {
+        r = ipc__shm_write(client->shm, type, NULL, 0, data, size, ipc__remaining_ms(deadline),
+                           err);
+        client->awaiting = r == IPC_OK;
+    } else {
+        r = ipc__write_packet_parts(client->stream.conn, type, NULL, 0, data, size,
+                                    ipc__remaining_ms(deadline), err);
+    }
     if (r == IPC_E_CLOSED)
         r = explain_refused_write(client, r, err);
     if (r != IPC_OK)
         client_abandon(client, err);
+    return r;
+}
+
+/* One packet off the client's data path: the region once accepted, else
+ * the socket stream (in slices, so the interrupt hook runs). */
+static int client_read_packet(ipc_client_t *client, int64_t deadline, ipc_packet *packet,
+                              ipc_error *err)
+{
+    int r;
+
+    if (!client->shm)
+        return stream_read_sliced(client, deadline, packet, err);
+    r = ipc__shm_read(client->shm, client->options.max_message, client->version, deadline,
+                      packet, err);
+    if (r == IPC_OK)
+        client->awaiting = 0;
     return r;
 }
 
@@ -745,6 +781,11 @@ void ipc_client_shutdown(ipc_client_t *client)
     client_shutdown(client, 1);
 }
 
+int ipc_client_uses_shm(const ipc_client_t *client)
+{
+    return client && client->shm;
+}
+
 void ipc_client_close(ipc_client_t *client)
 {
     if (!client)
@@ -779,6 +820,7 @@ void ipc_client_forget(ipc_client_t *client)
     }
     if (client->stream.conn)
         ipc_plat_conn_close(client->stream.conn);
+    ipc__shm_free(client->shm);
     ipc__stream_free(&client->stream);
     drop_attached(client);
     free(client->closed_reason);

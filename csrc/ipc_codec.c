@@ -130,7 +130,8 @@ ipc_verdict ipc_packet_header_parse(const uint8_t *data, size_t size,
     if (data[0] & IPC_TYPE_RESERVED)
         return IPC_VERDICT_RESERVED_BIT;
     type = (uint8_t)(data[0] & IPC_TYPE_MASK);
-    if (type < IPC_PACKET_REQUEST || type > IPC_PACKET_CANCEL)
+    if (type < IPC_PACKET_REQUEST || type > IPC_PACKET_SHM_DECLINE ||
+        (type > IPC_PACKET_CANCEL && max_version < IPC_PROTOCOL_VERSION_SHM))
         return IPC_VERDICT_UNKNOWN_TYPE;
     header->type = type;
     if (data[0] & IPC_TYPE_EXTENDED) {
@@ -405,5 +406,50 @@ int ipc_exit_decode(const uint8_t *payload, size_t size, int32_t *exit_code,
     /* Portable conversion of the two's complement value back to int32. */
     *exit_code = raw <= 0x7FFFFFFFu ? (int32_t)raw : -(int32_t)(0xFFFFFFFFu - raw) - 1;
     *exit_type = payload[4];
+    return IPC_OK;
+}
+
+/* ---- shared-memory setup (docs/protocol.md 11.2) ------------------------ */
+
+uint32_t ipc_shm_region_size(uint32_t slot_size)
+{
+    if (slot_size < IPC_SHM_MIN_SLOT || slot_size > IPC_SHM_MAX_SLOT)
+        return 0;
+    return IPC_SHM_HEADER_SIZE + 2u * slot_size;
+}
+
+size_t ipc_shm_setup_encode(uint8_t out[IPC_SHM_SETUP_SIZE], const ipc_shm_setup *setup)
+{
+    put_u32(out, setup->layout);
+    put_u32(out + 4, setup->region_size);
+    put_u32(out + 8, setup->slot_size);
+    put_u32(out + 12, setup->flags);
+    return IPC_SHM_SETUP_SIZE;
+}
+
+int ipc_shm_setup_decode(const uint8_t *payload, size_t size, ipc_shm_setup *setup,
+                         ipc_error *err)
+{
+    memset(setup, 0, sizeof *setup);
+    if (size != IPC_SHM_SETUP_SIZE)
+        return ipc__fail(err, IPC_E_PROTOCOL, 0, "a SHM_SETUP payload has %lu bytes, not %d",
+                         (unsigned long)size, IPC_SHM_SETUP_SIZE);
+    setup->layout = get_u32(payload);
+    setup->region_size = get_u32(payload + 4);
+    setup->slot_size = get_u32(payload + 8);
+    setup->flags = get_u32(payload + 12);
+    if (setup->layout != IPC_SHM_LAYOUT)
+        return ipc__fail(err, IPC_E_PROTOCOL, 0, "unknown shared-memory layout %lu",
+                         (unsigned long)setup->layout);
+    if (setup->flags != 0)
+        return ipc__fail(err, IPC_E_PROTOCOL, 0, "unknown shared-memory flags 0x%lx",
+                         (unsigned long)setup->flags);
+    if (ipc_shm_region_size(setup->slot_size) == 0)
+        return ipc__fail(err, IPC_E_PROTOCOL, 0, "shared-memory slot size %lu out of range",
+                         (unsigned long)setup->slot_size);
+    if (setup->region_size != ipc_shm_region_size(setup->slot_size))
+        return ipc__fail(err, IPC_E_PROTOCOL, 0,
+                         "shared-memory region size %lu does not match slot size %lu",
+                         (unsigned long)setup->region_size, (unsigned long)setup->slot_size);
     return IPC_OK;
 }

@@ -83,10 +83,10 @@ int ipc__write_packet_parts(ipc_plat_conn *conn, uint8_t type, const void *prefi
                             size_t prefix_size, const void *body, size_t body_size,
                             int timeout_ms, ipc_error *err);
 
-/* A data path: how one server connection reads and writes packets. The
- * socket stream above is the only one today; a second one (a shared-memory
- * ring beside the socket, issue 14) is another table, chosen per connection
- * after the handshake, and the request loop does not change. */
+/* A data path: how one server connection reads and writes packets. Two
+ * tables exist, chosen per connection after the handshake: the socket
+ * stream above and the shared-memory path (ipc_shm.c, issue 15); the
+ * request loop does not know which one runs. */
 typedef struct ipc_datapath_ops {
     int (*read_packet)(void *path, uint32_t max_message, uint8_t max_version, int slice_ms,
                        ipc_packet *packet, ipc_error *err);
@@ -96,6 +96,51 @@ typedef struct ipc_datapath_ops {
 
 /* The socket stream as a data path; `path` is an ipc_stream. */
 extern const ipc_datapath_ops ipc__stream_datapath;
+
+/* ---- the shared-memory data path (ipc_shm.c) ---------------------------- */
+
+/* One side of a shared-memory connection (docs/protocol.md 11.3): the
+ * mapped region, which channel we read and which we write, and the socket
+ * stream beside it (large messages and liveness). The region is the
+ * peer's to scribble on: everything read from it is read once into a
+ * local and checked. */
+typedef struct ipc_shm_link {
+    ipc_plat_shm region;
+    ipc_stream *stream;        /* the connection's socket stream */
+    uint32_t slot_size;
+    uint32_t *in;              /* header of the channel we read */
+    uint32_t *out;             /* header of the channel we write */
+    uint8_t *in_data;
+    uint8_t *out_data;
+    uint32_t in_seen;          /* last sequence number taken from `in` */
+    uint32_t out_sent;         /* last sequence number published on `out` */
+    int spin_us;
+    int wakes_on_interrupt;    /* server: interrupting the socket wakes us */
+    uint8_t *copy;             /* private copy of the last message read */
+    size_t copy_capacity;
+} ipc_shm_link;
+
+/* The shared-memory data path; `path` is an ipc_shm_link. */
+extern const ipc_datapath_ops ipc__shm_datapath;
+
+/* Client: creates a region, sends SHM_SETUP with it and reads the
+ * server's answer. IPC_OK with *link set (accepted) or NULL (declined);
+ * another result is a failure of the connection. */
+int ipc__shm_offer(ipc_stream *stream, uint32_t slot_size, int spin_us, uint8_t version,
+                   uint32_t max_message, int64_t deadline, ipc_shm_link **link, ipc_error *err);
+/* Server: answers a SHM_SETUP packet. IPC_OK with *link set (accepted, the
+ * caller switches its data path) or NULL (declined, SHM_DECLINE sent);
+ * IPC_E_PROTOCOL for a malformed setup (err says why). `allowed` is 0
+ * when this server declines every offer. */
+int ipc__shm_accept(ipc_stream *stream, const ipc_packet *packet, int allowed, int spin_us,
+                    ipc_shm_link **link, ipc_error *err);
+/* Waits for the next message until deadline (< 0: none), watching the
+ * socket; hands it out like ipc__stream_read_packet. */
+int ipc__shm_read(ipc_shm_link *link, uint32_t max_message, uint8_t max_version,
+                  int64_t deadline, ipc_packet *packet, ipc_error *err);
+int ipc__shm_write(ipc_shm_link *link, uint8_t type, const void *prefix, size_t prefix_size,
+                   const void *body, size_t body_size, int timeout_ms, ipc_error *err);
+void ipc__shm_free(ipc_shm_link *link);
 
 /* ---- server structures (ipc.c) ------------------------------------------ */
 
@@ -159,6 +204,7 @@ struct ipc_connection {
     ipc_stream stream;
     const ipc_datapath_ops *path;   /* reads and writes go through it */
     void *path_state;               /* &stream for the socket stream */
+    ipc_shm_link *shm;              /* the shared-memory path once accepted */
     uint8_t version;
     uint8_t *scratch;          /* ipc_call_buffer */
     size_t scratch_capacity;

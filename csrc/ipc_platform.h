@@ -174,4 +174,69 @@ void ipc_plat_conn_drain(ipc_plat_conn *conn);
  * where the last bytes written matter). */
 void ipc_plat_conn_close(ipc_plat_conn *conn);
 
+/* Nonzero once the peer closed the connection or it was interrupted;
+ * never waits and consumes nothing (the shared-memory path checks it
+ * between futex waits). */
+int ipc_plat_conn_closed(ipc_plat_conn *conn);
+
+/* ---- shared memory (docs/protocol.md 11) --------------------------------- */
+
+/* A region both processes map: Linux memfd (sealed against shrinking and
+ * growing) passed over the socket. Where the OS lacks what it needs
+ * (POSIX without memfd and futex, Windows for now) every call that
+ * creates, maps or passes one fails, so negotiation declines, and the
+ * word operations below are never reached. */
+typedef struct ipc_plat_shm {
+    void *base;
+    size_t size;
+    intptr_t handle;   /* the descriptor; -1 once closed */
+} ipc_plat_shm;
+
+/* Nonzero where shared-memory data paths can work. */
+int ipc_plat_shm_supported(void);
+/* Creates a zeroed, sealed region of `size` bytes and maps it. */
+int ipc_plat_shm_create(ipc_plat_shm *shm, size_t size, ipc_error *err);
+/* Maps a region received from the peer (the handle is taken over, closed
+ * on failure): refuses one that is not sealed against shrinking or is
+ * smaller than `size`, so the peer cannot make our accesses fault. */
+int ipc_plat_shm_map(ipc_plat_shm *shm, intptr_t handle, size_t size, ipc_error *err);
+/* Closes a handle without mapping it (a mapping outlives its handle, so
+ * both sides close theirs once the region is mapped and passed). */
+void ipc_plat_handle_close(intptr_t handle);
+/* Unmaps and closes; a zeroed or already released region is fine. */
+void ipc_plat_shm_release(ipc_plat_shm *shm);
+
+/* Writes all parts like ipc_plat_write, with the handle attached to the
+ * first byte (SCM_RIGHTS). */
+int ipc_plat_write_handle(ipc_plat_conn *conn, const ipc_plat_buf *parts, int count,
+                          intptr_t handle, int timeout_ms, ipc_error *err);
+/* From now on (on = 1) reads keep a handle that arrives with the data,
+ * close-on-exec, instead of letting the kernel drop it; one is kept, an
+ * older one is closed. */
+void ipc_plat_conn_accept_handles(ipc_plat_conn *conn, int on);
+/* Hands over the kept handle (-1: none). */
+intptr_t ipc_plat_conn_take_handle(ipc_plat_conn *conn);
+/* From then on ipc_plat_conn_interrupt also wakes the waiters of `word`
+ * (a shared word the connection's thread sleeps on), after the socket is
+ * shut, so a stop reaches a shared-memory wait at once. NULL: no more. */
+void ipc_plat_conn_wake_on_interrupt(ipc_plat_conn *conn, uint32_t *word);
+/* Nonzero once ipc_plat_conn_interrupt was called; no system call, so a
+ * waiter can look just before it sleeps (a wake-up sent while it was busy
+ * would otherwise be lost until its next liveness check). */
+int ipc_plat_conn_interrupted(ipc_plat_conn *conn);
+
+/* Shared 32-bit words: sequentially consistent load and store, a futex
+ * wait that returns when *word != expected, a wake-up, or after
+ * timeout_ms (spurious returns are allowed), and the wake of every waiter.
+ * The words live in memory shared between processes (no PRIVATE flag). */
+uint32_t ipc_plat_word_load(const uint32_t *word);
+void ipc_plat_word_store(uint32_t *word, uint32_t value);
+void ipc_plat_word_wait(uint32_t *word, uint32_t expected, int timeout_ms);
+void ipc_plat_word_wake(uint32_t *word);
+/* The CPU this thread runs on, or -1 if unknown; a spin-loop pause;
+ * monotonic microseconds. */
+int ipc_plat_current_cpu(void);
+void ipc_plat_cpu_relax(void);
+int64_t ipc_plat_now_us(void);
+
 #endif /* IPCFAST_IPC_PLATFORM_H */

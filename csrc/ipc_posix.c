@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -33,6 +34,11 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#endif
 
 /* ======================================================================
  * Time, threads, locks
@@ -1054,6 +1060,10 @@ void ipc_plat_acceptor_destroy(ipc_plat_acceptor *acceptor)
 
 struct ipc_plat_conn {
     int fd;
+    int accept_handles;    /* reads keep an SCM_RIGHTS descriptor */
+    int kept_handle;       /* the descriptor kept, -1 if none */
+    uint32_t *wake_word;   /* woken by interrupt (atomic: stop reads it) */
+    int interrupted;       /* set by ipc_plat_conn_interrupt (atomic) */
     int recv_timeout_ms;   /* what SO_RCVTIMEO is set to; -2: unknown */
     int send_timeout_ms;   /* what SO_SNDTIMEO is set to; -2: unknown */
 };
@@ -1081,6 +1091,10 @@ static int wrap_conn(int fd, ipc_plat_conn **out, ipc_error *err)
     }
     size_buffers(fd);
     conn->fd = fd;
+    conn->accept_handles = 0;
+    conn->kept_handle = -1;
+    conn->wake_word = NULL;
+    conn->interrupted = 0;
     conn->recv_timeout_ms = -2;
     conn->send_timeout_ms = -2;
     *out = conn;
@@ -1376,6 +1390,84 @@ static int set_socket_timeout(int fd, int option, int *cached, int ms)
     return 0;
 }
 
+/* recv that keeps one descriptor passed with the data (SCM_RIGHTS); any
+ * more in the same message are closed at once. */
+#if defined(__linux__)
+static void keep_handle(ipc_plat_conn *conn, int fd)
+{
+    if (conn->kept_handle >= 0)
+        close_quietly(conn->kept_handle);
+    conn->kept_handle = fd;
+}
+#endif
+
+static ssize_t recv_keeping_handle(ipc_plat_conn *conn, void *buf, size_t capacity)
+{
+#if defined(__linux__)
+    union {
+        struct cmsghdr align;
+        char space[CMSG_SPACE(4 * sizeof(int))];
+    } control;
+    struct msghdr msg;
+    struct iovec iov;
+    struct cmsghdr *c;
+    ssize_t n;
+
+    memset(&msg, 0, sizeof msg);
+    iov.iov_base = buf;
+    iov.iov_len = capacity;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.space;
+    msg.msg_controllen = sizeof control.space;
+    n = recvmsg(conn->fd, &msg, MSG_CMSG_CLOEXEC);
+    if (n < 0)
+        return n;
+    for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        size_t count, i;
+
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (i = 0; i < count; i++) {
+            int fd;
+
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+            if (i == 0)
+                keep_handle(conn, fd);
+            else
+                close_quietly(fd);
+        }
+    }
+    return n;
+#else
+    return recv(conn->fd, buf, capacity, 0);
+#endif
+}
+
+void ipc_plat_conn_accept_handles(ipc_plat_conn *conn, int on)
+{
+    conn->accept_handles = on;
+}
+
+intptr_t ipc_plat_conn_take_handle(ipc_plat_conn *conn)
+{
+    int fd = conn->kept_handle;
+
+    conn->kept_handle = -1;
+    return fd;
+}
+
+int ipc_plat_conn_closed(ipc_plat_conn *conn)
+{
+    char byte;
+    ssize_t n = recv(conn->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+
+    if (n == 0)
+        return 1;
+    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+}
+
 int ipc_plat_read(ipc_plat_conn *conn, void *buf, size_t capacity, size_t *got,
                   int timeout_ms, ipc_error *err)
 {
@@ -1388,7 +1480,8 @@ int ipc_plat_read(ipc_plat_conn *conn, void *buf, size_t capacity, size_t *got,
 
         if (set_socket_timeout(conn->fd, SO_RCVTIMEO, &conn->recv_timeout_ms, wait) != 0)
             return fail_errno(err, errno, "setsockopt(SO_RCVTIMEO)", NULL);
-        n = recv(conn->fd, buf, capacity, 0);
+        n = conn->accept_handles ? recv_keeping_handle(conn, buf, capacity)
+                                 : recv(conn->fd, buf, capacity, 0);
         if (n > 0) {
             *got = (size_t)n;
             return IPC_OK;
@@ -1411,9 +1504,34 @@ int ipc_plat_read(ipc_plat_conn *conn, void *buf, size_t capacity, size_t *got,
     }
 }
 
+static int write_parts(ipc_plat_conn *conn, const ipc_plat_buf *parts, int count, int handle,
+                       int timeout_ms, ipc_error *err);
+
 int ipc_plat_write(ipc_plat_conn *conn, const ipc_plat_buf *parts, int count, int timeout_ms,
                    ipc_error *err)
 {
+    return write_parts(conn, parts, count, -1, timeout_ms, err);
+}
+
+int ipc_plat_write_handle(ipc_plat_conn *conn, const ipc_plat_buf *parts, int count,
+                          intptr_t handle, int timeout_ms, ipc_error *err)
+{
+#if defined(__linux__)
+    return write_parts(conn, parts, count, (int)handle, timeout_ms, err);
+#else
+    (void)conn, (void)parts, (void)count, (void)handle, (void)timeout_ms;
+    return ipc__fail(err, IPC_E_SYSTEM, 0, "passing descriptors is not supported here");
+#endif
+}
+
+/* Writes all parts; a handle >= 0 travels with the first byte sent. */
+static int write_parts(ipc_plat_conn *conn, const ipc_plat_buf *parts, int count, int handle,
+                       int timeout_ms, ipc_error *err)
+{
+    union {
+        struct cmsghdr align;
+        char space[CMSG_SPACE(sizeof(int))];
+    } control;
     int64_t deadline = timeout_ms < 0 ? -1 : ipc_plat_now_ms() + timeout_ms;
     struct iovec iov[8];
     int first = 0, i;
@@ -1443,6 +1561,18 @@ int ipc_plat_write(ipc_plat_conn *conn, const ipc_plat_buf *parts, int count, in
         memset(&msg, 0, sizeof msg);
         msg.msg_iov = iov + first;
         msg.msg_iovlen = (size_t)(count - first);
+        if (handle >= 0) {
+            struct cmsghdr *c;
+
+            memset(&control, 0, sizeof control);
+            msg.msg_control = control.space;
+            msg.msg_controllen = sizeof control.space;
+            c = CMSG_FIRSTHDR(&msg);
+            c->cmsg_level = SOL_SOCKET;
+            c->cmsg_type = SCM_RIGHTS;
+            c->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(c), &handle, sizeof handle);
+        }
 #if defined(MSG_NOSIGNAL)
         n = sendmsg(conn->fd, &msg, MSG_NOSIGNAL);
 #else
@@ -1455,6 +1585,7 @@ int ipc_plat_write(ipc_plat_conn *conn, const ipc_plat_buf *parts, int count, in
                 return ipc__fail(err, IPC_E_CLOSED, errno, "the peer closed the connection");
             return fail_errno(err, errno, "sendmsg", NULL);
         }
+        handle = -1;   /* it went with the first bytes */
         while (first < count && (size_t)n >= iov[first].iov_len) {
             n -= (ssize_t)iov[first].iov_len;
             first++;
@@ -1486,7 +1617,24 @@ void ipc_plat_conn_interrupt(ipc_plat_conn *conn, int hard)
     /* shutdown() wakes a thread blocked in recv/send on this socket at once
      * and makes later calls return immediately; the descriptor stays valid
      * until its owner closes it. */
+    __atomic_store_n(&conn->interrupted, 1, __ATOMIC_SEQ_CST);
     shutdown(conn->fd, hard ? SHUT_RDWR : SHUT_RD);
+    {
+        uint32_t *word = __atomic_load_n(&conn->wake_word, __ATOMIC_SEQ_CST);
+
+        if (word)
+            ipc_plat_word_wake(word);
+    }
+}
+
+int ipc_plat_conn_interrupted(ipc_plat_conn *conn)
+{
+    return __atomic_load_n(&conn->interrupted, __ATOMIC_SEQ_CST);
+}
+
+void ipc_plat_conn_wake_on_interrupt(ipc_plat_conn *conn, uint32_t *word)
+{
+    __atomic_store_n(&conn->wake_word, word, __ATOMIC_SEQ_CST);
 }
 
 void ipc_plat_conn_drain(ipc_plat_conn *conn)
@@ -1500,6 +1648,8 @@ void ipc_plat_conn_close(ipc_plat_conn *conn)
 {
     if (!conn)
         return;
+    if (conn->kept_handle >= 0)
+        close_quietly(conn->kept_handle);
     close_quietly(conn->fd);
     free(conn);
 }
@@ -1577,6 +1727,194 @@ int ipc_plat_check_server_user(ipc_plat_conn *conn, const char *name, int policy
     free(wanted);
     return r;
 }
+
+/* ==========================================================================
+ * Shared memory: memfd + futex (Linux); elsewhere not supported
+ * ====================================================================== */
+
+#if defined(__linux__) && defined(MFD_CLOEXEC) && defined(F_SEAL_SHRINK)
+#define IPC_POSIX_SHM 1
+#endif
+
+void ipc_plat_handle_close(intptr_t handle)
+{
+    if (handle >= 0)
+        close_quietly((int)handle);
+}
+
+int64_t ipc_plat_now_us(void)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000;
+}
+
+uint32_t ipc_plat_word_load(const uint32_t *word)
+{
+    return __atomic_load_n(word, __ATOMIC_SEQ_CST);
+}
+
+void ipc_plat_word_store(uint32_t *word, uint32_t value)
+{
+    __atomic_store_n(word, value, __ATOMIC_SEQ_CST);
+}
+
+void ipc_plat_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+#if defined(IPC_POSIX_SHM)
+
+int ipc_plat_shm_supported(void)
+{
+    return 1;
+}
+
+int ipc_plat_current_cpu(void)
+{
+    return sched_getcpu();
+}
+
+/* Not FUTEX_WAIT_PRIVATE: the word is shared with another process. */
+void ipc_plat_word_wait(uint32_t *word, uint32_t expected, int timeout_ms)
+{
+    struct timespec t;
+
+    t.tv_sec = timeout_ms / 1000;
+    t.tv_nsec = (long)(timeout_ms % 1000) * 1000000L;
+    syscall(SYS_futex, word, FUTEX_WAIT, expected, timeout_ms < 0 ? NULL : &t, NULL, 0);
+}
+
+void ipc_plat_word_wake(uint32_t *word)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE, 0x7fffffff, NULL, NULL, 0);
+}
+
+int ipc_plat_shm_create(ipc_plat_shm *shm, size_t size, ipc_error *err)
+{
+    int fd = memfd_create("ipcfast-shm", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    void *base;
+
+    memset(shm, 0, sizeof *shm);
+    shm->handle = -1;
+    if (fd < 0)
+        return fail_errno(err, errno, "memfd_create", NULL);
+    if (ftruncate(fd, (off_t)size) != 0 ||
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+        int e = errno;
+
+        close_quietly(fd);
+        return fail_errno(err, e, "sizing the shared-memory region", NULL);
+    }
+    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        int e = errno;
+
+        close_quietly(fd);
+        return fail_errno(err, e, "mmap of the shared-memory region", NULL);
+    }
+    shm->base = base;
+    shm->size = size;
+    shm->handle = fd;
+    return IPC_OK;
+}
+
+int ipc_plat_shm_map(ipc_plat_shm *shm, intptr_t handle, size_t size, ipc_error *err)
+{
+    int fd = (int)handle;
+    struct stat st;
+    int seals;
+    void *base;
+
+    memset(shm, 0, sizeof *shm);
+    shm->handle = -1;
+    seals = fcntl(fd, F_GET_SEALS);
+    if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
+        close_quietly(fd);
+        return ipc__fail(err, IPC_E_PROTOCOL, 0,
+                         "the region offered is not a memfd sealed against shrinking");
+    }
+    if (fstat(fd, &st) != 0 || st.st_size < 0 || (uint64_t)st.st_size < (uint64_t)size) {
+        close_quietly(fd);
+        return ipc__fail(err, IPC_E_PROTOCOL, 0, "the region offered is smaller than announced");
+    }
+    base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        int e = errno;
+
+        close_quietly(fd);
+        return fail_errno(err, e, "mmap of the offered region", NULL);
+    }
+    shm->base = base;
+    shm->size = size;
+    shm->handle = fd;
+    return IPC_OK;
+}
+
+void ipc_plat_shm_release(ipc_plat_shm *shm)
+{
+    if (shm->base)
+        munmap(shm->base, shm->size);
+    if (shm->base && shm->handle >= 0)
+        close_quietly((int)shm->handle);
+    shm->base = NULL;
+    shm->size = 0;
+    shm->handle = -1;
+}
+
+#else /* POSIX without memfd + futex (macOS, the BSDs): declined */
+
+int ipc_plat_shm_supported(void)
+{
+    return 0;
+}
+
+int ipc_plat_current_cpu(void)
+{
+    return -1;
+}
+
+void ipc_plat_word_wait(uint32_t *word, uint32_t expected, int timeout_ms)
+{
+    (void)word, (void)expected;
+    ipc_plat_sleep_ms(timeout_ms < 0 ? 1 : timeout_ms);
+}
+
+void ipc_plat_word_wake(uint32_t *word)
+{
+    (void)word;
+}
+
+int ipc_plat_shm_create(ipc_plat_shm *shm, size_t size, ipc_error *err)
+{
+    (void)size;
+    memset(shm, 0, sizeof *shm);
+    shm->handle = -1;
+    return ipc__fail(err, IPC_E_SYSTEM, 0, "shared memory is not supported on this platform");
+}
+
+int ipc_plat_shm_map(ipc_plat_shm *shm, intptr_t handle, size_t size, ipc_error *err)
+{
+    (void)size;
+    memset(shm, 0, sizeof *shm);
+    shm->handle = -1;
+    close_quietly((int)handle);
+    return ipc__fail(err, IPC_E_SYSTEM, 0, "shared memory is not supported on this platform");
+}
+
+void ipc_plat_shm_release(ipc_plat_shm *shm)
+{
+    shm->base = NULL;
+    shm->handle = -1;
+}
+
+#endif /* IPC_POSIX_SHM */
 
 #else
 /* ISO C wants at least one declaration per file. */

@@ -1004,6 +1004,115 @@ void ipc_plat_conn_close(ipc_plat_conn *c)
     free(c);
 }
 
+int ipc_plat_conn_closed(ipc_plat_conn *c)
+{
+    DWORD available = 0;
+
+    if (InterlockedCompareExchange(&c->soft, 0, 0))
+        return 1;
+    return !PeekNamedPipe(c->pipe, NULL, 0, NULL, &available, NULL);
+}
+
+/* ---- shared memory: not yet (section objects + events are later work) ---
+ * Every call that would create, map or pass a region fails, so a client
+ * never offers one and a server declines every offer. */
+
+int ipc_plat_shm_supported(void)
+{
+    return 0;
+}
+
+int ipc_plat_shm_create(ipc_plat_shm *shm, size_t size, ipc_error *err)
+{
+    (void)size;
+    memset(shm, 0, sizeof *shm);
+    shm->handle = -1;
+    return ipc__fail(err, IPC_E_SYSTEM, 0, "shared memory is not supported on Windows yet");
+}
+
+int ipc_plat_shm_map(ipc_plat_shm *shm, intptr_t handle, size_t size, ipc_error *err)
+{
+    (void)handle, (void)size;
+    memset(shm, 0, sizeof *shm);
+    shm->handle = -1;
+    return ipc__fail(err, IPC_E_SYSTEM, 0, "shared memory is not supported on Windows yet");
+}
+
+void ipc_plat_handle_close(intptr_t handle)
+{
+    (void)handle;   /* no handle is ever received here */
+}
+
+void ipc_plat_shm_release(ipc_plat_shm *shm)
+{
+    shm->base = NULL;
+    shm->handle = -1;
+}
+
+int ipc_plat_write_handle(ipc_plat_conn *conn, const ipc_plat_buf *parts, int count,
+                          intptr_t handle, int timeout_ms, ipc_error *err)
+{
+    (void)conn, (void)parts, (void)count, (void)handle, (void)timeout_ms;
+    return ipc__fail(err, IPC_E_SYSTEM, 0, "passing handles is not supported on Windows yet");
+}
+
+void ipc_plat_conn_accept_handles(ipc_plat_conn *conn, int on)
+{
+    (void)conn, (void)on;
+}
+
+intptr_t ipc_plat_conn_take_handle(ipc_plat_conn *conn)
+{
+    (void)conn;
+    return -1;
+}
+
+int ipc_plat_conn_interrupted(ipc_plat_conn *c)
+{
+    return InterlockedCompareExchange(&c->soft, 0, 0) != 0;
+}
+
+void ipc_plat_conn_wake_on_interrupt(ipc_plat_conn *conn, uint32_t *word)
+{
+    (void)conn, (void)word;   /* no shared-memory waits here */
+}
+
+uint32_t ipc_plat_word_load(const uint32_t *word)
+{
+    return (uint32_t)InterlockedCompareExchange((volatile LONG *)word, 0, 0);
+}
+
+void ipc_plat_word_store(uint32_t *word, uint32_t value)
+{
+    InterlockedExchange((volatile LONG *)word, (LONG)value);
+}
+
+void ipc_plat_word_wait(uint32_t *word, uint32_t expected, int timeout_ms)
+{
+    (void)word, (void)expected;
+    Sleep(timeout_ms < 0 ? 1 : (DWORD)timeout_ms);
+}
+
+void ipc_plat_word_wake(uint32_t *word)
+{
+    (void)word;
+}
+
+int ipc_plat_current_cpu(void)
+{
+    return -1;
+}
+
+void ipc_plat_cpu_relax(void)
+{
+    YieldProcessor();
+}
+
+int64_t ipc_plat_now_us(void)
+{
+    return ipc_plat_now_ms() * 1000;
+}
+
 #else
 /* ISO C wants at least one declaration per file. */
 typedef int ipc_win32_not_on_this_platform;

@@ -130,6 +130,8 @@ class ServerOptions:
     handshake_timeout_ms: int
     manual: bool  #: dispatch == "manual"
     workers: int  #: handler threads fed from the core's queue; 0: none
+    #: accept a client's shared-memory data path (native backend, Linux)
+    shm: bool = False
 
     @classmethod
     def parse(
@@ -144,6 +146,7 @@ class ServerOptions:
         handshake_timeout: float,
         dispatch: str,
         workers: int = 0,
+        shm: bool = False,
     ) -> "ServerOptions":
         check_server_args(handler, access, dispatch)
         workers = check_uint32(workers, "workers", minimum=0)
@@ -169,6 +172,7 @@ class ServerOptions:
             handshake_timeout_ms=hs_ms,
             manual=dispatch == "manual",
             workers=workers,
+            shm=bool(shm),
         )
 
 
@@ -215,6 +219,8 @@ class ClientOptions:
     #: Which server user is accepted: SERVER_USER_DEFAULT, _ANY or _UID (ipc.h).
     server_user: int = 0
     server_uid: int = 0  #: with SERVER_USER_UID
+    #: offer the server a shared-memory data path (native backend, Linux)
+    shm: bool = False
 
     @classmethod
     def parse(
@@ -226,6 +232,7 @@ class ClientOptions:
         max_message: int,
         wait_for_server: bool = False,
         server_user: ServerUser = None,
+        shm: bool = False,
     ) -> "ClientOptions":
         name_bytes = encode_name(name)
         request_ms = timeout_ms(timeout, "timeout")
@@ -241,6 +248,7 @@ class ClientOptions:
             wait_for_server=bool(wait_for_server),
             server_user=policy,
             server_uid=uid,
+            shm=bool(shm),
         )
 
 
@@ -370,6 +378,9 @@ class Server:
       clients only when all N are busy. ``0`` (default) runs the handler on
       the connection threads themselves, which is the lowest latency (no
       hand-off between threads).
+    * ``shm``: accept clients' offers of a shared-memory data path
+      (``Client(..., shm=True)``; native backend on Linux, off by default).
+      The pure backend always keeps the socket path.
 
     The server runs from :meth:`start` (or entering ``with``) until
     :meth:`stop` (or leaving ``with``), even if no reference to it is kept.
@@ -406,10 +417,11 @@ class Server:
         dispatch: str = "thread",
         workers: int = DEFAULT_WORKERS,
         backend: Optional[str] = None,
+        shm: bool = False,
     ) -> None:
         _check_backend(self, backend)
         options = ServerOptions.parse(
-            name, handler, key, max_clients, max_message, access, listeners, handshake_timeout, dispatch, workers
+            name, handler, key, max_clients, max_message, access, listeners, handshake_timeout, dispatch, workers, shm
         )
         # Copied out of options: the handler paths read them per request.
         self._name = options.name
@@ -662,6 +674,11 @@ class Client:
     ``timeout`` is the default for :meth:`request`; ``max_message`` the
     largest response accepted. A client may be shared between threads:
     requests are serialized.
+
+    ``shm=True`` (native backend, Linux) offers the server a shared-memory
+    data path for this connection (docs/protocol.md section 11); a server
+    that declines, or does not speak it (the pure backend), keeps the
+    socket path, so the option never breaks a connection.
     """
 
     _name: str
@@ -684,10 +701,11 @@ class Client:
         backend: Optional[str] = None,
         wait_for_server: bool = False,
         server_user: ServerUser = None,
+        shm: bool = False,
     ) -> None:
         _check_backend(self, backend)
         options = ClientOptions.parse(
-            name, key, connect_timeout, timeout, max_message, wait_for_server, server_user
+            name, key, connect_timeout, timeout, max_message, wait_for_server, server_user, shm
         )
         self._name = options.name
         self._timeout_ms = options.timeout_ms

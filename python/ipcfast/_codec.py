@@ -77,6 +77,10 @@ __all__ = [
     "encode_command",
     "encode_console_write",
     "encode_exit",
+    "ShmSetup",
+    "decode_shm_setup",
+    "encode_shm_setup",
+    "shm_region_size",
     "encode_handshake_reply",
     "encode_handshake_request",
     "encode_header",
@@ -129,9 +133,18 @@ class PacketType(enum.IntEnum):
     CONSOLE_WRITE = 5
     EXIT = 6
     CANCEL = 7
+    #: Version 2 only (docs/protocol.md 11): the shared-memory data path.
+    #: This codec parses them; the pure backend never offers or accepts it
+    #: (it speaks version 1, so a conforming peer never sends them to it).
+    SHM_SETUP = 8
+    SHM_ACCEPT = 9
+    SHM_DECLINE = 10
 
 
-_LAST_TYPE = int(PacketType.CANCEL)
+_LAST_TYPE = int(PacketType.SHM_DECLINE)
+_LAST_V1_TYPE = int(PacketType.CANCEL)
+#: The first packet version with the shared-memory packets.
+SHM_PROTOCOL_VERSION = 2
 
 
 class Verdict(enum.IntEnum):
@@ -269,7 +282,8 @@ def parse_header(data: BytesLike, max_message: int, max_version: int) -> Tuple[V
     """Parse a packet header from the bytes received so far.
 
     The checks, in order (docs/protocol.md 4.4): no byte yet: NEED_MORE;
-    bit 7 set: RESERVED_BIT; type 0 or above 7: UNKNOWN_TYPE; extended with
+    bit 7 set: RESERVED_BIT; type 0, above 10, or 8..10 (the shared-memory
+    packets) while ``max_version`` is 1: UNKNOWN_TYPE; extended with
     one byte: NEED_MORE; extended version 0 or above ``max_version``:
     BAD_VERSION; short of the header size: NEED_MORE; length above
     ``max_message``: TOO_LARGE (the header holds the length); else OK.
@@ -282,7 +296,7 @@ def parse_header(data: BytesLike, max_message: int, max_version: int) -> Tuple[V
     if first & TYPE_RESERVED:
         return Verdict.RESERVED_BIT, _EMPTY_HEADER
     type_ = first & TYPE_MASK
-    if type_ < 1 or type_ > _LAST_TYPE:
+    if type_ < 1 or type_ > _LAST_TYPE or (type_ > _LAST_V1_TYPE and max_version < SHM_PROTOCOL_VERSION):
         return Verdict.UNKNOWN_TYPE, _EMPTY_HEADER
     version = 0
     at = 1
@@ -568,6 +582,58 @@ def decode_exit(payload: BytesLike) -> Tuple[int, int]:
         raise MalformedPayload(f"malformed EXIT: {len(data)} bytes instead of {EXIT_PAYLOAD_SIZE}")
     code, kind = struct.unpack("<iB", data)
     return int(code), int(kind)
+
+
+# ---- the shared-memory setup (docs/protocol.md 11.2) ---------------------------
+
+SHM_SETUP_SIZE = 16
+SHM_LAYOUT = 1
+SHM_HEADER_SIZE = 192
+SHM_MIN_SLOT = 64
+SHM_MAX_SLOT = 64 * 1024 * 1024
+
+
+class ShmSetup(NamedTuple):
+    """A SHM_SETUP payload: the region a client offers."""
+
+    layout: int
+    region_size: int
+    slot_size: int
+    flags: int
+
+
+def shm_region_size(slot_size: int) -> int:
+    """The exact region size for a slot size; 0 if the slot size is out of range."""
+    if not SHM_MIN_SLOT <= slot_size <= SHM_MAX_SLOT:
+        return 0
+    return SHM_HEADER_SIZE + 2 * slot_size
+
+
+def encode_shm_setup(setup: ShmSetup) -> bytes:
+    """The 16-byte SHM_SETUP payload."""
+    return struct.pack("<IIII", setup.layout, setup.region_size, setup.slot_size, setup.flags)
+
+
+def decode_shm_setup(payload: BytesLike) -> ShmSetup:
+    """Checks a SHM_SETUP payload as a server must before it maps anything;
+    raises :class:`MalformedPayload` (a protocol error: close) otherwise.
+    The pure backend never gets one (it speaks version 1); this decoder is
+    the reference the vectors check the C core against."""
+    data = bytes(payload)
+    if len(data) != SHM_SETUP_SIZE:
+        raise MalformedPayload(f"a SHM_SETUP payload has {len(data)} bytes, not {SHM_SETUP_SIZE}")
+    setup = ShmSetup(*struct.unpack("<IIII", data))
+    if setup.layout != SHM_LAYOUT:
+        raise MalformedPayload(f"unknown shared-memory layout {setup.layout}")
+    if setup.flags != 0:
+        raise MalformedPayload(f"unknown shared-memory flags 0x{setup.flags:x}")
+    if shm_region_size(setup.slot_size) == 0:
+        raise MalformedPayload(f"shared-memory slot size {setup.slot_size} out of range")
+    if setup.region_size != shm_region_size(setup.slot_size):
+        raise MalformedPayload(
+            f"shared-memory region size {setup.region_size} does not match slot size {setup.slot_size}"
+        )
+    return setup
 
 
 # ---- connections: the protocol's decisions, without I/O ----------------------

@@ -18,6 +18,7 @@
 static char *const IPCFAST_VERSION;
 
 #define IPC_PROTOCOL_VERSION 1
+#define IPC_PROTOCOL_VERSION_SHM 2
 #define IPC_HANDSHAKE_SIZE 8
 #define IPC_HANDSHAKE_REPLY_XOR 0x5A
 #define IPC_FOREIGN_REPLY 0xFF
@@ -38,7 +39,10 @@ enum ipc_packet_type {
     IPC_PACKET_COMMAND = 4,
     IPC_PACKET_CONSOLE_WRITE = 5,
     IPC_PACKET_EXIT = 6,
-    IPC_PACKET_CANCEL = 7
+    IPC_PACKET_CANCEL = 7,
+    IPC_PACKET_SHM_SETUP = 8,
+    IPC_PACKET_SHM_ACCEPT = 9,
+    IPC_PACKET_SHM_DECLINE = 10
 };
 #define IPC_TYPE_MASK ...
 #define IPC_TYPE_EXTENDED ...
@@ -123,6 +127,26 @@ ipc_verdict ipc_handshake_check_reply(const uint8_t *data, size_t size,
                                       uint8_t *server_version);
 size_t ipc_packet_header_encode(uint8_t *out, uint8_t type, uint32_t length,
                                 uint8_t version);
+#define IPC_SHM_SETUP_SIZE 16
+#define IPC_SHM_LAYOUT 1
+#define IPC_SHM_HEADER_SIZE 192
+#define IPC_SHM_MIN_SLOT ...
+#define IPC_SHM_MAX_SLOT ...
+#define IPC_SHM_DEFAULT_SLOT ...
+#define IPC_DEFAULT_SPIN_US 20
+
+typedef struct ipc_shm_setup {
+    uint32_t layout;
+    uint32_t region_size;
+    uint32_t slot_size;
+    uint32_t flags;
+} ipc_shm_setup;
+
+uint32_t ipc_shm_region_size(uint32_t slot_size);
+size_t ipc_shm_setup_encode(uint8_t out[16], const ipc_shm_setup *setup);
+int ipc_shm_setup_decode(const uint8_t *payload, size_t size, ipc_shm_setup *setup,
+                         ipc_error *err);
+
 ipc_verdict ipc_packet_header_parse(const uint8_t *data, size_t size,
                                     uint32_t max_message, uint8_t max_version,
                                     ipc_packet_header *header);
@@ -164,6 +188,8 @@ typedef struct ipc_server_options {
     int dispatch;
     int node;
     ipc_cancel_fn cancel_handler;
+    int shm;
+    int shm_spin_us;
 } ipc_server_options;
 
 void ipc_server_options_init(ipc_server_options *options);
@@ -257,6 +283,9 @@ typedef struct ipc_client_options {
     uint32_t server_uid;
     ipc_interrupt_fn interrupt_check;
     void *interrupt_data;
+    int shm;
+    uint32_t shm_slot_size;
+    int shm_spin_us;
 } ipc_client_options;
 
 void ipc_client_options_init(ipc_client_options *options);
@@ -298,6 +327,7 @@ int ipc_client_read_packet(ipc_client_t *client, uint8_t *type, const uint8_t **
 int ipc_client_send_command(ipc_client_t *client, const ipc_command *command, int timeout_ms,
                             ipc_error *err);
 uint8_t ipc_client_version(const ipc_client_t *client);
+int ipc_client_uses_shm(const ipc_client_t *client);
 void ipc_client_close(ipc_client_t *client);
 void ipc_client_shutdown(ipc_client_t *client);
 void ipc_client_forget(ipc_client_t *client);

@@ -17,6 +17,13 @@
 #define T_POSIX_ONLY(X, name) X(name)
 #endif
 
+/* The shared-memory path's fault tests need the Linux region (memfd). */
+#if defined(__linux__)
+#define T_LINUX_ONLY(X, name) X(name)
+#else
+#define T_LINUX_ONLY(X, name)
+#endif
+
 #define T_TEST_LIST(X)                                              \
     X(codec)                                                        \
     X(options_and_nulls)                                            \
@@ -70,6 +77,16 @@
     X(node_codec)                                                   \
     X(node_commands)                                                \
     X(node_packets_refused)                                         \
+    X(shm_negotiation)                                              \
+    X(shm_round_trips)                                              \
+    X(shm_errors)                                                   \
+    X(shm_stop_during_request)                                      \
+    X(shm_manual_dispatch)                                          \
+    T_LINUX_ONLY(X, shm_stop_wakes_idle_waits)                      \
+    T_LINUX_ONLY(X, shm_killed_peers)                               \
+    T_LINUX_ONLY(X, shm_hostile_peer)                               \
+    T_LINUX_ONLY(X, shm_vanished_peer)                              \
+    T_LINUX_ONLY(X, shm_many_idle_connections)                      \
     /* last: under ThreadSanitizer a data race here ends the run */ \
     X(log_handler_swap_while_serving)
 

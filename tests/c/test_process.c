@@ -33,7 +33,11 @@ int child_client(const char *name)
 /* Sends a slow request and waits to be killed. */
 int child_client_hang(const char *name)
 {
-    ipc_client_t *client = open_client(name, NULL, 10000);
+    ipc_client_options co;
+    ipc_client_t *client;
+    ipc_client_options_init(&co);
+    co.shm = getenv("IPCFAST_TEST_SHM") != NULL; /* test_shm.c: a killed peer */
+    client = open_client(name, &co, 10000);
     ipc_error err = {0, 0, NULL};
     if (!client)
         return 1;
@@ -54,6 +58,7 @@ int child_server(const char *name, int hold, uint32_t max_clients)
     ipc_server_options_init(&so);
     if (max_clients)
         so.max_clients = max_clients;
+    so.shm = getenv("IPCFAST_TEST_SHM") != NULL; /* test_shm.c: a killed peer */
     server = open_server(name, &so, cmd_handler, &ctx);
     if (!server)
         return 1;

@@ -11,7 +11,8 @@
  *
  * Input layout:
  *   byte 0      mode: bit 0 server side / client side, bits 1-3 max_message
- *               choice, bit 4 extended handshake value (application key)
+ *               choice, bit 4 extended handshake value (application key),
+ *               bit 5 the shared-memory ring reader instead (run_shm_reader)
  *   byte 1      seed of the read-chunk sizes (0: one byte per read)
  *   rest        the bytes the peer sends
  *
@@ -240,6 +241,58 @@ void ipc_plat_conn_close(ipc_plat_conn *conn)
     /* Connections live on the fuzzer's stack; only the client closes one. */
     conn->interrupted = 1;
 }
+
+/* Asked by the shared-memory reader when nothing arrived in a wait slice:
+ * "the peer is gone" ends the wait (time stands still in the fuzzer). */
+int ipc_plat_conn_closed(ipc_plat_conn *conn)
+{
+    (void)conn;
+    return 1;
+}
+
+/* Shared memory: the fuzzer never creates or maps a region through the
+ * platform (the ring reader is driven directly over a heap buffer, see
+ * run_shm_reader), and never receives a descriptor. */
+int ipc_plat_shm_supported(void) { return 0; }
+int ipc_plat_shm_create(ipc_plat_shm *shm, size_t size, ipc_error *err)
+{
+    (void)size;
+    memset(shm, 0, sizeof *shm);
+    shm->handle = -1;
+    return ipc__fail(err, IPC_E_SYSTEM, 0, "no shared memory in the fuzzer");
+}
+int ipc_plat_shm_map(ipc_plat_shm *shm, intptr_t handle, size_t size, ipc_error *err)
+{
+    (void)handle; (void)size;
+    memset(shm, 0, sizeof *shm);
+    shm->handle = -1;
+    return ipc__fail(err, IPC_E_SYSTEM, 0, "no shared memory in the fuzzer");
+}
+void ipc_plat_shm_release(ipc_plat_shm *shm) { shm->base = NULL; shm->handle = -1; }
+void ipc_plat_handle_close(intptr_t handle) { FUZZ_CHECK(handle < 0); }
+int ipc_plat_write_handle(ipc_plat_conn *conn, const ipc_plat_buf *parts, int count,
+                          intptr_t handle, int timeout_ms, ipc_error *err)
+{
+    (void)handle;
+    return ipc_plat_write(conn, parts, count, timeout_ms, err);
+}
+void ipc_plat_conn_accept_handles(ipc_plat_conn *conn, int on) { (void)conn; (void)on; }
+intptr_t ipc_plat_conn_take_handle(ipc_plat_conn *conn) { (void)conn; return -1; }
+int ipc_plat_conn_interrupted(ipc_plat_conn *conn) { return conn->interrupted; }
+void ipc_plat_conn_wake_on_interrupt(ipc_plat_conn *conn, uint32_t *word)
+{
+    (void)conn; (void)word;
+}
+uint32_t ipc_plat_word_load(const uint32_t *word) { return *word; }
+void ipc_plat_word_store(uint32_t *word, uint32_t value) { *word = value; }
+void ipc_plat_word_wait(uint32_t *word, uint32_t expected, int timeout_ms)
+{
+    (void)word; (void)expected; (void)timeout_ms;
+}
+void ipc_plat_word_wake(uint32_t *word) { (void)word; }
+int ipc_plat_current_cpu(void) { return 0; }
+void ipc_plat_cpu_relax(void) {}
+int64_t ipc_plat_now_us(void) { return 1000000; }
 
 /* ---- helpers ------------------------------------------------------------- */
 
@@ -473,6 +526,82 @@ static void run_client(const uint8_t *data, size_t size, uint8_t seed, uint32_t 
     free(conn.out);
 }
 
+/* The shared-memory ring reader over a region whose every byte the input
+ * chooses (docs/protocol.md 11.4: the region is untrusted). The input:
+ * the region's request channel header and slot (the server reads them),
+ * then up to 8 further 16-byte channel headers written between reads (so
+ * sequences, types and lengths change under the reader), the rest being
+ * the socket the ON_SOCKET messages come from. Checked: every result is
+ * defined, and an OK message has a known type, a NUL-terminated payload
+ * no longer than max_message, and at most a slot's length unless it came
+ * from the socket. */
+static void run_shm_reader(const uint8_t *data, size_t size, uint8_t seed, uint32_t max_message)
+{
+    uint32_t slot = 64u << (seed & 3);
+    size_t region_size = IPC_SHM_HEADER_SIZE + 2u * slot;
+    size_t first = 64 + 64 + 64 + slot;   /* up to the end of the request slot */
+    ipc_stream stream;
+    ipc_plat_conn conn;
+    ipc_shm_link link;
+    uint32_t *base;
+    int i;
+
+    base = (uint32_t *)calloc(1, region_size);
+    FUZZ_CHECK(base != NULL);
+    memcpy(base, data, size < first ? size : first);
+    data += size < first ? size : first;
+    size -= size < first ? size : first;
+    memset(&link, 0, sizeof link);
+    memset(&stream, 0, sizeof stream);
+    memset(&conn, 0, sizeof conn);
+    conn.seed = seed >> 2;
+    stream.conn = &conn;
+    link.region.base = base;
+    link.region.size = region_size;
+    link.region.handle = -1;
+    link.stream = &stream;
+    link.slot_size = slot;
+    link.in = base + 16;            /* request channel: the server's view */
+    link.out = base + 32;
+    link.in_data = (uint8_t *)base + IPC_SHM_HEADER_SIZE;
+    link.out_data = link.in_data + slot;
+    link.spin_us = (int)(seed & 0x10);
+    fuzz_alloc_limit = max_message;
+    for (i = 0; i < 8; i++) {
+        ipc_packet packet;
+        int r;
+
+        conn.data = data;
+        conn.size = size;
+        conn.at = 0;
+        r = ipc__shm_read(&link, max_message, 2, ipc_plat_now_ms() + 1, &packet, NULL);
+        if (r == IPC_OK) {
+            FUZZ_CHECK(packet.header.type >= IPC_PACKET_REQUEST &&
+                       packet.header.type <= IPC_PACKET_SHM_DECLINE);
+            FUZZ_CHECK(packet.header.length <= max_message);
+            FUZZ_CHECK(packet.payload[packet.header.length] == 0);
+            FUZZ_CHECK(packet.header.header_size != 0 || packet.header.length <= slot);
+            /* the reply goes into the response slot or on the socket */
+            FUZZ_CHECK(ipc__shm_write(&link, IPC_PACKET_RESPONSE, NULL, 0, packet.payload,
+                                      packet.header.length, 0, NULL) == IPC_OK);
+        } else {
+            FUZZ_CHECK(r == IPC_E_TIMEOUT || r == IPC_E_PROTOCOL || r == IPC_E_TOO_LARGE ||
+                       r == IPC_E_CLOSED);
+        }
+        data += conn.at;
+        size -= conn.at;
+        if (size < 16)
+            break;
+        memcpy(link.in, data, 16);   /* the peer rewrites the header */
+        data += 16;
+        size -= 16;
+    }
+    ipc__stream_free(&stream);
+    free(link.copy);
+    free(conn.out);
+    free(base);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     uint8_t value[IPC_HANDSHAKE_SIZE];
@@ -492,6 +621,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (mode & 0x10)
         value[7] ^= 0x01;
 
+    if (mode & 0x20) {   /* the shared-memory ring reader */
+        run_shm_reader(data, size, seed, max_message);
+        return 0;
+    }
     check_codec(data, size, max_message, value);
     check_node_codec(data, size);
     if (mode & 1)

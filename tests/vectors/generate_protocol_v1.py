@@ -1,4 +1,7 @@
-"""Regenerates tests/vectors/protocol_v1.json (wire protocol v1 test vectors).
+"""Regenerates tests/vectors/protocol_v1.json (wire protocol v1 test vectors)
+and tests/vectors/protocol_shm.json (version 2: the shared-memory packets,
+docs/protocol.md section 11; a file of its own so the v1 file stays as it
+was).
 
 Run from anywhere:  python tests/vectors/generate_protocol_v1.py
 
@@ -18,6 +21,7 @@ import struct
 from pathlib import Path
 
 OUT = Path(__file__).with_name("protocol_v1.json")
+OUT_SHM = Path(__file__).with_name("protocol_shm.json")
 
 TYPES = {
     "REQUEST": 1,
@@ -423,10 +427,93 @@ def dumps(doc: dict) -> str:
     return text
 
 
+SHM_TYPES = {"SHM_SETUP": 8, "SHM_ACCEPT": 9, "SHM_DECLINE": 10}
+
+
+def shm_setup(layout: int, region: int, slot: int, flags: int) -> bytes:
+    return struct.pack("<IIII", layout, region, slot, flags)
+
+
+def build_shm() -> dict:
+    """Version 2: the shared-memory packets (docs/protocol.md 11)."""
+    doc: dict = {
+        "version": 2,
+        "constants": {
+            "shm_protocol_version": 2,
+            "packet_types": SHM_TYPES,
+            "setup_size": 16,
+            "layout": 1,
+            "header_size": 192,
+            "min_slot": 64,
+            "max_slot": 64 * 1024 * 1024,
+            "magic": "4953484d",
+            "request_channel_offset": 64,
+            "response_channel_offset": 128,
+            "on_socket_flag": 1,
+        },
+    }
+    # Headers: the new types exist from version 2 on, nowhere else.
+    ph = []
+    for name, t in SHM_TYPES.items():
+        for ver in (0, 2):
+            ph.append({"name": f"{name.lower()}_v{ver or 'short'}_max_2", "hex": header(t, 16, ver).hex(),
+                       "max_message": DEFAULT_MAX, "max_version": 2, "verdict": "OK",
+                       "type": t, "version": ver, "length": 16, "header_size": 6 if ver else 5})
+        ph.append({"name": f"{name.lower()}_max_1", "hex": header(t, 16).hex(),
+                   "max_message": DEFAULT_MAX, "max_version": 1, "verdict": "UNKNOWN_TYPE"})
+    ph.append({"name": "type_11_max_2", "hex": header(11, 0).hex(), "max_message": DEFAULT_MAX,
+               "max_version": 2, "verdict": "UNKNOWN_TYPE"})
+    ph.append({"name": "type_63_max_255", "hex": header(63, 0).hex(), "max_message": DEFAULT_MAX,
+               "max_version": 255, "verdict": "UNKNOWN_TYPE"})
+    ph.append({"name": "request_v2_max_2", "hex": header(1, 3, 2).hex(), "max_message": DEFAULT_MAX,
+               "max_version": 2, "verdict": "OK", "type": 1, "version": 2, "length": 3, "header_size": 6})
+    doc["parse_header"] = ph
+    doc["region_size"] = [
+        {"slot_size": slot, "region_size": 192 + 2 * slot if 64 <= slot <= 64 * 1024 * 1024 else 0}
+        for slot in (0, 63, 64, 4096, 256 * 1024, 64 * 1024 * 1024, 64 * 1024 * 1024 + 1, 0xFFFFFFFF)
+    ]
+    good = [("default_256k", 256 * 1024), ("min_64", 64), ("max_64m", 64 * 1024 * 1024), ("page_4k", 4096)]
+    doc["shm_setup"] = [
+        {"name": name, "hex": shm_setup(1, 192 + 2 * slot, slot, 0).hex(), "layout": 1,
+         "region_size": 192 + 2 * slot, "slot_size": slot, "flags": 0}
+        for name, slot in good
+    ]
+    doc["shm_setup_malformed"] = [
+        {"name": "empty", "hex": "", "error": "has 0 bytes"},
+        {"name": "15_bytes", "hex": shm_setup(1, 8384, 4096, 0)[:15].hex(), "error": "has 15 bytes"},
+        {"name": "17_bytes", "hex": (shm_setup(1, 8384, 4096, 0) + b"\x00").hex(), "error": "has 17 bytes"},
+        {"name": "layout_0", "hex": shm_setup(0, 8384, 4096, 0).hex(), "error": "layout 0"},
+        {"name": "layout_2", "hex": shm_setup(2, 8384, 4096, 0).hex(), "error": "layout 2"},
+        {"name": "flags_1", "hex": shm_setup(1, 8384, 4096, 1).hex(), "error": "flags 0x1"},
+        {"name": "slot_63", "hex": shm_setup(1, 192 + 126, 63, 0).hex(), "error": "slot size 63 out of range"},
+        {"name": "slot_0", "hex": shm_setup(1, 192, 0, 0).hex(), "error": "slot size 0 out of range"},
+        {"name": "slot_too_large", "hex": shm_setup(1, 0xFFFFFFFF, 64 * 1024 * 1024 + 1, 0).hex(),
+         "error": "out of range"},
+        {"name": "region_one_short", "hex": shm_setup(1, 8383, 4096, 0).hex(), "error": "does not match"},
+        {"name": "region_one_long", "hex": shm_setup(1, 8385, 4096, 0).hex(), "error": "does not match"},
+        {"name": "region_wraps", "hex": shm_setup(1, 0, 0x80000000, 0).hex(), "error": "out of range"},
+    ]
+    # The exchange of docs/protocol.md 11.5, byte for byte.
+    hs = derive(b"")
+    setup = shm_setup(1, 192 + 2 * 4096, 4096, 0)
+    doc["exchange"] = [
+        {"name": "accepted", "client": (hs + b"\x02").hex() + (header(8, 16) + setup).hex(),
+         "server": (reply_of(hs) + b"\x02").hex() + header(9, 0).hex(), "version": 2, "uses_shm": True},
+        {"name": "declined", "client": (hs + b"\x02").hex() + (header(8, 16) + setup).hex(),
+         "server": (reply_of(hs) + b"\x02").hex() + (header(10, 4) + b"busy").hex(), "version": 2,
+         "uses_shm": False},
+        {"name": "v1_server", "client": (hs + b"\x02").hex(), "server": (reply_of(hs) + b"\x01").hex(),
+         "version": 1, "uses_shm": False},
+    ]
+    return doc
+
+
 def main() -> None:
     text = dumps(build())
     OUT.write_text(text, encoding="utf-8")
     print(f"wrote {OUT}")
+    OUT_SHM.write_text(dumps(build_shm()), encoding="utf-8")
+    print(f"wrote {OUT_SHM}")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ class NativeServer(Server):
         # Workers take requests from the core's queue, as manual dispatch.
         queued = options.manual or options.workers > 0
         c_options.dispatch = _DISPATCH_MANUAL if queued else _DISPATCH_THREAD
+        c_options.shm = int(options.shm)
         if not queued:
             c_options.returning_handler = lib._ipcfast_reply
         self._options = c_options

@@ -1,0 +1,653 @@
+/*
+ * The shared-memory data path (docs/protocol.md 11): negotiation, round
+ * trips across the slot boundary, a peer that scribbles on the region, a
+ * peer that vanishes, stop during a request, many mapped connections
+ * without leaks, and idle connections that cost no CPU. Where the platform
+ * has no shared-memory path (Windows, macOS) the same clients must still
+ * work over the socket: the offer is simply not made or declined.
+ */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE 1 /* memfd_create, F_ADD_SEALS for the raw peer */
+#endif
+#include "t_harness.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#define SHM_HERE 1
+#else
+#define SHM_HERE 0
+#endif
+
+static void shm_server_options(ipc_server_options *so)
+{
+    ipc_server_options_init(so);
+    so->shm = 1;
+}
+
+static void shm_client_options(ipc_client_options *co, uint32_t slot)
+{
+    ipc_client_options_init(co);
+    co->shm = 1;
+    co->shm_slot_size = slot;
+}
+
+/* Sizes around the slot (4 KiB) and far beyond it, both directions
+ * (xor_handler answers as many bytes as it got). */
+void test_shm_round_trips(void)
+{
+    static const size_t sizes[] = {
+        0, 1, 16, 1000, 4095, 4096, 4097, 8192, 65536, 1024 * 1024 + 3, 4096, 16, 3 * 1024 * 1024,
+        0, 5};
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_options so;
+    ipc_client_options co;
+    ipc_server_t *server;
+    ipc_client_t *client;
+    unsigned char *req = (unsigned char *)malloc(3 * 1024 * 1024 + 8);
+    unsigned char *want = (unsigned char *)malloc(3 * 1024 * 1024 + 8);
+    size_t i, k;
+    int spin;
+
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "shmrt");
+    shm_server_options(&so);
+    server = open_server(name, &so, xor_handler, &ctx);
+    for (spin = 0; server && spin < 2; spin++) {
+        shm_client_options(&co, 4096);
+        co.shm_spin_us = spin ? 50 : 0;
+        client = open_client(name, &co, 5000);
+        if (!client)
+            break;
+        CHECK(ipc_client_uses_shm(client) == SHM_HERE);
+        CHECK(ipc_client_version(client) == IPC_PROTOCOL_VERSION_SHM);
+        for (i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+            fill_random(req, sizes[i], (unsigned)(i * 7 + 1 + spin));
+            for (k = 0; k < sizes[i]; k++)
+                want[k] = (unsigned char)(req[k] ^ 0x5C);
+            if (!expect_response(client, req, sizes[i], want, sizes[i]))
+                note("      (size %lu)", (unsigned long)sizes[i]);
+        }
+        ipc_client_close(client);
+    }
+    ipc_server_stop(server);
+    free(req);
+    free(want);
+    ctx_free(&ctx);
+}
+
+typedef struct manual_client {
+    const char *name;
+    int ok;
+} manual_client;
+
+static void manual_client_main(void *arg)
+{
+    manual_client *m = (manual_client *)arg;
+    static const size_t sizes[] = {0, 7, 4096, 4097, 20000, 3};
+    unsigned char req[20000], want[20000];
+    ipc_client_options co;
+    ipc_client_t *client;
+    size_t i, k;
+
+    shm_client_options(&co, 4096);
+    client = open_client(m->name, &co, 5000);
+    if (!client)
+        return;
+    CHECK(ipc_client_uses_shm(client) == SHM_HERE);
+    for (i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        fill_random(req, sizes[i], (unsigned)i + 99);
+        for (k = 0; k < sizes[i]; k++)
+            want[k] = (unsigned char)(req[k] ^ 0x5C);
+        m->ok += expect_response(client, req, sizes[i], want, sizes[i]);
+    }
+    ipc_client_close(client);
+}
+
+/* Manual dispatch: the answer is written from the application's thread
+ * through the connection's data path, the region here. */
+void test_shm_manual_dispatch(void)
+{
+    char name[96];
+    ipc_server_options so;
+    ipc_server_t *server;
+    manual_client m;
+    t_thread *thread;
+    long long deadline;
+    int handled = 0;
+
+    make_name(name, sizeof name, "shmman");
+    shm_server_options(&so);
+    so.dispatch = IPC_DISPATCH_MANUAL;
+    server = open_server(name, &so, NULL, NULL);
+    if (!server)
+        return;
+    m.name = name;
+    m.ok = 0;
+    thread = t_thread_start(manual_client_main, &m);
+    deadline = t_now_ms() + 20000;
+    while (handled < 6 && t_now_ms() < deadline) {
+        ipc_call *call = NULL;
+        const uint8_t *request;
+        size_t size, j;
+        uint8_t *out;
+        if (ipc_server_next_call(server, &call, &request, &size, 200, NULL) != IPC_OK)
+            continue;
+        out = (uint8_t *)ipc_call_buffer(call, size);
+        if (CHECK(out != NULL)) {
+            for (j = 0; j < size; j++)
+                out[j] = (uint8_t)(request[j] ^ 0x5C);
+            CHECK_RC(ipc_call_respond(call, out, size, NULL), IPC_OK, NULL);
+        }
+        ipc_call_finish(call);
+        handled++;
+    }
+    t_thread_join(thread);
+    CHECK(handled == 6 && m.ok == 6);
+    ipc_server_stop(server);
+}
+
+/* Every combination of offer and acceptance ends on a working path. */
+void test_shm_negotiation(void)
+{
+    static const struct {
+        int server_shm, server_version, client_shm, version, uses;
+    } cases[] = {
+        {0, 0, 1, 1, 0}, /* server speaks 1: no offer */
+        {1, 0, 0, 1, 0}, /* client does not offer */
+        {0, 2, 1, 2, 0}, /* server speaks 2 but declines */
+        {1, 0, 1, 2, 1}, /* accepted */
+    };
+    size_t i;
+    srv_ctx ctx;
+
+    ctx_init(&ctx);
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char name[96];
+        ipc_server_options so;
+        ipc_client_options co;
+        ipc_server_t *server;
+        ipc_client_t *client;
+
+        make_name(name, sizeof name, "shmneg");
+        ipc_server_options_init(&so);
+        so.shm = cases[i].server_shm;
+        if (cases[i].server_version)
+            so.version = (uint8_t)cases[i].server_version;
+        shm_client_options(&co, 0);
+        co.shm = cases[i].client_shm;
+        server = open_server(name, &so, cmd_handler, &ctx);
+        client = server ? open_client(name, &co, 5000) : NULL;
+        if (client) {
+            CHECK(ipc_client_version(client) == cases[i].version);
+            CHECK(ipc_client_uses_shm(client) == (cases[i].uses && SHM_HERE));
+            expect_text(client, "one", "one");
+            expect_text(client, "two", "two");
+            ipc_client_close(client);
+        }
+        ipc_server_stop(server);
+    }
+    ctx_free(&ctx);
+}
+
+/* A handler failure and a too-large request on the region: the first keeps
+ * the connection, the second closes it with the transport's message. */
+void test_shm_errors(void)
+{
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_options so;
+    ipc_client_options co;
+    ipc_server_t *server;
+    ipc_client_t *client;
+    char big[3000];
+    char *message;
+
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "shmerr");
+    shm_server_options(&so);
+    so.max_message = 2048;
+    server = open_server(name, &so, cmd_handler, &ctx);
+    shm_client_options(&co, 4096);
+    client = server ? open_client(name, &co, 5000) : NULL;
+    if (client) {
+        message = expect_failure(client, "fail:nope", 9, 5000, IPC_E_REMOTE);
+        CHECK(message && strcmp(message, "nope") == 0);
+        free(message);
+        expect_text(client, "still", "still");
+        memset(big, 'b', sizeof big);
+        message = expect_failure(client, big, sizeof big, 5000, IPC_E_TOO_LARGE);
+        free(message);
+        message = expect_failure(client, "x", 1, 5000, IPC_E_CLOSED);
+        free(message);
+        ipc_client_close(client);
+    }
+    ipc_server_stop(server);
+    ctx_free(&ctx);
+}
+
+/* stop() while a handler runs and while a client waits in the region: the
+ * client sees the connection closed, nothing hangs. */
+void test_shm_stop_during_request(void)
+{
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_options so;
+    ipc_client_options co;
+    ipc_server_t *server;
+    ipc_client_t *client;
+    ipc_error err = {0, 0, NULL};
+    long long t0;
+
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "shmstop");
+    shm_server_options(&so);
+    server = open_server(name, &so, cmd_handler, &ctx);
+    shm_client_options(&co, 0);
+    client = server ? open_client(name, &co, 5000) : NULL;
+    if (client) {
+        CHECK_RC(ipc_client_write(client, "sleep:3000", 10, 5000, &err), IPC_OK, &err);
+        ipc_error_clear(&err);
+        CHECK(ctx_wait_for(&ctx, &ctx.requests, 1, 5000));
+        t0 = t_now_ms();
+        ipc_server_stop(server);
+        server = NULL;
+        CHECK_MS(t_now_ms() - t0, 0, 4500);
+        {
+            const uint8_t *resp;
+            size_t size;
+            int rc = ipc_client_read(client, &resp, &size, 5000, &err);
+            /* the sleeping handler may still answer during the grace time */
+            CHECK(rc == IPC_E_CLOSED || rc == IPC_OK);
+            ipc_error_clear(&err);
+        }
+        ipc_client_close(client);
+    }
+    ipc_server_stop(server);
+    ctx_free(&ctx);
+}
+
+#if SHM_HERE
+/* stop reaches a connection that sleeps on the region at once: its socket
+ * shut down, the wait is woken too, not left for the next liveness check
+ * (500 ms once a connection has been idle for a second). */
+void test_shm_stop_wakes_idle_waits(void)
+{
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_options so;
+    ipc_client_options co;
+    ipc_server_t *server;
+    ipc_client_t *clients[4];
+    long long t0;
+    int i;
+
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "shmidle");
+    shm_server_options(&so);
+    server = open_server(name, &so, cmd_handler, &ctx);
+    shm_client_options(&co, 0);
+    for (i = 0; i < 4; i++) {
+        clients[i] = server ? open_client(name, &co, 5000) : NULL;
+        if (clients[i])
+            expect_text(clients[i], "hi", "hi");
+    }
+    t_sleep_ms(1100); /* early in the first idle, 500 ms slice */
+    t0 = t_now_ms();
+    ipc_server_stop(server);
+    CHECK_MS(t_now_ms() - t0, 0, 250);
+    for (i = 0; i < 4; i++)
+        ipc_client_close(clients[i]);
+    ctx_free(&ctx);
+}
+
+/* ---- a raw peer that speaks the protocol by hand and then misbehaves ---- */
+
+static int raw_open(const char *name, int *fd_out, uint32_t **words, uint8_t **base, uint32_t slot,
+                    int seal, int send_fd)
+{
+    char path[200];
+    const char *dir = getenv("XDG_RUNTIME_DIR");
+    struct sockaddr_un addr;
+    uint8_t hello[9], reply[9], packet[5 + 16], answer[5];
+    uint32_t region = 192 + 2 * slot;
+    struct msghdr msg;
+    struct iovec iov;
+    union {
+        struct cmsghdr align;
+        char space[CMSG_SPACE(sizeof(int))];
+    } control;
+    int fd, mfd;
+    size_t got = 0;
+
+    if (dir && *dir)
+        snprintf(path, sizeof path, "%s/ipcfast/%s", dir, name);
+    else
+        snprintf(path, sizeof path, "%s/ipcfast-%ld/%s",
+                 getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (long)geteuid(),
+                 name);
+    fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    strncpy(addr.sun_path, path, sizeof addr.sun_path - 1);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0)
+        return -1;
+    memcpy(hello, DEFAULT_HS, 8);
+    hello[8] = 2;
+    if (write(fd, hello, 9) != 9)
+        return -1;
+    while (got < 9) {
+        ssize_t n = read(fd, reply + got, 9 - got);
+        if (n <= 0)
+            return -1;
+        got += (size_t)n;
+    }
+    mfd = memfd_create("raw", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (mfd < 0 || ftruncate(mfd, region) != 0)
+        return -1;
+    if (seal)
+        fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
+    *base = (uint8_t *)mmap(NULL, region, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+    if (*base == MAP_FAILED)
+        return -1;
+    *words = (uint32_t *)*base;
+    (*words)[0] = 0x4D485349u;
+    (*words)[1] = 1;
+    (*words)[2] = slot;
+    packet[0] = IPC_PACKET_SHM_SETUP;
+    packet[1] = 16;
+    packet[2] = packet[3] = packet[4] = 0;
+    memset(packet + 5, 0, 16);
+    packet[5] = 1;
+    memcpy(packet + 9, &region, 4);
+    memcpy(packet + 13, &slot, 4);
+    memset(&msg, 0, sizeof msg);
+    iov.iov_base = packet;
+    iov.iov_len = sizeof packet;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (send_fd) {
+        struct cmsghdr *c;
+        memset(&control, 0, sizeof control);
+        msg.msg_control = control.space;
+        msg.msg_controllen = sizeof control.space;
+        c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &mfd, sizeof mfd);
+    }
+    if (sendmsg(fd, &msg, 0) != (ssize_t)sizeof packet)
+        return -1;
+    close(mfd);
+    got = 0;
+    while (got < 5) {
+        ssize_t n = read(fd, answer + got, 5 - got);
+        if (n <= 0)
+            return -1;
+        got += (size_t)n;
+    }
+    *fd_out = fd;
+    return answer[0]; /* SHM_ACCEPT or SHM_DECLINE (its text left unread) */
+}
+
+/* Reads until the server closes; nonzero if it did within 5 s. */
+static int raw_closed_by_server(int fd)
+{
+    long long until = t_now_ms() + 5000;
+    char buf[512];
+    struct pollfd p;
+
+    p.fd = fd;
+    p.events = POLLIN;
+    while (t_now_ms() < until) {
+        p.revents = 0;
+        if (poll(&p, 1, 100) > 0 && read(fd, buf, sizeof buf) <= 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Publishes a forged message on the request channel (words from offset 64). */
+static void forge(uint32_t *words, uint32_t seq, uint32_t type, uint32_t length, uint32_t flags)
+{
+    uint32_t *request = words + 16;
+    __atomic_store_n(&request[1], type, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&request[2], length, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&request[3], flags, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&request[0], seq, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, &request[0], 1 /* FUTEX_WAKE */, 1, NULL, NULL, 0);
+}
+
+void test_shm_hostile_peer(void)
+{
+    static const struct {
+        uint32_t seq, type, length, flags;
+    } forged[] = {
+        {1, IPC_PACKET_REQUEST, 0xFFFFFFFFu, 0}, /* length far beyond the slot */
+        {1, IPC_PACKET_REQUEST, 4097, 0},        /* one byte beyond the slot */
+        {7, IPC_PACKET_REQUEST, 4, 0},           /* sequence jumped */
+        {1, 0, 4, 0},                            /* type 0 */
+        {1, 63, 4, 0},                           /* unknown type */
+        {1, IPC_PACKET_REQUEST, 4, 0x80},        /* unknown flags */
+        {1, IPC_PACKET_RESPONSE, 4, 0},          /* wrong direction */
+        {1, IPC_PACKET_SHM_SETUP, 16, 0},        /* a second setup */
+    };
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_options so;
+    ipc_client_options co;
+    ipc_server_t *server;
+    ipc_client_t *good;
+    size_t i;
+
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "shmbad");
+    shm_server_options(&so);
+    server = open_server(name, &so, xor_handler, &ctx);
+    shm_client_options(&co, 4096);
+    good = server ? open_client(name, &co, 5000) : NULL;
+    for (i = 0; good && i < sizeof forged / sizeof forged[0]; i++) {
+        uint32_t *words;
+        uint8_t *base;
+        int fd = -1;
+        int answer = raw_open(name, &fd, &words, &base, 4096, 1, 1);
+
+        if (!CHECK(answer == IPC_PACKET_SHM_ACCEPT)) {
+            note("      (case %lu: answer %d)", (unsigned long)i, answer);
+            continue;
+        }
+        forge(words, forged[i].seq, forged[i].type, forged[i].length, forged[i].flags);
+        if (!CHECK(raw_closed_by_server(fd)))
+            note("      (case %lu)", (unsigned long)i);
+        munmap(base, 192 + 2 * 4096);
+        close(fd);
+        CHECK(expect_response(good, "\x1d", 1, "A", 1)); /* 0x1d ^ 0x5c = 'A' */
+    }
+    /* Offers the server must decline: no descriptor, an unsealed region. */
+    for (i = 0; good && i < 2; i++) {
+        uint32_t *words;
+        uint8_t *base = NULL;
+        int fd = -1;
+        int answer = raw_open(name, &fd, &words, &base, 4096, i == 1 ? 0 : 1, i == 0 ? 0 : 1);
+
+        CHECK(answer == IPC_PACKET_SHM_DECLINE);
+        if (base && base != MAP_FAILED)
+            munmap(base, 192 + 2 * 4096);
+        if (fd >= 0)
+            close(fd);
+    }
+    if (good) {
+        CHECK(expect_response(good, "\x1d", 1, "A", 1));
+        ipc_client_close(good);
+    }
+    ipc_server_stop(server);
+    ctx_free(&ctx);
+}
+
+/* A peer that sets up the region and disappears mid-request: the server
+ * notices through the socket and serves the next client. */
+void test_shm_vanished_peer(void)
+{
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_options so;
+    ipc_server_t *server;
+    uint32_t *words;
+    uint8_t *base;
+    int fd = -1;
+
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "shmgone");
+    shm_server_options(&so);
+    server = open_server(name, &so, xor_handler, &ctx);
+    if (server && CHECK(raw_open(name, &fd, &words, &base, 4096, 1, 1) == IPC_PACKET_SHM_ACCEPT)) {
+        long long t0 = t_now_ms();
+        /* half a message: length written, never published */
+        __atomic_store_n(&words[16 + 2], 10u, __ATOMIC_SEQ_CST);
+        close(fd);
+        munmap(base, 192 + 2 * 4096);
+        CHECK(ctx_wait_for(&ctx, &ctx.disconnects, 1, 5000));
+        CHECK_MS(t_now_ms() - t0, 0, 2000);
+    }
+    ipc_server_stop(server);
+    ctx_free(&ctx);
+}
+
+/* Killed processes on either side of a shared-memory connection: the
+ * survivor notices through the socket, never hangs. */
+void test_shm_killed_peers(void)
+{
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_options so;
+    ipc_client_options co;
+    ipc_server_t *server;
+    ipc_client_t *client;
+    ipc_error err = {0, 0, NULL};
+    t_proc *proc;
+
+    setenv("IPCFAST_TEST_SHM", "1", 1);
+    /* a killed client, mid-request: the server goes on serving */
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "shmkc");
+    shm_server_options(&so);
+    server = open_server(name, &so, cmd_handler, &ctx);
+    if (server) {
+        proc = t_proc_spawn("--child-client-hang", name);
+        CHECK(proc != NULL);
+        CHECK(ctx_wait_for(&ctx, &ctx.requests, 1, 15000));
+        t_proc_kill(proc);
+        CHECK(t_proc_wait(proc, 10000) != 0);
+        CHECK(ctx_wait_for(&ctx, &ctx.disconnects, 1, 5000));
+        shm_client_options(&co, 0);
+        client = open_client(name, &co, 5000);
+        if (client) {
+            CHECK(ipc_client_uses_shm(client));
+            expect_text(client, "next", "next");
+            ipc_client_close(client);
+        }
+        ipc_server_stop(server);
+    }
+    ctx_free(&ctx);
+
+    /* a killed server while the client waits on the region */
+    make_name(name, sizeof name, "shmks");
+    proc = t_proc_spawn("--child-server-hold", name);
+    CHECK(proc != NULL);
+    shm_client_options(&co, 0);
+    client = proc ? open_client(name, &co, 15000) : NULL;
+    if (client) {
+        const uint8_t *resp;
+        size_t size;
+        long long t0;
+        CHECK(ipc_client_uses_shm(client));
+        CHECK_RC(ipc_client_write(client, "sleep:20000", 11, 5000, &err), IPC_OK, &err);
+        ipc_error_clear(&err);
+        t_sleep_ms(200);
+        t_proc_kill(proc);
+        t0 = t_now_ms();
+        CHECK_RC(ipc_client_read(client, &resp, &size, 30000, &err), IPC_E_CLOSED, &err);
+        ipc_error_clear(&err);
+        CHECK_MS(t_now_ms() - t0, 0, 3000);
+        ipc_client_close(client);
+    }
+    if (proc) {
+        t_proc_kill(proc);
+        CHECK(t_proc_wait(proc, 10000) != 0);
+    }
+    unsetenv("IPCFAST_TEST_SHM");
+}
+
+/* Lines of /proc/self/maps that map a region (memfd "ipcfast-shm"). */
+static int count_maps(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512];
+    int count = 0;
+
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f))
+        count += strstr(line, "memfd:ipcfast-shm") != NULL;
+    fclose(f);
+    return count;
+}
+
+static double cpu_seconds(void)
+{
+    struct rusage u;
+
+    getrusage(RUSAGE_SELF, &u);
+    return (double)u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + (double)u.ru_stime.tv_sec +
+           u.ru_stime.tv_usec / 1e6;
+}
+
+/* max_clients connections, each with its mapping: nothing stays behind
+ * (descriptors, mappings), and 32 idle ones cost (almost) no CPU. */
+void test_shm_many_idle_connections(void)
+{
+    enum { N = 32 };
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_options so;
+    ipc_client_options co;
+    ipc_server_t *server;
+    ipc_client_t *clients[N];
+    int fds0, maps0, i, mapped = 0;
+    double cpu0, idle_cpu;
+
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "shmmany");
+    fds0 = COUNT_FDS();
+    maps0 = count_maps();
+    shm_server_options(&so);
+    so.max_clients = N;
+    server = open_server(name, &so, xor_handler, &ctx);
+    shm_client_options(&co, 4096);
+    for (i = 0; i < N; i++) {
+        clients[i] = server ? open_client(name, &co, 5000) : NULL;
+        mapped += clients[i] && ipc_client_uses_shm(clients[i]);
+        if (clients[i])
+            CHECK(expect_response(clients[i], "\x1d", 1, "A", 1));
+    }
+    CHECK(mapped == N);
+    CHECK(count_maps() == maps0 + 2 * N);   /* each side maps each region */
+    CHECK(COUNT_FDS() <= fds0 + 2 * N + 8); /* sockets only: the memfds are closed */
+    t_sleep_ms(1300); /* let the connection threads settle into their idle waits */
+    cpu0 = cpu_seconds();
+    t_sleep_ms(1000);
+    idle_cpu = cpu_seconds() - cpu0;
+    note("      idle: %.1f ms of CPU in 1 s with %d shared-memory connections", idle_cpu * 1000, N);
+    CHECK(idle_cpu < 0.2); /* a spinning waiter would burn a whole second */
+    for (i = 0; i < N; i++)
+        ipc_client_close(clients[i]);
+    ipc_server_stop(server);
+    CHECK(COUNT_FDS() == fds0);
+    CHECK(count_maps() == maps0);
+    ctx_free(&ctx);
+}
+
+#endif

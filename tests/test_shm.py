@@ -1,0 +1,203 @@
+"""The shared-memory data path (docs/protocol.md section 11) from Python:
+the version-2 vectors against both codecs, and Client(..., shm=True)
+against native and pure servers in both dispatch modes. A native server
+started with shm=True accepts (on Linux); the pure server speaks version 1,
+so the offer is never made and the socket path carries the requests.
+The fault tests of the path itself are C tests (tests/c/test_shm.c)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+from conftest import MakeServer
+
+import ipcfast
+from ipcfast import _codec
+
+VECTORS: Dict[str, Any] = json.loads(
+    (Path(__file__).parent / "vectors" / "protocol_shm.json").read_text(encoding="utf-8")
+)
+LINUX = sys.platform.startswith("linux")
+
+
+def _c_lib() -> Any:
+    try:
+        from ipcfast._ipcfast_cffi import ffi, lib
+    except ImportError as exc:  # pragma: no cover - depends on the build
+        pytest.skip(f"the native module is not built: {exc}")
+    return ffi, lib
+
+
+# ---- vectors -------------------------------------------------------------------------
+
+
+def test_constants_match_both_codecs() -> None:
+    ffi, lib = _c_lib()
+    constants = VECTORS["constants"]
+    assert lib.IPC_PROTOCOL_VERSION_SHM == _codec.SHM_PROTOCOL_VERSION == constants["shm_protocol_version"]
+    for name, number in constants["packet_types"].items():
+        assert getattr(lib, "IPC_PACKET_" + name) == _codec.PacketType[name] == number
+    assert lib.IPC_SHM_SETUP_SIZE == _codec.SHM_SETUP_SIZE == constants["setup_size"]
+    assert lib.IPC_SHM_LAYOUT == _codec.SHM_LAYOUT == constants["layout"]
+    assert lib.IPC_SHM_HEADER_SIZE == _codec.SHM_HEADER_SIZE == constants["header_size"]
+    assert lib.IPC_SHM_MIN_SLOT == _codec.SHM_MIN_SLOT == constants["min_slot"]
+    assert lib.IPC_SHM_MAX_SLOT == _codec.SHM_MAX_SLOT == constants["max_slot"]
+
+
+@pytest.mark.parametrize("case", VECTORS["parse_header"], ids=lambda c: c["name"])
+def test_parse_header_both_codecs(case: Dict[str, Any]) -> None:
+    ffi, lib = _c_lib()
+    data = bytes.fromhex(case["hex"])
+    verdict, header = _codec.parse_header(data, case["max_message"], case["max_version"])
+    assert verdict.name == case["verdict"]
+    c_header = ffi.new("ipc_packet_header *")
+    buf = ffi.new("uint8_t[]", list(data) or [0])
+    c_verdict = lib.ipc_packet_header_parse(buf, len(data), case["max_message"], case["max_version"], c_header)
+    assert ffi.string(lib.ipc_verdict_name(c_verdict)).decode() == "IPC_VERDICT_" + case["verdict"]
+    if case["verdict"] == "OK":
+        expected = (case["type"], case["version"], case["length"], case["header_size"])
+        assert tuple(header) == expected
+        assert (c_header.type, c_header.version, c_header.length, c_header.header_size) == expected
+
+
+@pytest.mark.parametrize("case", VECTORS["region_size"], ids=lambda c: str(c["slot_size"]))
+def test_region_size(case: Dict[str, Any]) -> None:
+    _, lib = _c_lib()
+    assert _codec.shm_region_size(case["slot_size"]) == case["region_size"]
+    assert lib.ipc_shm_region_size(case["slot_size"]) == case["region_size"]
+
+
+@pytest.mark.parametrize("case", VECTORS["shm_setup"], ids=lambda c: c["name"])
+def test_shm_setup_encode_and_decode(case: Dict[str, Any]) -> None:
+    ffi, lib = _c_lib()
+    fields = (case["layout"], case["region_size"], case["slot_size"], case["flags"])
+    assert _codec.encode_shm_setup(_codec.ShmSetup(*fields)).hex() == case["hex"]
+    assert tuple(_codec.decode_shm_setup(bytes.fromhex(case["hex"]))) == fields
+    setup = ffi.new("ipc_shm_setup *", fields)
+    out = ffi.new("uint8_t[16]")
+    assert lib.ipc_shm_setup_encode(out, setup) == 16
+    assert bytes(ffi.buffer(out, 16)).hex() == case["hex"]
+    decoded = ffi.new("ipc_shm_setup *")
+    err = ffi.new("ipc_error *")
+    data = bytes.fromhex(case["hex"])
+    assert lib.ipc_shm_setup_decode(ffi.new("uint8_t[]", list(data)), len(data), decoded, err) == lib.IPC_OK
+    assert (decoded.layout, decoded.region_size, decoded.slot_size, decoded.flags) == fields
+
+
+@pytest.mark.parametrize("case", VECTORS["shm_setup_malformed"], ids=lambda c: c["name"])
+def test_shm_setup_malformed(case: Dict[str, Any]) -> None:
+    ffi, lib = _c_lib()
+    data = bytes.fromhex(case["hex"])
+    with pytest.raises(_codec.MalformedPayload) as info:
+        _codec.decode_shm_setup(data)
+    assert case["error"] in str(info.value)
+    decoded = ffi.new("ipc_shm_setup *")
+    err = ffi.new("ipc_error *")
+    try:
+        rc = lib.ipc_shm_setup_decode(ffi.new("uint8_t[]", list(data) or [0]), len(data), decoded, err)
+        assert rc == lib.IPC_E_PROTOCOL
+        assert case["error"] in ffi.string(err.message).decode()
+    finally:
+        lib.ipc_error_clear(err)
+
+
+@pytest.mark.parametrize("case", VECTORS["exchange"], ids=lambda c: c["name"])
+def test_exchange_vectors_follow_the_codec(case: Dict[str, Any]) -> None:
+    """The worked exchanges parse with the codec's own rules."""
+    client = bytes.fromhex(case["client"])
+    server = bytes.fromhex(case["server"])
+    value = client[:8]
+    verdict, server_version = _codec.check_handshake_reply(server[:9], value)
+    assert verdict == _codec.Verdict.OK
+    assert server_version is not None
+    version = min(client[8], server_version)
+    assert version == case["version"]
+    rest = server[9:]
+    if rest:
+        verdict, header = _codec.parse_header(rest, _codec.DEFAULT_MAX_MESSAGE, version)
+        assert verdict == _codec.Verdict.OK
+        assert (header.type == _codec.PacketType.SHM_ACCEPT) == case["uses_shm"]
+        _codec.decode_shm_setup(client[9 + 5:])
+
+
+# ---- Client(..., shm=True) -------------------------------------------------------------
+
+
+def _uses_shm(client: ipcfast.Client) -> bool:
+    _, lib = _c_lib()
+    return bool(lib.ipc_client_uses_shm(client._client))  # type: ignore[attr-defined]
+
+
+def _upper(request: bytes) -> bytes:
+    return request.upper()
+
+
+@pytest.mark.parametrize("dispatch", ["thread", "manual"])
+def test_shm_client_against_each_server(
+    name: str, server_backend: str, make_server: MakeServer, dispatch: str
+) -> None:
+    _c_lib()
+    sizes = [0, 16, 1024, 64 * 1024, 300 * 1024, 1024 * 1024]
+    with make_server(name, _upper, dispatch=dispatch, shm=True) as server:
+        stop = threading.Event()
+        loop = None
+        if dispatch == "manual":
+
+            def run() -> None:
+                while not stop.is_set():
+                    server.dispatch(timeout=0.05)
+
+            loop = threading.Thread(target=run)
+            loop.start()
+        try:
+            with ipcfast.Client(name, shm=True, timeout=30) as client:
+                expected_shm = LINUX and server_backend == "native"
+                assert _uses_shm(client) == expected_shm
+                assert client.version == (2 if server_backend == "native" else 1)
+                for size in sizes:
+                    data = bytes(i % 251 for i in range(size)).replace(b"\x00", b"a")
+                    assert client.request(data) == data.upper()
+        finally:
+            stop.set()
+            if loop:
+                loop.join(10)
+
+
+def test_shm_client_handler_failure_keeps_the_connection(name: str, make_server: MakeServer) -> None:
+    _c_lib()
+
+    def handler(request: bytes) -> bytes:
+        if request == b"boom":
+            raise ValueError("boom")
+        return request
+
+    with make_server(name, handler, shm=True):
+        with ipcfast.Client(name, shm=True, timeout=30) as client:
+            with pytest.raises(ipcfast.RemoteError):
+                client.request(b"boom")
+            assert client.request(b"after") == b"after"
+
+
+def test_shm_off_by_default(name: str) -> None:
+    _c_lib()
+    with ipcfast.Server(name, _upper, backend="native"):
+        with ipcfast.Client(name, shm=True) as client:
+            assert not _uses_shm(client)
+            assert client.version == 1
+            assert client.request(b"x") == b"X"
+        with ipcfast.Client(name) as client:
+            assert client.version == 1
+
+
+def test_shm_many_sequential_requests(name: str) -> None:
+    _c_lib()
+    with ipcfast.Server(name, _upper, backend="native", shm=True):
+        with ipcfast.Client(name, shm=True, timeout=30) as client:
+            assert _uses_shm(client) == LINUX
+            answers: List[bytes] = [client.request(b"r%d" % i) for i in range(2000)]
+            assert answers == [b"R%d" % i for i in range(2000)]
