@@ -558,6 +558,7 @@ void test_shm_killed_peers(void)
     proc = t_proc_spawn("--child-server-hold", name);
     CHECK(proc != NULL);
     shm_client_options(&co, 0);
+    co.wait_if_not_found = 1; /* the child server may still be starting */
     client = proc ? open_client(name, &co, 15000) : NULL;
     if (client) {
         const uint8_t *resp;
