@@ -62,8 +62,19 @@ def instructions(name: str, count: int, size: int, backend: str, mode: str) -> i
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
         subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-c", CLIENT,
-             name, str(count), str(size), backend, mode],
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                "-c",
+                CLIENT,
+                name,
+                str(count),
+                str(size),
+                backend,
+                mode,
+            ],
             check=True,
             capture_output=True,
         )
@@ -83,8 +94,9 @@ def main() -> int:
     parser.add_argument("--mode", choices=("request", "raw"), default="request")
     args = parser.parse_args()
     name = f"instr-{os.getpid()}"
-    server = subprocess.Popen([sys.executable, "-c", SERVER, name], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert server.stdout is not None and server.stdout.readline().startswith("READY")
         one = instructions(name, 1, args.size, args.backend, args.mode)

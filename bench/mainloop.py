@@ -59,9 +59,7 @@ def measure(mode: str, requests: int, frame_ms: float) -> list:
     name = f"mainloop-{os.getpid()}-{mode}"
     server = ipcfast.Server(name, lambda r: r, dispatch=mode)
     server.start()
-    client = subprocess.Popen(
-        [sys.executable, "-c", CLIENT, name, str(requests)], stdout=subprocess.PIPE, text=True
-    )
+    client = subprocess.Popen([sys.executable, "-c", CLIENT, name, str(requests)], stdout=subprocess.PIPE, text=True)
     try:
         while client.poll() is None:
             busy(frame_ms / 1000.0)

@@ -54,10 +54,18 @@ TOOLS = [
     # imports in every pytest run, and pytest warns about a plugin imported before
     # it starts (it cannot rewrite its asserts): the same run without that plugin
     # shows what the node does for pytest itself.
-    Tool("pytest -p no:hypothesispytest", ["pytest", "_pytest.*"],
-         ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "tests"], 2.0),
-    Tool("sphinx", ["sphinx.*", "sphinx.builders.text"],
-         ["-m", "sphinx", "-q", "-E", "-b", "text", "docs", "_build"], 2.0),
+    Tool(
+        "pytest -p no:hypothesispytest",
+        ["pytest", "_pytest.*"],
+        ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "tests"],
+        2.0,
+    ),
+    Tool(
+        "sphinx",
+        ["sphinx.*", "sphinx.builders.text"],
+        ["-m", "sphinx", "-q", "-E", "-b", "text", "docs", "_build"],
+        2.0,
+    ),
 ]
 
 SOURCE = '''"""Module {i}: a little of everything a linter looks at."""
@@ -92,7 +100,7 @@ def main() -> int:
     return 0
 '''
 
-TEST = '''from src.mod{i} import Counter{i}
+TEST = """from src.mod{i} import Counter{i}
 
 
 def test_counts():
@@ -103,13 +111,13 @@ def test_counts():
 
 def test_more():
     assert Counter{i}().add(5) == 5
-'''
+"""
 
-CONF = '''project = "bench"
+CONF = """project = "bench"
 extensions = []
-'''
+"""
 
-INDEX = '''Bench
+INDEX = """Bench
 =====
 
 .. toctree::
@@ -118,9 +126,9 @@ INDEX = '''Bench
    page2
 
 Some text with *emphasis* and ``code``.
-'''
+"""
 
-PAGE = '''Page {i}
+PAGE = """Page {i}
 ======
 
 A paragraph about module {i}.
@@ -131,7 +139,7 @@ A paragraph about module {i}.
 .. code-block:: python
 
    print({i})
-'''
+"""
 
 
 def build_project(where: Path) -> None:
@@ -176,8 +184,17 @@ def node_client(where: Path) -> str:
     exe = where / "ipcfast-node-client"
     sources = [str(p) for p in sorted((ROOT / "csrc").glob("*.c"))]
     subprocess.run(
-        ["cc", "-std=c99", "-O2", f"-I{ROOT / 'csrc'}", str(ROOT / "csrc/cli/ipcfast_node_client.c"), *sources,
-         "-o", str(exe), "-lpthread"],
+        [
+            "cc",
+            "-std=c99",
+            "-O2",
+            f"-I{ROOT / 'csrc'}",
+            str(ROOT / "csrc/cli/ipcfast_node_client.c"),
+            *sources,
+            "-o",
+            str(exe),
+            "-lpthread",
+        ],
         check=True,
     )
     return str(exe)
@@ -195,8 +212,13 @@ class Bench:
         return [w for module in preload for w in ("--preload", module)] + ["--idle-timeout", "600"]
 
     def node(self, *args: str) -> "subprocess.CompletedProcess[str]":
-        return subprocess.run([sys.executable, "-m", "ipcfast.node", *args], env=self.env, cwd=str(self.where),
-                              capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "ipcfast.node", *args],
+            env=self.env,
+            cwd=str(self.where),
+            capture_output=True,
+            text=True,
+        )
 
     def cases(self, label: str, preload: List[str], args: List[str]) -> Dict[str, List[str]]:
         options = self.options(preload)
@@ -231,8 +253,11 @@ def main() -> int:
     where = Path(tempfile.mkdtemp(prefix="ipcnode"))
     run_dir = Path(tempfile.mkdtemp(prefix="ipn", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "PYTHONUNBUFFERED")}
-    env.update(PYTHONPATH=os.pathsep.join(p for p in sys.path if p), XDG_RUNTIME_DIR=str(run_dir),
-               XDG_CACHE_HOME=str(where / "cache"))
+    env.update(
+        PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+        XDG_RUNTIME_DIR=str(run_dir),
+        XDG_CACHE_HOME=str(where / "cache"),
+    )
     build_project(where)
     bench = Bench(where, env)
     rows: Dict[str, Dict[str, float]] = {}
@@ -243,9 +268,12 @@ def main() -> int:
             all_cases[tool.name] = bench.cases(tool.name, tool.preload, tool.args)
         overhead = bench.cases("node", [], ["-c", "pass"])
         overhead_black = bench.cases("node+black", ["black"], ["-c", "pass"])
-        all_cases["python -c pass"] = {"cold": overhead["cold"], "C client (empty node)": overhead["C client"],
-                                       "C client (black preloaded)": overhead_black["C client"],
-                                       "empty C program": [str(empty_c)]}
+        all_cases["python -c pass"] = {
+            "cold": overhead["cold"],
+            "C client (empty node)": overhead["C client"],
+            "C client (black preloaded)": overhead_black["C client"],
+            "empty C program": [str(empty_c)],
+        }
         samples: Dict[str, Dict[str, List[float]]] = {k: {c: [] for c in v} for k, v in all_cases.items()}
         for _ in range(args.runs):
             for label, cases in all_cases.items():
@@ -256,8 +284,10 @@ def main() -> int:
                     if case == "cold":
                         expected = (code, output)
                     elif expected is not None and case != "empty C program" and (code, output) != expected:
-                        raise SystemExit(f"{label} via {case}: exit {code}, output differs from cold:\n"
-                                         f"{output.decode()[-1500:]}\n--- cold ---\n{expected[1].decode()[-1500:]}")
+                        raise SystemExit(
+                            f"{label} via {case}: exit {code}, output differs from cold:\n"
+                            f"{output.decode()[-1500:]}\n--- cold ---\n{expected[1].decode()[-1500:]}"
+                        )
         for tool in tools:
             bench.fork_ms[tool.name] = bench.fork_median(tool.preload)
         bench.fork_ms["node"] = bench.fork_median([])
@@ -278,8 +308,14 @@ def main() -> int:
     return 0
 
 
-def report(runs: int, tools: List[Tool], rows: Dict[str, Dict[str, float]], started: Dict[str, float],
-           fork_ms: Dict[str, Optional[float]], missing: List[str]) -> str:
+def report(
+    runs: int,
+    tools: List[Tool],
+    rows: Dict[str, Dict[str, float]],
+    started: Dict[str, float],
+    fork_ms: Dict[str, Optional[float]],
+    missing: List[str],
+) -> str:
     lines = [
         "# Server node: real tools, cold vs warm",
         "",

@@ -29,7 +29,9 @@ def one_run(name: str, shm: bool, iters: int, server_cpu: int, client_cpu: int) 
 
     server = subprocess.Popen(
         [sys.executable, "-c", SERVER, name, "1" if shm else "0", str(server_cpu)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert server.stdout is not None
@@ -65,8 +67,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             results[kind].append(one_run(name, kind == "shm", args.iters, server_cpu, client_cpu))
     socket_us = statistics.median(results["socket"])
     shm_us = statistics.median(results["shm"])
-    print(f"Python client + Python handler, 16 B, split (server CPU {server_cpu}, client CPU {client_cpu}), "
-          f"medians of {args.rounds} rounds")
+    print(
+        f"Python client + Python handler, 16 B, split (server CPU {server_cpu}, client CPU {client_cpu}), "
+        f"medians of {args.rounds} rounds"
+    )
     print(f"| socket path | {socket_us:.2f} µs |")
     print(f"| shared memory | {shm_us:.2f} µs ({shm_us / socket_us:.2f}× the socket path) |")
     return 0

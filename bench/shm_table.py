@@ -43,7 +43,10 @@ def one_run(bindir: str, program: str, env: Dict[str, str], server_cpu: int, cli
         addr = os.path.join(tmp, "s.sock")
         server = subprocess.Popen(
             [os.path.join(bindir, program), "serve", addr, "--cpu", str(server_cpu)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=full_env, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=full_env,
+            text=True,
         )
         try:
             assert server.stdout is not None
@@ -51,12 +54,24 @@ def one_run(bindir: str, program: str, env: Dict[str, str], server_cpu: int, cli
             if not ready.startswith("READY"):
                 raise RuntimeError(f"{program} did not start: {ready!r}")
             out = subprocess.run(
-                [os.path.join(bindir, program), "lat", addr,
-                 "--sizes", ",".join(map(str, SIZES)),
-                 "--iters", ",".join(str(ITERS[s]) for s in SIZES),
-                 "--warmup", ",".join(str(max(ITERS[s] // 10, 20)) for s in SIZES),
-                 "--cpu", str(client_cpu)],
-                capture_output=True, text=True, env=full_env, timeout=300, check=True,
+                [
+                    os.path.join(bindir, program),
+                    "lat",
+                    addr,
+                    "--sizes",
+                    ",".join(map(str, SIZES)),
+                    "--iters",
+                    ",".join(str(ITERS[s]) for s in SIZES),
+                    "--warmup",
+                    ",".join(str(max(ITERS[s] // 10, 20)) for s in SIZES),
+                    "--cpu",
+                    str(client_cpu),
+                ],
+                capture_output=True,
+                text=True,
+                env=full_env,
+                timeout=300,
+                check=True,
             ).stdout
         finally:
             if server.stdin:
@@ -94,8 +109,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 runs.setdefault((placement, impl), []).append(one_run(args.bindir, program, env, server_cpu, cpu))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     for placement in placements:
-        where = (f"both on CPU {client_cpu}" if placement == "pinned"
-                 else f"server on CPU {other_cpu}, client on CPU {client_cpu}")
+        where = (
+            f"both on CPU {client_cpu}"
+            if placement == "pinned"
+            else f"server on CPU {other_cpu}, client on CPU {client_cpu}"
+        )
         print(f"\n{placement} ({where}), medians of {args.rounds} interleaved rounds\n")
         print("| round trip | " + " | ".join(size_label(s) for s in SIZES) + " |")
         print("|---" * (len(SIZES) + 1) + "|")

@@ -61,8 +61,15 @@ VARIANTS: Dict[str, Variant] = {
     # optimised like the extension (-O3 -DNDEBUG): the node client and the
     # bench programs (bench_floor, bench_c2c) for timing tests. Not -Werror:
     # at -O3 gcc 12 warns (maybe-uninitialized) in csrc/ipc_node.c today.
-    "release": Variant({**_COMMON, "CMAKE_BUILD_TYPE": "Release", "IPCFAST_WERROR": "OFF",
-                        "IPCFAST_BUILD_TESTS": "OFF", "IPCFAST_BUILD_BENCH": "ON"}),
+    "release": Variant(
+        {
+            **_COMMON,
+            "CMAKE_BUILD_TYPE": "Release",
+            "IPCFAST_WERROR": "OFF",
+            "IPCFAST_BUILD_TESTS": "OFF",
+            "IPCFAST_BUILD_BENCH": "ON",
+        }
+    ),
     # Windows (named pipes), run under wine by test_c_core.py
     "mingw": Variant({**_COMMON, "CMAKE_TOOLCHAIN_FILE": str(MINGW_TOOLCHAIN)}, cross=True),
 }
@@ -118,14 +125,14 @@ def build_variant(name: str, root: Path) -> CBuild:
     key = repr((sorted(variant.options.items()), os.environ.get("CC", ""), _generator()))
     build_dir = root / f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
     defines = [f"-D{k}={v}" for k, v in sorted(variant.options.items())]
-    configured = _run([cmake, "-S", str(ROOT), "-B", str(build_dir), *_generator(), *defines],
-                      f"configuring the {name} C build")
+    configured = _run(
+        [cmake, "-S", str(ROOT), "-B", str(build_dir), *_generator(), *defines], f"configuring the {name} C build"
+    )
     output = configured.stdout + configured.stderr
     if configured.returncode != 0 and SANITIZE_UNUSABLE in output:
-        pytest.skip(output[output.index(SANITIZE_UNUSABLE):].strip()[:500])
+        pytest.skip(output[output.index(SANITIZE_UNUSABLE) :].strip()[:500])
     assert configured.returncode == 0, f"cmake could not configure the {name} C build:\n{output[-6000:]}"
-    built = _run([cmake, "--build", str(build_dir), "--parallel", str(os.cpu_count() or 2)],
-                 f"the {name} C build")
+    built = _run([cmake, "--build", str(build_dir), "--parallel", str(os.cpu_count() or 2)], f"the {name} C build")
     assert built.returncode == 0, (
         f"the {name} C build failed (warnings are errors):\n{(built.stdout + built.stderr)[-8000:]}"
     )

@@ -495,8 +495,14 @@ def test_default_handshake_matches_the_c_constant() -> None:
     from ipcfast import _codec
 
     assert _codec.DEFAULT_HANDSHAKE == c_value
-    for constant in ("PROTOCOL_VERSION", "HANDSHAKE_SIZE", "HANDSHAKE_REPLY_XOR", "FOREIGN_REPLY",
-                     "MAX_HEADER_SIZE", "DEFAULT_MAX_MESSAGE"):
+    for constant in (
+        "PROTOCOL_VERSION",
+        "HANDSHAKE_SIZE",
+        "HANDSHAKE_REPLY_XOR",
+        "FOREIGN_REPLY",
+        "MAX_HEADER_SIZE",
+        "DEFAULT_MAX_MESSAGE",
+    ):
         assert getattr(_codec, constant) == getattr(lib, "IPC_" + constant), constant
     for packet_type in _codec.PacketType:
         assert packet_type == getattr(lib, "IPC_PACKET_" + packet_type.name)

@@ -162,14 +162,20 @@ def _round(r: int, latency_us: float, rps: float) -> RoundResult:
         }
         for k in (1, 4, 16)
     }
-    return RoundResult(round=r, latency=latency, rate=rate, error=None, loadavg_before=None, other_load=None,
-                       seconds=1.0)  # type: ignore[typeddict-item]
+    return RoundResult(
+        round=r, latency=latency, rate=rate, error=None, loadavg_before=None, other_load=None, seconds=1.0
+    )  # type: ignore[typeddict-item]
 
 
 def _raw() -> dict:
     """floor 10 µs, native 12 µs, socket 15 µs, pyzmq 40 µs, iceoryx2 11 µs: two rounds each."""
-    figures = {"floor": (10, 90e3), "native": (12, 50e3), "socket": (15, 40e3), "pyzmq": (40, 20e3),
-               "iceoryx2": (11, 45e3)}
+    figures = {
+        "floor": (10, 90e3),
+        "native": (12, 50e3),
+        "socket": (15, 40e3),
+        "pyzmq": (40, 20e3),
+        "iceoryx2": (11, 45e3),
+    }
     return {impl: [_round(r, us, rps) for r in range(2)] for impl, (us, rps) in figures.items()}
 
 
@@ -202,18 +208,35 @@ def test_targets_pick_the_best_peer_per_round() -> None:
 def test_report_renders_every_placement_and_target_without_processes() -> None:
     raw = {"pinned": _raw(), "split": _raw()}
     results = Results(
-        schema=2, profile="quick", config={"rounds": 2}, machine={"cpu_model": "test CPU", "nproc": 2},
-        placements={"pinned": {"server": 0, "client": 0, "rate_clients": [0]},
-                    "split": {"server": 1, "client": 0, "rate_clients": [0]}},
-        implementations={"socket": {"description": "x", "measured": True},
-                         "iceoryx2-poll": {"description": "y", "measured": False, "skipped": "not installed"}},
-        source_root=None, notes=[], summary={m: summarize(r) for m, r in raw.items()},
-        targets=evaluate_targets(raw, None), mainloop=None, raw=raw, elapsed_seconds=1.0,
+        schema=2,
+        profile="quick",
+        config={"rounds": 2},
+        machine={"cpu_model": "test CPU", "nproc": 2},
+        placements={
+            "pinned": {"server": 0, "client": 0, "rate_clients": [0]},
+            "split": {"server": 1, "client": 0, "rate_clients": [0]},
+        },
+        implementations={
+            "socket": {"description": "x", "measured": True},
+            "iceoryx2-poll": {"description": "y", "measured": False, "skipped": "not installed"},
+        },
+        source_root=None,
+        notes=[],
+        summary={m: summarize(r) for m, r in raw.items()},
+        targets=evaluate_targets(raw, None),
+        mainloop=None,
+        raw=raw,
+        elapsed_seconds=1.0,
         other_load={"max_other_cpus": None},
     )
     text = render_markdown(results)
-    for title in ("pinned (server and clients on one CPU): median RTT", "split (server on one CPU, clients on "
-                  "another): absolute figures", "CPU time per request", "ratios to ipcfast native", "## Targets"):
+    for title in (
+        "pinned (server and clients on one CPU): median RTT",
+        "split (server on one CPU, clients on another): absolute figures",
+        "CPU time per request",
+        "ratios to ipcfast native",
+        "## Targets",
+    ):
         assert title in text, title
     assert "| floor | 10.1 µs |" in text and "| socket | 1.50× |" in text
     assert "| native | 5.0 µs / 7.0 µs |" in text  # CPU per request, server / clients

@@ -39,12 +39,21 @@ def test_c_core_under_clang_ubsan_with_pointer_overflow(tmp_path: Path) -> None:
     # The C suite's runner and every test file (stress.c is a program of its own).
     tests = sorted(str(p) for p in (ROOT / "tests" / "c").glob("*.c") if p.name != "stress.c")
     flags = [
-        "-std=c99", "-Wall", "-Wextra", "-D_POSIX_C_SOURCE=200809L", "-g", "-O1",
-        "-fsanitize=undefined,pointer-overflow", "-fsanitize-trap=all",
+        "-std=c99",
+        "-Wall",
+        "-Wextra",
+        "-D_POSIX_C_SOURCE=200809L",
+        "-g",
+        "-O1",
+        "-fsanitize=undefined,pointer-overflow",
+        "-fsanitize-trap=all",
     ]
     built = subprocess.run(
         [_clang(), *flags, *tests, *sources, "-o", str(exe), "-lpthread"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert built.returncode == 0 and not built.stderr.strip(), f"build failed:\n{built.stderr}"
     ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900, cwd=tmp_path)

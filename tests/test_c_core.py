@@ -71,9 +71,7 @@ def _run_test_binary(exe: Path, extra_env: Dict[str, str]) -> None:
     env = dict(os.environ)
     env.update(extra_env)
     try:
-        ran = subprocess.run(
-            [str(exe)], capture_output=True, text=True, timeout=900, env=env, cwd=exe.parent
-        )
+        ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900, env=env, cwd=exe.parent)
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         raise AssertionError(f"{exe.name} hung; output so far:\n{out[-6000:]}") from None
@@ -82,15 +80,13 @@ def _run_test_binary(exe: Path, extra_env: Dict[str, str]) -> None:
     summary = SUMMARY.match(lines[-1]) if lines else None
     failures = "\n".join(line for line in ran.stdout.splitlines() if "FAIL" in line)
     assert ran.returncode == 0 and summary and summary.group(2) == "0", (
-        f"{exe.name} exited {ran.returncode}; failures:\n{failures}\n"
-        f"--- end of output ---\n{output[-8000:]}"
+        f"{exe.name} exited {ran.returncode}; failures:\n{failures}\n--- end of output ---\n{output[-8000:]}"
     )
     assert int(summary.group(1)) > 1000, "suspiciously few checks ran"
     for test in WINDOWS_ISSUE_TESTS:
         assert f"[  OK  ] {test} (" in ran.stdout, f"{test} did not run in {exe.name}"
     # sanitizer reports that did not stop the run still count as failures
-    for marker in ("runtime error:", "ERROR: AddressSanitizer", "WARNING: ThreadSanitizer",
-                   "ERROR: LeakSanitizer"):
+    for marker in ("runtime error:", "ERROR: AddressSanitizer", "WARNING: ThreadSanitizer", "ERROR: LeakSanitizer"):
         assert marker not in output, f"{marker!r} in the output of {exe.name}:\n{output[-8000:]}"
 
 
@@ -112,16 +108,12 @@ def test_c_stress_under_sanitizer(variant: str, c_build: BuildC) -> None:
     env = dict(os.environ)
     env.update(SANITIZERS[variant])
     try:
-        ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900, env=env,
-                             cwd=exe.parent)
+        ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900, env=env, cwd=exe.parent)
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"{exe.name} hung:\n{_output_of(exc)[-6000:]}") from None
     output = ran.stdout + ran.stderr
-    assert ran.returncode == 0 and "stress: OK" in ran.stdout, (
-        f"{exe.name} exited {ran.returncode}:\n{output[-8000:]}"
-    )
-    for marker in ("runtime error:", "ERROR: AddressSanitizer", "WARNING: ThreadSanitizer",
-                   "ERROR: LeakSanitizer"):
+    assert ran.returncode == 0 and "stress: OK" in ran.stdout, f"{exe.name} exited {ran.returncode}:\n{output[-8000:]}"
+    for marker in ("runtime error:", "ERROR: AddressSanitizer", "WARNING: ThreadSanitizer", "ERROR: LeakSanitizer"):
         assert marker not in output, f"{marker!r} in the output of {exe.name}:\n{output[-8000:]}"
     print(ran.stdout.strip().splitlines()[-2])
 
@@ -144,9 +136,20 @@ def test_c_core_vendors_with_plain_cc(build_dir: Path) -> None:
     if shutil.which(cc[0]) is None:
         pytest.skip(f"no C compiler ({cc[0]!r}) on PATH")
     exe = build_dir / "vendored_echo_client"
-    cmd = [*cc, "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", f"-I{CSRC}",
-           str(EXAMPLES / "echo_client.c"), *sorted(str(p) for p in CSRC.glob("*.c")),
-           "-o", str(exe), "-lpthread"]
+    cmd = [
+        *cc,
+        "-std=c99",
+        "-pedantic",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        f"-I{CSRC}",
+        str(EXAMPLES / "echo_client.c"),
+        *sorted(str(p) for p in CSRC.glob("*.c")),
+        "-o",
+        str(exe),
+        "-lpthread",
+    ]
     built = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert built.returncode == 0 and not built.stderr.strip(), f"{' '.join(cmd)}\n{built.stderr}"
     assert exe.is_file()
@@ -167,9 +170,12 @@ def _wine_tools() -> Optional[Dict[str, str]]:
     wineserver = shutil.which("wineserver") or ""
     if not wineserver:
         # not always on PATH (distribution packages keep it beside the loader)
-        for candidate in (Path(wine).resolve().parent / "wineserver",
-                          Path("/usr/lib/wine/wineserver64"), Path("/usr/lib/wine/wineserver"),
-                          Path("/opt/wine-stable/bin/wineserver")):
+        for candidate in (
+            Path(wine).resolve().parent / "wineserver",
+            Path("/usr/lib/wine/wineserver64"),
+            Path("/usr/lib/wine/wineserver"),
+            Path("/opt/wine-stable/bin/wineserver"),
+        ):
             if candidate.is_file() and os.access(candidate, os.X_OK):
                 wineserver = str(candidate)
                 break
@@ -220,17 +226,16 @@ def wine_prefix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     env = _wine_env(prefix)
     try:
         try:
-            boot = subprocess.run([tools["wine"], "wineboot", "--init"], env=env,
-                                  capture_output=True, text=True, timeout=600)
+            boot = subprocess.run(
+                [tools["wine"], "wineboot", "--init"], env=env, capture_output=True, text=True, timeout=600
+            )
         except subprocess.TimeoutExpired as exc:
-            pytest.fail(f"wine did not initialise {prefix} within 600 s:\n"
-                        f"{_output_of(exc)[-4000:]}")
+            pytest.fail(f"wine did not initialise {prefix} within 600 s:\n{_output_of(exc)[-4000:]}")
         if tools["wineserver"]:
             # wineboot returns before the prefix is fully written
             subprocess.run([tools["wineserver"], "-w"], env=env, capture_output=True, timeout=600)
         assert (prefix / "system.reg").exists(), (
-            f"wineboot did not initialise {prefix} (exit {boot.returncode}):\n"
-            f"{(boot.stdout + boot.stderr)[-4000:]}"
+            f"wineboot did not initialise {prefix} (exit {boot.returncode}):\n{(boot.stdout + boot.stderr)[-4000:]}"
         )
         yield prefix
     finally:
@@ -250,25 +255,20 @@ def test_c_core_windows_under_wine(c_build: BuildC, wine_prefix: Path) -> None:
     env = _wine_env(wine_prefix)
     started = time.monotonic()
     try:
-        ran = subprocess.run([tools["wine"], str(exe)], capture_output=True, text=True,
-                             timeout=900, env=env, cwd=exe.parent)
+        ran = subprocess.run(
+            [tools["wine"], str(exe)], capture_output=True, text=True, timeout=900, env=env, cwd=exe.parent
+        )
     except subprocess.TimeoutExpired as exc:
         _kill_wineserver(tools, env)  # the Windows processes outlive the wine launcher
-        raise AssertionError(
-            f"{exe.name} under wine hung; output so far:\n{_output_of(exc)[-6000:]}"
-        ) from None
+        raise AssertionError(f"{exe.name} under wine hung; output so far:\n{_output_of(exc)[-6000:]}") from None
     elapsed = time.monotonic() - started
     lines = [line for line in ran.stdout.splitlines() if line.strip()]
     summary = SUMMARY.match(lines[-1]) if lines else None
-    failures = "\n".join(
-        line for line in ran.stdout.splitlines() if "FAIL" in line or line.startswith("      ")
-    )
+    failures = "\n".join(line for line in ran.stdout.splitlines() if "FAIL" in line or line.startswith("      "))
     assert ran.returncode == 0 and summary and summary.group(2) == "0", (
         f"{exe.name} under wine exited {ran.returncode} after {elapsed:.1f} s:\n{failures}\n"
         f"--- end of output ---\n{(ran.stdout + ran.stderr)[-6000:]}"
     )
     assert int(summary.group(1)) > 1000, "suspiciously few checks ran"
     for test in WINDOWS_ISSUE_TESTS:
-        assert f"[  OK  ] {test} (" in ran.stdout, (
-            f"{test} did not run under wine:\n{ran.stdout[-4000:]}"
-        )
+        assert f"[  OK  ] {test} (" in ran.stdout, f"{test} did not run under wine:\n{ran.stdout[-4000:]}"

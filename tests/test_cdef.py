@@ -180,7 +180,7 @@ def type_str(node: c_ast.Node, param: bool = False) -> str:
         return f"{type_str(node.type)}[{dim}]"
     if isinstance(node, c_ast.FuncDecl):
         params = []
-        for p in (node.args.params if node.args else []):
+        for p in node.args.params if node.args else []:
             if isinstance(p, c_ast.EllipsisParam):
                 params.append("...")
             else:
@@ -213,7 +213,7 @@ class Declarations:
         self.typedefs: Dict[str, str] = {}
         self.structs: Dict[str, List[Tuple[str, str]]] = {}
         self.enums: Dict[str, List[Tuple[str, int]]] = {}
-        self.open_enums: set = set()   # cdef enums ending in "...": values from the compiler
+        self.open_enums: set = set()  # cdef enums ending in "...": values from the compiler
         self.variables: Dict[str, str] = {}
         for node in ast.ext:
             self._collect_tags(node)
@@ -347,9 +347,7 @@ def test_global_variables_match() -> None:
 
 
 def test_every_integer_define_matches() -> None:
-    header_ints = {
-        k: v for k, v in HEADER_DEFINES.items() if v and not v.startswith('"') and k != "IPCFAST_IPC_H"
-    }
+    header_ints = {k: v for k, v in HEADER_DEFINES.items() if v and not v.startswith('"') and k != "IPCFAST_IPC_H"}
     missing = sorted(set(header_ints) - set(CDEF_DEFINES))
     extra = sorted(set(CDEF_DEFINES) - set(header_ints))
     assert not missing, f"#defines of ipc.h missing from the cdef: {missing}"
@@ -383,9 +381,7 @@ def test_compiled_constants_match_the_header() -> None:
     lib = _native()
     if lib is None:
         pytest.skip("the native module is not built")
-    header_ints = {
-        k: v for k, v in HEADER_DEFINES.items() if v and not v.startswith('"') and k != "IPCFAST_IPC_H"
-    }
+    header_ints = {k: v for k, v in HEADER_DEFINES.items() if v and not v.startswith('"') and k != "IPCFAST_IPC_H"}
     for name, expr in header_ints.items():
         assert getattr(lib, name) == eval_define(expr, header_ints), name
     for members in H.enums.values():

@@ -16,8 +16,9 @@ INLINE = 240  # IPC_REPLY_INLINE_SIZE in csrc/ipc.h
 
 
 @pytest.mark.parametrize("size", [0, 1, INLINE - 1, INLINE, INLINE + 1, 4096, 1 << 20])
-def test_every_response_size_comes_back_whole(size: int, name: str, make_server: MakeServer,
-                                              make_client: MakeClient) -> None:
+def test_every_response_size_comes_back_whole(
+    size: int, name: str, make_server: MakeServer, make_client: MakeClient
+) -> None:
     with make_server(name, lambda r: r), make_client(name) as client:
         data = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
         assert client.request(data) == data

@@ -122,9 +122,7 @@ def test_starting_server_that_never_listens_costs_the_budget(
     assert time.monotonic() - t0 >= 0.4
 
 
-def test_lock_file_of_a_dead_owner_is_answered_at_once(
-    make_client: MakeClient, name: str, private_tmp: str
-) -> None:
+def test_lock_file_of_a_dead_owner_is_answered_at_once(make_client: MakeClient, name: str, private_tmp: str) -> None:
     os.makedirs(private_tmp, mode=0o700, exist_ok=True)
     with open(os.path.join(private_tmp, name + ".lock"), "w") as f:
         f.write(f"{_dead_pid()}\n")

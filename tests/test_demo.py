@@ -7,9 +7,7 @@ import sys
 
 
 def test_demo_runs_real_requests_and_exits_cleanly() -> None:
-    ran = subprocess.run(
-        [sys.executable, "-m", "ipcfast.demo"], capture_output=True, text=True, timeout=120
-    )
+    ran = subprocess.run([sys.executable, "-m", "ipcfast.demo"], capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     out = ran.stdout
     assert "-> b'HELLO, IPCFAST'" in out

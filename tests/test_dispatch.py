@@ -70,9 +70,7 @@ def test_fileno_is_ready_exactly_while_requests_are_pending(
         sel.close()
 
 
-def test_errors_and_wrong_returns_reach_the_client(
-    name: str, make_server: MakeServer, make_client: MakeClient
-) -> None:
+def test_errors_and_wrong_returns_reach_the_client(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
     def handler(request: bytes) -> object:
         if request == b"raise":
             raise KeyError("nope")
@@ -158,9 +156,7 @@ def test_stop_from_inside_a_dispatched_handler_is_refused(
     assert errors and "deadlock" in str(errors[0])
 
 
-def test_serve_forever_dispatches_on_its_thread(
-    name: str, make_server: MakeServer, make_client: MakeClient
-) -> None:
+def test_serve_forever_dispatches_on_its_thread(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
     seen: List[int] = []
 
     def handler(request: bytes) -> bytes:

@@ -221,7 +221,10 @@ def test_cli_server_with_c_client(examples: dict) -> None:
     name = unique_name("doc-cli")
     server = subprocess.Popen(
         [sys.executable, "-m", "ipcfast", "serve", name, "--echo"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
     )
     try:
         assert server.stderr is not None
@@ -251,7 +254,9 @@ def test_c_server_with_c_client(examples: dict) -> None:
 def test_c_client_reports_a_missing_server(examples: dict) -> None:
     ran = subprocess.run(
         [examples["echo_client"], unique_name("doc-none") + "/nowhere.sock", "x"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert ran.returncode == 1
     assert ran.stderr.startswith("echo_client: IPC_E_NOT_FOUND: "), ran.stderr

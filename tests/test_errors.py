@@ -363,9 +363,9 @@ def test_oversize_request_refused_while_the_client_is_still_writing(
             with pytest.raises(ipcfast.MessageTooLarge) as info:
                 client.request(b"b" * (8 * 1024 * 1024), timeout=10)
             assert time.monotonic() - t0 < 5
-            assert str(info.value) == (
-                "the request of 8388608 bytes exceeds the server's max_message of 1024 bytes"
-            ), str(info.value)
+            assert str(info.value) == ("the request of 8388608 bytes exceeds the server's max_message of 1024 bytes"), (
+                str(info.value)
+            )
             with pytest.raises(ipcfast.ConnectionClosed):
                 client.request(b"small")
         with make_client(name) as client:
@@ -554,9 +554,7 @@ def test_max_clients_full_then_a_slot_frees(name: str, make_server: MakeServer, 
         second.close()
 
 
-def test_a_client_waiting_for_a_slot_sees_the_stop(
-    name: str, make_server: MakeServer, make_client: MakeClient
-) -> None:
+def test_a_client_waiting_for_a_slot_sees_the_stop(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
     """All slots taken, a client waits in the backlog; stopping the server
     ends its wait at once with a clear error instead of the whole budget."""
     server = make_server(name, echo, max_clients=1)
@@ -617,9 +615,7 @@ def test_an_interrupted_request_closes_the_connection(name: str, make_server: Ma
         signal.signal(signal.SIGALRM, old)
 
 
-def test_error_text_with_nul_bytes_arrives_whole(
-    name: str, make_server: MakeServer, make_client: MakeClient
-) -> None:
+def test_error_text_with_nul_bytes_arrives_whole(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
     # A NUL inside the handler's error text used to cut the native client's
     # message short; both clients now show it as U+FFFD and keep the rest.
     def handler(request: bytes) -> bytes:
@@ -632,9 +628,7 @@ def test_error_text_with_nul_bytes_arrives_whole(
     assert str(info.value) == "ValueError: before\ufffdafter"
 
 
-def test_zero_connect_timeout_means_one_attempt(
-    name: str, make_server: MakeServer, make_client: MakeClient
-) -> None:
+def test_zero_connect_timeout_means_one_attempt(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
     # connect_timeout=0 used to leave no time for the handshake, so it could
     # never reach even an idle live server.
     with make_server(name, echo):
@@ -646,9 +640,7 @@ def test_zero_connect_timeout_means_one_attempt(
     assert time.monotonic() - started < 1.0
 
 
-def test_a_long_failure_text_is_cut_to_64_kib(
-    name: str, make_server: MakeServer, make_client: MakeClient
-) -> None:
+def test_a_long_failure_text_is_cut_to_64_kib(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
     """A failure text is cut to its first 64 KiB (docs/protocol.md 5), and
     the connection stays in step (issue 13, item 15)."""
 

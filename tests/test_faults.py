@@ -145,7 +145,9 @@ def test_client_killed_at_any_stage_frees_its_slot(stage: str, name: str, make_s
             assert survivor.request(b"s0") == b"s0"
             proc = subprocess.Popen(
                 [sys.executable, "-c", KILLED_CLIENT, server.address, stage, HELLO.hex()],
-                stdout=subprocess.PIPE, text=True, env=child_env(),
+                stdout=subprocess.PIPE,
+                text=True,
+                env=child_env(),
             )
             try:
                 assert proc.stdout is not None
@@ -249,9 +251,7 @@ def test_stalled_clients_stall_nobody(name: str, make_server: MakeServer) -> Non
 
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
-def test_server_stopped_or_killed_under_load(
-    how: str, name: str, server_backend: str, client_backend: str
-) -> None:
+def test_server_stopped_or_killed_under_load(how: str, name: str, server_backend: str, client_backend: str) -> None:
     """16 clients hammer a server process (some requests take 50 ms in the
     handler); the server is stopped (stdin closed: Server.stop) or killed
     (SIGKILL). Every client ends with its answers followed by

@@ -72,7 +72,9 @@ def fuzzer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fuzz") / "fuzz_codec"
     built = subprocess.run(
         [CLANG, *FLAGS, f"-I{ROOT / 'csrc'}", str(HARNESS), *core_sources(), "-o", str(out)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if built.returncode != 0 and "fuzzer" in built.stderr and "cannot find" in built.stderr.lower():
         pytest.skip(f"clang has no libFuzzer runtime (install libclang-rt-dev): {built.stderr[-300:]}")
@@ -90,8 +92,7 @@ def test_corpus_replays_cleanly(fuzzer: Path) -> None:
     """Every seed and every kept crash input runs without a finding."""
     inputs = sorted(str(p) for p in CORPUS.iterdir() if p.is_file())
     assert inputs, "tests/fuzz/corpus is empty"
-    ran = subprocess.run([str(fuzzer), *inputs], capture_output=True, text=True, timeout=300,
-                         env=_env())
+    ran = subprocess.run([str(fuzzer), *inputs], capture_output=True, text=True, timeout=300, env=_env())
     assert ran.returncode == 0, f"a corpus input fails:\n{ran.stderr[-6000:]}"
     assert f"Executed {inputs[-1]}" in ran.stderr
 
@@ -103,10 +104,22 @@ def test_corpus_replays_with_gcc(tmp_path: Path) -> None:
         pytest.skip("gcc is not installed: cannot build the replay program")
     out = tmp_path / "fuzz_replay"
     built = subprocess.run(
-        [gcc, "-g", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-         f"-I{ROOT / 'csrc'}", str(HARNESS), str(HARNESS.with_name("replay_main.c")), *core_sources(),
-         "-o", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            gcc,
+            "-g",
+            "-O1",
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=undefined",
+            f"-I{ROOT / 'csrc'}",
+            str(HARNESS),
+            str(HARNESS.with_name("replay_main.c")),
+            *core_sources(),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert built.returncode == 0, f"the replay program does not build:\n{built.stderr}"
     inputs = sorted(str(p) for p in CORPUS.iterdir() if p.is_file())
@@ -124,9 +137,20 @@ def test_fuzz_for_a_minute(fuzzer: Path, tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
     ran = subprocess.run(
-        [str(fuzzer), f"-max_total_time={seconds}", "-max_len=4096", "-rss_limit_mb=2048",
-         "-timeout=10", "-print_final_stats=1", f"-artifact_prefix={artifacts}/", str(work)],
-        capture_output=True, text=True, timeout=seconds + 300, env=_env(),
+        [
+            str(fuzzer),
+            f"-max_total_time={seconds}",
+            "-max_len=4096",
+            "-rss_limit_mb=2048",
+            "-timeout=10",
+            "-print_final_stats=1",
+            f"-artifact_prefix={artifacts}/",
+            str(work),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 300,
+        env=_env(),
     )
     found = sorted(artifacts.iterdir())
     for path in found:  # keep every finding as a regression input

@@ -120,9 +120,7 @@ def _fds_of_an_exec_d_child() -> List[str]:
 
 @linux_only
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_no_descriptor_reaches_a_child_exec_d_while_servers_start_and_stop(
-    backend: str, traversable_tmp: str
-) -> None:
+def test_no_descriptor_reaches_a_child_exec_d_while_servers_start_and_stop(backend: str, traversable_tmp: str) -> None:
     baseline = set(_fds_of_an_exec_d_child())
     stop = threading.Event()
     leaked: List[str] = []
@@ -155,7 +153,9 @@ def test_no_descriptor_reaches_a_child_exec_d_while_servers_start_and_stop(
 
 # ---- item 3: no chmod by name after bind; unlink only our own socket ----------------------
 
-SWAP_SOCKET_FOR_SYMLINK = DROP_TO_NOBODY + r"""
+SWAP_SOCKET_FOR_SYMLINK = (
+    DROP_TO_NOBODY
+    + r"""
 directory, victim, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 sock = os.path.join(directory, "s")
 print("READY", flush=True)
@@ -173,6 +173,7 @@ while time.monotonic() < until:
         pass
 print("SWAPS", swaps, flush=True)
 """
+)
 
 
 @needs_root
@@ -315,7 +316,9 @@ def test_timeouts_hold_under_a_1khz_timer_signal(
 
 # ---- item 6: another user is refused at accept, before a slot is spent ---------------------
 
-HOLD_SILENT_CONNECTIONS = DROP_TO_NOBODY + r"""
+HOLD_SILENT_CONNECTIONS = (
+    DROP_TO_NOBODY
+    + r"""
 address, count, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 held = []
 until = time.monotonic() + seconds
@@ -346,6 +349,7 @@ while time.monotonic() < until:
     time.sleep(0.01)
 print("DONE", flush=True)
 """
+)
 
 
 @needs_root

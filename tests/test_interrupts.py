@@ -248,8 +248,6 @@ def test_close_from_another_thread_aborts_an_inflight_request(
         assert client.closed
 
 
-
-
 # ---- a signal handler that does not raise ----------------------------------------------
 
 ALARM_SCRIPT = _script(

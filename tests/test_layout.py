@@ -46,7 +46,7 @@ def _symbols(obj: Path, nm: str) -> Tuple[Set[str], Set[str]]:
         if len(parts) < 2:
             continue
         name, kind = parts[0], parts[1]
-        if name.startswith(".refptr."):   # mingw's per-object indirection stubs
+        if name.startswith(".refptr."):  # mingw's per-object indirection stubs
             continue
         if kind == "U":
             needed.add(name)
@@ -61,8 +61,9 @@ def link_graph(cc: str, nm: str, tmp: Path) -> Graph:
     needs: Dict[str, Set[str]] = {}
     for source in sorted(CSRC.glob("*.c")):
         obj = tmp / (source.stem + ".o")
-        subprocess.run([cc, "-std=c99", f"-I{CSRC}", "-c", str(source), "-o", str(obj)], check=True,
-                       capture_output=True, text=True)
+        subprocess.run(
+            [cc, "-std=c99", f"-I{CSRC}", "-c", str(source), "-o", str(obj)], check=True, capture_output=True, text=True
+        )
         defined, needed = _symbols(obj, nm)
         for symbol in defined:
             assert symbol not in owners, f"{symbol} is defined by {owners[symbol]} and {source.name}"
@@ -81,7 +82,7 @@ def find_cycle(graph: Graph) -> List[str]:
         stack.append(node)
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == 1:
-                return stack[stack.index(dep):] + [dep]
+                return stack[stack.index(dep) :] + [dep]
             if dep not in state:
                 found = visit(dep)
                 if found:

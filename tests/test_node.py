@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the node forks 
 
 ROOT = Path(__file__).resolve().parent.parent
 
-TOOL = r'''
+TOOL = r"""
 import logging, os, subprocess, sys
 print("argv", sys.argv[1:])
 print("cwd", os.getcwd())
@@ -46,17 +46,17 @@ subprocess.run([sys.executable, "-c", "import sys; print('child out'); print('ch
 print("caf\u00e9 \u2603")
 code = int(sys.argv[1]) if len(sys.argv) > 1 else 0
 sys.exit(code)
-'''
+"""
 
-CRASH = r'''
+CRASH = r"""
 def fail(x):
     raise ValueError(f"bad value {x}")
 
 print("before the crash")
 fail(42)
-'''
+"""
 
-SLOW = r'''
+SLOW = r"""
 import sys, time
 try:
     print("started", flush=True)
@@ -65,12 +65,12 @@ try:
 finally:
     print("cleanup ran", flush=True)
 print("not cancelled")
-'''
+"""
 
-HELPER_USER = r'''
+HELPER_USER = r"""
 import helper_mod
 print(helper_mod.VALUE)
-'''
+"""
 
 
 class Node:
@@ -372,14 +372,14 @@ def test_commands_run_side_by_side_each_in_its_own_process(node: Node) -> None:
         slow.wait()
 
 
-STATE = r'''
+STATE = r"""
 import os, sys, time
 import json as _json
 print(os.environ.get("LEAK"), oct(os.umask(0o077)), time.strftime("%Z", time.localtime(0)),
       "json" in sys.modules and hasattr(_json, "leaked"))
 os.environ["LEAK"] = "leaked"
 _json.leaked = True
-'''
+"""
 
 
 def test_nothing_a_command_changes_reaches_the_next_one(node: Node) -> None:
@@ -397,38 +397,53 @@ def test_umask_and_time_zone_are_the_clients(node: Node) -> None:
         words = [sys.executable, "-m", "ipcfast.node", "run", *node.options, "--", "state.py"]
         results = []
         for argv in (words, [sys.executable, "state.py"]):
-            done = subprocess.run(argv, cwd=str(node.work), env=env, capture_output=True, timeout=60,
-                                  preexec_fn=lambda umask=umask: os.umask(umask))  # type: ignore[misc]
+            done = subprocess.run(
+                argv,
+                cwd=str(node.work),
+                env=env,
+                capture_output=True,
+                timeout=60,
+                preexec_fn=lambda umask=umask: os.umask(umask),
+            )  # type: ignore[misc]
             results.append(done.stdout)
         assert results[0] == results[1]
         assert oct(umask).encode() in results[0] and (b"UTC" in results[0] or b"EST" in results[0])
 
 
-LOCALE = r'''
+LOCALE = r"""
 import locale, os, sys
 print(sys.stdout.encoding, sys.stdout.errors, sys.stderr.errors, sys.stdin.encoding,
       locale.setlocale(locale.LC_CTYPE), os.environ.get("LC_CTYPE"), sys.stdout.line_buffering)
-'''
+"""
 
 
 def test_locale_and_stream_encodings_are_set_up_as_at_a_python_start(node: Node) -> None:
     (node.work / "loc.py").write_text(LOCALE, encoding="utf-8")
     node.run("tool.py")
     base = {k: v for k, v in node.env.items() if not k.startswith("LC_") and k != "LANG"}
-    for extra in ({"LANG": "C"}, {"LANG": "C.UTF-8"}, {"LC_ALL": "C"}, {"PYTHONIOENCODING": "latin-1:replace"},
-                  {"LANG": "C", "PYTHONCOERCECLOCALE": "0"}, {"PYTHONUNBUFFERED": "1"}):
+    for extra in (
+        {"LANG": "C"},
+        {"LANG": "C.UTF-8"},
+        {"LC_ALL": "C"},
+        {"PYTHONIOENCODING": "latin-1:replace"},
+        {"LANG": "C", "PYTHONCOERCECLOCALE": "0"},
+        {"PYTHONUNBUFFERED": "1"},
+    ):
         env = dict(base, **extra)
         results = []
-        for argv in ([sys.executable, "-m", "ipcfast.node", "run", *node.options, "--", "loc.py"],
-                     [sys.executable, "loc.py"]):
+        for argv in (
+            [sys.executable, "-m", "ipcfast.node", "run", *node.options, "--", "loc.py"],
+            [sys.executable, "loc.py"],
+        ):
             done = subprocess.run(argv, cwd=str(node.work), env=env, capture_output=True, timeout=60)
             results.append((done.returncode, done.stdout, done.stderr))
         assert results[0] == results[1], extra
 
 
 def test_a_command_killed_by_a_signal_ends_its_client_the_same_way(node: Node) -> None:
-    (node.work / "term.py").write_text("import os, signal\nprint('bye', flush=True)\n"
-                                       "os.kill(os.getpid(), signal.SIGTERM)\n", encoding="utf-8")
+    (node.work / "term.py").write_text(
+        "import os, signal\nprint('bye', flush=True)\nos.kill(os.getpid(), signal.SIGTERM)\n", encoding="utf-8"
+    )
     node.run("tool.py")
     warm = _same_as_cold(node, "term.py")
     assert warm.returncode == -signal.SIGTERM
@@ -438,7 +453,7 @@ def test_a_command_killed_by_a_signal_ends_its_client_the_same_way(node: Node) -
     assert (done.returncode, done.stdout) == (-signal.SIGTERM, b"bye\n")
 
 
-FORKER = r'''
+FORKER = r"""
 import os, sys
 print("parent before fork", flush=True)
 pid = os.fork()
@@ -448,7 +463,7 @@ if pid == 0:
 os.waitpid(pid, 0)
 print("parent after the child", flush=True)
 sys.exit(5)
-'''
+"""
 
 
 def test_a_forked_child_of_the_command_does_not_answer_for_it(node: Node) -> None:
@@ -525,8 +540,11 @@ def test_ctrl_c_cancels_the_command_like_a_cold_run(node: Node) -> None:
     for mode in ("cold", "warm"):
         if mode == "cold":
             proc = subprocess.Popen(
-                [sys.executable, "slow.py"], cwd=str(node.work), env=node.env,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                [sys.executable, "slow.py"],
+                cwd=str(node.work),
+                env=node.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
             )
         else:
             proc = _start(node, "slow.py")
@@ -615,8 +633,17 @@ def _c_client(tmp: Path) -> str:
     exe = tmp / "ipcfast-node-client"
     sources = [str(p) for p in sorted((ROOT / "csrc").glob("*.c"))]
     subprocess.run(
-        [cc, "-std=c99", "-O2", f"-I{ROOT / 'csrc'}", str(ROOT / "csrc" / "cli" / "ipcfast_node_client.c"),
-         *sources, "-o", str(exe), "-lpthread"],
+        [
+            cc,
+            "-std=c99",
+            "-O2",
+            f"-I{ROOT / 'csrc'}",
+            str(ROOT / "csrc" / "cli" / "ipcfast_node_client.c"),
+            *sources,
+            "-o",
+            str(exe),
+            "-lpthread",
+        ],
         check=True,
     )
     return str(exe)
@@ -635,8 +662,9 @@ def test_c_client_and_python_client_share_one_node(node: Node) -> None:
     pid = node.pid()
     # ...the Python client reuses it, and the C client again.
     assert node.run("tool.py", "0").returncode == 0
-    again = subprocess.run(words + ["-m", "nodepkg", "9"], cwd=str(node.work), env=node.env,
-                           capture_output=True, timeout=60)
+    again = subprocess.run(
+        words + ["-m", "nodepkg", "9"], cwd=str(node.work), env=node.env, capture_output=True, timeout=60
+    )
     assert again.returncode == 9 and b"argv ['9']" in again.stdout
     status = node.status()
     assert status is not None and status["pid"] == pid and status["commands"] == 3
@@ -646,8 +674,9 @@ def test_c_client_ctrl_c_cancels(node: Node) -> None:
     client = _c_client(node.tmp)
     words = shlex.split(node.cli("c-command", *node.options).stdout.decode().strip())
     words[0] = client
-    proc = subprocess.Popen(words + ["slow.py"], cwd=str(node.work), env=node.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        words + ["slow.py"], cwd=str(node.work), env=node.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"started\n"
     proc.send_signal(signal.SIGINT)
@@ -661,12 +690,23 @@ def test_c_client_packet_path_and_stdin(node: Node) -> None:
     words = shlex.split(node.cli("c-command", *node.options).stdout.decode().strip())
     words[0] = client
     cold = node.cold("tool.py", "4")
-    streamed = subprocess.run([words[0], "--stream", *words[1:], "tool.py", "4"], cwd=str(node.work),
-                              env=node.env, capture_output=True, timeout=60)
+    streamed = subprocess.run(
+        [words[0], "--stream", *words[1:], "tool.py", "4"],
+        cwd=str(node.work),
+        env=node.env,
+        capture_output=True,
+        timeout=60,
+    )
     assert (streamed.returncode, streamed.stdout, streamed.stderr) == (cold.returncode, cold.stdout, cold.stderr)
     (node.work / "upper.py").write_text("import sys\nsys.stdout.write(sys.stdin.read().upper())\n", "utf-8")
-    piped = subprocess.run(words + ["upper.py"], cwd=str(node.work), env=node.env, input=b"from the pipe\n",
-                           capture_output=True, timeout=60)
+    piped = subprocess.run(
+        words + ["upper.py"],
+        cwd=str(node.work),
+        env=node.env,
+        input=b"from the pipe\n",
+        capture_output=True,
+        timeout=60,
+    )
     assert piped.returncode == 0 and piped.stdout == b"FROM THE PIPE\n"
     status = node.status()
     assert status is not None and status["commands"] == 2
@@ -676,7 +716,10 @@ def test_c_client_without_a_node_runs_the_command_itself(node: Node) -> None:
     client = _c_client(node.tmp)
     done = subprocess.run(
         [client, "--name", "no-node-here", "--", sys.executable, "tool.py", "5"],
-        cwd=str(node.work), env=node.env, capture_output=True, timeout=60,
+        cwd=str(node.work),
+        env=node.env,
+        capture_output=True,
+        timeout=60,
     )
     cold = node.cold("tool.py", "5")
     assert (done.returncode, done.stdout, done.stderr) == (cold.returncode, cold.stdout, cold.stderr)
@@ -690,5 +733,3 @@ def test_cli_help_and_usage_errors(node: Node) -> None:
     assert missing.returncode != 0 and b"--" in missing.stderr
     alias = subprocess.run([sys.executable, "-m", "ipcfast", "node", "--help"], capture_output=True, timeout=60)
     assert alias.returncode == 0 and alias.stdout == helped.stdout
-
-

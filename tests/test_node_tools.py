@@ -48,13 +48,13 @@ INSTALLED = [tool for tool in TOOLS if importlib.util.find_spec(tool) is not Non
 
 Result = Tuple[int, bytes, bytes]
 
-BAD = '''import os, sys
+BAD = """import os, sys
 def f( x ):
     y = 1
     return x+1
 class Thing :
     pass
-'''
+"""
 
 OTHER = '''"""Another module."""
 
@@ -64,14 +64,14 @@ def g(value):
     return value * 2
 '''
 
-TYPED = '''def add(a: int, b: int) -> int:
+TYPED = """def add(a: int, b: int) -> int:
     return a + b
 
 
 add(1, "two")
-'''
+"""
 
-TESTS = '''import sys
+TESTS = """import sys
 
 
 def test_passes():
@@ -82,17 +82,17 @@ def test_passes():
 
 def test_fails():
     assert [1, 2, 3] == [1, 2, 4], "lists differ"
-'''
+"""
 
-SLOW_TEST = '''import os, time
+SLOW_TEST = """import os, time
 
 
 def test_slow():
     open(os.environ["SLOW_MARKER"], "w").close()
     time.sleep(60)
-'''
+"""
 
-FORKER = '''import os, sys
+FORKER = """import os, sys
 print("parent before fork", flush=True)
 pid = os.fork()
 if pid == 0:
@@ -101,7 +101,7 @@ if pid == 0:
 os.waitpid(pid, 0)
 print("parent after the child")
 sys.exit(5)
-'''
+"""
 
 _DURATION = re.compile(rb"in \d+\.\d+s")
 # pytest rewrites "collecting N items" in place on a terminal, but only once
@@ -121,8 +121,14 @@ class Tools:
     def __init__(self, tmp: Path) -> None:
         self.project = tmp / "project"
         self.project.mkdir()
-        for name, text in (("bad.py", BAD), ("other.py", OTHER), ("typed.py", TYPED),
-                           ("test_sample.py", TESTS), ("slow_test.py", SLOW_TEST), ("forker.py", FORKER)):
+        for name, text in (
+            ("bad.py", BAD),
+            ("other.py", OTHER),
+            ("typed.py", TYPED),
+            ("test_sample.py", TESTS),
+            ("slow_test.py", SLOW_TEST),
+            ("forker.py", FORKER),
+        ):
             (self.project / name).write_text(text, encoding="utf-8")
         (self.project / "pyproject.toml").write_text("[tool.black]\nline-length = 88\n", encoding="utf-8")
         self.run_dir = Path(tempfile.mkdtemp(prefix="ipt", dir="/tmp"))
@@ -144,8 +150,13 @@ class Tools:
         return words[:-1]  # without the interpreter: argv() adds it
 
     def node_cli(self, *args: str) -> "subprocess.CompletedProcess[bytes]":
-        return subprocess.run([sys.executable, "-m", "ipcfast.node", *args], cwd=str(self.project),
-                              env=self.env, capture_output=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "ipcfast.node", *args],
+            cwd=str(self.project),
+            env=self.env,
+            capture_output=True,
+            timeout=120,
+        )
 
     def argv(self, how: str, args: List[str]) -> List[str]:
         if how == "cold":
@@ -157,8 +168,9 @@ class Tools:
         return [*self.c_words, sys.executable, *args]
 
     def run(self, how: str, args: List[str], stdin: Optional[bytes] = None) -> Result:
-        done = subprocess.run(self.argv(how, args), cwd=str(self.project), env=self.env, input=stdin,
-                              capture_output=True, timeout=300)
+        done = subprocess.run(
+            self.argv(how, args), cwd=str(self.project), env=self.env, input=stdin, capture_output=True, timeout=300
+        )
         return done.returncode, normalise(done.stdout), normalise(done.stderr)
 
     def pid(self) -> Optional[int]:
@@ -198,8 +210,20 @@ def _c_client(tmp: Path) -> Optional[str]:
         return None
     exe = tmp / "ipcfast-node-client"
     sources = [str(p) for p in sorted((ROOT / "csrc").glob("*.c"))]
-    subprocess.run([cc, "-std=c99", "-O2", f"-I{ROOT / 'csrc'}", str(ROOT / "csrc" / "cli" / "ipcfast_node_client.c"),
-                    *sources, "-o", str(exe), "-lpthread"], check=True)
+    subprocess.run(
+        [
+            cc,
+            "-std=c99",
+            "-O2",
+            f"-I{ROOT / 'csrc'}",
+            str(ROOT / "csrc" / "cli" / "ipcfast_node_client.c"),
+            *sources,
+            "-o",
+            str(exe),
+            "-lpthread",
+        ],
+        check=True,
+    )
     return str(exe)
 
 
@@ -320,8 +344,9 @@ def run_in_pty(argv: List[str], tools: Tools, columns: int = 123) -> Tuple[int, 
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     env = dict(tools.env, TERM="xterm-256color")
-    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=str(tools.project), env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdin=slave, stdout=slave, stderr=slave, cwd=str(tools.project), env=env, start_new_session=True
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -340,8 +365,10 @@ def test_a_terminal_123_columns_wide_with_both_streams(tools: Tools) -> None:
     need("pytest")
     need("black")
     colds = []
-    for args in (["-m", "pytest", "-p", "no:cacheprovider", "-v", "-s", "test_sample.py"],
-                 ["-m", "black", "--check", "bad.py", "other.py"]):
+    for args in (
+        ["-m", "pytest", "-p", "no:cacheprovider", "-v", "-s", "test_sample.py"],
+        ["-m", "black", "--check", "bad.py", "other.py"],
+    ):
         cold = run_in_pty(tools.argv("cold", args), tools)
         colds.append(cold[1])
         for how in CLIENTS:
@@ -357,8 +384,14 @@ def test_both_streams_into_one_pipe_keep_their_order(tools: Tools) -> None:
     args = ["-m", "pytest", "-p", "no:cacheprovider", "-s", "-q", "test_sample.py"]
     results: Dict[str, bytes] = {}
     for how in ["cold", *CLIENTS]:
-        done = subprocess.run(tools.argv(how, args), cwd=str(tools.project), env=tools.env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+        done = subprocess.run(
+            tools.argv(how, args),
+            cwd=str(tools.project),
+            env=tools.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+        )
         results[how] = normalise(done.stdout)
     assert results["python"] == results["cold"]
     assert results["c"] == results["cold"]
@@ -377,8 +410,9 @@ def test_ctrl_c_in_the_middle_of_a_pytest_run(tools: Tools) -> None:
     for how in ["cold", *CLIENTS]:
         if marker.exists():
             marker.unlink()
-        proc = subprocess.Popen(tools.argv(how, args), cwd=str(tools.project), env=tools.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            tools.argv(how, args), cwd=str(tools.project), env=tools.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         assert wait_for(marker.exists, timeout=60), how
         time.sleep(0.5)  # well into the sleep: the interrupted line is the same in every run
         proc.send_signal(signal.SIGINT)

@@ -80,9 +80,7 @@ def test_many_client_processes(name: str, make_server: MakeServer, client_backen
 
 
 @posix_only
-def test_killed_server_stale_socket_and_waiting_client(
-    name: str, server_backend: str, make_client: MakeClient
-) -> None:
+def test_killed_server_stale_socket_and_waiting_client(name: str, server_backend: str, make_client: MakeClient) -> None:
     """SIGKILL the server while a client waits for its answer: the client gets
     ConnectionClosed (no hang) and a new server reclaims the name: one of the
     other backend, so each backend reclaims what the other left behind."""

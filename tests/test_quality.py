@@ -1,5 +1,5 @@
-"""The package stays lint-clean (ruff) and fully typed (mypy --strict); the
-C tests keep the C style of .clang-format.
+"""The package stays lint-clean (ruff), formatted (ruff format) and fully
+typed (mypy --strict); the C tests keep the C style of .clang-format.
 
 ruff and mypy come with the `test` extra (configured in pyproject.toml);
 clang-format is a system package (.ci/run installs it).
@@ -25,6 +25,11 @@ def _run(tool: str, *args: str) -> subprocess.CompletedProcess:
 def test_ruff_is_clean() -> None:
     ran = _run("ruff", "check", "python", "tests", "bench")
     assert ran.returncode == 0, ran.stdout + ran.stderr
+
+
+def test_ruff_format_holds() -> None:
+    ran = _run("ruff", "format", "--check", "python", "tests", "bench")
+    assert ran.returncode == 0, f"run `ruff format python tests bench`:\n{ran.stdout}{ran.stderr}"
 
 
 def test_mypy_strict_is_clean() -> None:

@@ -122,7 +122,7 @@ def test_exchange_vectors_follow_the_codec(case: Dict[str, Any]) -> None:
         verdict, header = _codec.parse_header(rest, _codec.DEFAULT_MAX_MESSAGE, version)
         assert verdict == _codec.Verdict.OK
         assert (header.type == _codec.PacketType.SHM_ACCEPT) == case["uses_shm"]
-        _codec.decode_shm_setup(client[9 + 5:])
+        _codec.decode_shm_setup(client[9 + 5 :])
 
 
 # ---- Client(..., shm=True) -------------------------------------------------------------
@@ -138,9 +138,7 @@ def _upper(request: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("dispatch", ["thread", "manual"])
-def test_shm_client_against_each_server(
-    name: str, server_backend: str, make_server: MakeServer, dispatch: str
-) -> None:
+def test_shm_client_against_each_server(name: str, server_backend: str, make_server: MakeServer, dispatch: str) -> None:
     _c_lib()
     sizes = [0, 16, 1024, 64 * 1024, 300 * 1024, 1024 * 1024]
     with make_server(name, _upper, dispatch=dispatch, shm=True) as server:

@@ -121,8 +121,10 @@ def test_connect_cycles_keep_descriptors_threads_and_memory_flat(
 
         assert wait_for(settled, timeout=10, interval=0.2), (baseline, final)
         client_after = _own_stats()
-        print(f"\n{cycles} connect/request/close cycles; server before {baseline} after {final}; "
-              f"client process before {client_before} after {client_after}")
+        print(
+            f"\n{cycles} connect/request/close cycles; server before {baseline} after {final}; "
+            f"client process before {client_before} after {client_after}"
+        )
         assert final["rss_kib"] - baseline["rss_kib"] < RSS_MARGIN_KIB, (baseline, final)
         assert client_after["fds"] <= client_before["fds"]
         assert server.stop() == 0

@@ -327,9 +327,7 @@ def test_several_listeners_serve_a_burst(name: str, make_server: MakeServer, mak
     assert not errors, errors[:3]
 
 
-def test_foreign_listener_with_a_full_backlog_does_not_hang_start(
-    tmp_path: Any, make_server: MakeServer
-) -> None:
+def test_foreign_listener_with_a_full_backlog_does_not_hang_start(tmp_path: Any, make_server: MakeServer) -> None:
     # The stale-socket probe used to be a blocking connect: a listener that
     # does not hold the lock and has a full backlog hung start() for good.
     path = str(tmp_path / "squatted.sock")

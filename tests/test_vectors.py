@@ -108,7 +108,7 @@ class CCodec:
     def _verdict(self, verdict: int) -> str:
         name = self.ffi.string(self.lib.ipc_verdict_name(verdict)).decode("ascii")
         assert name.startswith("IPC_VERDICT_"), name
-        return name[len("IPC_VERDICT_"):]
+        return name[len("IPC_VERDICT_") :]
 
     # the adapter interface
     def default_handshake(self) -> bytes:
@@ -149,7 +149,6 @@ class CCodec:
             self.lib.ipc_packet_header_parse(self._in(data), len(data), max_message, max_version, header)
         )
         return verdict, Header(header.type, header.version, header.length, header.header_size)
-
 
     # server-node payloads: (result, error message) pairs
     def _error(self, err: Any) -> str:
@@ -267,7 +266,6 @@ class PureCodec:
         verdict, header = self.codec.parse_header(data, max_message, max_version)
         return verdict.name, Header(*header)
 
-
     def encode_command(self, command: NodeCommand) -> bytes:
         return self.codec.encode_command(self.codec.Command(*command))
 
@@ -354,9 +352,19 @@ def test_vectors_cover_what_the_protocol_requires() -> None:
     prefix_sizes = {(len(_hex(c["hex"]))) for c in parse if c["verdict"] == "NEED_MORE"}
     assert prefix_sizes == {0, 1, 2, 3, 4, 5}
     assert {c["verdict"] for c in VECTORS["handshake_request"]} == {
-        "OK", "NEED_MORE", "FOREIGN", "MISMATCH", "BAD_VERSION"}
+        "OK",
+        "NEED_MORE",
+        "FOREIGN",
+        "MISMATCH",
+        "BAD_VERSION",
+    }
     assert {c["verdict"] for c in VECTORS["handshake_reply"]} == {
-        "OK", "NEED_MORE", "FOREIGN", "MISMATCH", "BAD_VERSION"}
+        "OK",
+        "NEED_MORE",
+        "FOREIGN",
+        "MISMATCH",
+        "BAD_VERSION",
+    }
 
 
 @pytest.mark.parametrize("case", VECTORS["handshake_derivation"])
@@ -508,7 +516,7 @@ class Reassembler:
                 {
                     "type": header.type,
                     "version": header.version,
-                    "payload": self.buffer[header.header_size:end].hex(),
+                    "payload": self.buffer[header.header_size : end].hex(),
                 }
             )
             self.buffer = self.buffer[end:]
@@ -521,9 +529,9 @@ class Reassembler:
 
 def _splits(data: bytes) -> List[List[bytes]]:
     """The stream in one piece, byte by byte, in fixed-size and random pieces."""
-    out = [[data], [data[i:i + 1] for i in range(len(data))]]
+    out = [[data], [data[i : i + 1] for i in range(len(data))]]
     for size in (2, 3, 5, 6, 7):
-        out.append([data[i:i + size] for i in range(0, len(data), size)])
+        out.append([data[i : i + size] for i in range(0, len(data), size)])
     rng = random.Random(len(data))
     for _ in range(5):
         cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, 4))) if len(data) > 1 else []
@@ -662,9 +670,8 @@ def test_valid_streams_decode_alike_in_any_split(max_version: int, data: Any, cu
     # Every proper prefix: the packets completed so far, then NEED_MORE.
     if stream:
         cut = cuts[0] % len(stream) if cuts else len(stream) // 2
-        assert _pure_decode([stream[:cut]], 0xFFFFFFFF, max_version) == _c_decode(
-            stream[:cut], 0xFFFFFFFF, max_version
-        )
+        assert _pure_decode([stream[:cut]], 0xFFFFFFFF, max_version) == _c_decode(stream[:cut], 0xFFFFFFFF, max_version)
+
 
 @settings(max_examples=500, deadline=None)
 @given(
@@ -686,6 +693,7 @@ def test_random_headers_get_the_same_verdict(data: bytes, max_message: int, max_
     if verdict.name in ("OK", "TOO_LARGE"):
         assert tuple(header) == (c_header.type, c_header.version, c_header.length, c_header.header_size)
 
+
 @settings(max_examples=300, deadline=None)
 @given(
     stream=st.binary(max_size=64),
@@ -697,6 +705,7 @@ def test_random_streams_decode_alike(stream: bytes, cuts: List[int], max_message
     """Any bytes, split anywhere: same packets and the same final verdict."""
     pure = _pure_decode(_cut(stream, cuts), max_message, max_version)
     assert pure == _c_decode(stream, max_message, max_version)
+
 
 @settings(max_examples=300, deadline=None)
 @given(data=st.binary(max_size=10), value=st.binary(min_size=8, max_size=8))

@@ -293,7 +293,10 @@ def reply_with(data: bytes, then: str = "close") -> Script:
 #: name -> (the fake server's script, connect_timeout, exception class, start of the message)
 CONNECT_CASES: Dict[str, Tuple[Script, float, Any, str]] = {
     "foreign": (
-        reply_with(b"\xff"), 5, ipcfast.HandshakeError, "the server '{name}' rejected our handshake as foreign"
+        reply_with(b"\xff"),
+        5,
+        ipcfast.HandshakeError,
+        "the server '{name}' rejected our handshake as foreign",
     ),
     "mismatch": (
         reply_with(VALUE + b"\x01", then="wait"),
@@ -366,9 +369,7 @@ REQUEST_CASES: Dict[str, Tuple[bytes, int, Any, str, bool]] = {
     "response-in-pieces": (packet(RESPONSE, b"abc" * 1000), 2**26, None, "", False),
     "extended-response": (packet(RESPONSE, b"ext", version=1), 2**26, None, "", False),
     "remote-error": (packet(ERROR, "it broke: ü".encode()), 2**26, ipcfast.RemoteError, "it broke: ü", False),
-    "empty-error": (
-        packet(ERROR), 2**26, ipcfast.RemoteError, "the server's handler failed without a message", False
-    ),
+    "empty-error": (packet(ERROR), 2**26, ipcfast.RemoteError, "the server's handler failed without a message", False),
     "too-large-error": (
         packet(ERROR, b"ipcfast: too large: the request of 9 bytes exceeds ..."),
         2**26,
@@ -384,7 +385,11 @@ REQUEST_CASES: Dict[str, Tuple[bytes, int, Any, str, bool]] = {
         True,
     ),
     "exit-packet": (
-        packet(6, b"\0" * 4), 2**26, ipcfast.ProtocolError, "unexpected packet type 6 from the server", True
+        packet(6, b"\0" * 4),
+        2**26,
+        ipcfast.ProtocolError,
+        "unexpected packet type 6 from the server",
+        True,
     ),
     "request-packet": (packet(REQUEST), 2**26, ipcfast.ProtocolError, "unexpected packet type 1 from the server", True),
     "reserved-bit": (
@@ -408,7 +413,7 @@ REQUEST_CASES: Dict[str, Tuple[bytes, int, Any, str, bool]] = {
 
 def _answer_in_pieces(answer: bytes, conn: socket.socket) -> None:
     for i in range(0, len(answer), 7):
-        conn.sendall(answer[i:i + 7])
+        conn.sendall(answer[i : i + 7])
         if i < 50:
             time.sleep(0.001)
 
@@ -470,8 +475,7 @@ def test_both_clients_report_failures_alike(tmp_path: Any) -> None:
     for case, (script, budget, _, _) in CONNECT_CASES.items():
         with FakeServer(path, script):
             outcomes[case] = {
-                b: _outcome(lambda b=b, t=budget: ipcfast.Client(path, connect_timeout=t, backend=b))
-                for b in BACKENDS
+                b: _outcome(lambda b=b, t=budget: ipcfast.Client(path, connect_timeout=t, backend=b)) for b in BACKENDS
             }
     for case, (answer, max_message, _, _, _) in REQUEST_CASES.items():
         for b in BACKENDS:

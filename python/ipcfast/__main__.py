@@ -63,8 +63,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # Stop cleanly on SIGTERM as on Ctrl-C (serve_forever stops the
         # server on KeyboardInterrupt).
         signal.signal(signal.SIGTERM, _interrupt)
-    print(f"serving {args.name!r} on {server.address} ({'echo' if not args.module else args.module}); "
-          f"Ctrl-C stops", file=sys.stderr, flush=True)
+    print(
+        f"serving {args.name!r} on {server.address} ({'echo' if not args.module else args.module}); Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
     server.serve_forever()
     return 0
 
@@ -135,44 +138,51 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--key", default=None, help="application key both sides must agree on")
         p.add_argument("--backend", choices=BACKENDS, default="native", help="implementation (default native)")
 
-    serve = commands.add_parser("serve", help="run a server until Ctrl-C",
-                                description="Run a server until Ctrl-C (or SIGTERM).")
+    serve = commands.add_parser(
+        "serve", help="run a server until Ctrl-C", description="Run a server until Ctrl-C (or SIGTERM)."
+    )
     common(serve)
     what = serve.add_mutually_exclusive_group()
     what.add_argument("--echo", action="store_true", help="answer every request with itself (the default)")
     what.add_argument("--module", metavar="MOD:FUNC", help="handler function: bytes in, bytes out")
     serve.add_argument("--max-clients", type=int, default=32, help="connection slots (default 32)")
-    serve.add_argument("--access", choices=("user", "world"), default="user",
-                       help="who may connect (default: the same user)")
+    serve.add_argument(
+        "--access", choices=("user", "world"), default="user", help="who may connect (default: the same user)"
+    )
     serve.set_defaults(run=_cmd_serve)
 
-    call = commands.add_parser("call", help="send one request, print the response",
-                               description="Send one request and write the response to stdout.")
+    call = commands.add_parser(
+        "call",
+        help="send one request, print the response",
+        description="Send one request and write the response to stdout.",
+    )
     common(call)
     call.add_argument("data", help="the request as text, or - to read bytes from stdin")
     call.add_argument("--timeout", type=float, default=None, help="seconds to wait for the answer")
     call.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to find the server (default 5)")
-    call.add_argument("--wait", action="store_true",
-                      help="wait up to --connect-timeout for a server nobody is starting yet")
+    call.add_argument(
+        "--wait", action="store_true", help="wait up to --connect-timeout for a server nobody is starting yet"
+    )
     call.set_defaults(run=_cmd_call)
 
-    ping = commands.add_parser("ping", help="measure round-trip times",
-                               description="Measure round-trip times to a server (any handler; "
-                                           "the answers are ignored).")
+    ping = commands.add_parser(
+        "ping",
+        help="measure round-trip times",
+        description="Measure round-trip times to a server (any handler; the answers are ignored).",
+    )
     common(ping)
     ping.add_argument("-c", "--count", type=int, default=100, help="round trips (default 100)")
     ping.add_argument("-s", "--size", type=int, default=16, help="request size in bytes (default 16)")
     ping.add_argument("-v", "--verbose", action="store_true", help="print every round trip")
     ping.add_argument("--timeout", type=float, default=5.0, help="seconds per round trip (default 5)")
     ping.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to find the server (default 5)")
-    ping.add_argument("--wait", action="store_true",
-                      help="wait up to --connect-timeout for a server nobody is starting yet")
+    ping.add_argument(
+        "--wait", action="store_true", help="wait up to --connect-timeout for a server nobody is starting yet"
+    )
     ping.set_defaults(run=_cmd_ping)
 
     commands.add_parser("bench", help="run the benchmark (bench --help for its options)", add_help=False)
-    commands.add_parser(
-        "node", help="run Python commands through a warm server node (node --help)", add_help=False
-    )
+    commands.add_parser("node", help="run Python commands through a warm server node (node --help)", add_help=False)
     demo = commands.add_parser("demo", help="run a server and a client doing real requests")
     demo.set_defaults(run=_cmd_demo)
     return parser

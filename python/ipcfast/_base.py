@@ -757,4 +757,3 @@ class Client:
         tb: Optional[TracebackType],
     ) -> None:
         self.close()
-

@@ -415,7 +415,7 @@ class PacketDecoder:
             if len(buf) < end:
                 break
             with memoryview(buf) as view:
-                payload = bytes(view[header.header_size:end])
+                payload = bytes(view[header.header_size : end])
             del buf[:end]
             self._header = None
             packets.append(Packet(header.type, header.version, payload))

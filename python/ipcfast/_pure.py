@@ -185,13 +185,10 @@ def _check_private_dir(path: str) -> None:
     if stat.S_ISLNK(st.st_mode):
         raise _error(
             "IPC_E_ACCESS_DENIED",
-            f"the socket directory '{path}' is a symbolic link; refusing to use it "
-            f"(remove it, or set XDG_RUNTIME_DIR)",
+            f"the socket directory '{path}' is a symbolic link; refusing to use it (remove it, or set XDG_RUNTIME_DIR)",
         )
     if not stat.S_ISDIR(st.st_mode):
-        raise _error(
-            "IPC_E_ACCESS_DENIED", f"'{path}' should be the private socket directory but is not a directory"
-        )
+        raise _error("IPC_E_ACCESS_DENIED", f"'{path}' should be the private socket directory but is not a directory")
     euid = os.geteuid()
     if st.st_uid != euid:
         raise _error(
@@ -208,7 +205,7 @@ def _check_private_dir(path: str) -> None:
 
 
 def _describe_user(uid: int) -> str:
-    """"user 'nobody' (uid 65534)": who owns a file we refuse."""
+    """ "user 'nobody' (uid 65534)": who owns a file we refuse."""
     try:
         import pwd
 
@@ -416,9 +413,7 @@ def _send_all(
         if deadline is not None:
             left = deadline - _monotonic()
             if left <= 0:
-                raise _error(
-                    _TIMEOUT, f"the peer did not take the data in time ({timeout_ms_for_message} ms)"
-                )
+                raise _error(_TIMEOUT, f"the peer did not take the data in time ({timeout_ms_for_message} ms)")
             slice_ = min(slice_, left)
         sock.settimeout(slice_)
         try:
@@ -1069,9 +1064,7 @@ class _Run:
                 worker.start()
                 self.worker_threads.append(worker)
             for i in range(count):
-                thread = threading.Thread(
-                    target=self.listener_main, name=f"ipcfast-pure-listener-{i}", daemon=True
-                )
+                thread = threading.Thread(target=self.listener_main, name=f"ipcfast-pure-listener-{i}", daemon=True)
                 thread.start()
                 self.listener_threads.append(thread)
         except BaseException:
@@ -1406,7 +1399,7 @@ class _Connection:
         """access="user": the peer runs as this user (logged if not)."""
         try:
             same_user = _peer_uid(self.sock) == os.geteuid()
-            reason = "it runs as another user (access is \"user\")"
+            reason = 'it runs as another user (access is "user")'
         except OSError as exc:
             same_user = False
             reason = str(_errno_error(exc, "getsockopt(SO_PEERCRED)"))
@@ -1519,9 +1512,7 @@ class PureServer(Server):
 
     def _open(self) -> _Run:
         if self._max_clients > MAX_CLIENTS_LIMIT:
-            raise _error(
-                Result.E_INVALID, f"max_clients {self._max_clients} is above the limit of {MAX_CLIENTS_LIMIT}"
-            )
+            raise _error(Result.E_INVALID, f"max_clients {self._max_clients} is above the limit of {MAX_CLIENTS_LIMIT}")
         if self._listeners > self._max_clients:
             raise _error(
                 Result.E_INVALID,
@@ -1860,9 +1851,7 @@ class PureClient(Client):
             deadline = _deadline_after(ms)
             size = view.nbytes
             if size > _MAX_UINT32:
-                raise _error(
-                    Result.E_TOO_LARGE, f"a request of {size} bytes does not fit the 4-byte length field"
-                )
+                raise _error(Result.E_TOO_LARGE, f"a request of {size} bytes does not fit the 4-byte length field")
             try:
                 try:
                     _send_all(sock, _packet_parts(PacketType.REQUEST, view), deadline, ms)

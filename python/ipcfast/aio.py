@@ -42,9 +42,7 @@ class Client:
         self._client: Optional[_SyncClient] = None
         # One worker: requests on one connection are serialized anyway, and
         # a single thread keeps their order.
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="ipcfast-aio"
-        )
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ipcfast-aio")
 
     async def connect(self) -> "Client":
         """Connect (called by ``async with``; idempotent)."""

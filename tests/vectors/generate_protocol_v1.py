@@ -211,9 +211,7 @@ def build() -> dict:
         }
         if fields is not None:
             t, ver, length = fields
-            case.update(
-                {"type": t, "version": ver, "length": length, "header_size": 6 if ver else 5}
-            )
+            case.update({"type": t, "version": ver, "length": length, "header_size": 6 if ver else 5})
         ph.append(case)
 
     for name, t in TYPES.items():
@@ -264,8 +262,11 @@ def build() -> dict:
     parse("length_2p32_minus_1_extended", header(3, 0xFFFFFFFF, 1), "TOO_LARGE", fields=(3, 1, 0xFFFFFFFF))
     parse("length_2p32_minus_1_allowed", header(2, 0xFFFFFFFF), "OK", max_message=0xFFFFFFFF, fields=(2, 0, 0xFFFFFFFF))
     parse(
-        "length_little_endian", bytes([1, 0x78, 0x56, 0x34, 0x12]), "OK",
-        max_message=0xFFFFFFFF, fields=(1, 0, 0x12345678),
+        "length_little_endian",
+        bytes([1, 0x78, 0x56, 0x34, 0x12]),
+        "OK",
+        max_message=0xFFFFFFFF,
+        fields=(1, 0, 0x12345678),
     )
     parse("length_high_byte_only", bytes([1, 0, 0, 0, 0x80]), "TOO_LARGE", fields=(1, 0, 0x80000000))
     # only the header is examined: payload bytes that follow are ignored
@@ -338,27 +339,42 @@ def add_node_vectors(doc: dict) -> None:
     commands = []
 
     def command(name: str, flags: int, argv: list, cwd: bytes, env: list, locale: bytes) -> None:
-        commands.append({
-            "name": name,
-            "flags": flags,
-            "argv": [a.hex() for a in argv],
-            "cwd": cwd.hex(),
-            "env": [e.hex() for e in env],
-            "locale": locale.hex(),
-            "hex": command_bytes(flags, argv, cwd, env, locale).hex(),
-        })
+        commands.append(
+            {
+                "name": name,
+                "flags": flags,
+                "argv": [a.hex() for a in argv],
+                "cwd": cwd.hex(),
+                "env": [e.hex() for e in env],
+                "locale": locale.hex(),
+                "hex": command_bytes(flags, argv, cwd, env, locale).hex(),
+            }
+        )
 
-    command("python_module", 0, [b"python", b"-m", b"tool", b"--flag"], b"/home/u/project",
-            [b"HOME=/home/u", b"LANG=C.UTF-8"], b"C.UTF-8")
-    command("ttys_and_utf8", 0x6, [b"prog", "caf\u00e9".encode()], "/tmp/d\u00e9j\u00e0".encode(),
-            [b"A=", b"B==c"], b"")
+    command(
+        "python_module",
+        0,
+        [b"python", b"-m", b"tool", b"--flag"],
+        b"/home/u/project",
+        [b"HOME=/home/u", b"LANG=C.UTF-8"],
+        b"C.UTF-8",
+    )
+    command(
+        "ttys_and_utf8", 0x6, [b"prog", "caf\u00e9".encode()], "/tmp/d\u00e9j\u00e0".encode(), [b"A=", b"B==c"], b""
+    )
     command("no_environment", 0x1, [b"x"], b"/", [], b"POSIX")
     command("empty_strings", 0, [b""], b"", [b""], b"")
     command("raw_bytes", 0, [b"\xff\xfe", b"\x1b[31m"], b"/tmp/\x80", [b"K=\xc3"], b"en_US.ISO-8859-1")
     # Descriptors attached (bit 3) and umask 022 present (bit 4, value in bits 16-27),
     # stdout and stderr terminals: docs/protocol.md 10.2.
-    command("descriptors_and_umask", 0x8 | 0x10 | (0o022 << 16) | 0x6, [b"python", b"-m", b"black", b"-"],
-            b"/home/u/project", [b"TZ=Europe/Paris"], b"en_US.UTF-8")
+    command(
+        "descriptors_and_umask",
+        0x8 | 0x10 | (0o022 << 16) | 0x6,
+        [b"python", b"-m", b"black", b"-"],
+        b"/home/u/project",
+        [b"TZ=Europe/Paris"],
+        b"en_US.UTF-8",
+    )
     doc["command"] = commands
 
     good = bytes.fromhex(commands[0]["hex"])
@@ -384,8 +400,12 @@ def add_node_vectors(doc: dict) -> None:
 
     doc["console_write"] = [
         {"name": "stdout", "hex": "01" + b"hello\n".hex(), "stream": 1, "text": b"hello\n".hex()},
-        {"name": "stderr_ansi", "hex": "02" + b"\x1b[31mred\x1b[0m\r\n".hex(), "stream": 2,
-         "text": b"\x1b[31mred\x1b[0m\r\n".hex()},
+        {
+            "name": "stderr_ansi",
+            "hex": "02" + b"\x1b[31mred\x1b[0m\r\n".hex(),
+            "stream": 2,
+            "text": b"\x1b[31mred\x1b[0m\r\n".hex(),
+        },
         {"name": "empty_text", "hex": "01", "stream": 1, "text": ""},
         {"name": "empty_payload", "hex": "", "error": "empty payload"},
         {"name": "stream_0", "hex": "0078", "error": "stream 0"},
@@ -456,17 +476,59 @@ def build_shm() -> dict:
     ph = []
     for name, t in SHM_TYPES.items():
         for ver in (0, 2):
-            ph.append({"name": f"{name.lower()}_v{ver or 'short'}_max_2", "hex": header(t, 16, ver).hex(),
-                       "max_message": DEFAULT_MAX, "max_version": 2, "verdict": "OK",
-                       "type": t, "version": ver, "length": 16, "header_size": 6 if ver else 5})
-        ph.append({"name": f"{name.lower()}_max_1", "hex": header(t, 16).hex(),
-                   "max_message": DEFAULT_MAX, "max_version": 1, "verdict": "UNKNOWN_TYPE"})
-    ph.append({"name": "type_11_max_2", "hex": header(11, 0).hex(), "max_message": DEFAULT_MAX,
-               "max_version": 2, "verdict": "UNKNOWN_TYPE"})
-    ph.append({"name": "type_63_max_255", "hex": header(63, 0).hex(), "max_message": DEFAULT_MAX,
-               "max_version": 255, "verdict": "UNKNOWN_TYPE"})
-    ph.append({"name": "request_v2_max_2", "hex": header(1, 3, 2).hex(), "max_message": DEFAULT_MAX,
-               "max_version": 2, "verdict": "OK", "type": 1, "version": 2, "length": 3, "header_size": 6})
+            ph.append(
+                {
+                    "name": f"{name.lower()}_v{ver or 'short'}_max_2",
+                    "hex": header(t, 16, ver).hex(),
+                    "max_message": DEFAULT_MAX,
+                    "max_version": 2,
+                    "verdict": "OK",
+                    "type": t,
+                    "version": ver,
+                    "length": 16,
+                    "header_size": 6 if ver else 5,
+                }
+            )
+        ph.append(
+            {
+                "name": f"{name.lower()}_max_1",
+                "hex": header(t, 16).hex(),
+                "max_message": DEFAULT_MAX,
+                "max_version": 1,
+                "verdict": "UNKNOWN_TYPE",
+            }
+        )
+    ph.append(
+        {
+            "name": "type_11_max_2",
+            "hex": header(11, 0).hex(),
+            "max_message": DEFAULT_MAX,
+            "max_version": 2,
+            "verdict": "UNKNOWN_TYPE",
+        }
+    )
+    ph.append(
+        {
+            "name": "type_63_max_255",
+            "hex": header(63, 0).hex(),
+            "max_message": DEFAULT_MAX,
+            "max_version": 255,
+            "verdict": "UNKNOWN_TYPE",
+        }
+    )
+    ph.append(
+        {
+            "name": "request_v2_max_2",
+            "hex": header(1, 3, 2).hex(),
+            "max_message": DEFAULT_MAX,
+            "max_version": 2,
+            "verdict": "OK",
+            "type": 1,
+            "version": 2,
+            "length": 3,
+            "header_size": 6,
+        }
+    )
     doc["parse_header"] = ph
     doc["region_size"] = [
         {"slot_size": slot, "region_size": 192 + 2 * slot if 64 <= slot <= 64 * 1024 * 1024 else 0}
@@ -474,8 +536,14 @@ def build_shm() -> dict:
     ]
     good = [("default_256k", 256 * 1024), ("min_64", 64), ("max_64m", 64 * 1024 * 1024), ("page_4k", 4096)]
     doc["shm_setup"] = [
-        {"name": name, "hex": shm_setup(1, 192 + 2 * slot, slot, 0).hex(), "layout": 1,
-         "region_size": 192 + 2 * slot, "slot_size": slot, "flags": 0}
+        {
+            "name": name,
+            "hex": shm_setup(1, 192 + 2 * slot, slot, 0).hex(),
+            "layout": 1,
+            "region_size": 192 + 2 * slot,
+            "slot_size": slot,
+            "flags": 0,
+        }
         for name, slot in good
     ]
     doc["shm_setup_malformed"] = [
@@ -487,8 +555,11 @@ def build_shm() -> dict:
         {"name": "flags_1", "hex": shm_setup(1, 8384, 4096, 1).hex(), "error": "flags 0x1"},
         {"name": "slot_63", "hex": shm_setup(1, 192 + 126, 63, 0).hex(), "error": "slot size 63 out of range"},
         {"name": "slot_0", "hex": shm_setup(1, 192, 0, 0).hex(), "error": "slot size 0 out of range"},
-        {"name": "slot_too_large", "hex": shm_setup(1, 0xFFFFFFFF, 64 * 1024 * 1024 + 1, 0).hex(),
-         "error": "out of range"},
+        {
+            "name": "slot_too_large",
+            "hex": shm_setup(1, 0xFFFFFFFF, 64 * 1024 * 1024 + 1, 0).hex(),
+            "error": "out of range",
+        },
         {"name": "region_one_short", "hex": shm_setup(1, 8383, 4096, 0).hex(), "error": "does not match"},
         {"name": "region_one_long", "hex": shm_setup(1, 8385, 4096, 0).hex(), "error": "does not match"},
         {"name": "region_wraps", "hex": shm_setup(1, 0, 0x80000000, 0).hex(), "error": "out of range"},
@@ -497,13 +568,27 @@ def build_shm() -> dict:
     hs = derive(b"")
     setup = shm_setup(1, 192 + 2 * 4096, 4096, 0)
     doc["exchange"] = [
-        {"name": "accepted", "client": (hs + b"\x02").hex() + (header(8, 16) + setup).hex(),
-         "server": (reply_of(hs) + b"\x02").hex() + header(9, 0).hex(), "version": 2, "uses_shm": True},
-        {"name": "declined", "client": (hs + b"\x02").hex() + (header(8, 16) + setup).hex(),
-         "server": (reply_of(hs) + b"\x02").hex() + (header(10, 4) + b"busy").hex(), "version": 2,
-         "uses_shm": False},
-        {"name": "v1_server", "client": (hs + b"\x02").hex(), "server": (reply_of(hs) + b"\x01").hex(),
-         "version": 1, "uses_shm": False},
+        {
+            "name": "accepted",
+            "client": (hs + b"\x02").hex() + (header(8, 16) + setup).hex(),
+            "server": (reply_of(hs) + b"\x02").hex() + header(9, 0).hex(),
+            "version": 2,
+            "uses_shm": True,
+        },
+        {
+            "name": "declined",
+            "client": (hs + b"\x02").hex() + (header(8, 16) + setup).hex(),
+            "server": (reply_of(hs) + b"\x02").hex() + (header(10, 4) + b"busy").hex(),
+            "version": 2,
+            "uses_shm": False,
+        },
+        {
+            "name": "v1_server",
+            "client": (hs + b"\x02").hex(),
+            "server": (reply_of(hs) + b"\x01").hex(),
+            "version": 1,
+            "uses_shm": False,
+        },
     ]
     return doc
 

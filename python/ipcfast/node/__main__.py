@@ -1,10 +1,10 @@
 """``python -m ipcfast.node``: run Python commands through a warm node.
 
-    python -m ipcfast.node run [--preload MOD]... [--idle-timeout S] -- -m module args...
-    python -m ipcfast.node run [...] -- script.py args...
-    python -m ipcfast.node status|shutdown|name [--preload MOD]... [--idle-timeout S]
-    python -m ipcfast.node c-command [--preload MOD]... [--idle-timeout S]
-    python -m ipcfast.node serve --name NAME [--preload MOD]... [--idle-timeout S] [--log FILE]
+python -m ipcfast.node run [--preload MOD]... [--idle-timeout S] -- -m module args...
+python -m ipcfast.node run [...] -- script.py args...
+python -m ipcfast.node status|shutdown|name [--preload MOD]... [--idle-timeout S]
+python -m ipcfast.node c-command [--preload MOD]... [--idle-timeout S]
+python -m ipcfast.node serve --name NAME [--preload MOD]... [--idle-timeout S] [--log FILE]
 """
 
 from __future__ import annotations
@@ -53,12 +53,20 @@ def _parser() -> "argparse.ArgumentParser":
         "in a cold run. ARGS: `-m module args...`, `script.py args...` or `-c code args...`.",
     )
     _node_options(run)
-    run.add_argument("--start-timeout", type=float, default=60.0, metavar="SECONDS",
-                     help="how long to wait for a new node to start (default 60)")
+    run.add_argument(
+        "--start-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for a new node to start (default 60)",
+    )
     run.add_argument("--no-start", action="store_true", help="never start a node: run python itself if none runs")
-    run.add_argument("--stream", action="store_true",
-                     help="get the output as packets instead of passing this process's stdin/stdout/stderr "
-                     "(the path of clients that cannot pass descriptors; see docs/protocol.md 10)")
+    run.add_argument(
+        "--stream",
+        action="store_true",
+        help="get the output as packets instead of passing this process's stdin/stdout/stderr "
+        "(the path of clients that cannot pass descriptors; see docs/protocol.md 10)",
+    )
     run.add_argument("args", nargs=argparse.REMAINDER, help="-- then the arguments for python")
     for action, text in (
         ("status", "print the node's status as JSON (exit 1 if none runs)"),
@@ -155,8 +163,13 @@ def _quick_run_args(argv: List[str]) -> Optional[Any]:
     (help, mistakes), which argparse then handles."""
     if not argv or argv[0] != "run" or "--" not in argv:
         return None
-    values: Dict[str, Any] = {"preload": [], "idle_timeout": DEFAULT_IDLE_TIMEOUT, "start_timeout": 60.0,
-                              "no_start": False, "stream": False}
+    values: Dict[str, Any] = {
+        "preload": [],
+        "idle_timeout": DEFAULT_IDLE_TIMEOUT,
+        "start_timeout": 60.0,
+        "no_start": False,
+        "stream": False,
+    }
     i = 1
     try:
         while argv[i] != "--":

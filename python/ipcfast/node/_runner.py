@@ -172,8 +172,7 @@ def run_python_command(command: PythonCommand, cwd: Optional[str] = None) -> Non
         full = path if os.path.isabs(path) else os.path.join(base, path)
         if not os.path.exists(full):
             sys.stderr.write(
-                f"{sys.executable}: can't open file {os.path.abspath(full)!r}: "
-                f"[Errno 2] No such file or directory\n"
+                f"{sys.executable}: can't open file {os.path.abspath(full)!r}: [Errno 2] No such file or directory\n"
             )
             raise SystemExit(2)
         sys.argv = [path, *command.args]
