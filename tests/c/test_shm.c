@@ -558,6 +558,8 @@ void test_shm_killed_peers(void)
     proc = t_proc_spawn("--child-server-hold", name);
     CHECK(proc != NULL);
     shm_client_options(&co, 0);
+    /* The child may not own the name yet: wait for it to start. */
+    co.wait_if_not_found = 1;
     client = proc ? open_client(name, &co, 15000) : NULL;
     if (client) {
         const uint8_t *resp;
