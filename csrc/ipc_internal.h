@@ -276,6 +276,10 @@ void ipc__refuse_packet(ipc_connection *c, const ipc_packet *p, int r, const ipc
 /* One pointer a wrapper (the original API) may hang on a server, freed
  * with `free_fn` when the server is. */
 void ipc__server_attach(ipc_server_t *server, void *attached, void (*free_fn)(void *));
+/* Interrupts the listener and joins its threads (ipc.c; stop uses it). */
+void ipc__stop_listeners(ipc_server_t *server);
+/* Frees everything of a server whose threads are all joined (ipc.c). */
+void ipc__server_free(ipc_server_t *server);
 /* The two steps of a connection's life after accept; the fuzzer drives
  * them over its in-memory platform. */
 int ipc__server_handshake(ipc_connection *c);
@@ -315,5 +319,32 @@ void ipc__abandon_queued_locked(ipc_server_t *server);
  * close), because it points into the last response. */
 void ipc__client_attach(ipc_client_t *client, void *attached, void (*free_fn)(void *));
 void *ipc__client_attached(const ipc_client_t *client);
+
+/* ---- the client (ipc_client.c: calls; ipc_client_connect.c: connecting) -- */
+
+struct ipc_client_t {
+    ipc_client_options options;
+    /* stream.conn is NULL once closed. Only the thread in the call changes
+     * it (under `lock`, which ipc_client_shutdown holds to interrupt it). */
+    ipc_stream stream;
+    ipc_plat_mutex *lock;     /* guards in_call, waiters, shut; see above */
+    ipc_plat_cond *turn;      /* broadcast when a call leaves */
+    int in_call;              /* a call is in progress */
+    int waiters;              /* threads waiting in ipc_client_call */
+    int shut;                 /* ipc_client_shutdown was called */
+    int in_hook;              /* the call in progress is running the interrupt hook */
+    uint8_t version;
+    ipc_shm_link *shm;        /* the shared-memory data path, if accepted */
+    int awaiting;             /* shm: a request was sent, its answer not read */
+    char *closed_reason;      /* why the connection was abandoned */
+    /* A wrapper's state about the last response (ipc__client_attach). */
+    void *attached;
+    void (*attached_free)(void *attached);
+};
+
+/* Nonzero when the embedder's interrupt hook asks to stop waiting. */
+int ipc__client_interrupted(const ipc_client_t *client);
+/* ipc__stream_fill in slices of IPC_INTERRUPT_SLICE_MS, the hook between. */
+int ipc__client_fill(ipc_client_t *client, size_t total, int64_t deadline, ipc_error *err);
 
 #endif

@@ -7,10 +7,17 @@ be acyclic (docs/design.md draws it), with the error helpers a true leaf
 and the layers above the server core (the server node, the original API)
 unknown to the files below them.
 
+Each platform is one node of the graph: its files (ipc_posix*.c, or
+ipc_win32*.c) implement ipc_platform.h together and share private helpers
+(ipc_posix_internal.h, ipc_win32_internal.h), so they may need each other.
+
 One mutual reference is known and allowed, and only that one: the platform
 files report through ipc__log (ipc_log.c), and ipc_log.c guards its
 callback with the platform's global lock. Breaking it needs a change in the
 platform files (see docs/design.md, "Known debts").
+
+No .c file, platform files included, is longer than MAX_FILE_LINES: one
+concept per file.
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
-PLATFORM_FILES = {"ipc_posix.c", "ipc_win32.c"}
+# The graph node of each platform stands for all of its files.
+POSIX, WIN32 = "ipc_posix*.c", "ipc_win32*.c"
+PLATFORM_PREFIXES = {"ipc_posix": POSIX, "ipc_win32": WIN32}
 ERROR_LEAF = "ipc_error.c"
 # (from, to) edges allowed to close a cycle; see the module docstring.
-ALLOWED_BACK_EDGES = {("ipc_log.c", "ipc_posix.c"), ("ipc_log.c", "ipc_win32.c")}
-MAX_CORE_FILE_LINES = 800
+ALLOWED_BACK_EDGES = {("ipc_log.c", POSIX), ("ipc_log.c", WIN32)}
+MAX_FILE_LINES = 800
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX toolchain (cc, nm) only")
 
@@ -55,8 +64,16 @@ def _symbols(obj: Path, nm: str) -> Tuple[Set[str], Set[str]]:
     return defined, needed
 
 
+def node(file_name: str) -> str:
+    """The graph node of a csrc file: its own name, or its platform's."""
+    for prefix, platform in PLATFORM_PREFIXES.items():
+        if file_name.startswith(prefix):
+            return platform
+    return file_name
+
+
 def link_graph(cc: str, nm: str, tmp: Path) -> Graph:
-    """file -> the csrc files whose symbols it needs."""
+    """node -> the nodes whose symbols it needs (a node: a file, or a platform)."""
     owners: Dict[str, str] = {}
     needs: Dict[str, Set[str]] = {}
     for source in sorted(CSRC.glob("*.c")):
@@ -68,8 +85,8 @@ def link_graph(cc: str, nm: str, tmp: Path) -> Graph:
         for symbol in defined:
             assert symbol not in owners, f"{symbol} is defined by {owners[symbol]} and {source.name}"
             owners[symbol] = source.name
-        needs[source.name] = needed
-    return {name: {owners[s] for s in needed if s in owners} - {name} for name, needed in needs.items()}
+        needs.setdefault(node(source.name), set()).update(needed)
+    return {name: {node(owners[s]) for s in needed if s in owners} - {name} for name, needed in needs.items()}
 
 
 def find_cycle(graph: Graph) -> List[str]:
@@ -140,10 +157,13 @@ def test_the_error_helpers_are_a_leaf(host_graph: Graph) -> None:
 
 def test_lower_layers_do_not_know_the_upper_ones(host_graph: Graph) -> None:
     upper = {"ipc_server_node.c", "ipc_compat.c"}
-    for lower in ("ipc_error.c", "ipc_codec.c", "ipc_stream.c", "ipc_dispatch.c", "ipc.c", "ipc_client.c"):
+    for lower in ("ipc_error.c", "ipc_codec.c", "ipc_stream.c", "ipc_dispatch.c", "ipc.c", "ipc_server_stop.c",
+                  "ipc_client.c", "ipc_client_connect.c"):
         assert not host_graph[lower] & upper, f"{lower} needs {host_graph[lower] & upper}"
     assert host_graph["ipc_codec.c"] <= {ERROR_LEAF}
-    assert "ipc.c" not in host_graph["ipc_client.c"], "the client must not need the server"
+    for client in ("ipc_client.c", "ipc_client_connect.c"):
+        assert "ipc.c" not in host_graph[client], "the client must not need the server"
+    assert "ipc_client_connect.c" not in host_graph["ipc_client.c"], "calls must not need connecting"
 
 
 def test_the_original_api_uses_the_public_api(tmp_path: Path) -> None:
@@ -160,14 +180,37 @@ def test_windows_objects_are_acyclic_too(tmp_path: Path) -> None:
     cc, nm = "x86_64-w64-mingw32-gcc", "x86_64-w64-mingw32-nm"
     _toolchain(cc, nm)
     graph = link_graph(cc, nm, tmp_path)
-    assert "ipc_win32.c" in graph["ipc_stream.c"] and not graph["ipc_posix.c"]
+    assert WIN32 in graph["ipc_stream.c"] and not graph[POSIX]
     assert find_cycle(without_allowed(graph)) == []
     assert graph[ERROR_LEAF] == set()
 
 
-def test_no_core_file_is_a_monolith() -> None:
+def test_platform_files_are_grouped_by_prefix() -> None:
+    assert node("ipc_posix.c") == node("ipc_posix_socket.c") == POSIX
+    assert node("ipc_win32_pipe.c") == WIN32 and node("ipc_stream.c") == "ipc_stream.c"
+
+
+def test_the_host_platform_is_one_node(host_graph: Graph) -> None:
+    host = WIN32 if sys.platform == "win32" else POSIX
+    assert host in host_graph["ipc_stream.c"]
+    assert not any(name.startswith(tuple(PLATFORM_PREFIXES)) for name in host_graph if name not in (POSIX, WIN32))
+
+
+def test_no_file_is_a_monolith() -> None:
     for source in sorted(CSRC.glob("*.c")):
-        if source.name in PLATFORM_FILES:
-            continue
         lines = len(source.read_text(encoding="utf-8").splitlines())
-        assert lines <= MAX_CORE_FILE_LINES, f"{source.name}: {lines} lines"
+        assert lines <= MAX_FILE_LINES, f"{source.name}: {lines} lines"
+
+
+def test_every_platform_file_guards_its_whole_body() -> None:
+    # Vendoring compiles every csrc/*.c: a platform file must be empty elsewhere.
+    for prefix, guard in (("ipc_posix", "#if !defined(_WIN32)"), ("ipc_win32", "#if defined(_WIN32)")):
+        files = sorted(CSRC.glob(prefix + "*"))
+        assert len(files) > 1
+        for source in files:
+            text = source.read_text(encoding="utf-8")
+            code = [line for line in text.splitlines() if line.startswith("#")]
+            assert guard in text, f"{source.name} has no {guard} guard"
+            first = next(line for line in code if not line.startswith(("#ifndef IPC_", "#define IPC_")))
+            assert first == guard, f"{source.name}: {first!r} comes before the {guard} guard"
+            assert code[-1].startswith("#endif"), f"{source.name} does not end its guard last"

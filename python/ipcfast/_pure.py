@@ -87,7 +87,7 @@ NOT_FOUND_GRACE = 0.25
 STOP_GRACE = 1.0
 #: The C core's limit on max_clients.
 MAX_CLIENTS_LIMIT = 4096
-#: The listen backlog (LISTEN_BACKLOG in ipc_posix.c): deep enough for a
+#: The listen backlog (LISTEN_BACKLOG in ipc_posix_name.c): deep enough for a
 #: burst of clients, shallow enough that a connect/close flood cannot put a
 #: newcomer behind thousands of dead connections.
 LISTEN_BACKLOG = 64
@@ -359,7 +359,8 @@ def _wait_for_room(sock: socket.socket, path: str, timeout: Optional[float]) -> 
     and woken as the server accepts, so the client gets its turn even against
     a flood of connect/close loops (pauses between non-blocking attempts lose
     every race to them). SO_SNDTIMEO bounds the wait, recomputed after a
-    signal; as connect_socket() in ipc_posix.c. Returns an errno (0: connected)."""
+    signal; as ipc__posix_connect_socket() in ipc_posix_socket.c. Returns an
+    errno (0: connected)."""
     deadline = None if timeout is None else _monotonic() + timeout
     sock.setblocking(True)
     try:
@@ -509,7 +510,7 @@ class _Listener:
         socket is bound in a fresh 0700 staging directory beside the path,
         gets its mode relative to that directory's descriptor, listens, and
         is hard-linked into place (which fails, like bind, if the name is
-        taken). Same rule as place_socket() in ipc_posix.c."""
+        taken). Same rule as ipc__posix_place_socket() in ipc_posix_name.c."""
         sock = self.sock
         assert sock is not None
         path = self.path

@@ -169,6 +169,16 @@ int ipc_plat_check_server_user(ipc_plat_conn *conn, const char *name, int policy
     return IPC_OK;
 }
 void ipc_plat_listener_close(ipc_plat_listener *listener) { (void)listener; }
+void ipc_plat_listener_forget(ipc_plat_listener *listener) { (void)listener; }
+/* No lock files in memory: nothing owns a name, so nothing is starting. */
+int ipc_plat_name_owner(const char *name) { (void)name; return IPC_PLAT_OWNER_NONE; }
+/* The in-memory peer is the server the client asked for. */
+int ipc_plat_check_server_user(ipc_plat_conn *conn, const char *name, int policy,
+                               uint32_t uid, ipc_error *err)
+{
+    (void)conn; (void)name; (void)policy; (void)uid; (void)err;
+    return IPC_OK;
+}
 
 int ipc_plat_connect(ipc_plat_conn **conn, const char *name, int timeout_ms, ipc_error *err)
 {
