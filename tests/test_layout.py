@@ -157,8 +157,16 @@ def test_the_error_helpers_are_a_leaf(host_graph: Graph) -> None:
 
 def test_lower_layers_do_not_know_the_upper_ones(host_graph: Graph) -> None:
     upper = {"ipc_server_node.c", "ipc_compat.c"}
-    for lower in ("ipc_error.c", "ipc_codec.c", "ipc_stream.c", "ipc_dispatch.c", "ipc.c", "ipc_server_stop.c",
-                  "ipc_client.c", "ipc_client_connect.c"):
+    for lower in (
+        "ipc_error.c",
+        "ipc_codec.c",
+        "ipc_stream.c",
+        "ipc_dispatch.c",
+        "ipc.c",
+        "ipc_server_stop.c",
+        "ipc_client.c",
+        "ipc_client_connect.c",
+    ):
         assert not host_graph[lower] & upper, f"{lower} needs {host_graph[lower] & upper}"
     assert host_graph["ipc_codec.c"] <= {ERROR_LEAF}
     for client in ("ipc_client.c", "ipc_client_connect.c"):

@@ -158,16 +158,6 @@ int ipc_plat_accept(ipc_plat_acceptor *acceptor, ipc_plat_conn **conn, ipc_error
     return ipc__fail(err, IPC_E_CLOSED, 0, "no accepting in the fuzzer");
 }
 void ipc_plat_listener_interrupt(ipc_plat_listener *listener) { (void)listener; }
-void ipc_plat_listener_forget(ipc_plat_listener *listener) { (void)listener; }
-/* The fuzzed client connects to an in-memory peer: a name always has a live
- * owner, and the server's user is always accepted. */
-int ipc_plat_name_owner(const char *name) { (void)name; return IPC_PLAT_OWNER_ALIVE; }
-int ipc_plat_check_server_user(ipc_plat_conn *conn, const char *name, int policy, uint32_t uid,
-                               ipc_error *err)
-{
-    (void)conn, (void)name, (void)policy, (void)uid, (void)err;
-    return IPC_OK;
-}
 void ipc_plat_listener_close(ipc_plat_listener *listener) { (void)listener; }
 void ipc_plat_listener_forget(ipc_plat_listener *listener) { (void)listener; }
 /* No lock files in memory: nothing owns a name, so nothing is starting. */
