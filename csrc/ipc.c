@@ -67,8 +67,8 @@ static int read_handshake(ipc_connection *c, int64_t deadline, uint8_t *client_v
     int r;
 
     for (;;) {
-        *verdict = ipc_handshake_check_request(s->buf ? s->buf + s->start : NULL,
-                                               s->end - s->start, o->handshake, client_version);
+        *verdict = ipc_handshake_check_request(s->buf ? s->buf + s->start : NULL, s->end - s->start,
+                                               o->handshake, client_version);
         if (*verdict != IPC_VERDICT_NEED_MORE)
             return IPC_OK;
         r = ipc__stream_fill(s, s->end - s->start + 1, deadline, IPC_WAKE_INTERVAL_MS, &err);
@@ -98,7 +98,8 @@ static int refuse_handshake(ipc_connection *c, ipc_verdict verdict)
     }
     ipc__log(IPC_LOG_WARNING,
              "[slot %u] refused a foreign client (first byte 0x%02x, not an ipcfast "
-             "handshake)", (unsigned)c->slot->index, s->buf[s->start]);
+             "handshake)",
+             (unsigned)c->slot->index, s->buf[s->start]);
     part.data = &refusal;
     part.size = 1;
     ipc_plat_write(s->conn, &part, 1, IPC_WAKE_INTERVAL_MS, NULL);
@@ -180,7 +181,8 @@ void ipc__refuse_packet(ipc_connection *c, const ipc_packet *p, int r, const ipc
 
     if (r == IPC_E_TOO_LARGE) {
         text = ipc__format("%sthe request of %lu bytes exceeds the server's max_message of "
-                           "%lu bytes", IPC__TOO_LARGE_PREFIX, (unsigned long)p->header.length,
+                           "%lu bytes",
+                           IPC__TOO_LARGE_PREFIX, (unsigned long)p->header.length,
                            (unsigned long)c->server->options.max_message);
     } else if (r == IPC_E_PROTOCOL) {
         text = ipc__format("%s%s", IPC__PROTOCOL_ERROR_PREFIX,
@@ -354,7 +356,7 @@ static void connection_main(void *arg)
 
     if (connection_open(&c) == IPC_OK && ipc__server_handshake(&c) == IPC_OK) {
         ipc__serve_requests(&c);
-        ipc__dispatch_farewell(&c);   /* tell the handler the client is gone */
+        ipc__dispatch_farewell(&c); /* tell the handler the client is gone */
     }
     connection_free(&c);
     connection_close(slot, conn, c.refused);
@@ -388,7 +390,7 @@ static ipc_slot *reserve_slot(ipc_server_t *server)
     }
     ipc_plat_mutex_unlock(server->lock);
     if (finished)
-        ipc_plat_thread_join(finished);   /* already exited: returns at once */
+        ipc_plat_thread_join(finished); /* already exited: returns at once */
     return chosen;
 }
 
@@ -473,20 +475,22 @@ static void listener_main(void *arg)
 static int validate_server_options(const ipc_server_options *o, ipc_error *err)
 {
     if (o->handshake[0] != 0x00)
-        return ipc__fail(err, IPC_E_INVALID, 0,
-                         "the handshake value must start with a 0x00 byte");
+        return ipc__fail(err, IPC_E_INVALID, 0, "the handshake value must start with a 0x00 byte");
     if (o->access != IPC_ACCESS_USER && o->access != IPC_ACCESS_WORLD)
-        return ipc__fail(err, IPC_E_INVALID, 0, "access must be IPC_ACCESS_USER or "
-                         "IPC_ACCESS_WORLD, not %d", o->access);
+        return ipc__fail(err, IPC_E_INVALID, 0,
+                         "access must be IPC_ACCESS_USER or "
+                         "IPC_ACCESS_WORLD, not %d",
+                         o->access);
     if (o->max_clients > 4096)
         return ipc__fail(err, IPC_E_INVALID, 0, "max_clients %lu is above the limit of 4096",
                          (unsigned long)o->max_clients);
     if (o->dispatch != IPC_DISPATCH_THREAD && o->dispatch != IPC_DISPATCH_MANUAL)
-        return ipc__fail(err, IPC_E_INVALID, 0, "dispatch must be IPC_DISPATCH_THREAD or "
-                         "IPC_DISPATCH_MANUAL, not %d", o->dispatch);
-    if (o->listeners > o->max_clients)
         return ipc__fail(err, IPC_E_INVALID, 0,
-                         "listeners (%lu) cannot exceed max_clients (%lu)",
+                         "dispatch must be IPC_DISPATCH_THREAD or "
+                         "IPC_DISPATCH_MANUAL, not %d",
+                         o->dispatch);
+    if (o->listeners > o->max_clients)
+        return ipc__fail(err, IPC_E_INVALID, 0, "listeners (%lu) cannot exceed max_clients (%lu)",
                          (unsigned long)o->listeners, (unsigned long)o->max_clients);
     return IPC_OK;
 }
@@ -552,16 +556,16 @@ static int create_slots(ipc_server_t *server, ipc_error *err)
 }
 
 static int server_create(ipc_server_t **out, const char *name, const ipc_server_options *options,
-                         ipc_handler_fn handler, void *user_data,
-                         const ipc_packet_family *family, ipc_error *err)
+                         ipc_handler_fn handler, void *user_data, const ipc_packet_family *family,
+                         ipc_error *err)
 {
     ipc_server_t *server;
     int r;
 
     *out = NULL;
     if (!name || !*name ||
-        (!handler && !(options && (options->returning_handler ||
-                                    options->dispatch == IPC_DISPATCH_MANUAL))))
+        (!handler &&
+         !(options && (options->returning_handler || options->dispatch == IPC_DISPATCH_MANUAL))))
         return ipc__fail(err, IPC_E_INVALID, 0, "ipc_server_open needs a name and a handler");
     server = (ipc_server_t *)calloc(1, sizeof *server);
     if (!server)

@@ -38,20 +38,20 @@ extern "C" {
 
 /* ---- constants ------------------------------------------------------- */
 
-#define IPC_PROTOCOL_VERSION 1          /* packet version spoken by default */
+#define IPC_PROTOCOL_VERSION 1 /* packet version spoken by default */
 /* Packet version 2 adds the shared-memory data path (docs/protocol.md 11):
  * a peer speaks it only when its `shm` option is set. */
 #define IPC_PROTOCOL_VERSION_SHM 2
-#define IPC_HANDSHAKE_SIZE 8            /* handshake value, first byte 0x00 */
-#define IPC_HANDSHAKE_REPLY_XOR 0x5A    /* server reply = client value ^ 0x5A */
-#define IPC_FOREIGN_REPLY 0xFF          /* sent to a client whose first byte is not 0x00 */
-#define IPC_MAX_HEADER_SIZE 6           /* type + version + 4-byte length */
+#define IPC_HANDSHAKE_SIZE 8         /* handshake value, first byte 0x00 */
+#define IPC_HANDSHAKE_REPLY_XOR 0x5A /* server reply = client value ^ 0x5A */
+#define IPC_FOREIGN_REPLY 0xFF       /* sent to a client whose first byte is not 0x00 */
+#define IPC_MAX_HEADER_SIZE 6        /* type + version + 4-byte length */
 #define IPC_DEFAULT_MAX_CLIENTS 32
 #define IPC_DEFAULT_LISTENERS 1
 #define IPC_DEFAULT_MAX_MESSAGE (64u * 1024u * 1024u)
 #define IPC_DEFAULT_HANDSHAKE_TIMEOUT_MS 5000
-#define IPC_WAKE_INTERVAL_MS 500        /* blocked reads wake at least this often */
-#define IPC_NOT_FOUND_GRACE_MS 250      /* Windows: how long "not found" is retried */
+#define IPC_WAKE_INTERVAL_MS 500   /* blocked reads wake at least this often */
+#define IPC_NOT_FOUND_GRACE_MS 250 /* Windows: how long "not found" is retried */
 
 /* The handshake value used when none is given: the same 8 bytes the Python
  * layer derives with key=None (0x00 + SHA-256("ipcfast\0" 0x01)[0:7], see
@@ -62,19 +62,19 @@ extern const uint8_t IPC_DEFAULT_HANDSHAKE[IPC_HANDSHAKE_SIZE];
 enum ipc_packet_type {
     IPC_PACKET_REQUEST = 1,
     IPC_PACKET_RESPONSE = 2,
-    IPC_PACKET_ERROR = 3,         /* the handler failed; payload is UTF-8 text */
-    IPC_PACKET_COMMAND = 4,       /* server node packets (docs/protocol.md) */
+    IPC_PACKET_ERROR = 3,   /* the handler failed; payload is UTF-8 text */
+    IPC_PACKET_COMMAND = 4, /* server node packets (docs/protocol.md) */
     IPC_PACKET_CONSOLE_WRITE = 5,
     IPC_PACKET_EXIT = 6,
     IPC_PACKET_CANCEL = 7,
     /* Version 2 and above only (docs/protocol.md 11). */
-    IPC_PACKET_SHM_SETUP = 8,     /* client -> server: region offer, descriptor attached */
-    IPC_PACKET_SHM_ACCEPT = 9,    /* server -> client: the data path moves to the region */
-    IPC_PACKET_SHM_DECLINE = 10   /* server -> client: it stays on the socket; UTF-8 why */
+    IPC_PACKET_SHM_SETUP = 8,   /* client -> server: region offer, descriptor attached */
+    IPC_PACKET_SHM_ACCEPT = 9,  /* server -> client: the data path moves to the region */
+    IPC_PACKET_SHM_DECLINE = 10 /* server -> client: it stays on the socket; UTF-8 why */
 };
 #define IPC_TYPE_MASK 0x3Fu
-#define IPC_TYPE_EXTENDED 0x40u   /* a version byte follows the type byte */
-#define IPC_TYPE_RESERVED 0x80u   /* must be 0 */
+#define IPC_TYPE_EXTENDED 0x40u /* a version byte follows the type byte */
+#define IPC_TYPE_RESERVED 0x80u /* must be 0 */
 
 /* ---- results and errors ---------------------------------------------- */
 
@@ -82,36 +82,34 @@ enum ipc_packet_type {
  * ipc_result_name are generated from this list (libuv's UV_ERRNO_MAP
  * pattern), so adding a code is one line. The values are on the wire and
  * in the Python layer: never renumber. */
-#define IPC_RESULT_MAP(XX)                                                      \
-    XX(IPC_OK, 0, "success")                                                    \
-    XX(IPC_E_INVALID, 1, "a bad argument, or a call in the wrong state")       \
-    XX(IPC_E_NAME_TOO_LONG, 2, "the name does not fit the platform's limit")   \
-    XX(IPC_E_ADDRESS_IN_USE, 3, "a live server already serves this name")      \
-    XX(IPC_E_ACCESS_DENIED, 4, "permissions, or an unsafe socket directory")   \
-    XX(IPC_E_NOT_FOUND, 5, "no server is listening under this name")           \
-    XX(IPC_E_BUSY, 6, "the server exists but has no free slot")                \
-    XX(IPC_E_TIMEOUT, 7, "the operation's time budget ran out")                \
-    XX(IPC_E_CLOSED, 8, "the peer closed the connection")                      \
-    XX(IPC_E_HANDSHAKE, 9, "the peer refused or failed the handshake")         \
-    XX(IPC_E_TOO_LARGE, 10, "a message above max_message")                     \
-    XX(IPC_E_PROTOCOL, 11, "malformed or unexpected bytes on the wire")        \
-    XX(IPC_E_REMOTE, 12, "the server's handler failed (ERROR packet)")         \
-    XX(IPC_E_NO_MEMORY, 13, "out of memory")                                   \
-    XX(IPC_E_IN_USE, 14, "a client used from two threads at once")             \
-    XX(IPC_E_SYSTEM, 15, "another OS failure; see system_error")               \
+#define IPC_RESULT_MAP(XX)                                                   \
+    XX(IPC_OK, 0, "success")                                                 \
+    XX(IPC_E_INVALID, 1, "a bad argument, or a call in the wrong state")     \
+    XX(IPC_E_NAME_TOO_LONG, 2, "the name does not fit the platform's limit") \
+    XX(IPC_E_ADDRESS_IN_USE, 3, "a live server already serves this name")    \
+    XX(IPC_E_ACCESS_DENIED, 4, "permissions, or an unsafe socket directory") \
+    XX(IPC_E_NOT_FOUND, 5, "no server is listening under this name")         \
+    XX(IPC_E_BUSY, 6, "the server exists but has no free slot")              \
+    XX(IPC_E_TIMEOUT, 7, "the operation's time budget ran out")              \
+    XX(IPC_E_CLOSED, 8, "the peer closed the connection")                    \
+    XX(IPC_E_HANDSHAKE, 9, "the peer refused or failed the handshake")       \
+    XX(IPC_E_TOO_LARGE, 10, "a message above max_message")                   \
+    XX(IPC_E_PROTOCOL, 11, "malformed or unexpected bytes on the wire")      \
+    XX(IPC_E_REMOTE, 12, "the server's handler failed (ERROR packet)")       \
+    XX(IPC_E_NO_MEMORY, 13, "out of memory")                                 \
+    XX(IPC_E_IN_USE, 14, "a client used from two threads at once")           \
+    XX(IPC_E_SYSTEM, 15, "another OS failure; see system_error")             \
     XX(IPC_E_INTERRUPTED, 16, "the client's interrupt hook ended the wait")
 
 /* C99 allows the trailing comma the expansion leaves. */
 #define IPC__RESULT_ENUM(name, value, meaning) name = value,
-typedef enum ipc_result {
-    IPC_RESULT_MAP(IPC__RESULT_ENUM)
-} ipc_result;
+typedef enum ipc_result { IPC_RESULT_MAP(IPC__RESULT_ENUM) } ipc_result;
 #undef IPC__RESULT_ENUM
 
 typedef struct ipc_error {
-    int code;          /* an ipc_result */
-    int system_error;  /* errno / GetLastError() behind it, 0 if none */
-    char *message;     /* heap-allocated, NUL-terminated; NULL if none */
+    int code;         /* an ipc_result */
+    int system_error; /* errno / GetLastError() behind it, 0 if none */
+    char *message;    /* heap-allocated, NUL-terminated; NULL if none */
 } ipc_error;
 
 /* Frees err->message and resets the struct to IPC_OK. NULL is allowed. */
@@ -143,36 +141,33 @@ void ipc_set_log_handler(ipc_log_fn fn, void *user_data);
 /* Verdict of parsing bytes received so far. */
 /* Every verdict, once: XX(name, value, meaning); generates the enum and
  * ipc_verdict_name. The values are shared with the Python codec. */
-#define IPC_VERDICT_MAP(XX)                                                     \
-    XX(IPC_VERDICT_OK, 0, "the bytes are complete and valid")                  \
-    XX(IPC_VERDICT_NEED_MORE, 1, "not enough bytes yet; nothing is wrong")     \
-    XX(IPC_VERDICT_FOREIGN, 2, "handshake does not start with 0x00")           \
-    XX(IPC_VERDICT_MISMATCH, 3, "handshake value differs")                     \
-    XX(IPC_VERDICT_RESERVED_BIT, 4, "bit 7 of the type byte is set")           \
-    XX(IPC_VERDICT_UNKNOWN_TYPE, 5, "type 0 or above IPC_PACKET_CANCEL")       \
+#define IPC_VERDICT_MAP(XX)                                                       \
+    XX(IPC_VERDICT_OK, 0, "the bytes are complete and valid")                     \
+    XX(IPC_VERDICT_NEED_MORE, 1, "not enough bytes yet; nothing is wrong")        \
+    XX(IPC_VERDICT_FOREIGN, 2, "handshake does not start with 0x00")              \
+    XX(IPC_VERDICT_MISMATCH, 3, "handshake value differs")                        \
+    XX(IPC_VERDICT_RESERVED_BIT, 4, "bit 7 of the type byte is set")              \
+    XX(IPC_VERDICT_UNKNOWN_TYPE, 5, "type 0 or above IPC_PACKET_CANCEL")          \
     XX(IPC_VERDICT_BAD_VERSION, 6, "packet/handshake version 0 or above allowed") \
     XX(IPC_VERDICT_TOO_LARGE, 7, "length above max_message")
 
 #define IPC__VERDICT_ENUM(name, value, meaning) name = value,
-typedef enum ipc_verdict {
-    IPC_VERDICT_MAP(IPC__VERDICT_ENUM)
-} ipc_verdict;
+typedef enum ipc_verdict { IPC_VERDICT_MAP(IPC__VERDICT_ENUM) } ipc_verdict;
 #undef IPC__VERDICT_ENUM
 
 /* A stable name for a verdict ("IPC_VERDICT_TOO_LARGE"); never NULL. */
 const char *ipc_verdict_name(int verdict);
 
 typedef struct ipc_packet_header {
-    uint8_t type;          /* ipc_packet_type */
-    uint8_t version;       /* from the extended header, else 0 */
-    uint32_t length;       /* payload length */
-    uint32_t header_size;  /* 5, or 6 with the extended header */
+    uint8_t type;         /* ipc_packet_type */
+    uint8_t version;      /* from the extended header, else 0 */
+    uint32_t length;      /* payload length */
+    uint32_t header_size; /* 5, or 6 with the extended header */
 } ipc_packet_header;
 
 /* Writes the client's handshake (value, then version): 9 bytes. */
 size_t ipc_handshake_encode_request(uint8_t out[IPC_HANDSHAKE_SIZE + 1],
-                                    const uint8_t value[IPC_HANDSHAKE_SIZE],
-                                    uint8_t version);
+                                    const uint8_t value[IPC_HANDSHAKE_SIZE], uint8_t version);
 
 /* Server side: checks the client's handshake bytes received so far against
  * the expected value. FOREIGN is decided from the first byte alone; OK sets
@@ -184,8 +179,7 @@ ipc_verdict ipc_handshake_check_request(const uint8_t *data, size_t size,
 /* The server's reply to a client value: value ^ 0x5A byte-wise (never equal
  * to the value, so an echo cannot pass), then the server's version. */
 size_t ipc_handshake_encode_reply(uint8_t out[IPC_HANDSHAKE_SIZE + 1],
-                                  const uint8_t client_value[IPC_HANDSHAKE_SIZE],
-                                  uint8_t version);
+                                  const uint8_t client_value[IPC_HANDSHAKE_SIZE], uint8_t version);
 
 /* Client side: checks the server's reply bytes received so far. OK sets
  * *server_version. A first byte of 0xFF is FOREIGN (the server took us for
@@ -196,23 +190,23 @@ ipc_verdict ipc_handshake_check_reply(const uint8_t *data, size_t size,
 
 /* Writes a packet header; version 0 writes the short form (no version byte),
  * any other value the extended form. Returns its size (5 or 6). */
-size_t ipc_packet_header_encode(uint8_t out[IPC_MAX_HEADER_SIZE], uint8_t type,
-                                uint32_t length, uint8_t version);
+size_t ipc_packet_header_encode(uint8_t out[IPC_MAX_HEADER_SIZE], uint8_t type, uint32_t length,
+                                uint8_t version);
 
 /* The SHM_SETUP payload (docs/protocol.md 11.2): 16 bytes. */
 #define IPC_SHM_SETUP_SIZE 16
-#define IPC_SHM_LAYOUT 1                 /* the region layout of 11.3 */
-#define IPC_SHM_HEADER_SIZE 192          /* region header + two channel headers */
+#define IPC_SHM_LAYOUT 1        /* the region layout of 11.3 */
+#define IPC_SHM_HEADER_SIZE 192 /* region header + two channel headers */
 #define IPC_SHM_MIN_SLOT 64u
 #define IPC_SHM_MAX_SLOT (64u * 1024u * 1024u)
 #define IPC_SHM_DEFAULT_SLOT (256u * 1024u)
-#define IPC_DEFAULT_SPIN_US 20           /* see docs/design.md, "data paths" */
+#define IPC_DEFAULT_SPIN_US 20 /* see docs/design.md, "data paths" */
 
 typedef struct ipc_shm_setup {
-    uint32_t layout;       /* IPC_SHM_LAYOUT */
-    uint32_t region_size;  /* IPC_SHM_HEADER_SIZE + 2 * slot_size */
-    uint32_t slot_size;    /* payload bytes per direction */
-    uint32_t flags;        /* 0; other values are refused */
+    uint32_t layout;      /* IPC_SHM_LAYOUT */
+    uint32_t region_size; /* IPC_SHM_HEADER_SIZE + 2 * slot_size */
+    uint32_t slot_size;   /* payload bytes per direction */
+    uint32_t flags;       /* 0; other values are refused */
 } ipc_shm_setup;
 
 /* The exact region size for a slot size (0 if the slot size is outside
@@ -223,27 +217,25 @@ size_t ipc_shm_setup_encode(uint8_t out[IPC_SHM_SETUP_SIZE], const ipc_shm_setup
 /* Checks a SHM_SETUP payload: IPC_OK, or IPC_E_PROTOCOL with the reason
  * in err for a wrong size, an unknown layout or flags, a slot size out of
  * range, or a region size that is not ipc_shm_region_size(slot_size). */
-int ipc_shm_setup_decode(const uint8_t *payload, size_t size, ipc_shm_setup *setup,
-                         ipc_error *err);
+int ipc_shm_setup_decode(const uint8_t *payload, size_t size, ipc_shm_setup *setup, ipc_error *err);
 
 /* Parses a header from the bytes received so far. max_version is the
  * negotiated version: an extended header must carry 1..max_version, and
  * the types SHM_SETUP..SHM_DECLINE exist only from version 2 on. A
  * length above max_message is TOO_LARGE and header->length still holds it,
  * so the caller can say how large (nothing is allocated here). */
-ipc_verdict ipc_packet_header_parse(const uint8_t *data, size_t size,
-                                    uint32_t max_message, uint8_t max_version,
-                                    ipc_packet_header *header);
+ipc_verdict ipc_packet_header_parse(const uint8_t *data, size_t size, uint32_t max_message,
+                                    uint8_t max_version, ipc_packet_header *header);
 
 /* ---- server ------------------------------------------------------------ */
 
 typedef struct ipc_server_t ipc_server_t;
 typedef struct ipc_client_t ipc_client_t;
-typedef struct ipc_call ipc_call;   /* one request being handled */
+typedef struct ipc_call ipc_call; /* one request being handled */
 
 enum ipc_access {
-    IPC_ACCESS_USER = 0,   /* only processes of the same user (checked) */
-    IPC_ACCESS_WORLD = 1   /* any local user (POSIX socket mode 0666; Windows World SID) */
+    IPC_ACCESS_USER = 0, /* only processes of the same user (checked) */
+    IPC_ACCESS_WORLD = 1 /* any local user (POSIX socket mode 0666; Windows World SID) */
 };
 
 /* Called on a connection's thread for each request (request != NULL), and
@@ -257,8 +249,8 @@ enum ipc_access {
  * returns without doing either, the client receives an ERROR packet. The
  * call is only valid until the handler returns (answer from the handler's
  * thread, before returning). */
-typedef void (*ipc_handler_fn)(void *user_data, ipc_call *call,
-                               const uint8_t *request, size_t size);
+typedef void (*ipc_handler_fn)(void *user_data, ipc_call *call, const uint8_t *request,
+                               size_t size);
 
 /* Alternative to ipc_handler_fn, for bindings whose every call into C is
  * costly (a Python binding releases and retakes its interpreter lock around
@@ -280,26 +272,23 @@ typedef const void *(*ipc_returning_handler_fn)(void *user_data, ipc_call *call,
  * choosing (a game's or GUI's main loop) and answers them there. In MANUAL
  * mode no handler is called (disconnects are not reported) and the handler
  * given to ipc_server_open may be NULL. */
-enum ipc_dispatch {
-    IPC_DISPATCH_THREAD = 0,
-    IPC_DISPATCH_MANUAL = 1
-};
+enum ipc_dispatch { IPC_DISPATCH_THREAD = 0, IPC_DISPATCH_MANUAL = 1 };
 
 /* Server node: see options.cancel_handler. */
 typedef void (*ipc_cancel_fn)(void *user_data, ipc_call *call);
 
 typedef struct ipc_server_options {
-    uint32_t max_clients;          /* connection slots; 0: 32 */
-    uint32_t listeners;            /* parallel pending accepts; 0: 1 */
-    uint32_t max_message;          /* largest request accepted; 0: 64 MiB */
-    uint32_t handshake_timeout_ms; /* 0: 5000 */
-    int access;                    /* enum ipc_access */
+    uint32_t max_clients;                  /* connection slots; 0: 32 */
+    uint32_t listeners;                    /* parallel pending accepts; 0: 1 */
+    uint32_t max_message;                  /* largest request accepted; 0: 64 MiB */
+    uint32_t handshake_timeout_ms;         /* 0: 5000 */
+    int access;                            /* enum ipc_access */
     uint8_t handshake[IPC_HANDSHAKE_SIZE]; /* expected value; first byte 0x00 */
-    uint8_t version;               /* packet version offered; 0: IPC_PROTOCOL_VERSION */
+    uint8_t version;                       /* packet version offered; 0: IPC_PROTOCOL_VERSION */
     /* If set, used instead of the handler given to ipc_server_open (which
      * may then be NULL). */
     ipc_returning_handler_fn returning_handler;
-    int dispatch;                  /* enum ipc_dispatch; 0: IPC_DISPATCH_THREAD */
+    int dispatch; /* enum ipc_dispatch; 0: IPC_DISPATCH_THREAD */
     /* Nonzero: a server node (see "server node" below). COMMAND packets are
      * accepted and queued for ipc_server_next_call, whatever `dispatch` says
      * (REQUESTs still follow `dispatch`); CANCEL packets are accepted. */
@@ -350,9 +339,8 @@ uint32_t ipc_call_connection(const ipc_call *call);
  * ($XDG_RUNTIME_DIR/ipcfast, else $TMPDIR-or-/tmp/ipcfast-UID) on POSIX and
  * is \\.\pipe\NAME on Windows; on POSIX a name containing '/' is a socket
  * path used as is. options may be NULL (defaults). */
-int ipc_server_open(ipc_server_t **server, const char *name,
-                    const ipc_server_options *options, ipc_handler_fn handler,
-                    void *user_data, ipc_error *err);
+int ipc_server_open(ipc_server_t **server, const char *name, const ipc_server_options *options,
+                    ipc_handler_fn handler, void *user_data, ipc_error *err);
 
 /* The address clients reach: the socket path, or \\.\pipe\NAME. */
 const char *ipc_server_address(const ipc_server_t *server);
@@ -441,18 +429,15 @@ void ipc_server_forget(ipc_server_t *server);
  * running (on any connection) is answered at once with EXIT type
  * IPC_EXIT_BUSY, so that client can run the command itself. */
 
-enum ipc_console_stream {
-    IPC_STREAM_STDOUT = 1,
-    IPC_STREAM_STDERR = 2
-};
+enum ipc_console_stream { IPC_STREAM_STDOUT = 1, IPC_STREAM_STDERR = 2 };
 
 enum ipc_exit_type {
-    IPC_EXIT_COMPLETED = 0,  /* ran to its end; exit_code is its status */
-    IPC_EXIT_CANCELLED = 1,  /* stopped by CANCEL (or its client vanished) */
-    IPC_EXIT_CRASHED = 2,    /* the command, or the server running it, failed */
-    IPC_EXIT_BUSY = 3,       /* not run: the node runs another command */
-    IPC_EXIT_STALE = 4,      /* not run: the node's code changed; it is exiting */
-    IPC_EXIT_REFUSED = 5     /* not run: the node cannot run it (reason on stderr) */
+    IPC_EXIT_COMPLETED = 0, /* ran to its end; exit_code is its status */
+    IPC_EXIT_CANCELLED = 1, /* stopped by CANCEL (or its client vanished) */
+    IPC_EXIT_CRASHED = 2,   /* the command, or the server running it, failed */
+    IPC_EXIT_BUSY = 3,      /* not run: the node runs another command */
+    IPC_EXIT_STALE = 4,     /* not run: the node's code changed; it is exiting */
+    IPC_EXIT_REFUSED = 5    /* not run: the node cannot run it (reason on stderr) */
 };
 
 /* Bits of ipc_command.flags: which of the client's streams are terminals. */
@@ -460,30 +445,28 @@ enum ipc_exit_type {
 #define IPC_COMMAND_STDOUT_TTY 0x2u
 #define IPC_COMMAND_STDERR_TTY 0x4u
 
-#define IPC_EXIT_PAYLOAD_SIZE 5   /* int32 exit code, exit type byte */
+#define IPC_EXIT_PAYLOAD_SIZE 5 /* int32 exit code, exit type byte */
 
 /* A decoded COMMAND. Strings are NUL-terminated and contain no NUL. */
 typedef struct ipc_command {
-    uint32_t flags;    /* IPC_COMMAND_*_TTY bits */
+    uint32_t flags; /* IPC_COMMAND_*_TTY bits */
     uint32_t argc;
-    char **argv;       /* argc strings */
-    char *cwd;         /* working directory */
+    char **argv; /* argc strings */
+    char *cwd;   /* working directory */
     uint32_t envc;
-    char **env;        /* envc "NAME=value" strings */
-    char *locale;      /* the client's LC_CTYPE locale name, may be "" */
+    char **env;   /* envc "NAME=value" strings */
+    char *locale; /* the client's LC_CTYPE locale name, may be "" */
 } ipc_command;
 
 /* Encodes a COMMAND payload into a new buffer (*out, freed with ipc_free).
  * IPC_E_INVALID: a NULL string or a count with a NULL array;
  * IPC_E_TOO_LARGE: the payload would exceed 4 GiB. */
-int ipc_command_encode(const ipc_command *command, uint8_t **out, size_t *out_size,
-                       ipc_error *err);
+int ipc_command_encode(const ipc_command *command, uint8_t **out, size_t *out_size, ipc_error *err);
 
 /* Decodes a COMMAND payload into *command (free it with ipc_command_free,
  * also after a failure). IPC_E_PROTOCOL: malformed (a length past the end,
  * a NUL inside a string, bytes after the last field). */
-int ipc_command_decode(const uint8_t *payload, size_t size, ipc_command *command,
-                       ipc_error *err);
+int ipc_command_decode(const uint8_t *payload, size_t size, ipc_command *command, ipc_error *err);
 
 /* Frees what ipc_command_decode allocated and zeroes *command. */
 void ipc_command_free(ipc_command *command);
@@ -493,15 +476,15 @@ void ipc_free(void *buffer);
 
 /* Decodes a CONSOLE_WRITE payload: *stream is 1 or 2, *text points into
  * payload. IPC_E_PROTOCOL: empty payload or another stream number. */
-int ipc_console_write_decode(const uint8_t *payload, size_t size, int *stream,
-                             const uint8_t **text, size_t *text_size, ipc_error *err);
+int ipc_console_write_decode(const uint8_t *payload, size_t size, int *stream, const uint8_t **text,
+                             size_t *text_size, ipc_error *err);
 
 /* Encodes / decodes an EXIT payload (IPC_EXIT_PAYLOAD_SIZE bytes). Decoding
  * accepts exit types this version does not know (treat them as crashed);
  * IPC_E_PROTOCOL: not exactly 5 bytes. */
 size_t ipc_exit_encode(uint8_t out[IPC_EXIT_PAYLOAD_SIZE], int32_t exit_code, uint8_t exit_type);
-int ipc_exit_decode(const uint8_t *payload, size_t size, int32_t *exit_code,
-                    uint8_t *exit_type, ipc_error *err);
+int ipc_exit_decode(const uint8_t *payload, size_t size, int32_t *exit_code, uint8_t *exit_type,
+                    ipc_error *err);
 
 /* The packet type of a call from ipc_server_next_call: IPC_PACKET_REQUEST
  * or IPC_PACKET_COMMAND (its payload is the encoded command). */
@@ -534,8 +517,8 @@ enum ipc_server_user {
      * root (uid 0), so root services keep working. Windows: our own user or
      * LocalSystem. */
     IPC_SERVER_USER_DEFAULT = 0,
-    IPC_SERVER_USER_ANY = 1,   /* no check (any user may serve the name) */
-    IPC_SERVER_USER_UID = 2    /* exactly server_uid (POSIX only) */
+    IPC_SERVER_USER_ANY = 1, /* no check (any user may serve the name) */
+    IPC_SERVER_USER_UID = 2  /* exactly server_uid (POSIX only) */
 };
 /* How often a client with an interrupt hook runs it while it waits. */
 #define IPC_INTERRUPT_SLICE_MS 50
@@ -544,15 +527,15 @@ enum ipc_server_user {
 typedef int (*ipc_interrupt_fn)(void *user_data);
 
 typedef struct ipc_client_options {
-    uint32_t max_message;   /* largest response accepted; 0: 64 MiB */
+    uint32_t max_message; /* largest response accepted; 0: 64 MiB */
     uint8_t handshake[IPC_HANDSHAKE_SIZE];
-    uint8_t version;        /* 0: IPC_PROTOCOL_VERSION */
+    uint8_t version; /* 0: IPC_PROTOCOL_VERSION */
     /* Nonzero: retry "not found" within the budget even when nothing owns
      * or is starting under the name (for a server that someone else starts
      * or restarts later). 0 (default): such a name fails at once. */
     uint8_t wait_if_not_found;
-    int server_user;        /* enum ipc_server_user; 0: IPC_SERVER_USER_DEFAULT */
-    uint32_t server_uid;    /* the user required with IPC_SERVER_USER_UID */
+    int server_user;     /* enum ipc_server_user; 0: IPC_SERVER_USER_DEFAULT */
+    uint32_t server_uid; /* the user required with IPC_SERVER_USER_UID */
     /* Optional (NULL: never called). While a call of this client (connect
      * and handshake included) waits for the server, the hook runs every
      * IPC_INTERRUPT_SLICE_MS, on the calling thread, with interrupt_data:
@@ -588,10 +571,10 @@ void ipc_client_options_init(ipc_client_options *options);
 /* What stands behind a name, as a client sees it (git's Simple-IPC
  * "active state"). */
 enum ipc_server_state {
-    IPC_STATE_LISTENING = 0,      /* a server accepts connections (it may be busy) */
-    IPC_STATE_STARTING = 1,       /* a live process owns the name, not listening yet */
-    IPC_STATE_NOT_LISTENING = 2,  /* nothing serves or is starting under the name */
-    IPC_STATE_INVALID_PATH = 3    /* the name cannot be reached (err says why) */
+    IPC_STATE_LISTENING = 0,     /* a server accepts connections (it may be busy) */
+    IPC_STATE_STARTING = 1,      /* a live process owns the name, not listening yet */
+    IPC_STATE_NOT_LISTENING = 2, /* nothing serves or is starting under the name */
+    IPC_STATE_INVALID_PATH = 3   /* the name cannot be reached (err says why) */
 };
 
 /* Tells the states apart without waiting: one connection attempt (closed at
@@ -617,9 +600,8 @@ int ipc_client_probe(const char *name, ipc_error *err);
  * IPC_E_NAME_TOO_LONG, IPC_E_INVALID (empty name, handshake value not
  * starting with 0x00, IPC_SERVER_USER_UID on Windows), IPC_E_NO_MEMORY,
  * IPC_E_SYSTEM. options may be NULL. */
-int ipc_client_open(ipc_client_t **client, const char *name,
-                    const ipc_client_options *options, int timeout_ms,
-                    ipc_error *err);
+int ipc_client_open(ipc_client_t **client, const char *name, const ipc_client_options *options,
+                    int timeout_ms, ipc_error *err);
 
 /* One round trip: sends a REQUEST packet and receives the answer, within
  * timeout_ms for both (< 0: no limit). On IPC_OK, *response / *response_size
@@ -630,8 +612,8 @@ int ipc_client_open(ipc_client_t **client, const char *name,
  * later calls fail with IPC_E_CLOSED. IPC_E_IN_USE: another thread is using
  * this client right now (nothing was sent). */
 int ipc_client_request(ipc_client_t *client, const void *request, size_t size,
-                       const uint8_t **response, size_t *response_size,
-                       int timeout_ms, ipc_error *err);
+                       const uint8_t **response, size_t *response_size, int timeout_ms,
+                       ipc_error *err);
 
 /* Responses up to this size are copied into ipc_client_reply.inline_data. */
 #define IPC_REPLY_INLINE_SIZE 240
@@ -643,7 +625,7 @@ typedef struct ipc_client_reply {
      * inline_data when it fits there, else in the client's buffer. */
     const char *data;
     size_t size;
-    ipc_error error;   /* a failure; release it with ipc_error_clear */
+    ipc_error error; /* a failure; release it with ipc_error_clear */
     /* Small responses are copied here, so a binding finds them at an
      * address it knows and reads no field per call (a few bytes of memcpy
      * cost less than one field access from Python). */
@@ -662,10 +644,10 @@ int64_t ipc_client_call(ipc_client_t *client, const void *request, size_t size, 
 
 /* The two halves of ipc_client_request, for callers that pipeline or that
  * receive in a different place than they send. */
-int ipc_client_write(ipc_client_t *client, const void *request, size_t size,
-                     int timeout_ms, ipc_error *err);
-int ipc_client_read(ipc_client_t *client, const uint8_t **response,
-                    size_t *response_size, int timeout_ms, ipc_error *err);
+int ipc_client_write(ipc_client_t *client, const void *request, size_t size, int timeout_ms,
+                     ipc_error *err);
+int ipc_client_read(ipc_client_t *client, const uint8_t **response, size_t *response_size,
+                    int timeout_ms, ipc_error *err);
 
 /* Packet-level access, for the server node's client side. Sends one packet
  * of a client-to-server type (REQUEST, COMMAND, CANCEL). */
@@ -730,12 +712,11 @@ typedef enum ipc_receive_status_t {
 /* request: NUL-terminated text, or NULL after the client disconnected.
  * response: a zeroed buffer of `capacity` bytes to write a NUL-terminated
  * answer into (NULL and 0 on disconnect). The answer is sent with its NUL. */
-typedef void (*ipc_request_handler_t)(char const *request, void *user_data,
-                                      char *response, size_t capacity);
+typedef void (*ipc_request_handler_t)(char const *request, void *user_data, char *response,
+                                      size_t capacity);
 
 /* NULL on failure (the reason goes to the log callback). */
-ipc_server_t *ipc_server_start(char const *pipe_name,
-                               ipc_request_handler_t request_handler,
+ipc_server_t *ipc_server_start(char const *pipe_name, ipc_request_handler_t request_handler,
                                void *user_data);
 
 /* NULL on failure (the reason goes to the log callback). */
@@ -748,8 +729,8 @@ bool ipc_client_send(ipc_client_t *connection, char const *message);
 
 /* Receives the next response into output. MORE_DATA: output is full and
  * more of the same response follows; call again for the rest. */
-ipc_receive_status_t ipc_client_receive(ipc_client_t *connection, char *output,
-                                        int output_size, int *received_size);
+ipc_receive_status_t ipc_client_receive(ipc_client_t *connection, char *output, int output_size,
+                                        int *received_size);
 
 #ifdef __cplusplus
 }

@@ -58,7 +58,7 @@ static void client_abandon(ipc_client_t *client, const ipc_error *why)
     drop_attached(client);
     free(client->closed_reason);
     client->closed_reason = ipc__format("%s", why && why->message ? why->message
-                                              : "the connection failed");
+                                                                  : "the connection failed");
 }
 
 static int client_check_open(ipc_client_t *client, ipc_error *err)
@@ -120,7 +120,8 @@ static int after_slice(ipc_client_t *client, ipc_error *slice_err, ipc_error *er
     client->in_hook = 0;
     ipc_plat_mutex_unlock(client->lock);
     if (stop)
-        return ipc__fail(err, IPC_E_INTERRUPTED, 0, "interrupted while waiting for the server "
+        return ipc__fail(err, IPC_E_INTERRUPTED, 0,
+                         "interrupted while waiting for the server "
                          "(a signal handler raised)");
     return IPC_OK;
 }
@@ -189,8 +190,9 @@ static int fail_from_error_packet(const ipc_packet *packet, int code, ipc_error 
         text += prefix;
         length -= prefix;
     } else if (length >= sizeof IPC__PROTOCOL_ERROR_PREFIX - 1 &&
-               memcmp(text, IPC__PROTOCOL_ERROR_PREFIX, sizeof IPC__PROTOCOL_ERROR_PREFIX - 1) == 0) {
-        code = IPC_E_PROTOCOL;   /* the server closes after it */
+               memcmp(text, IPC__PROTOCOL_ERROR_PREFIX, sizeof IPC__PROTOCOL_ERROR_PREFIX - 1) ==
+                   0) {
+        code = IPC_E_PROTOCOL; /* the server closes after it */
     }
     if (length == 0)
         return ipc__fail(err, code, 0, "the server's handler failed without a message");
@@ -219,7 +221,7 @@ static int explain_refused_write(ipc_client_t *client, int code, ipc_error *err)
     ipc_packet packet;
     ipc_error ignored = {0};
     int r = ipc__stream_read_packet(&client->stream, client->options.max_message, client->version,
-                               ipc_plat_now_ms() + 100, -1, &packet, &ignored);
+                                    ipc_plat_now_ms() + 100, -1, &packet, &ignored);
 
     ipc_error_clear(&ignored);
     if (r != IPC_OK || packet.header.type != IPC_PACKET_ERROR)
@@ -238,7 +240,8 @@ static int client_write_locked(ipc_client_t *client, uint8_t type, const void *d
                          "a %s of %lu bytes does not fit the 4-byte length field",
                          type == IPC_PACKET_REQUEST ? "request" : "packet", (unsigned long)size);
     if (client->shm && client->awaiting)
-        return ipc__fail(err, IPC_E_INVALID, 0, "a shared-memory connection carries one "
+        return ipc__fail(err, IPC_E_INVALID, 0,
+                         "a shared-memory connection carries one "
                          "request at a time: read the response first");
     if (client->shm) {
         r = ipc__shm_write(client->shm, type, NULL, 0, data, size, ipc__remaining_ms(deadline),
@@ -264,15 +267,15 @@ static int client_read_packet(ipc_client_t *client, int64_t deadline, ipc_packet
 
     if (!client->shm)
         return stream_read_sliced(client, deadline, packet, err);
-    r = ipc__shm_read(client->shm, client->options.max_message, client->version, deadline,
-                      packet, err);
+    r = ipc__shm_read(client->shm, client->options.max_message, client->version, deadline, packet,
+                      err);
     if (r == IPC_OK)
         client->awaiting = 0;
     return r;
 }
 
-static int client_read_locked(ipc_client_t *client, const uint8_t **response,
-                              size_t *response_size, int64_t deadline, ipc_error *err)
+static int client_read_locked(ipc_client_t *client, const uint8_t **response, size_t *response_size,
+                              int64_t deadline, ipc_error *err)
 {
     ipc_packet packet;
     int r;
@@ -280,16 +283,18 @@ static int client_read_locked(ipc_client_t *client, const uint8_t **response,
     drop_attached(client);
     r = client_read_packet(client, deadline, &packet, err);
     if (r == IPC_E_TOO_LARGE) {
-        ipc__fail(err, r, 0, "the response of %lu bytes exceeds this client's max_message of "
-                  "%lu bytes; raise max_message", (unsigned long)packet.header.length,
-                  (unsigned long)client->options.max_message);
+        ipc__fail(err, r, 0,
+                  "the response of %lu bytes exceeds this client's max_message of "
+                  "%lu bytes; raise max_message",
+                  (unsigned long)packet.header.length, (unsigned long)client->options.max_message);
     } else if (r == IPC_E_TIMEOUT) {
-        ipc__fail(err, r, 0, "no response within the timeout; the connection is closed "
+        ipc__fail(err, r, 0,
+                  "no response within the timeout; the connection is closed "
                   "because the late response would be read by the next request");
     } else if (r == IPC_OK && packet.header.type == IPC_PACKET_ERROR) {
         r = fail_from_error_packet(&packet, IPC_E_REMOTE, err);
         if (r == IPC_E_REMOTE)
-            return r;   /* a handler failure: the connection stays usable */
+            return r; /* a handler failure: the connection stays usable */
     } else if (r == IPC_OK && packet.header.type != IPC_PACKET_RESPONSE) {
         r = ipc__fail(err, IPC_E_PROTOCOL, 0, "unexpected packet type %u from the server",
                       (unsigned)packet.header.type);
@@ -318,7 +323,8 @@ static int client_enter(ipc_client_t *client, int wait, ipc_error *err)
     while (client->in_call && !client->shut && r == IPC_OK) {
         if (!wait) {
             ipc_plat_mutex_unlock(client->lock);
-            return ipc__fail(err, IPC_E_IN_USE, 0, "this client is being used by another "
+            return ipc__fail(err, IPC_E_IN_USE, 0,
+                             "this client is being used by another "
                              "thread; use one client per thread or a lock");
         }
         client->waiters++;
@@ -328,7 +334,8 @@ static int client_enter(ipc_client_t *client, int wait, ipc_error *err)
         if (client->in_call && client->options.interrupt_check) {
             ipc_plat_mutex_unlock(client->lock);
             if (ipc__client_interrupted(client))
-                r = ipc__fail(err, IPC_E_INTERRUPTED, 0, "interrupted while waiting for "
+                r = ipc__fail(err, IPC_E_INTERRUPTED, 0,
+                              "interrupted while waiting for "
                               "another thread's call on this client");
             ipc_plat_mutex_lock(client->lock);
         }
@@ -362,7 +369,8 @@ static int client_leave(ipc_client_t *client, int r, ipc_error *err)
     ipc_plat_mutex_unlock(client->lock);
     if (!shut || r == IPC_OK || r == IPC_E_REMOTE)
         return r;
-    return ipc__fail(err, IPC_E_CLOSED, 0, "the client was closed by another thread (or a "
+    return ipc__fail(err, IPC_E_CLOSED, 0,
+                     "the client was closed by another thread (or a "
                      "signal handler) during this call");
 }
 
@@ -433,7 +441,7 @@ int64_t ipc_client_call(ipc_client_t *client, const void *request, size_t size, 
     if (r == IPC_OK)
         r = client_read_locked(client, &response, &response_size, deadline, &reply->error);
     if (r == IPC_OK && response_size <= IPC_REPLY_INLINE_SIZE) {
-        memcpy(reply->inline_data, response, response_size + 1);   /* with the NUL */
+        memcpy(reply->inline_data, response, response_size + 1); /* with the NUL */
         response = (const uint8_t *)reply->inline_data;
     }
     reply->data = (const char *)response;
@@ -533,7 +541,7 @@ static void client_shutdown(ipc_client_t *client, int from_hook_ok)
         ipc_plat_cond_wait(client->turn, client->lock, -1);
         client->waiters--;
     }
-    client->in_call = 1;   /* the connection is ours now */
+    client->in_call = 1; /* the connection is ours now */
     ipc_plat_mutex_unlock(client->lock);
     client_abandon(client, &why);
     ipc_plat_mutex_lock(client->lock);
@@ -558,7 +566,7 @@ void ipc_client_close(ipc_client_t *client)
     if (!client)
         return;
     client_shutdown(client, 0);
-    if (client->stream.conn)   /* only when the lock could not be created */
+    if (client->stream.conn) /* only when the lock could not be created */
         ipc_plat_conn_close(client->stream.conn);
     ipc__stream_free(&client->stream);
     if (client->turn)

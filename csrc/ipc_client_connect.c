@@ -35,9 +35,8 @@ static int client_handshake(ipc_client_t *client, const char *name, int64_t dead
     for (;;) {
         if (r != IPC_OK)
             break;
-        verdict = ipc_handshake_check_reply(s->buf ? s->buf + s->start : NULL,
-                                            s->end - s->start, client->options.handshake,
-                                            &server_version);
+        verdict = ipc_handshake_check_reply(s->buf ? s->buf + s->start : NULL, s->end - s->start,
+                                            client->options.handshake, &server_version);
         if (verdict != IPC_VERDICT_NEED_MORE)
             break;
         r = ipc__client_fill(client, s->end - s->start + 1, deadline, err);
@@ -46,7 +45,8 @@ static int client_handshake(ipc_client_t *client, const char *name, int64_t dead
         return ipc__fail(err, IPC_E_BUSY, 0,
                          "the server '%s' took the connection but did not answer the "
                          "handshake in time: all its connection slots are probably busy; "
-                         "retry later or raise max_clients", name);
+                         "retry later or raise max_clients",
+                         name);
     if (r == IPC_E_CLOSED)
         return ipc__fail(err, IPC_E_HANDSHAKE, 0,
                          "the server '%s' closed the connection during the handshake: it "
@@ -63,18 +63,18 @@ static int client_handshake(ipc_client_t *client, const char *name, int64_t dead
     if (verdict != IPC_VERDICT_OK)
         return ipc__fail(err, IPC_E_HANDSHAKE, 0,
                          "'%s' answered the handshake with unexpected bytes: not an ipcfast "
-                         "server, or one with another key", name);
+                         "server, or one with another key",
+                         name);
     s->start += IPC_HANDSHAKE_SIZE + 1;
     client->version = server_version < client->options.version ? server_version
-                                                                : client->options.version;
+                                                               : client->options.version;
     return IPC_OK;
 }
 
 /* Whether a "not found" is worth another attempt: a live owner of the name
  * is starting; no owner means nothing will answer unless the caller asked
  * to wait; an owner we cannot see (Windows) gets a short grace. */
-static int worth_retrying_not_found(const ipc_client_t *client, const char *name,
-                                    int64_t started)
+static int worth_retrying_not_found(const ipc_client_t *client, const char *name, int64_t started)
 {
     int owner;
 
@@ -83,13 +83,12 @@ static int worth_retrying_not_found(const ipc_client_t *client, const char *name
     owner = ipc_plat_name_owner(name);
     if (owner == IPC_PLAT_OWNER_ALIVE)
         return 1;
-    return owner == IPC_PLAT_OWNER_UNKNOWN &&
-           ipc_plat_now_ms() - started < IPC_NOT_FOUND_GRACE_MS;
+    return owner == IPC_PLAT_OWNER_UNKNOWN && ipc_plat_now_ms() - started < IPC_NOT_FOUND_GRACE_MS;
 }
 
 /* Connection attempts until one works or the budget is spent. */
-static int client_connect(ipc_client_t *client, const char *name, int64_t deadline,
-                          int timeout_ms, ipc_error *err)
+static int client_connect(ipc_client_t *client, const char *name, int64_t deadline, int timeout_ms,
+                          ipc_error *err)
 {
     int64_t started = ipc_plat_now_ms();
     int backoff_ms = 1;
@@ -106,8 +105,7 @@ static int client_connect(ipc_client_t *client, const char *name, int64_t deadli
         /* A server we saw busy and that then vanished has stopped. */
         if (r == IPC_E_NOT_FOUND && seen_busy)
             return ipc__fail(err, r, err ? err->system_error : 0,
-                             "the server '%s' went away while we waited for a free slot",
-                             name);
+                             "the server '%s' went away while we waited for a free slot", name);
         if (r == IPC_E_NOT_FOUND && !worth_retrying_not_found(client, name, started))
             return ipc__fail(err, r, err ? err->system_error : 0,
                              "no server is listening on '%s' and none is starting: start one",
@@ -117,8 +115,8 @@ static int client_connect(ipc_client_t *client, const char *name, int64_t deadli
         if (wait == 0) {
             if (r == IPC_E_NOT_FOUND)
                 return ipc__fail(err, r, err ? err->system_error : 0,
-                                 "no server is listening on '%s' (waited %d ms): start one",
-                                 name, timeout_ms);
+                                 "no server is listening on '%s' (waited %d ms): start one", name,
+                                 timeout_ms);
             return ipc__fail(err, r, err ? err->system_error : 0,
                              "the server '%s' stayed busy for %d ms: retry later", name,
                              timeout_ms);
@@ -154,7 +152,7 @@ int ipc_client_probe(const char *name, ipc_error *err)
         return IPC_STATE_INVALID_PATH;
     ipc_error_clear(err);
     return ipc_plat_name_owner(name) == IPC_PLAT_OWNER_ALIVE ? IPC_STATE_STARTING
-                                                              : IPC_STATE_NOT_LISTENING;
+                                                             : IPC_STATE_NOT_LISTENING;
 }
 
 int ipc_client_open(ipc_client_t **out, const char *name, const ipc_client_options *options,

@@ -21,9 +21,8 @@
 
 /* 0x00 + SHA-256("ipcfast\0" 0x01)[0:7]; the Python layer derives the same
  * bytes for key=None (tests check that they agree). */
-const uint8_t IPC_DEFAULT_HANDSHAKE[IPC_HANDSHAKE_SIZE] = {
-    0x00, 0xf7, 0x83, 0xca, 0x2a, 0x31, 0x7e, 0x38
-};
+const uint8_t IPC_DEFAULT_HANDSHAKE[IPC_HANDSHAKE_SIZE] = {0x00, 0xf7, 0x83, 0xca,
+                                                           0x2a, 0x31, 0x7e, 0x38};
 
 /* Every integer on the wire is a little-endian u32. */
 static void put_u32(uint8_t *out, uint32_t value)
@@ -36,13 +35,11 @@ static void put_u32(uint8_t *out, uint32_t value)
 
 static uint32_t get_u32(const uint8_t *in)
 {
-    return (uint32_t)in[0] | (uint32_t)in[1] << 8 | (uint32_t)in[2] << 16 |
-           (uint32_t)in[3] << 24;
+    return (uint32_t)in[0] | (uint32_t)in[1] << 8 | (uint32_t)in[2] << 16 | (uint32_t)in[3] << 24;
 }
 
 size_t ipc_handshake_encode_request(uint8_t out[IPC_HANDSHAKE_SIZE + 1],
-                                    const uint8_t value[IPC_HANDSHAKE_SIZE],
-                                    uint8_t version)
+                                    const uint8_t value[IPC_HANDSHAKE_SIZE], uint8_t version)
 {
     memcpy(out, value, IPC_HANDSHAKE_SIZE);
     out[IPC_HANDSHAKE_SIZE] = version;
@@ -50,8 +47,7 @@ size_t ipc_handshake_encode_request(uint8_t out[IPC_HANDSHAKE_SIZE + 1],
 }
 
 size_t ipc_handshake_encode_reply(uint8_t out[IPC_HANDSHAKE_SIZE + 1],
-                                  const uint8_t client_value[IPC_HANDSHAKE_SIZE],
-                                  uint8_t version)
+                                  const uint8_t client_value[IPC_HANDSHAKE_SIZE], uint8_t version)
 {
     size_t i;
 
@@ -105,8 +101,8 @@ ipc_verdict ipc_handshake_check_reply(const uint8_t *data, size_t size,
     return check_handshake_bytes(data, size, expected, server_version);
 }
 
-size_t ipc_packet_header_encode(uint8_t out[IPC_MAX_HEADER_SIZE], uint8_t type,
-                                uint32_t length, uint8_t version)
+size_t ipc_packet_header_encode(uint8_t out[IPC_MAX_HEADER_SIZE], uint8_t type, uint32_t length,
+                                uint8_t version)
 {
     size_t at = 0;
 
@@ -117,9 +113,8 @@ size_t ipc_packet_header_encode(uint8_t out[IPC_MAX_HEADER_SIZE], uint8_t type,
     return at + 4;
 }
 
-ipc_verdict ipc_packet_header_parse(const uint8_t *data, size_t size,
-                                    uint32_t max_message, uint8_t max_version,
-                                    ipc_packet_header *header)
+ipc_verdict ipc_packet_header_parse(const uint8_t *data, size_t size, uint32_t max_message,
+                                    uint8_t max_version, ipc_packet_header *header)
 {
     uint8_t type;
     size_t at = 1;
@@ -179,8 +174,7 @@ static uint8_t *put_string(uint8_t *at, const char *text)
     return at + 4 + length;
 }
 
-static int check_string_list(uint32_t count, char *const *list, const char *what,
-                             ipc_error *err)
+static int check_string_list(uint32_t count, char *const *list, const char *what, ipc_error *err)
 {
     uint32_t i;
 
@@ -188,8 +182,8 @@ static int check_string_list(uint32_t count, char *const *list, const char *what
         return ipc__fail(err, IPC_E_INVALID, 0, "ipc_command_encode: %s is NULL", what);
     for (i = 0; i < count; i++)
         if (!list[i])
-            return ipc__fail(err, IPC_E_INVALID, 0, "ipc_command_encode: %s[%lu] is NULL",
-                             what, (unsigned long)i);
+            return ipc__fail(err, IPC_E_INVALID, 0, "ipc_command_encode: %s[%lu] is NULL", what,
+                             (unsigned long)i);
     return IPC_OK;
 }
 
@@ -198,7 +192,7 @@ static int command_size(const ipc_command *c, size_t *total)
     uint32_t i;
     int fits = 1;
 
-    *total = 4 + 4 + 4;   /* flags, argc, envc */
+    *total = 4 + 4 + 4; /* flags, argc, envc */
     for (i = 0; i < c->argc && fits; i++)
         fits = add_string_size(total, c->argv[i]);
     for (i = 0; i < c->envc && fits; i++)
@@ -206,8 +200,7 @@ static int command_size(const ipc_command *c, size_t *total)
     return fits && add_string_size(total, c->cwd) && add_string_size(total, c->locale);
 }
 
-int ipc_command_encode(const ipc_command *command, uint8_t **out, size_t *out_size,
-                       ipc_error *err)
+int ipc_command_encode(const ipc_command *command, uint8_t **out, size_t *out_size, ipc_error *err)
 {
     uint8_t *buffer, *at;
     size_t total = 0;
@@ -277,8 +270,7 @@ static int read_string(reader *r, char **out, const char *what, ipc_error *err)
                          "malformed COMMAND: %s is %lu bytes but only %lu remain", what,
                          (unsigned long)length, (unsigned long)r->left);
     if (memchr(r->at, 0, length))
-        return ipc__fail(err, IPC_E_PROTOCOL, 0, "malformed COMMAND: %s contains a NUL byte",
-                         what);
+        return ipc__fail(err, IPC_E_PROTOCOL, 0, "malformed COMMAND: %s contains a NUL byte", what);
     *out = (char *)malloc((size_t)length + 1);
     if (!*out)
         return ipc__fail(err, IPC_E_NO_MEMORY, 0, "out of memory decoding a command");
@@ -311,13 +303,12 @@ static int read_string_list(reader *r, uint32_t *count, char ***list, const char
         rc = read_string(r, &(*list)[i], what, err);
         if (rc != IPC_OK)
             break;
-        *count = i + 1;   /* what ipc_command_free must free */
+        *count = i + 1; /* what ipc_command_free must free */
     }
     return rc;
 }
 
-int ipc_command_decode(const uint8_t *payload, size_t size, ipc_command *command,
-                       ipc_error *err)
+int ipc_command_decode(const uint8_t *payload, size_t size, ipc_command *command, ipc_error *err)
 {
     reader r;
     int rc;
@@ -368,8 +359,8 @@ void ipc_command_free(ipc_command *command)
 
 /* ---- CONSOLE_WRITE and EXIT -------------------------------------------- */
 
-int ipc_console_write_decode(const uint8_t *payload, size_t size, int *stream,
-                             const uint8_t **text, size_t *text_size, ipc_error *err)
+int ipc_console_write_decode(const uint8_t *payload, size_t size, int *stream, const uint8_t **text,
+                             size_t *text_size, ipc_error *err)
 {
     if (!stream || !text || !text_size || (!payload && size))
         return ipc__fail(err, IPC_E_INVALID, 0, "ipc_console_write_decode: NULL argument");
@@ -392,8 +383,8 @@ size_t ipc_exit_encode(uint8_t out[IPC_EXIT_PAYLOAD_SIZE], int32_t exit_code, ui
     return IPC_EXIT_PAYLOAD_SIZE;
 }
 
-int ipc_exit_decode(const uint8_t *payload, size_t size, int32_t *exit_code,
-                    uint8_t *exit_type, ipc_error *err)
+int ipc_exit_decode(const uint8_t *payload, size_t size, int32_t *exit_code, uint8_t *exit_type,
+                    ipc_error *err)
 {
     uint32_t raw;
 
@@ -427,8 +418,7 @@ size_t ipc_shm_setup_encode(uint8_t out[IPC_SHM_SETUP_SIZE], const ipc_shm_setup
     return IPC_SHM_SETUP_SIZE;
 }
 
-int ipc_shm_setup_decode(const uint8_t *payload, size_t size, ipc_shm_setup *setup,
-                         ipc_error *err)
+int ipc_shm_setup_decode(const uint8_t *payload, size_t size, ipc_shm_setup *setup, ipc_error *err)
 {
     memset(setup, 0, sizeof *setup);
     if (size != IPC_SHM_SETUP_SIZE)

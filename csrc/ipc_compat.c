@@ -25,8 +25,7 @@ typedef struct compat_rest {
     size_t left;
 } compat_rest;
 
-static void compat_trampoline(void *user_data, ipc_call *call, const uint8_t *request,
-                              size_t size)
+static void compat_trampoline(void *user_data, ipc_call *call, const uint8_t *request, size_t size)
 {
     const compat_server *wrapper = (const compat_server *)user_data;
     char *response;
@@ -54,8 +53,8 @@ static void compat_trampoline(void *user_data, ipc_call *call, const uint8_t *re
 /* The original API reports failures only through the log. */
 static void log_failure(const char *what, ipc_error *err)
 {
-    ipc__log(IPC_LOG_ERROR, "%s: %s", what, err->message ? err->message
-                                                         : ipc_result_name(err->code));
+    ipc__log(IPC_LOG_ERROR, "%s: %s", what,
+             err->message ? err->message : ipc_result_name(err->code));
     ipc_error_clear(err);
 }
 
@@ -97,7 +96,8 @@ ipc_client_t *ipc_client_connect(char const *pipe_name)
     /* The original API waited for a server that was not there yet: keep it. */
     ipc_client_options_init(&options);
     options.wait_if_not_found = 1;
-    if (ipc_client_open(&client, pipe_name, &options, IPC_LEGACY_CONNECT_TIMEOUT_MS, &err) != IPC_OK) {
+    if (ipc_client_open(&client, pipe_name, &options, IPC_LEGACY_CONNECT_TIMEOUT_MS, &err) !=
+        IPC_OK) {
         log_failure("ipc_client_connect", &err);
         return NULL;
     }

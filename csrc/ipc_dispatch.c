@@ -40,8 +40,8 @@ int ipc__write_locked(ipc_connection *c, uint8_t type, const void *prefix, size_
 
     if (c->write_failed)
         return ipc__fail(err, IPC_E_CLOSED, 0, "the client is gone");
-    r = c->path->write_packet(c->path_state, type, prefix, prefix_size, body, body_size,
-                              timeout_ms, err);
+    r = c->path->write_packet(c->path_state, type, prefix, prefix_size, body, body_size, timeout_ms,
+                              err);
     if (r != IPC_OK)
         c->write_failed = 1;
     return r;
@@ -57,8 +57,7 @@ int ipc__connection_broken(ipc_connection *c)
     return broken;
 }
 
-int ipc__send_on_call(ipc_call *call, uint8_t type, const void *data, size_t size,
-                      ipc_error *err)
+int ipc__send_on_call(ipc_call *call, uint8_t type, const void *data, size_t size, ipc_error *err)
 {
     ipc_connection *c = call->connection;
     int r;
@@ -88,8 +87,8 @@ static int refuse_response(ipc_call *call, size_t size, uint32_t limit, ipc_erro
     ipc__send_on_call(call, IPC_PACKET_ERROR, text, text ? strlen(text) : 0, NULL);
     free(text);
     return ipc__fail(err, IPC_E_TOO_LARGE, 0,
-                     "response of %lu bytes exceeds max_message (%lu bytes)",
-                     (unsigned long)size, (unsigned long)limit);
+                     "response of %lu bytes exceeds max_message (%lu bytes)", (unsigned long)size,
+                     (unsigned long)limit);
 }
 
 int ipc_call_respond(ipc_call *call, const void *data, size_t size, ipc_error *err)
@@ -242,7 +241,8 @@ int ipc_server_next_call(ipc_server_t *server, ipc_call **call, const uint8_t **
         return ipc__fail(err, IPC_E_INVALID, 0, "ipc_server_next_call: NULL argument");
     *call = NULL;
     if (!server->queued)
-        return ipc__fail(err, IPC_E_INVALID, 0, "the server uses neither manual dispatch nor "
+        return ipc__fail(err, IPC_E_INVALID, 0,
+                         "the server uses neither manual dispatch nor "
                          "node commands");
     ipc_plat_mutex_lock(server->lock);
     taken = take_locked(server, deadline);
@@ -272,7 +272,8 @@ int ipc_server_next_calls(ipc_server_t *server, ipc_call **finished, size_t fini
         return ipc__fail(err, IPC_E_INVALID, 0, "ipc_server_next_calls: NULL argument");
     *count = 0;
     if (!server->queued)
-        return ipc__fail(err, IPC_E_INVALID, 0, "the server uses neither manual dispatch nor "
+        return ipc__fail(err, IPC_E_INVALID, 0,
+                         "the server uses neither manual dispatch nor "
                          "node commands");
     /* One lock (and, for a Python caller, one GIL hand-over) per batch:
      * wait for the first call, then take what is ready without waiting. */
@@ -379,7 +380,7 @@ int ipc__dispatch_request(ipc_connection *c, const ipc_packet *packet)
         call.request = packet->payload;
         call.size = packet->header.length;
         if (!queue_and_wait(c, &call))
-            return 0;   /* the server is stopping */
+            return 0; /* the server is stopping */
     } else {
         run_handler(server, &call, packet);
     }
@@ -402,7 +403,7 @@ void ipc__dispatch_farewell(ipc_connection *c)
         return;
     memset(&farewell, 0, sizeof farewell);
     farewell.connection = c;
-    farewell.answered = 1;   /* answering is refused */
+    farewell.answered = 1; /* answering is refused */
     if (server->options.returning_handler) {
         size_t ignored = 0;
 

@@ -18,12 +18,13 @@ void ipc_error_clear(ipc_error *err)
     err->system_error = 0;
 }
 
-#define IPC__NAME_CASE(name, value, meaning) case name: return #name;
+#define IPC__NAME_CASE(name, value, meaning) \
+    case name: return #name;
 
 const char *ipc_result_name(int code)
 {
     switch (code) {
-    IPC_RESULT_MAP(IPC__NAME_CASE)
+        IPC_RESULT_MAP(IPC__NAME_CASE)
     default: return "IPC_E_UNKNOWN";
     }
 }
@@ -31,7 +32,7 @@ const char *ipc_result_name(int code)
 const char *ipc_verdict_name(int verdict)
 {
     switch (verdict) {
-    IPC_VERDICT_MAP(IPC__NAME_CASE)
+        IPC_VERDICT_MAP(IPC__NAME_CASE)
     default: return "IPC_VERDICT_UNKNOWN";
     }
 }

@@ -55,13 +55,13 @@ typedef struct ipc_stream {
     size_t capacity;
     size_t start;
     size_t end;
-    size_t packet_size;     /* bytes of the packet handed out, 0 if none */
-    uint8_t saved_byte;     /* what the NUL terminator replaced */
+    size_t packet_size; /* bytes of the packet handed out, 0 if none */
+    uint8_t saved_byte; /* what the NUL terminator replaced */
 } ipc_stream;
 
 typedef struct ipc_packet {
     ipc_packet_header header;
-    uint8_t *payload;   /* NUL-terminated, valid until the next read */
+    uint8_t *payload; /* NUL-terminated, valid until the next read */
     ipc_verdict verdict;
 } ipc_packet;
 
@@ -70,18 +70,16 @@ void ipc__stream_free(ipc_stream *s);
 /* Reads until at least `total` unread bytes are buffered. Waits in slices of
  * at most `slice_ms` (< 0: the whole remaining time) so server threads wake
  * regularly; gives up with IPC_E_TIMEOUT at `deadline` (< 0: never). */
-int ipc__stream_fill(ipc_stream *s, size_t total, int64_t deadline, int slice_ms,
-                     ipc_error *err);
+int ipc__stream_fill(ipc_stream *s, size_t total, int64_t deadline, int slice_ms, ipc_error *err);
 /* Reads one whole packet. On a bad header returns IPC_E_PROTOCOL or
  * IPC_E_TOO_LARGE with packet->verdict (and header fields) set, having
  * allocated nothing for the payload. */
 int ipc__stream_read_packet(ipc_stream *s, uint32_t max_message, uint8_t max_version,
-                            int64_t deadline, int slice_ms, ipc_packet *packet,
-                            ipc_error *err);
+                            int64_t deadline, int slice_ms, ipc_packet *packet, ipc_error *err);
 /* Writes a header and a payload made of a prefix and a body, in one write. */
 int ipc__write_packet_parts(ipc_plat_conn *conn, uint8_t type, const void *prefix,
-                            size_t prefix_size, const void *body, size_t body_size,
-                            int timeout_ms, ipc_error *err);
+                            size_t prefix_size, const void *body, size_t body_size, int timeout_ms,
+                            ipc_error *err);
 
 /* A data path: how one server connection reads and writes packets. Two
  * tables exist, chosen per connection after the handshake: the socket
@@ -106,17 +104,17 @@ extern const ipc_datapath_ops ipc__stream_datapath;
  * local and checked. */
 typedef struct ipc_shm_link {
     ipc_plat_shm region;
-    ipc_stream *stream;        /* the connection's socket stream */
+    ipc_stream *stream; /* the connection's socket stream */
     uint32_t slot_size;
-    uint32_t *in;              /* header of the channel we read */
-    uint32_t *out;             /* header of the channel we write */
+    uint32_t *in;  /* header of the channel we read */
+    uint32_t *out; /* header of the channel we write */
     uint8_t *in_data;
     uint8_t *out_data;
-    uint32_t in_seen;          /* last sequence number taken from `in` */
-    uint32_t out_sent;         /* last sequence number published on `out` */
+    uint32_t in_seen;  /* last sequence number taken from `in` */
+    uint32_t out_sent; /* last sequence number published on `out` */
     int spin_us;
-    int wakes_on_interrupt;    /* server: interrupting the socket wakes us */
-    uint8_t *copy;             /* private copy of the last message read */
+    int wakes_on_interrupt; /* server: interrupting the socket wakes us */
+    uint8_t *copy;          /* private copy of the last message read */
     size_t copy_capacity;
 } ipc_shm_link;
 
@@ -136,8 +134,8 @@ int ipc__shm_accept(ipc_stream *stream, const ipc_packet *packet, int allowed, i
                     ipc_shm_link **link, ipc_error *err);
 /* Waits for the next message until deadline (< 0: none), watching the
  * socket; hands it out like ipc__stream_read_packet. */
-int ipc__shm_read(ipc_shm_link *link, uint32_t max_message, uint8_t max_version,
-                  int64_t deadline, ipc_packet *packet, ipc_error *err);
+int ipc__shm_read(ipc_shm_link *link, uint32_t max_message, uint8_t max_version, int64_t deadline,
+                  ipc_packet *packet, ipc_error *err);
 int ipc__shm_write(ipc_shm_link *link, uint8_t type, const void *prefix, size_t prefix_size,
                    const void *body, size_t body_size, int timeout_ms, ipc_error *err);
 void ipc__shm_free(ipc_shm_link *link);
@@ -148,18 +146,18 @@ typedef struct ipc_connection ipc_connection;
 typedef struct ipc_packet_family ipc_packet_family;
 
 enum ipc__slot_state {
-    IPC__SLOT_FREE,      /* never used, or its thread was joined */
-    IPC__SLOT_RESERVED,  /* a listener is accepting into it */
-    IPC__SLOT_RUNNING,   /* a connection thread owns it */
-    IPC__SLOT_DONE       /* the thread finished; join before reuse */
+    IPC__SLOT_FREE,     /* never used, or its thread was joined */
+    IPC__SLOT_RESERVED, /* a listener is accepting into it */
+    IPC__SLOT_RUNNING,  /* a connection thread owns it */
+    IPC__SLOT_DONE      /* the thread finished; join before reuse */
 };
 
 typedef struct ipc_slot {
     ipc_server_t *server;
     uint32_t index;
-    int state;                 /* guarded by server->lock */
-    ipc_plat_thread *thread;   /* guarded by server->lock */
-    ipc_plat_conn *conn;       /* guarded by server->lock while RUNNING */
+    int state;               /* guarded by server->lock */
+    ipc_plat_thread *thread; /* guarded by server->lock */
+    ipc_plat_conn *conn;     /* guarded by server->lock while RUNNING */
 } ipc_slot;
 
 typedef struct ipc_listener_thread {
@@ -174,7 +172,7 @@ struct ipc_server_t {
     void *user_data;
     /* Packets beyond REQUEST (the server node), or NULL; fixed at open. */
     const ipc_packet_family *family;
-    void *family_state;        /* the family's per-server state */
+    void *family_state; /* the family's per-server state */
     /* What a wrapper (the original API) hangs on the server; freed last. */
     void *attached;
     void (*attached_free)(void *attached);
@@ -184,7 +182,7 @@ struct ipc_server_t {
     uint32_t listener_count;
 
     ipc_plat_mutex *lock;
-    ipc_plat_cond *changed;   /* a slot changed state, or stopping was set */
+    ipc_plat_cond *changed; /* a slot changed state, or stopping was set */
     ipc_slot *slots;
     int stopping;
 
@@ -202,40 +200,40 @@ struct ipc_connection {
     ipc_server_t *server;
     ipc_slot *slot;
     ipc_stream stream;
-    const ipc_datapath_ops *path;   /* reads and writes go through it */
-    void *path_state;               /* &stream for the socket stream */
-    ipc_shm_link *shm;              /* the shared-memory path once accepted */
+    const ipc_datapath_ops *path; /* reads and writes go through it */
+    void *path_state;             /* &stream for the socket stream */
+    ipc_shm_link *shm;            /* the shared-memory path once accepted */
     uint8_t version;
-    uint8_t *scratch;          /* ipc_call_buffer */
+    uint8_t *scratch; /* ipc_call_buffer */
     size_t scratch_capacity;
-    int write_failed;          /* guarded by the family's write lock if any */
-    int refused;               /* closed for a bad packet: do not drain */
-    ipc_plat_cond *done;       /* queued servers: our queued call finished */
-    void *family_state;        /* the family's per-connection state */
+    int write_failed;    /* guarded by the family's write lock if any */
+    int refused;         /* closed for a bad packet: do not drain */
+    ipc_plat_cond *done; /* queued servers: our queued call finished */
+    void *family_state;  /* the family's per-connection state */
 };
 
 /* What every call carries. A packet family may allocate a larger struct
  * that starts with this one (the node's commands do). */
 struct ipc_call {
     ipc_connection *connection;
-    int type;                  /* IPC_PACKET_REQUEST or IPC_PACKET_COMMAND */
-    int answered;              /* guarded by the family's write lock if any */
+    int type;     /* IPC_PACKET_REQUEST or IPC_PACKET_COMMAND */
+    int answered; /* guarded by the family's write lock if any */
     /* Queued calls only; guarded by the server's lock. */
     ipc_call *next;
     const uint8_t *request;
     size_t size;
     int finished;
-    int abandoned;             /* finished by stop, unanswered */
-    int taken;                 /* handed out by ipc_server_next_call */
+    int abandoned; /* finished by stop, unanswered */
+    int taken;     /* handed out by ipc_server_next_call */
 };
 
 /* ---- packet families: what sits on top of the request loop -------------- */
 
 /* What a family's on_packet tells the request loop. */
 enum ipc__packet_verdict {
-    IPC__PACKET_PASS,    /* not the family's: the loop handles it */
-    IPC__PACKET_KEEP,    /* handled; read the next packet */
-    IPC__PACKET_CLOSE    /* handled; close the connection */
+    IPC__PACKET_PASS, /* not the family's: the loop handles it */
+    IPC__PACKET_KEEP, /* handled; read the next packet */
+    IPC__PACKET_CLOSE /* handled; close the connection */
 };
 
 /* Hooks a packet family (the server node) gives the server core, nng's
@@ -296,8 +294,7 @@ int ipc__write_locked(ipc_connection *c, uint8_t type, const void *prefix, size_
 /* Nonzero once a write on the connection failed. */
 int ipc__connection_broken(ipc_connection *c);
 /* Answers the call once (IPC_E_INVALID the second time). */
-int ipc__send_on_call(ipc_call *call, uint8_t type, const void *data, size_t size,
-                      ipc_error *err);
+int ipc__send_on_call(ipc_call *call, uint8_t type, const void *data, size_t size, ipc_error *err);
 /* Hands a REQUEST to the application (handler thread or manual queue) and
  * makes sure the client gets an answer. 0: the server is stopping. */
 int ipc__dispatch_request(ipc_connection *c, const ipc_packet *packet);
@@ -327,16 +324,16 @@ struct ipc_client_t {
     /* stream.conn is NULL once closed. Only the thread in the call changes
      * it (under `lock`, which ipc_client_shutdown holds to interrupt it). */
     ipc_stream stream;
-    ipc_plat_mutex *lock;     /* guards in_call, waiters, shut; see above */
-    ipc_plat_cond *turn;      /* broadcast when a call leaves */
-    int in_call;              /* a call is in progress */
-    int waiters;              /* threads waiting in ipc_client_call */
-    int shut;                 /* ipc_client_shutdown was called */
-    int in_hook;              /* the call in progress is running the interrupt hook */
+    ipc_plat_mutex *lock; /* guards in_call, waiters, shut; see above */
+    ipc_plat_cond *turn;  /* broadcast when a call leaves */
+    int in_call;          /* a call is in progress */
+    int waiters;          /* threads waiting in ipc_client_call */
+    int shut;             /* ipc_client_shutdown was called */
+    int in_hook;          /* the call in progress is running the interrupt hook */
     uint8_t version;
-    ipc_shm_link *shm;        /* the shared-memory data path, if accepted */
-    int awaiting;             /* shm: a request was sent, its answer not read */
-    char *closed_reason;      /* why the connection was abandoned */
+    ipc_shm_link *shm;   /* the shared-memory data path, if accepted */
+    int awaiting;        /* shm: a request was sent, its answer not read */
+    char *closed_reason; /* why the connection was abandoned */
     /* A wrapper's state about the last response (ipc__client_attach). */
     void *attached;
     void (*attached_free)(void *attached);

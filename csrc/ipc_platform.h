@@ -34,7 +34,7 @@ typedef struct ipc_plat_cond ipc_plat_cond;
 
 int ipc_plat_thread_start(ipc_plat_thread **thread, void (*main)(void *), void *arg,
                           ipc_error *err);
-void ipc_plat_thread_join(ipc_plat_thread *thread);   /* joins and frees */
+void ipc_plat_thread_join(ipc_plat_thread *thread); /* joins and frees */
 /* Nonzero when called on `thread` itself. */
 int ipc_plat_thread_is_current(const ipc_plat_thread *thread);
 
@@ -78,9 +78,9 @@ typedef struct ipc_plat_acceptor ipc_plat_acceptor;
 typedef struct ipc_plat_conn ipc_plat_conn;
 
 typedef struct ipc_plat_listen_params {
-    int access;             /* enum ipc_access */
-    uint32_t max_clients;   /* Windows: pipe instance limit */
-    uint32_t listeners;     /* number of acceptors that will be created */
+    int access;           /* enum ipc_access */
+    uint32_t max_clients; /* Windows: pipe instance limit */
+    uint32_t listeners;   /* number of acceptors that will be created */
 } ipc_plat_listen_params;
 
 /* Claims `name` and starts listening: returns only once a client could
@@ -119,16 +119,15 @@ void ipc_plat_listener_forget(ipc_plat_listener *listener);
 /* One connection attempt (the caller loops within its budget). Returns
  * IPC_E_NOT_FOUND or IPC_E_BUSY for the cases worth retrying; Windows may
  * wait for a busy pipe up to timeout_ms inside. */
-int ipc_plat_connect(ipc_plat_conn **conn, const char *name, int timeout_ms,
-                     ipc_error *err);
+int ipc_plat_connect(ipc_plat_conn **conn, const char *name, int timeout_ms, ipc_error *err);
 
 /* After a connection attempt found nothing listening: what the name's
  * owner record says (POSIX: the pid in the lock file; docs/protocol.md
  * 2.1). Never takes the lock. */
 enum ipc_plat_owner {
-    IPC_PLAT_OWNER_NONE = 0,     /* no owner, or a dead one: nothing is starting */
-    IPC_PLAT_OWNER_ALIVE = 1,    /* a live process owns the name: starting */
-    IPC_PLAT_OWNER_UNKNOWN = 2   /* cannot tell (Windows; an owner not recorded yet) */
+    IPC_PLAT_OWNER_NONE = 0,   /* no owner, or a dead one: nothing is starting */
+    IPC_PLAT_OWNER_ALIVE = 1,  /* a live process owns the name: starting */
+    IPC_PLAT_OWNER_UNKNOWN = 2 /* cannot tell (Windows; an owner not recorded yet) */
 };
 int ipc_plat_name_owner(const char *name);
 
@@ -136,15 +135,15 @@ int ipc_plat_name_owner(const char *name);
  * end runs as a user that `policy` (enum ipc_server_user, with `uid` for
  * IPC_SERVER_USER_UID) accepts for `name`; else IPC_E_ACCESS_DENIED with a
  * message naming the server's user. */
-int ipc_plat_check_server_user(ipc_plat_conn *conn, const char *name, int policy,
-                               uint32_t uid, ipc_error *err);
+int ipc_plat_check_server_user(ipc_plat_conn *conn, const char *name, int policy, uint32_t uid,
+                               ipc_error *err);
 
 /* Reads what is available, at least 1 byte, into buf. Waits at most
  * timeout_ms (< 0: no limit; server threads pass IPC_WAKE_INTERVAL_MS).
  * IPC_OK with *got > 0; IPC_E_TIMEOUT if nothing came; IPC_E_CLOSED when the
  * peer closed or the connection was interrupted. */
-int ipc_plat_read(ipc_plat_conn *conn, void *buf, size_t capacity, size_t *got,
-                  int timeout_ms, ipc_error *err);
+int ipc_plat_read(ipc_plat_conn *conn, void *buf, size_t capacity, size_t *got, int timeout_ms,
+                  ipc_error *err);
 
 typedef struct ipc_plat_buf {
     const void *data;
@@ -154,8 +153,8 @@ typedef struct ipc_plat_buf {
 /* Writes all parts in order, as one message where the transport has them.
  * Waits at most timeout_ms in total (< 0: no limit) but gives up early with
  * IPC_E_CLOSED when the connection is interrupted. */
-int ipc_plat_write(ipc_plat_conn *conn, const ipc_plat_buf *parts, int count,
-                   int timeout_ms, ipc_error *err);
+int ipc_plat_write(ipc_plat_conn *conn, const ipc_plat_buf *parts, int count, int timeout_ms,
+                   ipc_error *err);
 
 /* Sets *same to nonzero if the peer runs as the same user as we do. */
 int ipc_plat_peer_same_user(ipc_plat_conn *conn, int *same, ipc_error *err);
@@ -189,7 +188,7 @@ int ipc_plat_conn_closed(ipc_plat_conn *conn);
 typedef struct ipc_plat_shm {
     void *base;
     size_t size;
-    intptr_t handle;   /* the descriptor; -1 once closed */
+    intptr_t handle; /* the descriptor; -1 once closed */
 } ipc_plat_shm;
 
 /* Nonzero where shared-memory data paths can work. */

@@ -76,8 +76,7 @@ static void *thread_trampoline(void *arg)
     return NULL;
 }
 
-int ipc_plat_thread_start(ipc_plat_thread **out, void (*main)(void *), void *arg,
-                          ipc_error *err)
+int ipc_plat_thread_start(ipc_plat_thread **out, void (*main)(void *), void *arg, ipc_error *err)
 {
     ipc_plat_thread *thread = (ipc_plat_thread *)calloc(1, sizeof *thread);
     int rc;
@@ -231,8 +230,8 @@ static int map_errno(int e)
 {
     switch (e) {
     case ENOENT:
-    case ENOTDIR:        /* a path through a regular file: as a missing directory */
-    case ECONNREFUSED:   /* a socket file whose server is gone (or restarting) */
+    case ENOTDIR:      /* a path through a regular file: as a missing directory */
+    case ECONNREFUSED: /* a socket file whose server is gone (or restarting) */
         return IPC_E_NOT_FOUND;
     case EAGAIN:
 #if EWOULDBLOCK != EAGAIN
@@ -240,23 +239,16 @@ static int map_errno(int e)
 #endif
         return IPC_E_BUSY;
     case EACCES:
-    case EPERM:
-        return IPC_E_ACCESS_DENIED;
-    case ENAMETOOLONG:
-        return IPC_E_NAME_TOO_LONG;
-    case EADDRINUSE:
-        return IPC_E_ADDRESS_IN_USE;
+    case EPERM: return IPC_E_ACCESS_DENIED;
+    case ENAMETOOLONG: return IPC_E_NAME_TOO_LONG;
+    case EADDRINUSE: return IPC_E_ADDRESS_IN_USE;
     case EPIPE:
     case ECONNRESET:
-    case ENOTCONN:
-        return IPC_E_CLOSED;
+    case ENOTCONN: return IPC_E_CLOSED;
     case ENOMEM:
-    case ENOBUFS:
-        return IPC_E_NO_MEMORY;
-    case ETIMEDOUT:
-        return IPC_E_TIMEOUT;
-    default:
-        return IPC_E_SYSTEM;
+    case ENOBUFS: return IPC_E_NO_MEMORY;
+    case ETIMEDOUT: return IPC_E_TIMEOUT;
+    default: return IPC_E_SYSTEM;
     }
 }
 
@@ -326,7 +318,6 @@ struct ipc_plat_ready {
     int pipe[2];
 };
 
-
 int ipc_plat_ready_create(ipc_plat_ready **out, ipc_error *err)
 {
     ipc_plat_ready *ready = (ipc_plat_ready *)malloc(sizeof *ready);
@@ -358,7 +349,7 @@ void ipc_plat_ready_set(ipc_plat_ready *ready)
     char byte = 1;
     ssize_t ignored = write(ready->pipe[1], &byte, 1);
 
-    (void)ignored;   /* a full pipe is readable already */
+    (void)ignored; /* a full pipe is readable already */
 }
 
 void ipc_plat_ready_clear(ipc_plat_ready *ready)
@@ -373,7 +364,6 @@ intptr_t ipc_plat_ready_handle(const ipc_plat_ready *ready)
 {
     return (intptr_t)ready->pipe[0];
 }
-
 
 int ipc__posix_open_wake_pipe(int wake[2], ipc_error *err)
 {

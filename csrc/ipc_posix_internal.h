@@ -10,10 +10,10 @@
 #if !defined(_WIN32)
 
 #if defined(__linux__) && !defined(_GNU_SOURCE)
-#define _GNU_SOURCE 1   /* accept4, pipe2, SOCK_CLOEXEC, struct ucred */
+#define _GNU_SOURCE 1 /* accept4, pipe2, SOCK_CLOEXEC, struct ucred */
 #endif
 #if defined(__APPLE__) && !defined(_DARWIN_C_SOURCE)
-#define _DARWIN_C_SOURCE 1   /* getpeereid, SO_NOSIGPIPE */
+#define _DARWIN_C_SOURCE 1 /* getpeereid, SO_NOSIGPIPE */
 #endif
 
 #include "ipc_platform.h"
@@ -46,11 +46,11 @@
 
 struct ipc_plat_listener {
     int fd;
-    int wake[2];        /* stop writes a byte; pollers see it readable */
-    int lock_fd;        /* flock'ed for our lifetime: we own the name */
-    int access;         /* enum ipc_access: "user" refuses other users at accept */
-    int opened_dir;     /* we made the private directory traversable */
-    int placed;         /* our socket file is at path, as (dev, ino) */
+    int wake[2];    /* stop writes a byte; pollers see it readable */
+    int lock_fd;    /* flock'ed for our lifetime: we own the name */
+    int access;     /* enum ipc_access: "user" refuses other users at accept */
+    int opened_dir; /* we made the private directory traversable */
+    int placed;     /* our socket file is at path, as (dev, ino) */
     dev_t dev;
     ino_t ino;
     char *path;
@@ -67,12 +67,12 @@ struct ipc_plat_acceptor {
 
 struct ipc_plat_conn {
     int fd;
-    int accept_handles;    /* reads keep an SCM_RIGHTS descriptor */
-    int kept_handle;       /* the descriptor kept, -1 if none */
-    uint32_t *wake_word;   /* woken by interrupt (atomic: stop reads it) */
-    int interrupted;       /* set by ipc_plat_conn_interrupt (atomic) */
-    int recv_timeout_ms;   /* what SO_RCVTIMEO is set to; -2: unknown */
-    int send_timeout_ms;   /* what SO_SNDTIMEO is set to; -2: unknown */
+    int accept_handles;  /* reads keep an SCM_RIGHTS descriptor */
+    int kept_handle;     /* the descriptor kept, -1 if none */
+    uint32_t *wake_word; /* woken by interrupt (atomic: stop reads it) */
+    int interrupted;     /* set by ipc_plat_conn_interrupt (atomic) */
+    int recv_timeout_ms; /* what SO_RCVTIMEO is set to; -2: unknown */
+    int send_timeout_ms; /* what SO_SNDTIMEO is set to; -2: unknown */
 };
 
 /* ipc_posix.c */
@@ -87,8 +87,8 @@ int ipc__posix_set_cloexec(int fd);
 int ipc__posix_open_wake_pipe(int wake[2], ipc_error *err);
 
 /* ipc_posix_name.c */
-int ipc__posix_resolve_name(const char *name, struct sockaddr_un *addr, char **path_out,
-                            int create, ipc_error *err);
+int ipc__posix_resolve_name(const char *name, struct sockaddr_un *addr, char **path_out, int create,
+                            ipc_error *err);
 int ipc__posix_take_name_lock(ipc_plat_listener *l, ipc_error *err);
 int ipc__posix_clear_stale_socket(ipc_plat_listener *l, const struct sockaddr_un *addr,
                                   ipc_error *err);

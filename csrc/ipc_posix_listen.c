@@ -7,8 +7,8 @@
 
 #include "ipc_posix_internal.h"
 
-int ipc_plat_listen(ipc_plat_listener **out, const char *name,
-                    const ipc_plat_listen_params *params, ipc_error *err)
+int ipc_plat_listen(ipc_plat_listener **out, const char *name, const ipc_plat_listen_params *params,
+                    ipc_error *err)
 {
     ipc_plat_listener *l = (ipc_plat_listener *)calloc(1, sizeof *l);
     struct sockaddr_un addr;
@@ -69,8 +69,7 @@ const char *ipc_plat_listener_address(const ipc_plat_listener *l)
     return l->path;
 }
 
-int ipc_plat_acceptor_create(ipc_plat_listener *listener, ipc_plat_acceptor **out,
-                             ipc_error *err)
+int ipc_plat_acceptor_create(ipc_plat_listener *listener, ipc_plat_acceptor **out, ipc_error *err)
 {
     ipc_plat_acceptor *a = (ipc_plat_acceptor *)malloc(sizeof *a);
 
@@ -152,8 +151,10 @@ static void log_refusal(ipc_plat_acceptor *a, const char *why)
         return;
     }
     if (a->refused_unlogged)
-        ipc__log(IPC_LOG_WARNING, "refused a connection to %s: %s (and %lu more refused "
-                 "since the last message)", a->listener->path, why, a->refused_unlogged);
+        ipc__log(IPC_LOG_WARNING,
+                 "refused a connection to %s: %s (and %lu more refused "
+                 "since the last message)",
+                 a->listener->path, why, a->refused_unlogged);
     else
         ipc__log(IPC_LOG_WARNING, "refused a connection to %s: %s", a->listener->path, why);
     a->refused_unlogged = 0;
@@ -240,7 +241,7 @@ void ipc_plat_listener_interrupt(ipc_plat_listener *l)
     if (!l || l->wake[1] < 0)
         return;
     ignored = write(l->wake[1], &byte, 1);
-    (void)ignored;   /* a full pipe is already readable, which is all we need */
+    (void)ignored; /* a full pipe is already readable, which is all we need */
 }
 
 void ipc_plat_listener_close(ipc_plat_listener *l)
@@ -250,7 +251,7 @@ void ipc_plat_listener_close(ipc_plat_listener *l)
     if (l->fd >= 0)
         ipc__posix_close_quietly(l->fd);
     if (l->opened_dir)
-        ipc__posix_close_dir_to_others(l);   /* removes our socket under the directory lock */
+        ipc__posix_close_dir_to_others(l); /* removes our socket under the directory lock */
     else
         ipc__posix_remove_our_socket(l);
     if (l->lock_fd >= 0) {

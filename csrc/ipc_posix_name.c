@@ -33,17 +33,19 @@ static int check_private_dir(const char *dir, ipc_error *err)
     if (S_ISLNK(st.st_mode))
         return ipc__fail(err, IPC_E_ACCESS_DENIED, 0,
                          "the socket directory '%s' is a symbolic link; refusing to use it "
-                         "(remove it, or set XDG_RUNTIME_DIR)", dir);
+                         "(remove it, or set XDG_RUNTIME_DIR)",
+                         dir);
     if (!S_ISDIR(st.st_mode))
         return ipc__fail(err, IPC_E_ACCESS_DENIED, 0,
                          "'%s' should be the private socket directory but is not a "
-                         "directory", dir);
+                         "directory",
+                         dir);
     if (st.st_uid != geteuid()) {
         char *owner = describe_user(st.st_uid);
         int r = ipc__fail(err, IPC_E_ACCESS_DENIED, 0,
                           "the socket directory '%s' belongs to %s, not to us (uid %lu); "
-                          "refusing to use it", dir, owner ? owner : "another user",
-                          (unsigned long)geteuid());
+                          "refusing to use it",
+                          dir, owner ? owner : "another user", (unsigned long)geteuid());
 
         free(owner);
         return r;
@@ -51,8 +53,8 @@ static int check_private_dir(const char *dir, ipc_error *err)
     if (st.st_mode & (S_IWGRP | S_IWOTH))
         return ipc__fail(err, IPC_E_ACCESS_DENIED, 0,
                          "the socket directory '%s' is writable by group or others (mode "
-                         "%03o); refusing to use it (chmod 700 it)", dir,
-                         (unsigned)(st.st_mode & 0777));
+                         "%03o); refusing to use it (chmod 700 it)",
+                         dir, (unsigned)(st.st_mode & 0777));
     return IPC_OK;
 }
 
@@ -89,8 +91,8 @@ static char *home_dir(void)
 
     if (home && *home)
         return ipc__format("%s", home);
-    if (getpwuid_r(geteuid(), &entry, buf, sizeof buf, &found) == 0 && found &&
-        found->pw_dir && *found->pw_dir)
+    if (getpwuid_r(geteuid(), &entry, buf, sizeof buf, &found) == 0 && found && found->pw_dir &&
+        *found->pw_dir)
         return ipc__format("%s", found->pw_dir);
     return NULL;
 }
@@ -99,13 +101,12 @@ static char *home_dir(void)
  * (anybody can create names in /tmp): fall back to HOME/.ipcfast-UID, a
  * name only we (and root) can create. Client and server follow the same
  * rule, so they meet there. */
-static int squatted_dir_fallback(const char *squatted, uid_t squatter, int create,
-                                 char **out, ipc_error *err)
+static int squatted_dir_fallback(const char *squatted, uid_t squatter, int create, char **out,
+                                 ipc_error *err)
 {
     char *owner = describe_user(squatter);
     char *home = home_dir();
-    char *fallback = home ? ipc__format("%s/.ipcfast-%lu", home, (unsigned long)geteuid())
-                          : NULL;
+    char *fallback = home ? ipc__format("%s/.ipcfast-%lu", home, (unsigned long)geteuid()) : NULL;
     ipc_error inner = {0};
     int r;
 
@@ -115,8 +116,8 @@ static int squatted_dir_fallback(const char *squatted, uid_t squatter, int creat
                       "the socket directory '%s' belongs to %s, not to us (uid %lu); "
                       "refusing to use it, and there is no home directory to fall back "
                       "to (set HOME or XDG_RUNTIME_DIR, or have that user or root remove "
-                      "it)", squatted, owner ? owner : "another user",
-                      (unsigned long)geteuid());
+                      "it)",
+                      squatted, owner ? owner : "another user", (unsigned long)geteuid());
         free(owner);
         return r;
     }
@@ -127,8 +128,8 @@ static int squatted_dir_fallback(const char *squatted, uid_t squatter, int creat
     if (r != IPC_OK)
         r = ipc__fail(err, IPC_E_ACCESS_DENIED, inner.system_error,
                       "the socket directory '%s' belongs to %s, not to us (uid %lu); "
-                      "refusing to use it, and the fallback failed: %s", squatted,
-                      owner ? owner : "another user", (unsigned long)geteuid(),
+                      "refusing to use it, and the fallback failed: %s",
+                      squatted, owner ? owner : "another user", (unsigned long)geteuid(),
                       inner.message ? inner.message : ipc_result_name(r));
     ipc_error_clear(&inner);
     free(owner);
@@ -148,8 +149,7 @@ static int private_dir(char **out, int create, ipc_error *err)
     if (runtime && *runtime)
         dir = ipc__format("%s/ipcfast", runtime);
     else
-        dir = ipc__format("%s/ipcfast-%lu", tmp && *tmp ? tmp : "/tmp",
-                          (unsigned long)geteuid());
+        dir = ipc__format("%s/ipcfast-%lu", tmp && *tmp ? tmp : "/tmp", (unsigned long)geteuid());
     if (!dir)
         return ipc__fail(err, IPC_E_NO_MEMORY, 0, "out of memory");
     if (!(runtime && *runtime) && lstat(dir, &st) == 0 && st.st_uid != geteuid()) {
@@ -162,8 +162,8 @@ static int private_dir(char **out, int create, ipc_error *err)
 }
 
 /* Turns a name into a socket address; `create` makes the private dir. */
-int ipc__posix_resolve_name(const char *name, struct sockaddr_un *addr, char **path_out,
-                            int create, ipc_error *err)
+int ipc__posix_resolve_name(const char *name, struct sockaddr_un *addr, char **path_out, int create,
+                            ipc_error *err)
 {
     char *path;
     size_t length;
@@ -173,8 +173,10 @@ int ipc__posix_resolve_name(const char *name, struct sockaddr_un *addr, char **p
     length = strlen(name);
     /* NAME.lock is the lock file of NAME (docs/protocol.md 2.1). */
     if (length >= 5 && strcmp(name + length - 5, ".lock") == 0)
-        return ipc__fail(err, IPC_E_INVALID, 0, "'%s' ends in \".lock\", which is reserved "
-                         "for lock files: choose another name", name);
+        return ipc__fail(err, IPC_E_INVALID, 0,
+                         "'%s' ends in \".lock\", which is reserved "
+                         "for lock files: choose another name",
+                         name);
     if (strchr(name, '/')) {
         path = ipc__format("%s", name);
     } else {
@@ -195,8 +197,8 @@ int ipc__posix_resolve_name(const char *name, struct sockaddr_un *addr, char **p
     if (length >= sizeof addr->sun_path) {
         int r = ipc__fail(err, IPC_E_NAME_TOO_LONG, ENAMETOOLONG,
                           "the socket path '%s' is %lu bytes; Unix sockets allow at most %lu: "
-                          "use a shorter name (or a shorter XDG_RUNTIME_DIR/TMPDIR)", path,
-                          (unsigned long)length, (unsigned long)(sizeof addr->sun_path - 1));
+                          "use a shorter name (or a shorter XDG_RUNTIME_DIR/TMPDIR)",
+                          path, (unsigned long)length, (unsigned long)(sizeof addr->sun_path - 1));
         free(path);
         return r;
     }
@@ -278,10 +280,12 @@ int ipc__posix_open_dir_to_others(ipc_plat_listener *l, ipc_error *err)
     if (fchmod(fd, 0711) != 0)
         r = ipc__posix_fail_errno(err, errno, "making the socket directory traversable", dir);
     else if (runtime && *runtime)
-        ipc__log(IPC_LOG_WARNING, "access is \"world\" but %s lives under XDG_RUNTIME_DIR "
+        ipc__log(IPC_LOG_WARNING,
+                 "access is \"world\" but %s lives under XDG_RUNTIME_DIR "
                  "(%s), which other users usually cannot enter: give the server a path "
-                 "name in a shared directory instead", l->path, runtime);
-    ipc__posix_close_quietly(fd);   /* releases the lock */
+                 "name in a shared directory instead",
+                 l->path, runtime);
+    ipc__posix_close_quietly(fd); /* releases the lock */
     free(dir);
     return r;
 }
@@ -296,7 +300,7 @@ void ipc__posix_remove_our_socket(ipc_plat_listener *l)
         return;
     l->placed = 0;
     if (lstat(l->path, &st) != 0)
-        return;   /* somebody removed it already */
+        return; /* somebody removed it already */
     if (st.st_dev != l->dev || st.st_ino != l->ino) {
         ipc__log(IPC_LOG_WARNING, "%s is no longer our socket; leaving it in place", l->path);
         return;
@@ -319,8 +323,8 @@ void ipc__posix_close_dir_to_others(ipc_plat_listener *l)
     while (listing && !still_shared && (entry = readdir(listing)) != NULL) {
         struct stat st;
 
-        if (fstatat(fd, entry->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-            S_ISSOCK(st.st_mode) && (st.st_mode & S_IWOTH))
+        if (fstatat(fd, entry->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISSOCK(st.st_mode) &&
+            (st.st_mode & S_IWOTH))
             still_shared = 1;
     }
     if (listing)
@@ -383,8 +387,7 @@ int ipc__posix_take_name_lock(ipc_plat_listener *l, ipc_error *err)
         ipc__posix_close_quietly(fd);
     }
     return ipc__fail(err, IPC_E_ADDRESS_IN_USE, EADDRINUSE,
-                     "could not claim '%s': other servers keep replacing its lock file",
-                     l->path);
+                     "could not claim '%s': other servers keep replacing its lock file", l->path);
 }
 /* With the lock held, whatever is at the path is ours to replace, unless it
  * is not a socket or something (not using the lock) still listens there. */
@@ -405,8 +408,8 @@ int ipc__posix_clear_stale_socket(ipc_plat_listener *l, const struct sockaddr_un
     /* Non-blocking: a listener with a full backlog (EAGAIN) is live too,
      * and must not hang our start. */
     ipc__posix_set_nonblocking(probe, 1);
-    if (connect(probe, (const struct sockaddr *)addr, sizeof *addr) == 0 ||
-        errno == EAGAIN || errno == EWOULDBLOCK || errno == EINPROGRESS) {
+    if (connect(probe, (const struct sockaddr *)addr, sizeof *addr) == 0 || errno == EAGAIN ||
+        errno == EWOULDBLOCK || errno == EINPROGRESS) {
         ipc__posix_close_quietly(probe);
         return ipc__fail(err, IPC_E_ADDRESS_IN_USE, EADDRINUSE,
                          "a process that does not hold '%s' is listening on it", l->path);
@@ -416,7 +419,8 @@ int ipc__posix_clear_stale_socket(ipc_plat_listener *l, const struct sockaddr_un
         int e = errno;
 
         ipc__posix_close_quietly(probe);
-        return e == ENOENT ? IPC_OK : ipc__posix_fail_errno(err, e, "probing the existing socket", l->path);
+        return e == ENOENT ? IPC_OK
+                           : ipc__posix_fail_errno(err, e, "probing the existing socket", l->path);
     }
     ipc__posix_close_quietly(probe);
     if (unlink(l->path) != 0 && errno != ENOENT)
@@ -446,13 +450,13 @@ static int place_socket_directly(ipc_plat_listener *l, mode_t mode, size_t stagi
         return ipc__fail(err, IPC_E_NAME_TOO_LONG, ENAMETOOLONG,
                          "the socket path '%s' leaves no room for the race-free set-up of "
                          "a world-access socket (it binds at a %lu-byte path first; Unix "
-                         "sockets allow %lu): use a shorter name", l->path,
-                         (unsigned long)staging_length,
+                         "sockets allow %lu): use a shorter name",
+                         l->path, (unsigned long)staging_length,
                          (unsigned long)(sizeof addr.sun_path - 1));
     memset(&addr, 0, sizeof addr);
     addr.sun_family = AF_UNIX;
     memcpy(addr.sun_path, l->path, strlen(l->path) + 1);
-    fchmod(l->fd, mode);   /* best effort: narrows the mode where honoured */
+    fchmod(l->fd, mode); /* best effort: narrows the mode where honoured */
     if (bind(l->fd, (const struct sockaddr *)&addr, sizeof addr) != 0)
         return ipc__posix_fail_errno(err, errno, "bind", l->path);
     if (listen(l->fd, LISTEN_BACKLOG) != 0) {
@@ -479,8 +483,7 @@ static int place_socket_directly(ipc_plat_listener *l, mode_t mode, size_t stagi
 int ipc__posix_place_socket(ipc_plat_listener *l, mode_t mode, ipc_error *err)
 {
     char *dir = parent_dir(l->path);
-    char *staging = dir ? ipc__format("%s/.ipcXXXXXX", strcmp(dir, "/") == 0 ? "" : dir)
-                        : NULL;
+    char *staging = dir ? ipc__format("%s/.ipcXXXXXX", strcmp(dir, "/") == 0 ? "" : dir) : NULL;
     struct sockaddr_un addr;
     struct stat st;
     int dfd = -1, bound = 0, r = IPC_OK;
@@ -501,14 +504,14 @@ int ipc__posix_place_socket(ipc_plat_listener *l, mode_t mode, ipc_error *err)
     dfd = open_cloexec(staging, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0);
     if (dfd < 0 || fstat(dfd, &st) != 0 || st.st_uid != geteuid() || (st.st_mode & 077)) {
         r = ipc__fail(err, IPC_E_ACCESS_DENIED, dfd < 0 ? errno : 0,
-                      "the staging directory '%s' for '%s' was replaced by another user",
-                      staging, l->path);
+                      "the staging directory '%s' for '%s' was replaced by another user", staging,
+                      l->path);
         goto done;
     }
     memset(&addr, 0, sizeof addr);
     addr.sun_family = AF_UNIX;
     snprintf(addr.sun_path, sizeof addr.sun_path, "%s/s", staging);
-    fchmod(l->fd, mode);   /* best effort: narrows the mode at bind where honoured */
+    fchmod(l->fd, mode); /* best effort: narrows the mode at bind where honoured */
     if (bind(l->fd, (const struct sockaddr *)&addr, sizeof addr) != 0) {
         r = ipc__posix_fail_errno(err, errno, "bind", l->path);
         goto done;
@@ -561,7 +564,7 @@ static int owner_from_lock_file(const char *lock_path)
     n = read(fd, text, sizeof text - 1);
     ipc__posix_close_quietly(fd);
     if (n <= 0)
-        return IPC_PLAT_OWNER_UNKNOWN;   /* created, pid not written yet */
+        return IPC_PLAT_OWNER_UNKNOWN; /* created, pid not written yet */
     text[n] = '\0';
     pid = strtol(text, &end, 10);
     if (end == text || pid <= 0)
@@ -589,8 +592,8 @@ int ipc_plat_name_owner(const char *name)
     return owner;
 }
 
-int ipc_plat_check_server_user(ipc_plat_conn *conn, const char *name, int policy,
-                               uint32_t uid, ipc_error *err)
+int ipc_plat_check_server_user(ipc_plat_conn *conn, const char *name, int policy, uint32_t uid,
+                               ipc_error *err)
 {
     uid_t server, ours = geteuid();
     char *theirs, *wanted;
@@ -602,7 +605,7 @@ int ipc_plat_check_server_user(ipc_plat_conn *conn, const char *name, int policy
         return ipc__posix_fail_errno(err, errno, "reading the server's credentials", NULL);
     if (policy == IPC_SERVER_USER_UID)
         ok = server == (uid_t)uid;
-    else   /* a path name may be a root service; a plain name is our own */
+    else /* a path name may be a root service; a plain name is our own */
         ok = server == ours || (strchr(name, '/') && server == 0);
     if (ok)
         return IPC_OK;
@@ -610,8 +613,8 @@ int ipc_plat_check_server_user(ipc_plat_conn *conn, const char *name, int policy
     wanted = policy == IPC_SERVER_USER_UID ? describe_user((uid_t)uid) : describe_user(ours);
     r = ipc__fail(err, IPC_E_ACCESS_DENIED, 0,
                   "the server on '%s' runs as %s, not as %s%s; refusing to send it anything "
-                  "(pass server_user to trust that user)", name,
-                  theirs ? theirs : "another user", wanted ? wanted : "the expected user",
+                  "(pass server_user to trust that user)",
+                  name, theirs ? theirs : "another user", wanted ? wanted : "the expected user",
                   policy == IPC_SERVER_USER_DEFAULT && strchr(name, '/') ? " or root" : "");
     free(theirs);
     free(wanted);

@@ -66,7 +66,7 @@ int ipc__posix_connect_socket(int fd, const struct sockaddr_un *addr, int timeou
         if (connect(fd, (const struct sockaddr *)addr, sizeof *addr) == 0)
             return 0;
         if (errno == EISCONN)
-            return 0;   /* an interrupted attempt completed after all */
+            return 0; /* an interrupted attempt completed after all */
         if (errno != EINTR)
             return -1;
     }
@@ -105,11 +105,11 @@ int ipc_plat_connect(ipc_plat_conn **out, const char *name, int timeout_ms, ipc_
         if (e != 0) {
             ipc__posix_close_quietly(fd);
             if (e == EAGAIN || e == EWOULDBLOCK)
-                r = ipc__fail(err, IPC_E_BUSY, e,
-                              "the server '%s' has a full connection queue", path);
+                r = ipc__fail(err, IPC_E_BUSY, e, "the server '%s' has a full connection queue",
+                              path);
             else if (e == ENOENT || e == ECONNREFUSED || e == ENOTDIR)
-                r = ipc__fail(err, IPC_E_NOT_FOUND, e, "no server is listening on '%s' (%s)",
-                              path, strerror(e));
+                r = ipc__fail(err, IPC_E_NOT_FOUND, e, "no server is listening on '%s' (%s)", path,
+                              strerror(e));
             else
                 r = ipc__posix_fail_errno(err, e, "connect to", path);
             free(path);
@@ -132,7 +132,7 @@ static int set_socket_timeout(int fd, int option, int *cached, int ms)
     tv.tv_sec = ms < 0 ? 0 : ms / 1000;
     tv.tv_usec = ms < 0 ? 0 : (ms % 1000) * 1000;
     if (ms == 0)
-        tv.tv_usec = 1;   /* a zero timeval means "no limit" */
+        tv.tv_usec = 1; /* a zero timeval means "no limit" */
     if (setsockopt(fd, SOL_SOCKET, option, &tv, sizeof tv) != 0)
         return -1;
     *cached = ms;
@@ -217,8 +217,8 @@ int ipc_plat_conn_closed(ipc_plat_conn *conn)
     return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
 }
 
-int ipc_plat_read(ipc_plat_conn *conn, void *buf, size_t capacity, size_t *got,
-                  int timeout_ms, ipc_error *err)
+int ipc_plat_read(ipc_plat_conn *conn, void *buf, size_t capacity, size_t *got, int timeout_ms,
+                  ipc_error *err)
 {
     int64_t deadline = timeout_ms < 0 ? -1 : ipc_plat_now_ms() + timeout_ms;
     int wait = timeout_ms;
@@ -300,8 +300,10 @@ static int write_parts(ipc_plat_conn *conn, const ipc_plat_buf *parts, int count
             int64_t left = deadline - ipc_plat_now_ms();
 
             if (left <= 0)
-                return ipc__fail(err, IPC_E_TIMEOUT, 0, "the peer did not take the data in "
-                                 "time (%d ms)", timeout_ms);
+                return ipc__fail(err, IPC_E_TIMEOUT, 0,
+                                 "the peer did not take the data in "
+                                 "time (%d ms)",
+                                 timeout_ms);
             if (left < slice)
                 slice = (int)left;
         }
@@ -329,12 +331,12 @@ static int write_parts(ipc_plat_conn *conn, const ipc_plat_buf *parts, int count
 #endif
         if (n < 0) {
             if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
-                continue;   /* woke up: check the deadline, write on */
+                continue; /* woke up: check the deadline, write on */
             if (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN)
                 return ipc__fail(err, IPC_E_CLOSED, errno, "the peer closed the connection");
             return ipc__posix_fail_errno(err, errno, "sendmsg", NULL);
         }
-        handle = -1;   /* it went with the first bytes */
+        handle = -1; /* it went with the first bytes */
         while (first < count && (size_t)n >= iov[first].iov_len) {
             n -= (ssize_t)iov[first].iov_len;
             first++;

@@ -24,19 +24,19 @@
 #define CANCELLED_EXIT_CODE 130
 
 typedef struct node_server {
-    uint32_t commands_active;   /* queued or running; at most 1; server lock */
+    uint32_t commands_active; /* queued or running; at most 1; server lock */
 } node_server;
 
 typedef struct node_connection {
     ipc_plat_mutex *write_lock;
-    struct node_command *command;   /* in flight, or NULL; this thread's */
+    struct node_command *command; /* in flight, or NULL; this thread's */
 } node_connection;
 
 typedef struct node_command {
-    ipc_call call;        /* first: the core sees an ipc_call */
-    int cancelled;        /* guarded by the server's lock */
-    int released;         /* counted off commands_active; server's lock */
-    uint8_t payload[];    /* the copied COMMAND payload, NUL-terminated */
+    ipc_call call;     /* first: the core sees an ipc_call */
+    int cancelled;     /* guarded by the server's lock */
+    int released;      /* counted off commands_active; server's lock */
+    uint8_t payload[]; /* the copied COMMAND payload, NUL-terminated */
 } node_command;
 
 static node_server *server_state(ipc_server_t *server)
@@ -149,8 +149,7 @@ static int start_command(ipc_connection *c, const ipc_packet *packet)
     }
     command = copy_command(c, packet);
     if (!command) {
-        ipc__log(IPC_LOG_ERROR, "[slot %u] out of memory for a command",
-                 (unsigned)c->slot->index);
+        ipc__log(IPC_LOG_ERROR, "[slot %u] out of memory for a command", (unsigned)c->slot->index);
         ipc_plat_mutex_lock(server->lock);
         server_state(server)->commands_active--;
         ipc_plat_mutex_unlock(server->lock);
@@ -226,8 +225,7 @@ int ipc_call_console_write(ipc_call *call, int stream, const void *text, size_t 
         size_t part = size < chunk ? size : chunk;
 
         if (r == IPC_OK)
-            r = ipc__write_locked(c, IPC_PACKET_CONSOLE_WRITE, &stream_byte, 1, at, part, -1,
-                                  err);
+            r = ipc__write_locked(c, IPC_PACKET_CONSOLE_WRITE, &stream_byte, 1, at, part, -1, err);
         at += part;
         size -= part;
     } while (r == IPC_OK && size > 0);
@@ -332,7 +330,7 @@ static int node_on_packet(ipc_connection *c, const ipc_packet *packet)
     if (packet->header.type == IPC_PACKET_CANCEL)
         return on_cancel(c, packet);
     if (packet->header.type != IPC_PACKET_COMMAND && packet->header.type != IPC_PACKET_REQUEST)
-        return IPC__PACKET_PASS;   /* refused by the request loop */
+        return IPC__PACKET_PASS; /* refused by the request loop */
     /* A client sends a COMMAND or REQUEST only after the EXIT of the
      * previous command, which may still be finishing. */
     reap_command(c, 1);
@@ -363,8 +361,10 @@ static void node_unlock_writes(ipc_connection *c)
 
 static void node_finish_unanswered(ipc_call *call)
 {
-    ipc__log(IPC_LOG_ERROR, "[slot %u] the application finished a command without its "
-             "EXIT; reporting it as crashed", (unsigned)call->connection->slot->index);
+    ipc__log(IPC_LOG_ERROR,
+             "[slot %u] the application finished a command without its "
+             "EXIT; reporting it as crashed",
+             (unsigned)call->connection->slot->index);
     ipc_call_exit(call, 1, IPC_EXIT_CRASHED, NULL);
 }
 

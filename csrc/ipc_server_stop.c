@@ -97,7 +97,8 @@ static uint32_t join_connections(ipc_server_t *server)
  * rest, which those threads still use when their handler returns. */
 static void abandon_server(ipc_server_t *server, uint32_t abandoned)
 {
-    ipc__log(IPC_LOG_WARNING, "server on %s stopped; abandoned %lu connection thread(s) still "
+    ipc__log(IPC_LOG_WARNING,
+             "server on %s stopped; abandoned %lu connection thread(s) still "
              "running a handler after the stop timeout (their memory stays allocated)",
              ipc_plat_listener_address(server->listener), (unsigned long)abandoned);
     ipc_plat_listener_close(server->listener);
@@ -114,7 +115,7 @@ int ipc_server_stop_timeout(ipc_server_t *server, int timeout_ms)
         return 0;
     if (called_from_server_thread(server)) {
         ipc__log(IPC_LOG_ERROR, "ipc_server_stop called from a handler: it would wait for "
-                 "itself; call it from another thread");
+                                "itself; call it from another thread");
         return -1;
     }
     /* With a timeout, half of it is the soft grace, the rest is for threads

@@ -22,14 +22,14 @@
 #define SHM_CHANNEL_REQUEST_OFFSET 64u   /* client -> server header */
 #define SHM_CHANNEL_RESPONSE_OFFSET 128u /* server -> client header */
 enum shm_word {
-    W_SEQ = 0,        /* futex word: bumped by the writer once a message is in place */
-    W_TYPE = 1,       /* packet type of the message */
-    W_LENGTH = 2,     /* payload bytes in the slot */
-    W_FLAGS = 3,      /* SHM_ON_SOCKET */
-    W_SLEEPING = 4,   /* the reader is (about to be) in a futex wait */
-    W_CPU = 5         /* the writer's CPU when it published, 0xFFFFFFFF unknown */
+    W_SEQ = 0,      /* futex word: bumped by the writer once a message is in place */
+    W_TYPE = 1,     /* packet type of the message */
+    W_LENGTH = 2,   /* payload bytes in the slot */
+    W_FLAGS = 3,    /* SHM_ON_SOCKET */
+    W_SLEEPING = 4, /* the reader is (about to be) in a futex wait */
+    W_CPU = 5       /* the writer's CPU when it published, 0xFFFFFFFF unknown */
 };
-#define SHM_ON_SOCKET 1u   /* the message is the next packet on the socket */
+#define SHM_ON_SOCKET 1u /* the message is the next packet on the socket */
 
 /* A waiting thread checks the socket at least this often, so a peer that
  * died (or a stop) is noticed within this time, never a hang. After a
@@ -152,8 +152,8 @@ static int copy_out(ipc_shm_link *l, uint32_t length, ipc_error *err)
     return IPC_OK;
 }
 
-int ipc__shm_read(ipc_shm_link *l, uint32_t max_message, uint8_t max_version,
-                  int64_t deadline, ipc_packet *packet, ipc_error *err)
+int ipc__shm_read(ipc_shm_link *l, uint32_t max_message, uint8_t max_version, int64_t deadline,
+                  ipc_packet *packet, ipc_error *err)
 {
     uint32_t seq, type, length, flags;
     int r;
@@ -177,8 +177,8 @@ int ipc__shm_read(ipc_shm_link *l, uint32_t max_message, uint8_t max_version,
                          "shared memory: bad message header (type %lu, flags 0x%lx)",
                          (unsigned long)type, (unsigned long)flags);
     if (flags & SHM_ON_SOCKET) {
-        r = ipc__stream_read_packet(l->stream, max_message, max_version, deadline,
-                                    SHM_LIVENESS_MS, packet, err);
+        r = ipc__stream_read_packet(l->stream, max_message, max_version, deadline, SHM_LIVENESS_MS,
+                                    packet, err);
         if (r == IPC_OK && packet->header.type != type)
             r = ipc__fail(err, IPC_E_PROTOCOL, 0, "shared memory: announced type %lu, got %u",
                           (unsigned long)type, (unsigned)packet->header.type);
@@ -210,8 +210,8 @@ int ipc__shm_write(ipc_shm_link *l, uint8_t type, const void *prefix, size_t pre
     int cpu = ipc_plat_current_cpu();
 
     if (total > l->slot_size) {
-        int r = ipc__write_packet_parts(l->stream->conn, type, prefix, prefix_size, body,
-                                        body_size, timeout_ms, err);
+        int r = ipc__write_packet_parts(l->stream->conn, type, prefix, prefix_size, body, body_size,
+                                        timeout_ms, err);
 
         if (r != IPC_OK)
             return r;
@@ -237,7 +237,7 @@ int ipc__shm_write(ipc_shm_link *l, uint8_t type, const void *prefix, size_t pre
 static int shm_path_read(void *path, uint32_t max_message, uint8_t max_version, int slice_ms,
                          ipc_packet *packet, ipc_error *err)
 {
-    (void)slice_ms;   /* waits are sliced by SHM_LIVENESS_MS */
+    (void)slice_ms; /* waits are sliced by SHM_LIVENESS_MS */
     return ipc__shm_read((ipc_shm_link *)path, max_message, max_version, -1, packet, err);
 }
 
@@ -285,7 +285,7 @@ int ipc__shm_offer(ipc_stream *stream, uint32_t slot_size, int spin_us, uint8_t 
         return ipc__fail(err, IPC_E_INVALID, 0, "shm_slot_size must be %u..%u bytes",
                          IPC_SHM_MIN_SLOT, IPC_SHM_MAX_SLOT);
     if (!ipc_plat_shm_supported())
-        return IPC_OK;   /* nothing to offer: the socket path it is */
+        return IPC_OK; /* nothing to offer: the socket path it is */
     l = link_new(slot_size, spin_us, stream);
     if (!l)
         return ipc__fail(err, IPC_E_NO_MEMORY, 0, "out of memory for a shared-memory link");
@@ -304,10 +304,10 @@ int ipc__shm_offer(ipc_stream *stream, uint32_t slot_size, int spin_us, uint8_t 
     parts[1].data = payload;
     parts[1].size = ipc_shm_setup_encode(payload, &setup);
     parts[0].data = header;
-    parts[0].size = ipc_packet_header_encode(header, IPC_PACKET_SHM_SETUP,
-                                             (uint32_t)parts[1].size, 0);
-    r = ipc_plat_write_handle(stream->conn, parts, 2, l->region.handle,
-                              ipc__remaining_ms(deadline), err);
+    parts[0].size = ipc_packet_header_encode(header, IPC_PACKET_SHM_SETUP, (uint32_t)parts[1].size,
+                                             0);
+    r = ipc_plat_write_handle(stream->conn, parts, 2, l->region.handle, ipc__remaining_ms(deadline),
+                              err);
     /* The mapping outlives the descriptor; the one in flight is the
      * server's. No descriptor per connection stays open. */
     ipc_plat_handle_close(l->region.handle);
@@ -329,8 +329,8 @@ int ipc__shm_offer(ipc_stream *stream, uint32_t slot_size, int spin_us, uint8_t 
 
 static int decline(ipc_stream *stream, const char *why, ipc_error *err)
 {
-    return ipc__write_packet_parts(stream->conn, IPC_PACKET_SHM_DECLINE, NULL, 0, why,
-                                   strlen(why), IPC_WAKE_INTERVAL_MS, err);
+    return ipc__write_packet_parts(stream->conn, IPC_PACKET_SHM_DECLINE, NULL, 0, why, strlen(why),
+                                   IPC_WAKE_INTERVAL_MS, err);
 }
 
 /* The region's own header must agree with the setup packet. */
@@ -353,7 +353,7 @@ int ipc__shm_accept(ipc_stream *stream, const ipc_packet *packet, int allowed, i
     int r;
 
     *out = NULL;
-    ipc_plat_conn_accept_handles(stream->conn, 0);   /* one offer per connection */
+    ipc_plat_conn_accept_handles(stream->conn, 0); /* one offer per connection */
     r = ipc_shm_setup_decode(packet->payload, packet->header.length, &setup, err);
     if (r != IPC_OK) {
         ipc_plat_handle_close(handle);
@@ -361,8 +361,10 @@ int ipc__shm_accept(ipc_stream *stream, const ipc_packet *packet, int allowed, i
     }
     if (!allowed || handle < 0) {
         ipc_plat_handle_close(handle);
-        return decline(stream, allowed ? "no descriptor came with SHM_SETUP"
-                                       : "this server keeps the socket path", err);
+        return decline(stream,
+                       allowed ? "no descriptor came with SHM_SETUP"
+                               : "this server keeps the socket path",
+                       err);
     }
     l = link_new(setup.slot_size, spin_us, stream);
     if (!l) {

@@ -30,7 +30,7 @@ static int stream_reserve(ipc_stream *s, size_t total, ipc_error *err)
     size_t capacity;
 
     if (s->start + wanted <= s->capacity)
-        return IPC_OK;   /* the packet fits where it starts */
+        return IPC_OK; /* the packet fits where it starts */
     if (s->start > 0) {
         /* Moves only the packet's first bytes, once per packet. */
         memmove(s->buf, s->buf + s->start, unread);
@@ -38,18 +38,17 @@ static int stream_reserve(ipc_stream *s, size_t total, ipc_error *err)
         s->end = unread;
     }
     if (wanted <= s->capacity || s->end + 1 < s->capacity)
-        return IPC_OK;   /* it fits now, or there is room to read into */
+        return IPC_OK; /* it fits now, or there is room to read into */
     /* Full: double, capped at what the packet needs (a buffer never
      * shrinks here: wanted > capacity whenever it is full). */
     capacity = s->capacity ? s->capacity * 2 : IPC__STREAM_INITIAL_CAPACITY;
     if (capacity < s->capacity)
-        capacity = wanted;   /* the doubling wrapped */
+        capacity = wanted; /* the doubling wrapped */
     if (s->capacity && capacity > wanted && wanted > s->capacity)
         capacity = wanted;
     grown = (uint8_t *)realloc(s->buf, capacity);
     if (!grown)
-        return ipc__fail(err, IPC_E_NO_MEMORY, 0,
-                         "out of memory for a %lu-byte receive buffer",
+        return ipc__fail(err, IPC_E_NO_MEMORY, 0, "out of memory for a %lu-byte receive buffer",
                          (unsigned long)capacity);
     s->buf = grown;
     s->capacity = capacity;
@@ -88,14 +87,13 @@ static int read_some(ipc_stream *s, int wait, int sliced, ipc_error *err)
     if (r == IPC_OK || !sliced)
         return r;
     if (r == IPC_E_TIMEOUT)
-        return IPC_OK;   /* only the slice ended: the loop checks the deadline */
+        return IPC_OK; /* only the slice ended: the loop checks the deadline */
     if (r == IPC_E_CLOSED)
         return ipc__fail(err, r, 0, "the peer closed the connection");
     return ipc__fail(err, r, 0, "reading from the connection failed (%s)", ipc_result_name(r));
 }
 
-int ipc__stream_fill(ipc_stream *s, size_t total, int64_t deadline, int slice_ms,
-                     ipc_error *err)
+int ipc__stream_fill(ipc_stream *s, size_t total, int64_t deadline, int slice_ms, ipc_error *err)
 {
     int r = IPC_OK;
 
@@ -138,8 +136,7 @@ static void stream_consume(ipc_stream *s)
  * IPC_E_TOO_LARGE with packet->verdict (and header fields) set, having
  * allocated nothing for the payload. */
 int ipc__stream_read_packet(ipc_stream *s, uint32_t max_message, uint8_t max_version,
-                            int64_t deadline, int slice_ms, ipc_packet *packet,
-                            ipc_error *err)
+                            int64_t deadline, int slice_ms, ipc_packet *packet, ipc_error *err)
 {
     size_t total;
     int r;
@@ -148,8 +145,7 @@ int ipc__stream_read_packet(ipc_stream *s, uint32_t max_message, uint8_t max_ver
     for (;;) {
         /* After a huge message the buffer is freed: NULL + 0 is undefined. */
         packet->verdict = ipc_packet_header_parse(s->buf ? s->buf + s->start : NULL,
-                                                  s->end - s->start,
-                                                  max_message, max_version,
+                                                  s->end - s->start, max_message, max_version,
                                                   &packet->header);
         if (packet->verdict != IPC_VERDICT_NEED_MORE)
             break;
@@ -184,16 +180,18 @@ int ipc__stream_read_packet(ipc_stream *s, uint32_t max_message, uint8_t max_ver
 
 /* Writes a header and a payload made of a prefix and a body, in one write. */
 int ipc__write_packet_parts(ipc_plat_conn *conn, uint8_t type, const void *prefix,
-                            size_t prefix_size, const void *body, size_t body_size,
-                            int timeout_ms, ipc_error *err)
+                            size_t prefix_size, const void *body, size_t body_size, int timeout_ms,
+                            ipc_error *err)
 {
     uint8_t header[IPC_MAX_HEADER_SIZE];
     ipc_plat_buf parts[3];
     size_t count = 1;
 
     if (body_size > 0xFFFFFFFFu - prefix_size || prefix_size > 0xFFFFFFFFu)
-        return ipc__fail(err, IPC_E_TOO_LARGE, 0, "a packet of %lu bytes does not fit the "
-                         "4-byte length field", (unsigned long)(prefix_size + body_size));
+        return ipc__fail(err, IPC_E_TOO_LARGE, 0,
+                         "a packet of %lu bytes does not fit the "
+                         "4-byte length field",
+                         (unsigned long)(prefix_size + body_size));
     parts[0].data = header;
     parts[0].size = ipc_packet_header_encode(header, type, (uint32_t)(prefix_size + body_size), 0);
     if (prefix_size) {
@@ -206,7 +204,6 @@ int ipc__write_packet_parts(ipc_plat_conn *conn, uint8_t type, const void *prefi
     }
     return ipc_plat_write(conn, parts, count, timeout_ms, err);
 }
-
 
 /* ---- the socket stream as a server data path ---------------------------- */
 

@@ -24,29 +24,20 @@ int ipc__win32_map_error(DWORD e)
 {
     switch (e) {
     case ERROR_FILE_NOT_FOUND:
-    case ERROR_PATH_NOT_FOUND:
-        return IPC_E_NOT_FOUND;
+    case ERROR_PATH_NOT_FOUND: return IPC_E_NOT_FOUND;
     case ERROR_PIPE_BUSY:
-    case ERROR_SEM_TIMEOUT:
-        return IPC_E_BUSY;
-    case ERROR_ACCESS_DENIED:
-        return IPC_E_ACCESS_DENIED;
-    case ERROR_BROKEN_PIPE:          /* 109 */
-    case ERROR_NO_DATA:              /* 232 */
-    case ERROR_PIPE_NOT_CONNECTED:   /* 233 */
-    case ERROR_OPERATION_ABORTED:
-        return IPC_E_CLOSED;
+    case ERROR_SEM_TIMEOUT: return IPC_E_BUSY;
+    case ERROR_ACCESS_DENIED: return IPC_E_ACCESS_DENIED;
+    case ERROR_BROKEN_PIPE:        /* 109 */
+    case ERROR_NO_DATA:            /* 232 */
+    case ERROR_PIPE_NOT_CONNECTED: /* 233 */
+    case ERROR_OPERATION_ABORTED: return IPC_E_CLOSED;
     case ERROR_NOT_ENOUGH_MEMORY:
-    case ERROR_OUTOFMEMORY:
-        return IPC_E_NO_MEMORY;
-    case ERROR_FILENAME_EXCED_RANGE:
-        return IPC_E_NAME_TOO_LONG;
-    case ERROR_INVALID_NAME:
-        return IPC_E_INVALID;
-    case ERROR_TIMEOUT:
-        return IPC_E_TIMEOUT;
-    default:
-        return IPC_E_SYSTEM;
+    case ERROR_OUTOFMEMORY: return IPC_E_NO_MEMORY;
+    case ERROR_FILENAME_EXCED_RANGE: return IPC_E_NAME_TOO_LONG;
+    case ERROR_INVALID_NAME: return IPC_E_INVALID;
+    case ERROR_TIMEOUT: return IPC_E_TIMEOUT;
+    default: return IPC_E_SYSTEM;
     }
 }
 
@@ -109,8 +100,7 @@ static DWORD WINAPI thread_trampoline(LPVOID arg)
     return 0;
 }
 
-int ipc_plat_thread_start(ipc_plat_thread **out, void (*main)(void *), void *arg,
-                          ipc_error *err)
+int ipc_plat_thread_start(ipc_plat_thread **out, void (*main)(void *), void *arg, ipc_error *err)
 {
     ipc_plat_thread *thread = (ipc_plat_thread *)calloc(1, sizeof *thread);
 
@@ -207,8 +197,7 @@ void ipc_plat_cond_destroy(ipc_plat_cond *c)
 
 void ipc_plat_cond_wait(ipc_plat_cond *c, ipc_plat_mutex *m, int timeout_ms)
 {
-    SleepConditionVariableSRW(&c->cond, &m->lock, timeout_ms < 0 ? INFINITE : (DWORD)timeout_ms,
-                              0);
+    SleepConditionVariableSRW(&c->cond, &m->lock, timeout_ms < 0 ? INFINITE : (DWORD)timeout_ms, 0);
 }
 
 void ipc_plat_cond_broadcast(ipc_plat_cond *c)
@@ -292,7 +281,7 @@ int ipc_plat_shm_map(ipc_plat_shm *shm, intptr_t handle, size_t size, ipc_error 
 
 void ipc_plat_handle_close(intptr_t handle)
 {
-    (void)handle;   /* no handle is ever received here */
+    (void)handle; /* no handle is ever received here */
 }
 
 void ipc_plat_shm_release(ipc_plat_shm *shm)
@@ -326,7 +315,7 @@ int ipc_plat_conn_interrupted(ipc_plat_conn *c)
 
 void ipc_plat_conn_wake_on_interrupt(ipc_plat_conn *conn, uint32_t *word)
 {
-    (void)conn, (void)word;   /* no shared-memory waits here */
+    (void)conn, (void)word; /* no shared-memory waits here */
 }
 
 uint32_t ipc_plat_word_load(const uint32_t *word)

@@ -11,7 +11,7 @@
 
 #if !defined(_WIN32_WINNT) || _WIN32_WINNT < 0x0601
 #undef _WIN32_WINNT
-#define _WIN32_WINNT 0x0601   /* CancelIoEx, SRW locks, GetNamedPipeClientProcessId */
+#define _WIN32_WINNT 0x0601 /* CancelIoEx, SRW locks, GetNamedPipeClientProcessId */
 #endif
 #ifndef WIN32_LEAN_AND_MEAN
 #define WIN32_LEAN_AND_MEAN
@@ -43,11 +43,11 @@ struct ipc_plat_conn {
     int server_side;
     HANDLE read_event;
     HANDLE write_event;
-    HANDLE soft_event;        /* interrupt: wakes reads */
-    HANDLE hard_event;        /* interrupt(hard): wakes writes too */
+    HANDLE soft_event; /* interrupt: wakes reads */
+    HANDLE hard_event; /* interrupt(hard): wakes writes too */
     volatile LONG soft;
     volatile LONG hard;
-    uint8_t *coalesce;        /* header + small payload as one message */
+    uint8_t *coalesce; /* header + small payload as one message */
     size_t coalesce_capacity;
 };
 

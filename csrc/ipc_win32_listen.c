@@ -32,8 +32,8 @@ int ipc__win32_resolve_name(const char *name, char **path_out, wchar_t **wide_ou
         return ipc__fail(err, IPC_E_NO_MEMORY, 0, "out of memory");
     if (strlen(path) > 256) {
         int r = ipc__fail(err, IPC_E_NAME_TOO_LONG, ERROR_FILENAME_EXCED_RANGE,
-                          "the pipe name '%s' is %lu characters; Windows allows 256",
-                          path, (unsigned long)strlen(path));
+                          "the pipe name '%s' is %lu characters; Windows allows 256", path,
+                          (unsigned long)strlen(path));
         free(path);
         return r;
     }
@@ -78,8 +78,8 @@ struct ipc_plat_listener {
     char *path;
     wchar_t *wide_path;
     DWORD max_instances;
-    HANDLE stop_event;        /* manual reset: set once by interrupt */
-    HANDLE first_instance;    /* created by listen, claimed by the first acceptor */
+    HANDLE stop_event;     /* manual reset: set once by interrupt */
+    HANDLE first_instance; /* created by listen, claimed by the first acceptor */
     SECURITY_ATTRIBUTES attributes;
     PSECURITY_DESCRIPTOR descriptor;
     PACL acl;
@@ -142,11 +142,10 @@ static int create_instance(ipc_plat_listener *l, int first, HANDLE *out, ipc_err
 
     if (first)
         open_mode |= FILE_FLAG_FIRST_PIPE_INSTANCE;
-    pipe = CreateNamedPipeW(l->wide_path, open_mode,
-                            PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE | PIPE_WAIT |
-                                PIPE_REJECT_REMOTE_CLIENTS,
-                            l->max_instances, PIPE_BUFFER_SIZE, PIPE_BUFFER_SIZE, 0,
-                            &l->attributes);
+    pipe = CreateNamedPipeW(
+        l->wide_path, open_mode,
+        PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE | PIPE_WAIT | PIPE_REJECT_REMOTE_CLIENTS,
+        l->max_instances, PIPE_BUFFER_SIZE, PIPE_BUFFER_SIZE, 0, &l->attributes);
     if (pipe == INVALID_HANDLE_VALUE) {
         DWORD e = GetLastError();
 
@@ -173,8 +172,8 @@ static int refuse_if_served(ipc_plat_listener *l, ipc_error *err)
     return IPC_OK;
 }
 
-int ipc_plat_listen(ipc_plat_listener **out, const char *name,
-                    const ipc_plat_listen_params *params, ipc_error *err)
+int ipc_plat_listen(ipc_plat_listener **out, const char *name, const ipc_plat_listen_params *params,
+                    ipc_error *err)
 {
     ipc_plat_listener *l = (ipc_plat_listener *)calloc(1, sizeof *l);
     DWORD instances;
@@ -194,8 +193,7 @@ int ipc_plat_listen(ipc_plat_listener **out, const char *name,
      * handshake is answered when a slot frees up) and the rest get
      * ERROR_PIPE_BUSY and wait in WaitNamedPipe. */
     instances = params->max_clients + params->listeners;
-    l->max_instances = instances >= PIPE_UNLIMITED_INSTANCES ? PIPE_UNLIMITED_INSTANCES
-                                                             : instances;
+    l->max_instances = instances >= PIPE_UNLIMITED_INSTANCES ? PIPE_UNLIMITED_INSTANCES : instances;
     r = build_security(l, params->access, err);
     if (r != IPC_OK)
         goto fail;
@@ -223,7 +221,7 @@ const char *ipc_plat_listener_address(const ipc_plat_listener *l)
 
 struct ipc_plat_acceptor {
     ipc_plat_listener *listener;
-    HANDLE pipe;      /* the instance waiting for a client; NULL after a failure */
+    HANDLE pipe; /* the instance waiting for a client; NULL after a failure */
     HANDLE event;
 };
 
@@ -344,8 +342,8 @@ int ipc_plat_accept(ipc_plat_acceptor *a, ipc_plat_conn **out, ipc_error *err)
         r = create_instance(l, 0, &a->pipe, err);
         if (r != IPC_OK) {
             /* The next accept tries again. */
-            ipc__log(IPC_LOG_ERROR, "could not create the next pipe instance of %s: %s",
-                     l->path, err && err->message ? err->message : "error");
+            ipc__log(IPC_LOG_ERROR, "could not create the next pipe instance of %s: %s", l->path,
+                     err && err->message ? err->message : "error");
             ipc_error_clear(err);
         }
         return ipc__win32_wrap_conn(connected, 1, out, err);
@@ -380,7 +378,7 @@ void ipc_plat_listener_close(ipc_plat_listener *l)
 
 void ipc_plat_listener_forget(ipc_plat_listener *l)
 {
-    (void)l;   /* no fork on Windows: nothing to forget */
+    (void)l; /* no fork on Windows: nothing to forget */
 }
 
 #else

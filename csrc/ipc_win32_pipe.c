@@ -109,7 +109,7 @@ int ipc_plat_read(ipc_plat_conn *c, void *buf, size_t capacity, size_t *got, int
          * byte stream. */
         if (e == 0 || e == ERROR_MORE_DATA) {
             if (n == 0)
-                continue;   /* an empty message carries nothing */
+                continue; /* an empty message carries nothing */
             *got = n;
             return IPC_OK;
         }
@@ -155,8 +155,8 @@ static int write_message(ipc_plat_conn *c, const void *data, DWORD size, int64_t
     if (e == ERROR_OPERATION_ABORTED || ipc__win32_map_error(e) == IPC_E_CLOSED)
         return ipc__fail(err, IPC_E_CLOSED, (int)e, "the peer closed the connection");
     if (e == 0)
-        return ipc__fail(err, IPC_E_SYSTEM, 0, "WriteFile wrote %lu of %lu bytes",
-                         (unsigned long)n, (unsigned long)size);
+        return ipc__fail(err, IPC_E_SYSTEM, 0, "WriteFile wrote %lu of %lu bytes", (unsigned long)n,
+                         (unsigned long)size);
     return ipc__win32_fail_win(err, e, "WriteFile");
 }
 
@@ -242,8 +242,7 @@ static char *describe_sid(PSID sid)
     SID_NAME_USE use;
 
     if (LookupAccountSidA(NULL, sid, user, &user_size, domain, &domain_size, &use))
-        return domain[0] ? ipc__format("user %s\\%s", domain, user)
-                         : ipc__format("user %s", user);
+        return domain[0] ? ipc__format("user %s\\%s", domain, user) : ipc__format("user %s", user);
     return ipc__format("an unnamed user");
 }
 
@@ -261,7 +260,8 @@ int ipc_plat_check_server_user(ipc_plat_conn *c, const char *name, int policy, u
     if (policy == IPC_SERVER_USER_ANY)
         return IPC_OK;
     if (policy == IPC_SERVER_USER_UID)
-        return ipc__fail(err, IPC_E_INVALID, 0, "a server uid means nothing on Windows: use "
+        return ipc__fail(err, IPC_E_INVALID, 0,
+                         "a server uid means nothing on Windows: use "
                          "the default (same user or LocalSystem) or \"any\"");
     if (!GetNamedPipeServerProcessId(c->pipe, &pid))
         return ipc__win32_fail_win(err, GetLastError(), "GetNamedPipeServerProcessId");
@@ -272,9 +272,8 @@ int ipc_plat_check_server_user(ipc_plat_conn *c, const char *name, int policy, u
     CloseHandle(process);
     if (r == IPC_OK)
         r = ipc__win32_process_user(GetCurrentProcess(), &ours, err);
-    if (r == IPC_OK &&
-        !AllocateAndInitializeSid(&nt_authority, 1, SECURITY_LOCAL_SYSTEM_RID, 0, 0, 0, 0, 0,
-                                  0, 0, &system))
+    if (r == IPC_OK && !AllocateAndInitializeSid(&nt_authority, 1, SECURITY_LOCAL_SYSTEM_RID, 0, 0,
+                                                 0, 0, 0, 0, 0, &system))
         r = ipc__win32_fail_win(err, GetLastError(), "AllocateAndInitializeSid(LocalSystem)");
     if (r == IPC_OK && !EqualSid(ours->User.Sid, theirs->User.Sid) &&
         !EqualSid(system, theirs->User.Sid)) {
@@ -282,8 +281,8 @@ int ipc_plat_check_server_user(ipc_plat_conn *c, const char *name, int policy, u
 
         r = ipc__fail(err, IPC_E_ACCESS_DENIED, 0,
                       "the server on '%s' runs as %s, not as this user or LocalSystem; "
-                      "refusing to send it anything (pass server_user to trust it)", name,
-                      who ? who : "another user");
+                      "refusing to send it anything (pass server_user to trust it)",
+                      name, who ? who : "another user");
         free(who);
     }
     if (system)

@@ -1,5 +1,5 @@
 """The package stays lint-clean (ruff), formatted (ruff format) and fully
-typed (mypy --strict); the C tests keep the C style of .clang-format.
+typed (mypy --strict); the C sources (csrc/, tests/c) keep .clang-format.
 
 ruff and mypy come with the `test` extra (configured in pyproject.toml);
 clang-format is a system package (.ci/run installs it).
@@ -38,9 +38,11 @@ def test_mypy_strict_is_clean() -> None:
     assert ran.returncode == 0, ran.stdout + ran.stderr
 
 
-def test_c_tests_are_clang_formatted() -> None:
-    """tests/c follows the repository's .clang-format (csrc/'s style)."""
-    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests" / "c").glob("*.[ch]"))
+def test_c_sources_are_clang_formatted() -> None:
+    """csrc/ (the core, the platforms, the node client) and tests/c follow the
+    repository's .clang-format."""
+    folders = [ROOT / "csrc", ROOT / "csrc" / "cli", ROOT / "tests" / "c"]
+    sources = sorted(str(p.relative_to(ROOT)) for folder in folders for p in folder.glob("*.[ch]"))
     assert sources
     ran = _run("clang-format", "--dry-run", "-Werror", *sources)
     assert ran.returncode == 0, f"run `clang-format -i {' '.join(sources)}`:\n{ran.stderr[-6000:]}"

@@ -31,9 +31,9 @@
 
 #define _POSIX_C_SOURCE 200809L
 #if defined(__APPLE__)
-#define _DARWIN_C_SOURCE   /* SCM_RIGHTS, getpeereid */
+#define _DARWIN_C_SOURCE /* SCM_RIGHTS, getpeereid */
 #else
-#define _DEFAULT_SOURCE    /* SCM_RIGHTS, SO_PEERCRED, struct ucred */
+#define _DEFAULT_SOURCE /* SCM_RIGHTS, SO_PEERCRED, struct ucred */
 #define _GNU_SOURCE
 #endif
 
@@ -57,26 +57,26 @@
 
 extern char **environ;
 
-#define READ_SLICE_MS 100   /* how often a waiting client looks at Ctrl-C */
+#define READ_SLICE_MS 100 /* how often a waiting client looks at Ctrl-C */
 #define CANCELLED_STATUS 130
 
 /* COMMAND flags beyond the terminal bits (docs/protocol.md 10.2). */
-#define COMMAND_FDS 0x8u           /* stdin, stdout, stderr attached (SCM_RIGHTS) */
-#define COMMAND_UMASK 0x10u        /* bits 16-27 hold the umask */
+#define COMMAND_FDS 0x8u    /* stdin, stdout, stderr attached (SCM_RIGHTS) */
+#define COMMAND_UMASK 0x10u /* bits 16-27 hold the umask */
 #define COMMAND_UMASK_SHIFT 16
-#define EXIT_KILLED 6              /* died of a signal; exit code = signal number */
+#define EXIT_KILLED 6 /* died of a signal; exit code = signal number */
 
 #ifndef MSG_NOSIGNAL
-#define MSG_NOSIGNAL 0             /* macOS: SIGPIPE is ignored below instead */
+#define MSG_NOSIGNAL 0 /* macOS: SIGPIPE is ignored below instead */
 #endif
 
 typedef struct options {
     const char *name;
-    const char *server;        /* shell command that starts the node, or NULL */
-    const char *log;           /* where the started node's output goes */
+    const char *server; /* shell command that starts the node, or NULL */
+    const char *log;    /* where the started node's output goes */
     int start_timeout_ms;
-    int stream;                /* packet path: pass no descriptors */
-    char **argv;               /* PROGRAM ARGS... (NULL-terminated) */
+    int stream;  /* packet path: pass no descriptors */
+    char **argv; /* PROGRAM ARGS... (NULL-terminated) */
     int argc;
 } options;
 
@@ -160,7 +160,7 @@ static void die_of_signal(int signo)
     sigaddset(&set, signo);
     sigprocmask(SIG_UNBLOCK, &set, NULL);
     raise(signo);
-    _exit(128 + signo);   /* a signal that does not end a process */
+    _exit(128 + signo); /* a signal that does not end a process */
 }
 
 /* Starts the node detached: a double fork, so it is not our child (no
@@ -203,7 +203,7 @@ static int write_all(int fd, const uint8_t *data, size_t size)
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
-            return 0;   /* our own stream is gone: drop the output */
+            return 0; /* our own stream is gone: drop the output */
         data += n;
         size -= (size_t)n;
     }
@@ -226,7 +226,7 @@ static int directory_is_safe(const char *dir)
     struct stat st;
 
     if (lstat(dir, &st) != 0)
-        return errno == ENOENT;   /* no server has run yet: "not found" later */
+        return errno == ENOENT; /* no server has run yet: "not found" later */
     return S_ISDIR(st.st_mode) && st.st_uid == geteuid() && !(st.st_mode & (S_IWGRP | S_IWOTH));
 }
 
@@ -247,7 +247,8 @@ static int socket_path(const char *name, struct sockaddr_un *addr)
     if (runtime && *runtime)
         n = snprintf(dir, sizeof dir, "%s/ipcfast", runtime);
     else
-        n = snprintf(dir, sizeof dir, "%s/ipcfast-%lu", tmp && *tmp ? tmp : "/tmp", (unsigned long)geteuid());
+        n = snprintf(dir, sizeof dir, "%s/ipcfast-%lu", tmp && *tmp ? tmp : "/tmp",
+                     (unsigned long)geteuid());
     if (n <= 0 || (size_t)n >= sizeof dir || !directory_is_safe(dir))
         return 0;
     n = snprintf(addr->sun_path, sizeof addr->sun_path, "%s/%s", dir, name);
@@ -320,14 +321,15 @@ static int try_connect(const struct sockaddr_un *addr, long deadline)
 
     if (fd < 0)
         return -1;
-    if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0 || connect(fd, (const struct sockaddr *)addr, sizeof *addr) != 0 ||
-        !peer_is_us(fd)) {
+    if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0 ||
+        connect(fd, (const struct sockaddr *)addr, sizeof *addr) != 0 || !peer_is_us(fd)) {
         close(fd);
         return -1;
     }
     ipc_handshake_encode_request(hello, IPC_DEFAULT_HANDSHAKE, IPC_PROTOCOL_VERSION);
     if (!send_all(fd, hello, sizeof hello) || !read_exactly(fd, reply, sizeof reply, deadline) ||
-        ipc_handshake_check_reply(reply, sizeof reply, IPC_DEFAULT_HANDSHAKE, &version) != IPC_VERDICT_OK) {
+        ipc_handshake_check_reply(reply, sizeof reply, IPC_DEFAULT_HANDSHAKE, &version) !=
+            IPC_VERDICT_OK) {
         close(fd);
         return -1;
     }
@@ -355,7 +357,8 @@ static int connect_node(const char *name, int timeout_ms)
 }
 
 /* Sends one packet; with fds, the descriptors travel with its first byte. */
-static int send_packet(int fd, uint8_t type, const uint8_t *payload, size_t size, const int *fds, int nfds)
+static int send_packet(int fd, uint8_t type, const uint8_t *payload, size_t size, const int *fds,
+                       int nfds)
 {
     uint8_t header[IPC_MAX_HEADER_SIZE];
     size_t header_size;
@@ -417,8 +420,8 @@ static int send_command(int fd, const options *o)
     memset(&command, 0, sizeof command);
     command.flags = (isatty(0) ? IPC_COMMAND_STDIN_TTY : 0) |
                     (isatty(1) ? IPC_COMMAND_STDOUT_TTY : 0) |
-                    (isatty(2) ? IPC_COMMAND_STDERR_TTY : 0) |
-                    COMMAND_UMASK | ((uint32_t)(mask & 07777) << COMMAND_UMASK_SHIFT) |
+                    (isatty(2) ? IPC_COMMAND_STDERR_TTY : 0) | COMMAND_UMASK |
+                    ((uint32_t)(mask & 07777) << COMMAND_UMASK_SHIFT) |
                     (o->stream ? 0 : COMMAND_FDS);
     command.argc = (uint32_t)o->argc;
     command.argv = o->argv;
@@ -452,7 +455,8 @@ static int read_packet(int fd, uint8_t **buf, size_t *cap, uint8_t *type, size_t
     /* A packet has begun: the rest follows promptly (30 s is generous). */
     deadline = now_ms() + 30000;
     for (;;) {
-        ipc_verdict v = ipc_packet_header_parse(header, have, IPC_DEFAULT_MAX_MESSAGE, IPC_PROTOCOL_VERSION, &h);
+        ipc_verdict v = ipc_packet_header_parse(header, have, IPC_DEFAULT_MAX_MESSAGE,
+                                                IPC_PROTOCOL_VERSION, &h);
 
         if (v == IPC_VERDICT_OK)
             break;
@@ -489,7 +493,7 @@ static enum outcome follow(int fd, int *exit_code, uint8_t *exit_type)
         int r = read_packet(fd, &buf, &cap, &type, &size);
 
         if (g_interrupts > 1)
-            die_of_signal(SIGINT);   /* a second Ctrl-C: stop waiting */
+            die_of_signal(SIGINT); /* a second Ctrl-C: stop waiting */
         if (g_interrupts && !cancelled) {
             cancelled = 1;
             send_packet(fd, IPC_PACKET_CANCEL, NULL, 0, NULL, 0);
@@ -516,7 +520,9 @@ static enum outcome follow(int fd, int *exit_code, uint8_t *exit_type)
             }
             *exit_code = code;
             result = (*exit_type == IPC_EXIT_BUSY || *exit_type == IPC_EXIT_STALE ||
-                      *exit_type == IPC_EXIT_REFUSED) ? NOT_RUN : RAN;
+                      *exit_type == IPC_EXIT_REFUSED)
+                         ? NOT_RUN
+                         : RAN;
             break;
         } else {
             fprintf(stderr, "ipcfast-node-client: unexpected packet type %u from the node\n", type);
@@ -537,7 +543,7 @@ int main(int argc, char **argv)
 
     if (!parse_options(argc, argv, &o))
         return 2;
-    signal(SIGPIPE, SIG_IGN);   /* a vanished node is an error, not our death */
+    signal(SIGPIPE, SIG_IGN); /* a vanished node is an error, not our death */
     fd = connect_node(o.name, 0);
     if (fd < 0 && o.server && start_node(&o))
         fd = connect_node(o.name, o.start_timeout_ms);
