@@ -18,6 +18,8 @@ import sys
 import os
 from typing import Dict, Iterator, List, Set, Tuple
 
+from conftest import find_cycle
+
 PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python", "ipcfast")
 COMPILED = "ipcfast._ipcfast_cffi"
 BINDING = "ipcfast._native._ffi"
@@ -111,33 +113,6 @@ def _graph() -> Tuple[Dict[str, Set[str]], Set[Tuple[str, str]], Dict[str, ast.M
     return eager, lazy, trees
 
 
-def _cycle(graph: Dict[str, Set[str]]) -> List[str]:
-    """One cycle of graph, or [] (depth-first search with colours)."""
-    state: Dict[str, int] = {}
-    stack: List[str] = []
-
-    def visit(node: str) -> List[str]:
-        state[node] = 1
-        stack.append(node)
-        for target in sorted(graph.get(node, ())):
-            if state.get(target) == 1:
-                return stack[stack.index(target) :] + [target]
-            if target not in state:
-                found = visit(target)
-                if found:
-                    return found
-        stack.pop()
-        state[node] = 2
-        return []
-
-    for node in sorted(graph):
-        if node not in state:
-            found = visit(node)
-            if found:
-                return found
-    return []
-
-
 def _in(module: str, package: str) -> bool:
     return module == package or module.startswith(package + ".")
 
@@ -153,13 +128,13 @@ def test_the_graph_reader_sees_the_known_edges() -> None:
     assert "ipcfast._base" in eager["ipcfast._pure"]
     assert BINDING in eager["ipcfast._native._server"]
     assert COMPILED in eager[BINDING]
-    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert len(trees) > 15
 
 
-def test_module_level_imports_have_no_cycle() -> None:
+def test_module_level_imports_have_nofind_cycle() -> None:
     eager, _, _ = _graph()
-    assert _cycle(eager) == []
+    assert find_cycle(eager) == []
 
 
 def test_facade_does_not_import_a_backend() -> None:

@@ -26,9 +26,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Set, Tuple
+from typing import Dict, Set, Tuple
 
 import pytest
+from conftest import find_cycle
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
@@ -87,33 +88,6 @@ def link_graph(cc: str, nm: str, tmp: Path) -> Graph:
             owners[symbol] = source.name
         needs.setdefault(node(source.name), set()).update(needed)
     return {name: {node(owners[s]) for s in needed if s in owners} - {name} for name, needed in needs.items()}
-
-
-def find_cycle(graph: Graph) -> List[str]:
-    """One cycle as a list of files, or [] when the graph is acyclic."""
-    state: Dict[str, int] = {}
-    stack: List[str] = []
-
-    def visit(node: str) -> List[str]:
-        state[node] = 1
-        stack.append(node)
-        for dep in sorted(graph.get(node, ())):
-            if state.get(dep) == 1:
-                return stack[stack.index(dep) :] + [dep]
-            if dep not in state:
-                found = visit(dep)
-                if found:
-                    return found
-        stack.pop()
-        state[node] = 2
-        return []
-
-    for node in sorted(graph):
-        if node not in state:
-            found = visit(node)
-            if found:
-                return found
-    return []
 
 
 def without_allowed(graph: Graph) -> Graph:
