@@ -372,3 +372,18 @@ def find_cycle(graph: Dict[str, Set[str]]) -> List[str]:
             if found:
                 return found
     return []
+
+
+def installed_node_client() -> Optional[str]:
+    """The C client of the server node that `pip install` builds (CMake's
+    ipcfast-node-client) next to this interpreter, or None."""
+    exe = os.path.join(os.path.dirname(sys.executable), "ipcfast-node-client")
+    return exe if os.path.exists(exe) else None
+
+
+def c_node_client() -> str:
+    """installed_node_client(), or skip: the C client is part of the package."""
+    exe = installed_node_client()
+    if exe is None:
+        pytest.skip("ipcfast-node-client is not installed next to this Python (pip install .)")
+    return exe

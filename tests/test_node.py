@@ -22,7 +22,7 @@ from typing import Dict, Iterator, List, Optional
 
 import pytest
 
-from conftest import wait_for
+from conftest import c_node_client, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the node forks and passes POSIX descriptors")
 
@@ -448,7 +448,7 @@ def test_a_command_killed_by_a_signal_ends_its_client_the_same_way(node: Node) -
     warm = _same_as_cold(node, "term.py")
     assert warm.returncode == -signal.SIGTERM
     words = shlex.split(node.cli("c-command", *node.options).stdout.decode().strip())
-    words[0] = _c_client(node.tmp)
+    words[0] = c_node_client()
     done = subprocess.run(words + ["term.py"], cwd=str(node.work), env=node.env, capture_output=True, timeout=60)
     assert (done.returncode, done.stdout) == (-signal.SIGTERM, b"bye\n")
 
@@ -623,34 +623,8 @@ def test_shutdown_stops_the_node(node: Node) -> None:
 # ---- the C client ----------------------------------------------------------------
 
 
-def _c_client(tmp: Path) -> str:
-    installed = Path(sys.executable).with_name("ipcfast-node-client")
-    if installed.exists():
-        return str(installed)
-    cc = shutil.which("cc")
-    if cc is None:
-        pytest.skip("neither an installed ipcfast-node-client nor a C compiler")
-    exe = tmp / "ipcfast-node-client"
-    sources = [str(p) for p in sorted((ROOT / "csrc").glob("*.c"))]
-    subprocess.run(
-        [
-            cc,
-            "-std=c99",
-            "-O2",
-            f"-I{ROOT / 'csrc'}",
-            str(ROOT / "csrc" / "cli" / "ipcfast_node_client.c"),
-            *sources,
-            "-o",
-            str(exe),
-            "-lpthread",
-        ],
-        check=True,
-    )
-    return str(exe)
-
-
 def test_c_client_and_python_client_share_one_node(node: Node) -> None:
-    client = _c_client(node.tmp)
+    client = c_node_client()
     line = node.cli("c-command", *node.options).stdout.decode().strip()
     words = shlex.split(line)
     assert Path(words[0]).name == "ipcfast-node-client"
@@ -671,7 +645,7 @@ def test_c_client_and_python_client_share_one_node(node: Node) -> None:
 
 
 def test_c_client_ctrl_c_cancels(node: Node) -> None:
-    client = _c_client(node.tmp)
+    client = c_node_client()
     words = shlex.split(node.cli("c-command", *node.options).stdout.decode().strip())
     words[0] = client
     proc = subprocess.Popen(
@@ -686,7 +660,7 @@ def test_c_client_ctrl_c_cancels(node: Node) -> None:
 
 
 def test_c_client_packet_path_and_stdin(node: Node) -> None:
-    client = _c_client(node.tmp)
+    client = c_node_client()
     words = shlex.split(node.cli("c-command", *node.options).stdout.decode().strip())
     words[0] = client
     cold = node.cold("tool.py", "4")
@@ -713,7 +687,7 @@ def test_c_client_packet_path_and_stdin(node: Node) -> None:
 
 
 def test_c_client_without_a_node_runs_the_command_itself(node: Node) -> None:
-    client = _c_client(node.tmp)
+    client = c_node_client()
     done = subprocess.run(
         [client, "--name", "no-node-here", "--", sys.executable, "tool.py", "5"],
         cwd=str(node.work),

@@ -38,7 +38,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
-from conftest import wait_for
+from conftest import installed_node_client, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the node forks and passes POSIX descriptors")
 
@@ -143,7 +143,7 @@ class Tools:
     def _c_words(self, tmp: Path) -> Optional[List[str]]:
         line = self.node_cli("c-command", *self.options).stdout.decode().strip()
         words = shlex.split(line)
-        client = _c_client(tmp)
+        client = installed_node_client()
         if client is None:
             return None
         words[0] = client
@@ -199,32 +199,6 @@ def _alive(pid: int) -> bool:
         except ProcessLookupError:
             return False
         return True
-
-
-def _c_client(tmp: Path) -> Optional[str]:
-    installed = Path(sys.executable).with_name("ipcfast-node-client")
-    if installed.exists():
-        return str(installed)
-    cc = shutil.which("cc")
-    if cc is None:
-        return None
-    exe = tmp / "ipcfast-node-client"
-    sources = [str(p) for p in sorted((ROOT / "csrc").glob("*.c"))]
-    subprocess.run(
-        [
-            cc,
-            "-std=c99",
-            "-O2",
-            f"-I{ROOT / 'csrc'}",
-            str(ROOT / "csrc" / "cli" / "ipcfast_node_client.c"),
-            *sources,
-            "-o",
-            str(exe),
-            "-lpthread",
-        ],
-        check=True,
-    )
-    return str(exe)
 
 
 @pytest.fixture(scope="module")
