@@ -123,7 +123,9 @@ def test_stop_with_timeout_abandons_a_stuck_handler(
         assert again.request(b"ok") == b"ok"
 
 
-EXIT_SCRIPT = _script(
+#: A child interpreter's opening: a server whose handler never returns,
+#: with one request stuck in it.
+STUCK_HANDLER = _script(
     """
     import sys, threading
     import ipcfast
@@ -142,6 +144,11 @@ EXIT_SCRIPT = _script(
     client = ipcfast.Client(name, backend=backend)
     threading.Thread(target=client.request, args=(b"x",), daemon=True).start()
     entered.wait(10)
+    """
+)
+
+EXIT_SCRIPT = STUCK_HANDLER + _script(
+    """
     print("LEAVING", flush=True)
     """
 )
@@ -337,25 +344,8 @@ def test_workers_argument_is_checked(backend: str) -> None:
         ipcfast.Server("x", lambda r: r, workers=1.5, backend=backend)  # type: ignore[arg-type]
 
 
-CTRL_C_SCRIPT = _script(
+CTRL_C_SCRIPT = STUCK_HANDLER + _script(
     """
-    import sys, threading
-    import ipcfast
-
-    backend, name = sys.argv[1:3]
-    never = threading.Event()
-    entered = threading.Event()
-
-    def handler(request):
-        entered.set()
-        never.wait()
-        return request
-
-    server = ipcfast.Server(name, handler, backend=backend)
-    server.start()
-    client = ipcfast.Client(name, backend=backend)
-    threading.Thread(target=client.request, args=(b"x",), daemon=True).start()
-    entered.wait(10)
     print("STOPPING", flush=True)
     try:
         server.stop()
