@@ -642,6 +642,34 @@ typedef struct ipc_client_reply {
 int64_t ipc_client_call(ipc_client_t *client, const void *request, size_t size, int timeout_ms,
                         ipc_client_reply *reply);
 
+/* ---- client: zero-copy receive (issue 15) ---- */
+
+/* ipc_client_call that receives into a buffer the caller owns: `out`, of
+ * `capacity` bytes (out may be NULL when capacity is 0). On the socket path
+ * the response is read from the socket straight into `out`; on the
+ * shared-memory path it is copied once, from the shared slot into `out`.
+ * The request is sent from `request` as it is (no copy on the socket
+ * path, one into the slot on the shared-memory path); `out` may be the
+ * request's own buffer. Returns:
+ *   n >= 0, n <= capacity: the response is out[0..n), reply->data == out
+ *     (no NUL is written after it); nothing else in out changed.
+ *   n > capacity: the response did not fit. out is untouched and the
+ *     response is kept, not lost: reply->data / reply->size hold it
+ *     (NUL-terminated, in the client's own buffer, valid until the client's
+ *     next call). The connection stays usable.
+ *   -IPC_E_INVALID: reply is NULL, or a NULL request or out with a nonzero
+ *     size (reply->error says which), nothing was sent;
+ *   -IPC_E_REMOTE: the handler failed, reply->error.message holds its
+ *     text, the connection stays usable;
+ *   -IPC_E_TIMEOUT, -IPC_E_CLOSED, -IPC_E_PROTOCOL, -IPC_E_TOO_LARGE
+ *     (above max_message), -IPC_E_NO_MEMORY, -IPC_E_SYSTEM: the connection
+ *     is closed, later calls return -IPC_E_CLOSED;
+ *   -IPC_E_INTERRUPTED: the interrupt hook ended the wait (the connection
+ *     is abandoned).
+ * Like ipc_client_call, a second thread waits its turn. */
+int64_t ipc_client_call_into(ipc_client_t *client, const void *request, size_t size, void *out,
+                             size_t capacity, int timeout_ms, ipc_client_reply *reply);
+
 /* The two halves of ipc_client_request, for callers that pipeline or that
  * receive in a different place than they send. */
 int ipc_client_write(ipc_client_t *client, const void *request, size_t size, int timeout_ms,

@@ -274,6 +274,38 @@ static int client_read_packet(ipc_client_t *client, int64_t deadline, ipc_packet
     return r;
 }
 
+/* What a read of a response came to: IPC_OK with the RESPONSE's payload,
+ * IPC_E_REMOTE for an ERROR packet (the connection stays usable), or a
+ * failure that closes the connection (with a message that says why). */
+static int take_response(ipc_client_t *client, int r, const ipc_packet *packet,
+                         const uint8_t **response, size_t *response_size, ipc_error *err)
+{
+    if (r == IPC_E_TOO_LARGE) {
+        ipc__fail(err, r, 0,
+                  "the response of %lu bytes exceeds this client's max_message of "
+                  "%lu bytes; raise max_message",
+                  (unsigned long)packet->header.length, (unsigned long)client->options.max_message);
+    } else if (r == IPC_E_TIMEOUT) {
+        ipc__fail(err, r, 0,
+                  "no response within the timeout; the connection is closed "
+                  "because the late response would be read by the next request");
+    } else if (r == IPC_OK && packet->header.type == IPC_PACKET_ERROR) {
+        r = fail_from_error_packet(packet, IPC_E_REMOTE, err);
+        if (r == IPC_E_REMOTE)
+            return r; /* a handler failure: the connection stays usable */
+    } else if (r == IPC_OK && packet->header.type != IPC_PACKET_RESPONSE) {
+        r = ipc__fail(err, IPC_E_PROTOCOL, 0, "unexpected packet type %u from the server",
+                      (unsigned)packet->header.type);
+    }
+    if (r != IPC_OK) {
+        client_abandon(client, err);
+        return r;
+    }
+    *response = packet->payload;
+    *response_size = packet->header.length;
+    return IPC_OK;
+}
+
 static int client_read_locked(ipc_client_t *client, const uint8_t **response, size_t *response_size,
                               int64_t deadline, ipc_error *err)
 {
@@ -282,30 +314,7 @@ static int client_read_locked(ipc_client_t *client, const uint8_t **response, si
 
     drop_attached(client);
     r = client_read_packet(client, deadline, &packet, err);
-    if (r == IPC_E_TOO_LARGE) {
-        ipc__fail(err, r, 0,
-                  "the response of %lu bytes exceeds this client's max_message of "
-                  "%lu bytes; raise max_message",
-                  (unsigned long)packet.header.length, (unsigned long)client->options.max_message);
-    } else if (r == IPC_E_TIMEOUT) {
-        ipc__fail(err, r, 0,
-                  "no response within the timeout; the connection is closed "
-                  "because the late response would be read by the next request");
-    } else if (r == IPC_OK && packet.header.type == IPC_PACKET_ERROR) {
-        r = fail_from_error_packet(&packet, IPC_E_REMOTE, err);
-        if (r == IPC_E_REMOTE)
-            return r; /* a handler failure: the connection stays usable */
-    } else if (r == IPC_OK && packet.header.type != IPC_PACKET_RESPONSE) {
-        r = ipc__fail(err, IPC_E_PROTOCOL, 0, "unexpected packet type %u from the server",
-                      (unsigned)packet.header.type);
-    }
-    if (r != IPC_OK) {
-        client_abandon(client, err);
-        return r;
-    }
-    *response = packet.payload;
-    *response_size = packet.header.length;
-    return IPC_OK;
+    return take_response(client, r, &packet, response, response_size, err);
 }
 
 /* Starts a call: takes the client's turn. A busy client answers
@@ -444,6 +453,143 @@ int64_t ipc_client_call(ipc_client_t *client, const void *request, size_t size, 
         memcpy(reply->inline_data, response, response_size + 1); /* with the NUL */
         response = (const uint8_t *)reply->inline_data;
     }
+    reply->data = (const char *)response;
+    reply->size = response_size;
+    r = client_leave(client, r, &reply->error);
+    return r == IPC_OK ? (int64_t)response_size : -(int64_t)r;
+}
+
+/* ---- receiving into the caller's buffer (ipc_client_call_into) -------- */
+
+/* Reads exactly `size` payload bytes from the socket straight into `out`,
+ * in slices that run the interrupt hook (see slice_deadline). */
+static int read_direct(ipc_client_t *client, uint8_t *out, size_t size, int64_t deadline,
+                       ipc_error *err)
+{
+    size_t done = 0;
+
+    while (done < size) {
+        ipc_error slice_err = {0, 0, NULL};
+        int last;
+        int wait = ipc__remaining_ms(slice_deadline(client, deadline, &last));
+        size_t got = 0;
+        int r = IPC_E_TIMEOUT;
+
+        if (wait == 0 && last)
+            return ipc__fail(err, IPC_E_TIMEOUT, 0, "timed out waiting for data");
+        if (wait != 0) /* a socket timeout of 0 would mean "no limit" */
+            r = ipc_plat_read(client->stream.conn, out + done, size - done, &got, wait,
+                              last ? err : &slice_err);
+        if (r == IPC_OK) {
+            done += got;
+            continue;
+        }
+        if (last || r != IPC_E_TIMEOUT) {
+            if (!last)
+                move_error(err, &slice_err);
+            return r;
+        }
+        r = after_slice(client, &slice_err, err);
+        if (r != IPC_OK)
+            return r;
+    }
+    return IPC_OK;
+}
+
+/* ipc__stream_read_header in slices (see slice_deadline). */
+static int header_read_sliced(ipc_client_t *client, int64_t deadline, ipc_packet *packet,
+                              ipc_error *err)
+{
+    for (;;) {
+        ipc_error slice_err = {0, 0, NULL};
+        int last;
+        int64_t until = slice_deadline(client, deadline, &last);
+        int r = ipc__stream_read_header(&client->stream, client->options.max_message,
+                                        client->version, until, -1, packet,
+                                        last ? err : &slice_err);
+
+        if (last || r != IPC_E_TIMEOUT) {
+            if (!last)
+                move_error(err, &slice_err);
+            return r;
+        }
+        r = after_slice(client, &slice_err, err);
+        if (r != IPC_OK)
+            return r;
+    }
+}
+
+/* The next packet off the socket. A RESPONSE that fits `capacity` goes
+ * into `out`: what the stream already buffered is copied, the rest is
+ * read from the socket straight into `out`. Anything else is read whole
+ * into the stream's buffer, as client_read_packet does. */
+static int socket_read_into(ipc_client_t *client, int64_t deadline, uint8_t *out, size_t capacity,
+                            ipc_packet *packet, ipc_error *err)
+{
+    size_t length, taken;
+    int r = header_read_sliced(client, deadline, packet, err);
+
+    if (r != IPC_OK)
+        return r;
+    length = packet->header.length;
+    if (packet->header.type != IPC_PACKET_RESPONSE || length > capacity)
+        return stream_read_sliced(client, deadline, packet, err); /* the header again */
+    taken = ipc__stream_take(&client->stream, &packet->header, out, length);
+    packet->payload = out;
+    return read_direct(client, out + taken, length - taken, deadline, err);
+}
+
+/* client_read_locked for ipc_client_call_into: on the shared-memory path
+ * the response is copied once, from the slot into `out`. */
+static int client_read_into_locked(ipc_client_t *client, uint8_t *out, size_t capacity,
+                                   const uint8_t **response, size_t *response_size,
+                                   int64_t deadline, ipc_error *err)
+{
+    ipc_packet packet;
+    int on_socket = 0;
+    int r;
+
+    drop_attached(client);
+    if (!client->shm)
+        return take_response(client,
+                             socket_read_into(client, deadline, out, capacity, &packet, err),
+                             &packet, response, response_size, err);
+    r = ipc__shm_read_into(client->shm, client->options.max_message, deadline, out, capacity,
+                           &packet, &on_socket, err);
+    if (r == IPC_OK)
+        client->awaiting = 0;
+    if (r == IPC_OK && on_socket) {
+        uint8_t announced = packet.header.type;
+
+        r = socket_read_into(client, deadline, out, capacity, &packet, err);
+        if (r == IPC_OK && packet.header.type != announced)
+            r = ipc__fail(err, IPC_E_PROTOCOL, 0, "shared memory: announced type %u, got %u",
+                          (unsigned)announced, (unsigned)packet.header.type);
+    }
+    return take_response(client, r, &packet, response, response_size, err);
+}
+
+int64_t ipc_client_call_into(ipc_client_t *client, const void *request, size_t size, void *out,
+                             size_t capacity, int timeout_ms, ipc_client_reply *reply)
+{
+    int64_t deadline = ipc__deadline_after(timeout_ms);
+    const uint8_t *response = NULL;
+    size_t response_size = 0;
+    int r;
+
+    if (!reply)
+        return -IPC_E_INVALID;
+    if (!request && size)
+        return -ipc__fail(&reply->error, IPC_E_INVALID, 0, "NULL request with a nonzero size");
+    if (!out && capacity)
+        return -ipc__fail(&reply->error, IPC_E_INVALID, 0, "NULL out with a nonzero capacity");
+    r = client_enter(client, 1, &reply->error);
+    if (r != IPC_OK)
+        return -r;
+    r = client_write_locked(client, IPC_PACKET_REQUEST, request, size, deadline, &reply->error);
+    if (r == IPC_OK)
+        r = client_read_into_locked(client, (uint8_t *)out, capacity, &response, &response_size,
+                                    deadline, &reply->error);
     reply->data = (const char *)response;
     reply->size = response_size;
     r = client_leave(client, r, &reply->error);

@@ -76,6 +76,14 @@ int ipc__stream_fill(ipc_stream *s, size_t total, int64_t deadline, int slice_ms
  * allocated nothing for the payload. */
 int ipc__stream_read_packet(ipc_stream *s, uint32_t max_message, uint8_t max_version,
                             int64_t deadline, int slice_ms, ipc_packet *packet, ipc_error *err);
+/* The client's zero-copy receive: ipc__stream_read_header parses the next
+ * packet's header (the previous packet consumed) without waiting for its
+ * payload; ipc__stream_take then drops the header and moves the payload
+ * bytes already buffered, at most `size`, into `out` (returns how many);
+ * the rest is read from the connection by the caller. */
+int ipc__stream_read_header(ipc_stream *s, uint32_t max_message, uint8_t max_version,
+                            int64_t deadline, int slice_ms, ipc_packet *packet, ipc_error *err);
+size_t ipc__stream_take(ipc_stream *s, const ipc_packet_header *header, uint8_t *out, size_t size);
 /* Writes a header and a payload made of a prefix and a body, in one write. */
 int ipc__write_packet_parts(ipc_plat_conn *conn, uint8_t type, const void *prefix,
                             size_t prefix_size, const void *body, size_t body_size, int timeout_ms,
@@ -136,6 +144,13 @@ int ipc__shm_accept(ipc_stream *stream, const ipc_packet *packet, int allowed, i
  * socket; hands it out like ipc__stream_read_packet. */
 int ipc__shm_read(ipc_shm_link *link, uint32_t max_message, uint8_t max_version, int64_t deadline,
                   ipc_packet *packet, ipc_error *err);
+/* The client's zero-copy receive: a RESPONSE in the slot that fits
+ * `capacity` is copied straight into `out` (packet->payload == out, no
+ * terminator), anything else is handed out like ipc__shm_read; a message
+ * announced on the socket sets *on_socket (header.type set) and is left for
+ * the caller to read there. */
+int ipc__shm_read_into(ipc_shm_link *link, uint32_t max_message, int64_t deadline, uint8_t *out,
+                       size_t capacity, ipc_packet *packet, int *on_socket, ipc_error *err);
 int ipc__shm_write(ipc_shm_link *link, uint8_t type, const void *prefix, size_t prefix_size,
                    const void *body, size_t body_size, int timeout_ms, ipc_error *err);
 void ipc__shm_free(ipc_shm_link *link);

@@ -202,6 +202,65 @@ int ipc__shm_read(ipc_shm_link *l, uint32_t max_message, uint8_t max_version, in
     return r;
 }
 
+/* The client's zero-copy receive (ipc_client_call_into): like
+ * ipc__shm_read, but a message in the slot that fits `capacity` is copied
+ * once, straight from the slot into `out` (packet->payload is then `out`,
+ * with no terminator); one that does not fit goes to the private copy as
+ * usual. A message announced on the socket is left there: *on_socket is
+ * set, packet->header.type says what to expect, and the caller reads it. */
+int ipc__shm_read_into(ipc_shm_link *l, uint32_t max_message, int64_t deadline, uint8_t *out,
+                       size_t capacity, ipc_packet *packet, int *on_socket, ipc_error *err)
+{
+    uint32_t seq, type, length, flags;
+    int r;
+
+    memset(packet, 0, sizeof *packet);
+    packet->verdict = IPC_VERDICT_OK;
+    *on_socket = 0;
+    r = wait_for_message(l, deadline, err);
+    if (r != IPC_OK)
+        return r;
+    /* Each word once, into locals: the peer may change them meanwhile. */
+    seq = ipc_plat_word_load(&l->in[W_SEQ]);
+    type = ipc_plat_word_load(&l->in[W_TYPE]);
+    length = ipc_plat_word_load(&l->in[W_LENGTH]);
+    flags = ipc_plat_word_load(&l->in[W_FLAGS]);
+    if (seq != l->in_seen + 1)
+        return ipc__fail(err, IPC_E_PROTOCOL, 0, "shared memory: sequence %lu after %lu",
+                         (unsigned long)seq, (unsigned long)l->in_seen);
+    l->in_seen = seq;
+    if (type < IPC_PACKET_REQUEST || type > IPC_PACKET_SHM_DECLINE || (flags & ~SHM_ON_SOCKET))
+        return ipc__fail(err, IPC_E_PROTOCOL, 0,
+                         "shared memory: bad message header (type %lu, flags 0x%lx)",
+                         (unsigned long)type, (unsigned long)flags);
+    packet->header.type = (uint8_t)type;
+    if (flags & SHM_ON_SOCKET) {
+        *on_socket = 1;
+        return IPC_OK;
+    }
+    packet->header.length = length;
+    if (length > l->slot_size)
+        return ipc__fail(err, IPC_E_PROTOCOL, 0,
+                         "shared memory: a length of %lu bytes exceeds the %lu-byte slot",
+                         (unsigned long)length, (unsigned long)l->slot_size);
+    if (length > max_message) {
+        packet->verdict = IPC_VERDICT_TOO_LARGE;
+        return ipc__fail(err, IPC_E_TOO_LARGE, 0,
+                         "a packet of %lu bytes exceeds max_message (%lu bytes)",
+                         (unsigned long)length, (unsigned long)max_message);
+    }
+    if (type == IPC_PACKET_RESPONSE && length <= capacity) {
+        if (length)
+            memcpy(out, l->in_data, length);
+        packet->payload = out;
+        return IPC_OK;
+    }
+    r = copy_out(l, length, err);
+    if (r == IPC_OK)
+        packet->payload = l->copy;
+    return r;
+}
+
 int ipc__shm_write(ipc_shm_link *l, uint8_t type, const void *prefix, size_t prefix_size,
                    const void *body, size_t body_size, int timeout_ms, ipc_error *err)
 {

@@ -178,6 +178,59 @@ int ipc__stream_read_packet(ipc_stream *s, uint32_t max_message, uint8_t max_ver
     return IPC_OK;
 }
 
+/* ---- receiving straight into a caller's buffer (the client's zero copy) --- */
+
+/* Like the start of ipc__stream_read_packet: the previous packet is
+ * consumed and the next header is parsed, but nothing of the payload is
+ * waited for, so the caller may read it into a buffer of its own
+ * (ipc__stream_take). A failure is reported as ipc__stream_read_packet
+ * reports it. */
+int ipc__stream_read_header(ipc_stream *s, uint32_t max_message, uint8_t max_version,
+                            int64_t deadline, int slice_ms, ipc_packet *packet, ipc_error *err)
+{
+    int r;
+
+    stream_consume(s);
+    memset(packet, 0, sizeof *packet);
+    for (;;) {
+        packet->verdict = ipc_packet_header_parse(s->buf ? s->buf + s->start : NULL,
+                                                  s->end - s->start, max_message, max_version,
+                                                  &packet->header);
+        if (packet->verdict != IPC_VERDICT_NEED_MORE)
+            break;
+        r = ipc__stream_fill(s, s->end - s->start + 1, deadline, slice_ms, err);
+        if (r != IPC_OK)
+            return r;
+    }
+    if (packet->verdict == IPC_VERDICT_TOO_LARGE)
+        return ipc__fail(err, IPC_E_TOO_LARGE, 0,
+                         "a packet of %lu bytes exceeds max_message (%lu bytes)",
+                         (unsigned long)packet->header.length, (unsigned long)max_message);
+    if (packet->verdict != IPC_VERDICT_OK)
+        return ipc__fail(err, IPC_E_PROTOCOL, 0, "malformed packet header (%s, first byte 0x%02x)",
+                         ipc_verdict_name(packet->verdict), s->buf[s->start]);
+    return IPC_OK;
+}
+
+/* After ipc__stream_read_header: drops the header and moves the payload
+ * bytes already buffered (at most `size`) into `out`; returns how many. The
+ * rest of the payload is still on the connection. */
+size_t ipc__stream_take(ipc_stream *s, const ipc_packet_header *header, uint8_t *out, size_t size)
+{
+    size_t buffered;
+
+    s->start += header->header_size;
+    buffered = s->end - s->start;
+    if (buffered > size)
+        buffered = size;
+    if (buffered)
+        memcpy(out, s->buf + s->start, buffered);
+    s->start += buffered;
+    if (s->start == s->end)
+        s->start = s->end = 0;
+    return buffered;
+}
+
 /* Writes a header and a payload made of a prefix and a body, in one write. */
 int ipc__write_packet_parts(ipc_plat_conn *conn, uint8_t type, const void *prefix,
                             size_t prefix_size, const void *body, size_t body_size, int timeout_ms,

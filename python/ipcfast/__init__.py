@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ._errors import (
     AccessDenied,
     AddressInUse,
+    BufferTooSmall,
     ClientInUse,
     Interrupted,
     ConnectionClosed,
@@ -72,6 +73,7 @@ __all__ = [
     "NoMemory",
     "ClientInUse",
     "Interrupted",
+    "BufferTooSmall",
 ]
 
 #: Names loaded on first use (PEP 562): ``import ipcfast`` stays cheap for

@@ -258,6 +258,77 @@ def _check_backend(impl: Any, backend: Optional[str]) -> None:
         raise ValueError(f"{type(impl).__name__} needs backend={impl.backend!r}, got {backend!r}")
 
 
+# ---- zero-copy requests (both backends) ----------------------------------------------
+
+
+class ViewBuffer:
+    """The buffer behind :meth:`Client.request_view`: a bytearray reused
+    from request to request while nothing outside still looks at it."""
+
+    __slots__ = ("buffer", "view")
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(64 * 1024)
+        self.view: Optional[memoryview] = None
+
+    def reusable(self) -> bytearray:
+        """Releases the view handed out last and returns a buffer nothing
+        else points into: the same one, or a fresh one when the caller still
+        holds a view derived from the last (whose bytes must not change)."""
+        self.release()
+        buffer = self.buffer
+        try:
+            # A bytearray refuses to change its size while it is exported.
+            buffer.append(0)
+            del buffer[-1]
+        except BufferError:
+            buffer = self.buffer = bytearray(len(buffer))
+        return buffer
+
+    def release(self) -> None:
+        view, self.view = self.view, None
+        if view is not None:
+            try:
+                view.release()
+            except BufferError:
+                # Exported further (numpy.frombuffer): that export keeps it
+                # alive, and reusable() moves on to a fresh buffer.
+                pass
+
+    def hand_out(self, buffer: bytearray, size: int) -> memoryview:
+        if buffer is not self.buffer:
+            self.buffer = buffer
+        with memoryview(buffer) as whole:
+            view = whole[:size].toreadonly()
+        self.view = view
+        return view
+
+
+def too_small(needed: int, capacity: int, response: bytes) -> Exception:
+    """The BufferTooSmall of request_into (both backends)."""
+    from ._errors import BufferTooSmall
+
+    return BufferTooSmall(
+        f"the response of {needed} bytes does not fit the {capacity}-byte buffer: it is in .response, "
+        f"and the connection stays usable",
+        needed=needed,
+        response=response,
+    )
+
+
+def writable_bytes_view(out: Any) -> memoryview:
+    """``out`` as a flat writable byte view (no copy), or TypeError/BufferError."""
+    try:
+        view = memoryview(out)
+    except TypeError:
+        raise TypeError(f"out must be a writable buffer (bytearray, memoryview, ...), not {type(out).__name__}") from None
+    if view.readonly:
+        raise TypeError(f"out must be writable: {type(out).__name__} is read-only")
+    if not view.c_contiguous:
+        raise BufferError("out must be C-contiguous")
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
 # ---- handler results (both backends) ------------------------------------------------
 
 
@@ -727,6 +798,39 @@ class Client:
         (after these the connection is closed and later requests raise
         ConnectionClosed).
         """
+        raise NotImplementedError
+
+    # ---- zero-copy requests (issue 15) ----
+
+    def request_into(self, data: BytesLike, out: Any, timeout: Optional[float] = None) -> int:
+        """Send one request and receive the response into ``out``, a
+        writable C-contiguous buffer the caller owns (bytearray, writable
+        memoryview, array.array, a numpy array, ...); returns the response's
+        size in bytes (``out[:n]`` holds it, the rest of ``out`` is not
+        touched).
+
+        Nothing is copied on the way in (``data`` may be any C-contiguous
+        buffer) and the response is written once: on the socket path it is
+        read from the socket straight into ``out``, on the shared-memory
+        path copied once from the shared slot.
+
+        A response larger than ``out`` raises :class:`~ipcfast.BufferTooSmall`
+        with ``needed`` (its size) and ``response`` (the response as bytes,
+        so it is not lost); ``out`` is not written to and the connection
+        stays usable. A read-only ``out`` raises TypeError before anything
+        is sent. Other failures as :meth:`request`.
+        """
+        raise NotImplementedError
+
+    def request_view(self, data: BytesLike, timeout: Optional[float] = None) -> memoryview:
+        """Send one request and return the response as a read-only
+        memoryview over a buffer this client owns and reuses, valid until
+        the client's next request or :meth:`close`: then it is released, and
+        using it raises ValueError instead of reading the next response.
+        Views made from it (slices, ``numpy.frombuffer``) that are still
+        alive keep the bytes they saw: the next response then goes to a
+        fresh buffer. The response is written once, as with
+        :meth:`request_into`. Failures as :meth:`request`."""
         raise NotImplementedError
 
     def close(self) -> None:

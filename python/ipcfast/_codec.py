@@ -846,6 +846,18 @@ class ClientConnection:
         elif self.state is ConnectionState.AWAIT_HANDSHAKE:
             self._received += data
 
+    def at_boundary(self) -> bool:
+        """Ready, and nothing received is still unread: the next bytes on
+        the connection start a packet (a reader may then take a payload
+        straight from the socket instead of through :meth:`receive_data`)."""
+        decoder = self._decoder
+        return (
+            self.state is ConnectionState.READY
+            and not self._pending
+            and decoder.error is None
+            and decoder.buffered == 0
+        )
+
     def discard_pending(self) -> None:
         """After an abandoned request: nothing received so far is read."""
         self._pending.clear()

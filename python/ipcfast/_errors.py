@@ -44,6 +44,7 @@ __all__ = [
     "NoMemory",
     "ClientInUse",
     "Interrupted",
+    "BufferTooSmall",
     "ERROR_CLASSES",
     "error_for_code",
 ]
@@ -169,6 +170,38 @@ class Interrupted(IPCError, InterruptedError):
     (``IPC_E_INTERRUPTED``). The Python :class:`~ipcfast.Client` raises the
     signal handler's own exception instead (e.g. KeyboardInterrupt), so
     Python code sees this only from the C API's hook."""
+
+
+class BufferTooSmall(InvalidArgument):
+    """:meth:`ipcfast.Client.request_into`: the response did not fit the
+    buffer given. Not a failure of the connection, which stays usable; the
+    response is not lost either: :attr:`response` holds it (bytes) and
+    :attr:`needed` its size, so a caller can retry with a larger buffer for
+    the next request and use this one's answer as it is. The buffer was
+    not written to."""
+
+    needed: int
+    response: bytes
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "IPC_E_INVALID",
+        system_error: int = 0,
+        needed: int = 0,
+        response: bytes = b"",
+    ) -> None:
+        super().__init__(message, code=code, system_error=system_error)
+        self.needed = needed
+        self.response = response
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_too_small, (str(self), self.needed, self.response))
+
+
+def _rebuild_too_small(message: str, needed: int, response: bytes) -> "BufferTooSmall":
+    return BufferTooSmall(message, needed=needed, response=response)
 
 
 #: The one table from C results to exceptions.

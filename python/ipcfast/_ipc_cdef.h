@@ -316,6 +316,9 @@ typedef struct ipc_client_reply {
 
 int64_t ipc_client_call(ipc_client_t *client, const void *request, size_t size, int timeout_ms,
                         ipc_client_reply *reply);
+/* ---- client: zero-copy receive (issue 15) ---- */
+int64_t ipc_client_call_into(ipc_client_t *client, const void *request, size_t size, void *out,
+                             size_t capacity, int timeout_ms, ipc_client_reply *reply);
 int ipc_client_write(ipc_client_t *client, const void *request, size_t size,
                      int timeout_ms, ipc_error *err);
 int ipc_client_read(ipc_client_t *client, const uint8_t **response,

@@ -47,9 +47,12 @@ from ._base import (
     ClientOptions,
     Server,
     ServerOptions,
+    ViewBuffer,
     failure_text,
     handler_result,
     timeout_ms,
+    too_small,
+    writable_bytes_view,
 )
 from ._codec import (
     NEED_DATA,
@@ -65,8 +68,11 @@ from ._codec import (
     Request,
     Response,
     ServerConnection,
+    MAX_HEADER_SIZE,
+    Header,
     Verdict,
     encode_header,
+    parse_header,
 )
 from ._errors import ConnectionClosed, InvalidArgument, IPCError, Result, error_for_code
 
@@ -445,6 +451,20 @@ def _packet_parts(type_: int, payload: memoryview) -> List[BytesLike]:
     if payload.nbytes < _JOIN_BELOW:
         return [header + payload.tobytes()]
     return [header, payload]
+
+
+def _request_bytes(data: Any) -> memoryview:
+    """A request's bytes as a flat view (no copy); TypeError if not bytes-like."""
+    try:
+        return _as_bytes_view(data)
+    except TypeError:
+        raise TypeError(f"request data must be bytes-like, not {type(data).__name__}") from None
+
+
+_LATE_RESPONSE = (
+    "no response within the timeout; the connection is closed because the late response would be read by the "
+    "next request"
+)
 
 
 def _as_bytes_view(data: Any) -> memoryview:
@@ -1604,6 +1624,7 @@ class PureClient(Client):
         self._closed_reason = "closed"
         self._version = 0
         self._scratch = bytearray(RECV_CHUNK)
+        self._view_buffer = ViewBuffer()
         self._protocol = ClientConnection(self._value, self._max_message, self._name)
         self._wait_for_server = options.wait_for_server
         deadline = _deadline_after(connect_ms)
@@ -1772,14 +1793,22 @@ class PureClient(Client):
         assert isinstance(event, HandshakeDone)
         self._version = event.version
 
-    def _recv_into(self, sock: socket.socket, deadline: Optional[float], timeout_text: str) -> int:
-        """Bytes read into the scratch buffer (at least 1), or an IPCError."""
+    def _recv_into(
+        self,
+        sock: socket.socket,
+        deadline: Optional[float],
+        timeout_text: str,
+        into: Optional[memoryview] = None,
+        flags: int = 0,
+    ) -> int:
+        """Bytes read into ``into`` (default: the scratch buffer), at least
+        1, or an IPCError."""
         wait = _remaining(deadline)
         if wait == 0:
             raise _error(_TIMEOUT, timeout_text)
         sock.settimeout(wait)
         try:
-            n = sock.recv_into(self._scratch)
+            n = sock.recv_into(self._scratch if into is None else into, 0, flags)
         except socket.timeout:
             raise _error(_TIMEOUT, timeout_text) from None
         except OSError as exc:
@@ -1835,49 +1864,114 @@ class PureClient(Client):
         return _error(code, event.text)
 
     def request(self, data: BytesLike, timeout: Optional[float] = None) -> bytes:
-        try:
-            view = _as_bytes_view(data)
-        except TypeError:
-            raise TypeError(f"request data must be bytes-like, not {type(data).__name__}") from None
+        view = _request_bytes(data)
         ms = self._timeout_ms if timeout is None else timeout_ms(timeout)
         with self._lock:
-            self._owner = threading.get_ident()
-            sock = self._sock
-            if self._closed:
-                raise self._closed_error()
-            if sock is None:
-                raise ConnectionClosed(
-                    f"the connection is closed ({self._closed_reason}); open a new client", code=_CLOSED.c_name
-                )
-            deadline = _deadline_after(ms)
-            size = view.nbytes
-            if size > _MAX_UINT32:
-                raise _error(Result.E_TOO_LARGE, f"a request of {size} bytes does not fit the 4-byte length field")
+            payload = self._round_trip(view, ms, None)
+        assert isinstance(payload, bytes)
+        return payload
+
+    def request_into(self, data: BytesLike, out: Any, timeout: Optional[float] = None) -> int:
+        view = _request_bytes(data)
+        target = writable_bytes_view(out)
+        ms = self._timeout_ms if timeout is None else timeout_ms(timeout)
+        with self._lock:
+            result = self._round_trip(view, ms, target)
+        if isinstance(result, int):
+            return result
+        # Not taken from the socket directly (an ERROR, or bytes already
+        # buffered): copied once from the packet.
+        size = len(result)
+        if size > target.nbytes:
+            raise too_small(size, target.nbytes, result)
+        target[:size] = result
+        return size
+
+    def request_view(self, data: BytesLike, timeout: Optional[float] = None) -> memoryview:
+        view = _request_bytes(data)
+        ms = self._timeout_ms if timeout is None else timeout_ms(timeout)
+        views = self._view_buffer
+        with self._lock:
+            buffer = views.reusable()
+            with memoryview(buffer) as target:
+                result = self._round_trip(view, ms, target)
+            if isinstance(result, int):
+                return views.hand_out(buffer, result)
+            size = len(result)
+            if size > len(buffer):
+                buffer = bytearray(max(size, 2 * len(buffer)))
+            buffer[:size] = result
+            return views.hand_out(buffer, size)
+
+    def _read_into(self, sock: socket.socket, deadline: Optional[float], target: memoryview) -> int:
+        """A RESPONSE that fits ``target`` read from the socket straight into
+        it: its size. -1: nothing was consumed, read the packet as usual
+        (something is buffered already, or it is not such a RESPONSE)."""
+        if not self._protocol.at_boundary():
+            return -1
+        header = self._peek_header(sock, deadline)
+        if header is None or header.type != PacketType.RESPONSE or header.length > target.nbytes:
+            return -1
+        scratch = memoryview(self._scratch)
+        # The header is there (peeked): this takes exactly it.
+        self._recv_into(sock, deadline, _LATE_RESPONSE, scratch[: header.header_size])
+        got, size = 0, header.length
+        while got < size:
+            got += self._recv_into(sock, deadline, _LATE_RESPONSE, target[got:size])
+        return size
+
+    def _peek_header(self, sock: socket.socket, deadline: Optional[float]) -> Optional[Header]:
+        """The next packet's header, left on the socket; None if it has not
+        all arrived yet or is bad (the usual read then deals with it)."""
+        scratch = memoryview(self._scratch)
+        n = self._recv_into(sock, deadline, _LATE_RESPONSE, scratch[:MAX_HEADER_SIZE], socket.MSG_PEEK)
+        verdict, header = parse_header(scratch[:n], self._max_message, self._version)
+        return header if verdict == Verdict.OK else None
+
+    def _round_trip(self, view: memoryview, ms: int, target: Optional[memoryview]) -> Union[bytes, int]:
+        """One request under the lock: the response's bytes, or with a
+        ``target`` possibly its size once read straight into it."""
+        self._owner = threading.get_ident()
+        sock = self._sock
+        if self._closed:
+            raise self._closed_error()
+        if sock is None:
+            raise ConnectionClosed(
+                f"the connection is closed ({self._closed_reason}); open a new client", code=_CLOSED.c_name
+            )
+        deadline = _deadline_after(ms)
+        size = view.nbytes
+        if size > _MAX_UINT32:
+            raise _error(Result.E_TOO_LARGE, f"a request of {size} bytes does not fit the 4-byte length field")
+        try:
             try:
-                try:
-                    _send_all(sock, _packet_parts(PacketType.REQUEST, view), deadline, ms)
-                except IPCError as exc:
-                    error = self._explain_refused_write(sock, exc) if exc.code == _CLOSED.c_name else exc
-                    raise self._abandon_for(error) from None
-                try:
-                    event = self._read_event(sock, deadline)
-                except IPCError as exc:
-                    raise self._abandon_for(exc) from None
-            except IPCError:
-                raise
-            except BaseException as exc:
-                # E.g. KeyboardInterrupt in the middle of a request: the
-                # stream is at an unknown point, so it cannot be reused.
-                self._abandon(ConnectionClosed(f"interrupted by {type(exc).__name__}"))
-                raise
-            if type(event) is Response:
-                return event.payload
-            assert isinstance(event, (RemoteFailure, ProtocolFailure))
-            error = _error(event.code, event.text)
-            if event.code != Result.E_REMOTE:
-                self._abandon(error)
-            # A handler failure leaves the connection usable.
-            raise error
+                _send_all(sock, _packet_parts(PacketType.REQUEST, view), deadline, ms)
+            except IPCError as exc:
+                error = self._explain_refused_write(sock, exc) if exc.code == _CLOSED.c_name else exc
+                raise self._abandon_for(error) from None
+            try:
+                if target is not None:
+                    received = self._read_into(sock, deadline, target)
+                    if received >= 0:
+                        return received
+                event = self._read_event(sock, deadline)
+            except IPCError as exc:
+                raise self._abandon_for(exc) from None
+        except IPCError:
+            raise
+        except BaseException as exc:
+            # E.g. KeyboardInterrupt in the middle of a request: the
+            # stream is at an unknown point, so it cannot be reused.
+            self._abandon(ConnectionClosed(f"interrupted by {type(exc).__name__}"))
+            raise
+        if type(event) is Response:
+            return event.payload
+        assert isinstance(event, (RemoteFailure, ProtocolFailure))
+        error = _error(event.code, event.text)
+        if event.code != Result.E_REMOTE:
+            self._abandon(error)
+        # A handler failure leaves the connection usable.
+        raise error
 
     def _abandon_for(self, error: IPCError) -> IPCError:
         """Abandons the connection after a failed request; the error to raise
@@ -1913,6 +2007,7 @@ class PureClient(Client):
             if sock is not None:
                 self._sock = None
                 sock.close()
+            self._view_buffer.release()
             _live_clients.discard(self)
         finally:
             lock.release()

@@ -40,6 +40,9 @@
     X(client_shutdown_during_call)                                  \
     X(client_interrupt_hook)                                        \
     X(client_call_reply)                                            \
+    X(client_call_into)                                             \
+    X(client_call_into_misuse)                                      \
+    X(client_call_into_mixed)                                       \
     X(too_large_response)                                           \
     X(too_large_request)                                            \
     X(address_in_use)                                               \

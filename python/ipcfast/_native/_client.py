@@ -36,7 +36,7 @@ import threading
 import weakref
 from typing import Any, Deque, List, NoReturn, Optional
 
-from .._base import BytesLike, Client, ClientOptions, timeout_ms
+from .._base import BytesLike, Client, ClientOptions, ViewBuffer, timeout_ms, too_small
 from .._errors import ConnectionClosed, InvalidArgument
 from ._ffi import ffi, lib, raise_from_error
 
@@ -47,6 +47,8 @@ _OK = lib.IPC_OK
 _INTERRUPTED = lib.IPC_E_INTERRUPTED
 _INLINE_SIZE = lib.IPC_REPLY_INLINE_SIZE
 _call = lib.ipc_client_call
+_call_into = lib.ipc_client_call_into
+_from_buffer = ffi.from_buffer
 _unpack = ffi.unpack
 _get_ident = threading.get_ident
 
@@ -116,6 +118,7 @@ class NativeClient(Client):
         # A slice of a cffi buffer is a bytes copy, cheaper than ffi.unpack
         # (which parses keyword arguments).
         self._inline = ffi.buffer(self._reply.inline_data)
+        self._view_buffer = ViewBuffer()
         err = ffi.new("ipc_error *")
         out = ffi.new("ipc_client_t **")
         rc = lib.ipc_client_open(out, options.name_bytes, c_options, options.connect_ms, err)
@@ -164,6 +167,75 @@ class NativeClient(Client):
             if self._waiters:
                 self._hand_over()
 
+    # ---- zero-copy requests ----
+
+    def request_into(self, data: BytesLike, out: Any, timeout: Optional[float] = None) -> int:
+        if type(data) is not bytes:
+            data = _as_buffer(data)
+        target = _writable(out)
+        ms = self._timeout_ms if timeout is None else timeout_ms(timeout)
+        self._take_turn()
+        try:
+            return self._call_into(data, target, ms)
+        finally:
+            self._give_turn()
+
+    def request_view(self, data: BytesLike, timeout: Optional[float] = None) -> memoryview:
+        if type(data) is not bytes:
+            data = _as_buffer(data)
+        ms = self._timeout_ms if timeout is None else timeout_ms(timeout)
+        views = self._view_buffer
+        self._take_turn()
+        try:
+            buffer = views.reusable()
+            target = _from_buffer(buffer)
+            n = _call_into(self._client, data, len(data), target, len(target), ms, self._reply)
+            del target  # it holds an export on the buffer
+            if n < 0:
+                self._raise_failure(-n)
+            if n > len(buffer):
+                # Kept by C in its own buffer: copied once more, into a
+                # buffer large enough for the next responses too.
+                buffer = bytearray(max(n, 2 * len(buffer)))
+                ffi.memmove(buffer, self._reply.data, n)
+            return views.hand_out(buffer, n)
+        finally:
+            self._give_turn()
+
+    def _call_into(self, data: Any, target: Any, ms: int) -> int:
+        capacity = len(target)
+        n = _call_into(self._client, data, len(data), target, capacity, ms, self._reply)
+        if n < 0:
+            self._raise_failure(-n)
+        if n > capacity:
+            raise too_small(n, capacity, _unpack(self._reply.data, n))
+        return n  # type: ignore[no-any-return]
+
+    def _take_turn(self) -> None:
+        try:
+            self._turn.pop()
+        except IndexError:
+            self._wait_for_turn()
+
+    def _give_turn(self) -> None:
+        self._turn.append(None)
+        if self._waiters:
+            self._hand_over()
+
+    def _wait_for_turn(self) -> None:
+        turn = self._turn
+        with self._turn_changed:
+            self._waiters += 1
+            try:
+                while True:
+                    try:
+                        turn.pop()
+                        return
+                    except IndexError:
+                        self._turn_changed.wait()
+            finally:
+                self._waiters -= 1
+
     def _round_trip(self, data: Any, ms: int) -> bytes:
         n = _call(self._client, data, len(data), ms, self._reply)
         if n < 0:
@@ -172,24 +244,11 @@ class NativeClient(Client):
 
     def _request_waiting(self, data: Any, ms: int) -> bytes:
         """request() when another thread has the turn: wait for it."""
-        turn = self._turn
-        with self._turn_changed:
-            self._waiters += 1
-            try:
-                while True:
-                    try:
-                        turn.pop()
-                        break
-                    except IndexError:
-                        self._turn_changed.wait()
-            finally:
-                self._waiters -= 1
+        self._wait_for_turn()
         try:
             return self._round_trip(data, ms)
         finally:
-            turn.append(None)
-            if self._waiters:
-                self._hand_over()
+            self._give_turn()
 
     def _hand_over(self) -> None:
         with self._turn_changed:
@@ -220,6 +279,7 @@ class NativeClient(Client):
         self._closed = True
         self._client = _NULL
         lib.ipc_client_shutdown(self._handle)
+        self._view_buffer.release()
         _live.discard(self)
 
     def _forget(self) -> None:
@@ -250,6 +310,18 @@ def _as_buffer(data: Any) -> Any:
         return ffi.from_buffer(data)
     except TypeError:
         raise TypeError(f"request data must be bytes-like, not {type(data).__name__}") from None
+
+
+def _writable(out: Any) -> Any:
+    """``out`` for C, without a copy: TypeError if it is read-only or not a buffer."""
+    try:
+        return _from_buffer(out, require_writable=True)
+    except TypeError:
+        raise TypeError(
+            f"out must be a writable buffer (bytearray, writable memoryview, ...), not {type(out).__name__}"
+        ) from None
+    except BufferError as exc:
+        raise TypeError(f"out must be a writable buffer: {exc}") from None
 
 
 def _raise_interrupted(rc: int, err: Any) -> None:
