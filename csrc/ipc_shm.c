@@ -269,11 +269,6 @@ int ipc__shm_write(ipc_shm_link *l, uint8_t type, const void *prefix, size_t pre
     int cpu = ipc_plat_current_cpu();
 
     if (total > l->slot_size) {
-        int r = ipc__write_packet_parts(l->stream->conn, type, prefix, prefix_size, body, body_size,
-                                        timeout_ms, err);
-
-        if (r != IPC_OK)
-            return r;
         flags = SHM_ON_SOCKET;
     } else {
         if (prefix_size)
@@ -288,6 +283,12 @@ int ipc__shm_write(ipc_shm_link *l, uint8_t type, const void *prefix, size_t pre
     ipc_plat_word_store(&l->out[W_SEQ], ++l->out_sent);
     if (ipc_plat_word_load(&l->out[W_SLEEPING]))
         ipc_plat_word_wake(&l->out[W_SEQ]);
+    /* Announced before it is written: the reader must be reading the
+     * socket while a message larger than the socket's buffer goes out, or
+     * both sides wait for each other. */
+    if (flags & SHM_ON_SOCKET)
+        return ipc__write_packet_parts(l->stream->conn, type, prefix, prefix_size, body, body_size,
+                                       timeout_ms, err);
     return IPC_OK;
 }
 

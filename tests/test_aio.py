@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 
@@ -112,3 +113,72 @@ def test_coroutine_handlers_run_on_the_loop_thread(name: str) -> None:
 
     loop_thread = asyncio.run(main())
     assert seen == [loop_thread]
+
+
+def _doubled(request: bytes) -> bytes:
+    return request + request
+
+
+@pytest.mark.parametrize("shm", [False, True], ids=["socket", "shm"])
+def test_aio_client_on_each_data_path(name: str, make_server: MakeServer, client_backend: str, shm: bool) -> None:
+    """aio takes shm=True like the sync client: every pairing works, and a
+    native pair on Linux moves to the shared-memory path."""
+    sizes = [0, 16, 4096, 300 * 1024, 1024 * 1024]
+
+    async def main() -> None:
+        async with ipcfast.aio.Client(name, backend=client_backend, shm=shm, timeout=30) as client:
+            inner = client._client
+            assert inner is not None
+            if inner.backend == "native":
+                from ipcfast._ipcfast_cffi import lib
+
+                expected = shm and sys.platform.startswith("linux") and server_backend_of(inner) == "native"
+                assert bool(lib.ipc_client_uses_shm(inner._client)) == expected  # type: ignore[attr-defined]
+            out = bytearray(2 * max(sizes))
+            for size in sizes:
+                data = bytes(i % 251 for i in range(size))
+                assert await client.request(data) == data + data
+                assert await client.request_into(data, out) == 2 * size
+                assert out[: 2 * size] == data + data
+                view = await client.request_view(data)
+                assert view == data + data
+            await client.request(b"x")
+            with pytest.raises(ValueError):
+                view.tobytes()  # released by the next request
+            with pytest.raises(ipcfast.BufferTooSmall) as caught:
+                await client.request_into(b"abc", bytearray(5))
+            assert caught.value.response == b"abcabc"
+            assert await client.request(b"still") == b"stillstill"
+
+    servers = {}
+
+    def server_backend_of(_: object) -> str:
+        return servers["backend"]
+
+    with make_server(name, _doubled, shm=shm) as server:
+        servers["backend"] = server.backend
+        asyncio.run(main())
+
+
+def test_a_request_queued_behind_a_cancelled_one_uses_the_new_connection(
+    name: str, make_server: MakeServer, client_backend: str
+) -> None:
+    """The next request is submitted before the cancelled one is aborted
+    (the guide's sample): it must run on a fresh connection, not on the one
+    the abort closes (it raised ConnectionClosed now and then before)."""
+
+    def handler(request: bytes) -> bytes:
+        if request == b"slow":
+            time.sleep(0.05)
+        return request
+
+    async def main() -> None:
+        async with ipcfast.aio.Client(name, backend=client_backend, timeout=10) as client:
+            for i in range(20):
+                slow = asyncio.ensure_future(client.request(b"slow"))
+                await asyncio.sleep(0.001 * (i % 4))
+                slow.cancel()
+                assert await client.request(b"next %d" % i) == b"next %d" % i
+
+    with make_server(name, handler):
+        asyncio.run(main())

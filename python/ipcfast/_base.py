@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any, Callable, Dict, Optional, Type, TypeVar, Union
 
 from ._backends import BACKENDS, backend_module, native_import_error
-from ._errors import InvalidArgument
+from ._errors import BufferTooSmall, InvalidArgument
 from ._names import handshake_value
 
 __all__ = [
@@ -306,8 +306,6 @@ class ViewBuffer:
 
 def too_small(needed: int, capacity: int, response: bytes) -> Exception:
     """The BufferTooSmall of request_into (both backends)."""
-    from ._errors import BufferTooSmall
-
     return BufferTooSmall(
         f"the response of {needed} bytes does not fit the {capacity}-byte buffer: it is in .response, "
         f"and the connection stays usable",
@@ -321,7 +319,9 @@ def writable_bytes_view(out: Any) -> memoryview:
     try:
         view = memoryview(out)
     except TypeError:
-        raise TypeError(f"out must be a writable buffer (bytearray, memoryview, ...), not {type(out).__name__}") from None
+        raise TypeError(
+            f"out must be a writable buffer (bytearray, memoryview, ...), not {type(out).__name__}"
+        ) from None
     if view.readonly:
         raise TypeError(f"out must be writable: {type(out).__name__} is read-only")
     if not view.c_contiguous:
@@ -827,9 +827,11 @@ class Client:
         memoryview over a buffer this client owns and reuses, valid until
         the client's next request or :meth:`close`: then it is released, and
         using it raises ValueError instead of reading the next response.
-        Views made from it (slices, ``numpy.frombuffer``) that are still
-        alive keep the bytes they saw: the next response then goes to a
-        fresh buffer. The response is written once, as with
+        Views made from it that are still alive (slices, or an export such as
+        ``numpy.frombuffer(view)``, which also keeps the view itself from
+        being released) keep the bytes they saw: the next response then
+        goes to a fresh buffer, and no memory anyone still sees is ever
+        written again. The response is written once, as with
         :meth:`request_into`. Failures as :meth:`request`."""
         raise NotImplementedError
 

@@ -1932,6 +1932,8 @@ class PureClient(Client):
         """One request under the lock: the response's bytes, or with a
         ``target`` possibly its size once read straight into it."""
         self._owner = threading.get_ident()
+        if self._view_buffer.view is not None:
+            self._view_buffer.release()  # request_view's answer ends here
         sock = self._sock
         if self._closed:
             raise self._closed_error()

@@ -241,3 +241,35 @@ void test_client_call_into_mixed(void)
     free(want);
     ctx_free(&ctx);
 }
+
+/* Messages larger than both the slot and the socket's buffer, each way, on
+ * the shared-memory path: the announcement in the slot comes before the
+ * packet on the socket, or writer and reader wait for each other (a 2 MiB
+ * request hung until its timeout before). */
+void test_shm_messages_beyond_the_socket_buffer(void)
+{
+    static const size_t sizes[] = {8u << 20, 16, 5u << 20};
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_t *server;
+    ipc_client_t *client = NULL;
+    unsigned char *req = (unsigned char *)malloc(8u << 20);
+    unsigned char *out = (unsigned char *)malloc(8u << 20);
+    size_t i;
+
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "intobig");
+    server = open_into_server(name, xor_handler, &ctx);
+    if (server)
+        client = open_into_client(name, 1);
+    for (i = 0; client && req && out && i < sizeof sizes / sizeof sizes[0]; i++) {
+        fill_random(req, sizes[i], (unsigned)i + 77);
+        if (!expect_into(client, req, sizes[i], out, sizes[i]))
+            note("      (size %lu)", (unsigned long)sizes[i]);
+    }
+    ipc_client_close(client);
+    ipc_server_stop(server);
+    free(req);
+    free(out);
+    ctx_free(&ctx);
+}

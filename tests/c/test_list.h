@@ -43,6 +43,7 @@
     X(client_call_into)                                             \
     X(client_call_into_misuse)                                      \
     X(client_call_into_mixed)                                       \
+    X(shm_messages_beyond_the_socket_buffer)                        \
     X(too_large_response)                                           \
     X(too_large_request)                                            \
     X(address_in_use)                                               \

@@ -156,6 +156,8 @@ class NativeClient(Client):
         except IndexError:
             return self._request_waiting(data, ms)
         try:
+            if self._view_buffer.view is not None:
+                self._view_buffer.release()  # request_view's answer ends here
             n = _call(self._client, data, len(data), ms, self._reply)
             if n > _INLINE_SIZE:
                 return _unpack(self._reply.data, n)  # type: ignore[no-any-return]
@@ -203,6 +205,7 @@ class NativeClient(Client):
             self._give_turn()
 
     def _call_into(self, data: Any, target: Any, ms: int) -> int:
+        self._view_buffer.release()
         capacity = len(target)
         n = _call_into(self._client, data, len(data), target, capacity, ms, self._reply)
         if n < 0:
@@ -237,6 +240,7 @@ class NativeClient(Client):
                 self._waiters -= 1
 
     def _round_trip(self, data: Any, ms: int) -> bytes:
+        self._view_buffer.release()
         n = _call(self._client, data, len(data), ms, self._reply)
         if n < 0:
             self._raise_failure(-n)

@@ -1,0 +1,308 @@
+"""The client's zero-copy API (issue 15): ``request()`` from any buffer,
+``request_into(data, out)`` into a buffer the caller owns and
+``request_view(data)``, a memoryview valid until the next request. Every
+pairing of client and server backend, on the socket path and (native on
+Linux) on the shared-memory path; the misuse cases; a client in another
+process."""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import pickle
+import subprocess
+import sys
+import threading
+from typing import List
+
+import pytest
+from conftest import MakeClient, MakeServer, child_env
+
+import ipcfast
+
+LINUX = sys.platform.startswith("linux")
+#: Around the 64 KiB receive chunk, the default 256 KiB slot and beyond.
+SIZES = [0, 1, 16, 240, 241, 4096, 65535, 65537, 256 * 1024, 256 * 1024 + 1, 1024 * 1024]
+
+
+def _doubled(request: bytes) -> bytes:
+    return request + request
+
+
+def _payload(size: int, seed: int = 0) -> bytes:
+    return bytes((i * 7 + seed) % 251 for i in range(size))
+
+
+def _uses_shm(client: ipcfast.Client) -> bool:
+    if client.backend != "native":
+        return False
+    from ipcfast._ipcfast_cffi import lib
+
+    return bool(lib.ipc_client_uses_shm(client._client))  # type: ignore[attr-defined]
+
+
+@pytest.fixture(params=[False, True], ids=["socket", "shm"])
+def shm(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def _check_path(client: ipcfast.Client, server_backend: str, shm: bool) -> None:
+    expected = shm and LINUX and server_backend == "native" and client.backend == "native"
+    assert _uses_shm(client) == expected
+
+
+def test_request_into_every_size(
+    name: str, make_server: MakeServer, make_client: MakeClient, server_backend: str, shm: bool
+) -> None:
+    out = bytearray(2 * max(SIZES) + 10)
+    with make_server(name, _doubled, shm=shm):
+        with make_client(name, shm=shm, timeout=30) as client:
+            _check_path(client, server_backend, shm)
+            for size in SIZES:
+                data = _payload(size, size)
+                out[:] = b"\xa7" * len(out)
+                n = client.request_into(data, out)
+                assert n == 2 * size
+                assert out[:n] == data + data
+                assert out[n:] == b"\xa7" * (len(out) - n), "bytes after the response changed"
+            # and request() still works on the same connection
+            assert client.request(b"ab") == b"abab"
+
+
+def test_requests_from_any_buffer(
+    name: str, make_server: MakeServer, make_client: MakeClient, server_backend: str, shm: bool
+) -> None:
+    numbers = array.array("i", range(1000))
+    raw = numbers.tobytes()
+    c_array = (ctypes.c_uint8 * 5)(1, 2, 3, 4, 5)
+    with make_server(name, _doubled, shm=shm):
+        with make_client(name, shm=shm, timeout=30) as client:
+            _check_path(client, server_backend, shm)
+            assert client.request(numbers) == raw + raw
+            assert client.request(bytearray(b"xy")) == b"xyxy"
+            assert client.request(memoryview(raw)[4:12]) == raw[4:12] * 2
+            assert client.request(c_array) == bytes(range(1, 6)) * 2
+            # into typed and foreign buffers: sizes are in bytes
+            out = array.array("i", [0] * 2000)
+            assert client.request_into(numbers, out) == 2 * len(raw)
+            assert out.tobytes() == raw + raw
+            target = (ctypes.c_uint8 * 10)()
+            assert client.request_into(c_array, target) == 10
+            assert bytes(target) == bytes(range(1, 6)) * 2
+            big = bytearray(300 * 1024)
+            assert client.request_into(b"z" * 1000, memoryview(big)[100:]) == 2000
+            assert big[100:2100] == b"z" * 2000 and big[:100] == bytes(100)
+
+
+def test_request_view(
+    name: str, make_server: MakeServer, make_client: MakeClient, server_backend: str, shm: bool
+) -> None:
+    with make_server(name, _doubled, shm=shm):
+        with make_client(name, shm=shm, timeout=30) as client:
+            _check_path(client, server_backend, shm)
+            for size in SIZES:
+                data = _payload(size, 3)
+                view = client.request_view(data)
+                assert view.readonly
+                assert view.nbytes == 2 * size
+                assert view == data + data
+            # a view larger than the client's buffer so far, then small ones
+            huge = _payload(3 * 1024 * 1024)
+            assert client.request_view(huge) == huge + huge
+            assert client.request_view(b"q") == b"qq"
+
+
+def test_a_view_is_released_by_the_next_request(
+    name: str, make_server: MakeServer, make_client: MakeClient, shm: bool
+) -> None:
+    with make_server(name, _doubled, shm=shm):
+        with make_client(name, shm=shm) as client:
+            first = client.request_view(b"first")
+            part = first[:5]  # a slice outlives the view it came from
+            second = client.request_view(b"other")
+            with pytest.raises(ValueError):
+                first.tobytes()
+            with pytest.raises(ValueError):
+                len(first)
+            # the slice keeps the bytes it saw: the next response went to
+            # fresh memory
+            assert part.tobytes() == b"first"
+            assert second == b"otherother"
+            third = client.request_view(b"3")
+            with pytest.raises(ValueError):
+                bytes(second)
+            assert third == b"33"
+            assert part.tobytes() == b"first"
+            # no slice or export left: the buffer is reused, and still the
+            # old view reads nothing new
+            fourth = client.request_view(b"4444")
+            assert fourth == b"44444444"
+            with pytest.raises(ValueError):
+                third.tobytes()
+            # any request ends the view, not only request_view
+            assert client.request(b"r") == b"rr"
+            with pytest.raises(ValueError):
+                fourth.tobytes()
+            fifth = client.request_view(b"5")
+            assert client.request_into(b"i", bytearray(2)) == 2
+            with pytest.raises(ValueError):
+                fifth.tobytes()
+
+
+def test_an_exported_view_keeps_its_bytes(
+    name: str, make_server: MakeServer, make_client: MakeClient, shm: bool
+) -> None:
+    with make_server(name, _doubled, shm=shm):
+        with make_client(name, shm=shm) as client:
+            first = client.request_view(b"first")
+            # an export of the view itself (what numpy.frombuffer holds):
+            # the view cannot be released while it lives, so its memory is
+            # left to it and never written again
+            exported = pickle.PickleBuffer(first)
+            second = client.request_view(b"other")
+            assert second == b"otherother"
+            assert first == b"firstfirst"
+            assert bytes(exported.raw()) == b"firstfirst"
+            exported.release()
+            assert client.request_view(b"x" * 100000) == b"x" * 200000
+            assert first == b"firstfirst"
+
+
+def test_a_failed_request_releases_the_view_too(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
+    def handler(request: bytes) -> bytes:
+        if request == b"boom":
+            raise ValueError("boom")
+        return request
+
+    with make_server(name, handler):
+        with make_client(name) as client:
+            view = client.request_view(b"ok")
+            with pytest.raises(ipcfast.RemoteError):
+                client.request_view(b"boom")
+            with pytest.raises(ValueError):
+                view.tobytes()
+            with pytest.raises(ipcfast.RemoteError):
+                client.request_into(b"boom", bytearray(10))
+            assert client.request_view(b"after") == b"after"
+
+
+def test_a_view_kept_across_close(name: str, make_server: MakeServer, make_client: MakeClient, shm: bool) -> None:
+    with make_server(name, _doubled, shm=shm):
+        client = make_client(name, shm=shm)
+        view = client.request_view(b"kept")
+        part = view[1:3]
+        client.close()
+        with pytest.raises(ValueError):
+            view.tobytes()
+        assert part.tobytes() == b"ep"
+        with pytest.raises(ipcfast.ConnectionClosed):
+            client.request_view(b"x")
+        with pytest.raises(ipcfast.ConnectionClosed):
+            client.request_into(b"x", bytearray(4))
+
+
+def test_too_small_buffer_keeps_the_response_and_the_connection(
+    name: str, make_server: MakeServer, make_client: MakeClient, shm: bool
+) -> None:
+    with make_server(name, _doubled, shm=shm):
+        with make_client(name, shm=shm) as client:
+            for size in (5, 300, 200 * 1024, 400 * 1024):
+                data = _payload(size, 1)
+                out = bytearray(b"\xa7" * (2 * size - 1))
+                with pytest.raises(ipcfast.BufferTooSmall) as caught:
+                    client.request_into(data, out)
+                assert caught.value.needed == 2 * size
+                assert caught.value.response == data + data
+                assert caught.value.code == "IPC_E_INVALID"
+                assert isinstance(caught.value, ValueError)
+                assert out == b"\xa7" * (2 * size - 1), "a too-small buffer was written to"
+                assert client.request(b"next") == b"nextnext"
+            error = pickle.loads(pickle.dumps(caught.value))
+            assert (error.needed, error.response) == (caught.value.needed, caught.value.response)
+
+
+def test_out_must_be_writable(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
+    seen: List[bytes] = []
+
+    def handler(request: bytes) -> bytes:
+        seen.append(request)
+        return request
+
+    with make_server(name, handler):
+        with make_client(name) as client:
+            for read_only in (b"abcd", memoryview(bytearray(4)).toreadonly(), "text"):
+                with pytest.raises(TypeError):
+                    client.request_into(b"x", read_only)
+            with pytest.raises(TypeError):
+                client.request_into("text", bytearray(4))  # type: ignore[arg-type]
+            assert seen == [], "a refused call sent its request"
+            assert client.request_into(b"ok", bytearray(2)) == 2
+            assert seen == [b"ok"]
+
+
+def test_request_into_timeout_closes_like_request(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
+    release = threading.Event()
+
+    def slow(request: bytes) -> bytes:
+        release.wait(5)
+        return request
+
+    with make_server(name, slow):
+        with make_client(name) as client:
+            with pytest.raises(ipcfast.Timeout):
+                client.request_into(b"x", bytearray(10), timeout=0.05)
+            release.set()
+            with pytest.raises(ipcfast.ConnectionClosed):
+                client.request_into(b"x", bytearray(10))
+
+
+def test_threads_share_a_client(name: str, make_server: MakeServer, make_client: MakeClient, shm: bool) -> None:
+    failures: List[str] = []
+    with make_server(name, _doubled, shm=shm):
+        with make_client(name, shm=shm, timeout=30) as client:
+
+            def work(seed: int) -> None:
+                out = bytearray(200 * 1024)
+                for i in range(30):
+                    data = _payload(1000 * (i % 7) + seed, seed)
+                    if i % 2:
+                        n = client.request_into(data, out)
+                        got = bytes(out[:n])
+                    else:
+                        got = client.request(data)
+                    if got != data + data:
+                        failures.append(f"thread {seed} request {i}")
+
+            threads = [threading.Thread(target=work, args=(seed,)) for seed in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+    assert failures == []
+
+
+CLIENT_CODE = """
+import sys, ipcfast
+name, backend = sys.argv[1], sys.argv[2]
+data = bytes(i % 251 for i in range(1024 * 1024))
+out = bytearray(2 * len(data))
+with ipcfast.Client(name, backend=backend, shm=True, timeout=30) as client:
+    for _ in range(5):
+        assert client.request_into(data, out) == len(out) and out == data + data
+        view = client.request_view(memoryview(data)[:1000])
+        assert view == data[:1000] * 2
+print("ok")
+"""
+
+
+def test_client_in_another_process(name: str, make_server: MakeServer, client_backend: str) -> None:
+    with make_server(name, _doubled, shm=True):
+        proc = subprocess.run(
+            [sys.executable, "-c", CLIENT_CODE, name, client_backend],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
