@@ -306,3 +306,20 @@ def test_client_in_another_process(name: str, make_server: MakeServer, client_ba
         )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_shm_slot_size(name: str, make_server: MakeServer, make_client: MakeClient, server_backend: str) -> None:
+    for bad in (1, 63, 64 * 1024 * 1024 + 1):
+        with pytest.raises(ValueError):
+            make_client(name, shm=True, shm_slot_size=bad)
+    with pytest.raises(TypeError):
+        make_client(name, shm=True, shm_slot_size="big")
+    with make_server(name, _doubled, shm=True):
+        # a 2 MiB slot: 1 MiB each way fits the region
+        with make_client(name, shm=True, shm_slot_size=2 * 1024 * 1024, timeout=30) as client:
+            _check_path(client, server_backend, True)
+            data = _payload(1024 * 1024)
+            out = bytearray(2 * len(data))
+            assert client.request_into(data, out) == len(out)
+            assert out == data + data
+            assert client.request_view(data[:1000]) == data[:1000] * 2

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any, Callable, Dict, Optional, Type, TypeVar, Union
 
 from ._backends import BACKENDS, backend_module, native_import_error
+from ._codec import SHM_MAX_SLOT, SHM_MIN_SLOT
 from ._errors import BufferTooSmall, InvalidArgument
 from ._names import handshake_value
 
@@ -221,6 +222,8 @@ class ClientOptions:
     server_uid: int = 0  #: with SERVER_USER_UID
     #: offer the server a shared-memory data path (native backend, Linux)
     shm: bool = False
+    #: bytes per direction in that region; 0: the C core's default (256 KiB)
+    shm_slot_size: int = 0
 
     @classmethod
     def parse(
@@ -233,7 +236,13 @@ class ClientOptions:
         wait_for_server: bool = False,
         server_user: ServerUser = None,
         shm: bool = False,
+        shm_slot_size: int = 0,
     ) -> "ClientOptions":
+        shm_slot_size = check_uint32(shm_slot_size, "shm_slot_size", minimum=0)
+        if shm_slot_size and not SHM_MIN_SLOT <= shm_slot_size <= SHM_MAX_SLOT:
+            raise ValueError(
+                f"shm_slot_size must be 0 (the default) or {SHM_MIN_SLOT}..{SHM_MAX_SLOT}, got {shm_slot_size}"
+            )
         name_bytes = encode_name(name)
         request_ms = timeout_ms(timeout, "timeout")
         connect_ms = timeout_ms(connect_timeout, "connect_timeout")
@@ -249,6 +258,7 @@ class ClientOptions:
             server_user=policy,
             server_uid=uid,
             shm=bool(shm),
+            shm_slot_size=shm_slot_size,
         )
 
 
@@ -750,6 +760,10 @@ class Client:
     data path for this connection (docs/protocol.md section 11); a server
     that declines, or does not speak it (the pure backend), keeps the
     socket path, so the option never breaks a connection.
+    ``shm_slot_size`` (bytes per direction, 0: 256 KiB) is the largest
+    message that travels through the region; larger ones take the socket.
+    The zero-copy calls (:meth:`request_into`, :meth:`request_view`) gain
+    most for messages that fit it.
     """
 
     _name: str
@@ -773,10 +787,11 @@ class Client:
         wait_for_server: bool = False,
         server_user: ServerUser = None,
         shm: bool = False,
+        shm_slot_size: int = 0,
     ) -> None:
         _check_backend(self, backend)
         options = ClientOptions.parse(
-            name, key, connect_timeout, timeout, max_message, wait_for_server, server_user, shm
+            name, key, connect_timeout, timeout, max_message, wait_for_server, server_user, shm, shm_slot_size
         )
         self._name = options.name
         self._timeout_ms = options.timeout_ms
