@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import array
 import ctypes
+import math
+import os
 import pickle
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -323,3 +327,33 @@ def test_shm_slot_size(name: str, make_server: MakeServer, make_client: MakeClie
             assert client.request_into(data, out) == len(out)
             assert out == data + data
             assert client.request_view(data[:1000]) == data[:1000] * 2
+
+
+@pytest.mark.skipif(not LINUX, reason="bench/zero_copy.py pins with sched_setaffinity (Linux)")
+def test_the_zero_copy_bench_reports_every_case() -> None:
+    """bench/zero_copy.py runs end to end (a few samples, one CPU) and
+    reports a finite positive figure for every case; no speed asserted."""
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler for the floor")
+    cpu = min(os.sched_getaffinity(0))
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "zero_copy.py")
+    proc = subprocess.run(
+        [sys.executable, bench, "--rounds", "1", "--iters", "16=20,65536=5", "--placements", "pinned"]
+        + ["--cpus", f"{cpu},{cpu}"],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "µs" in line]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| C socket floor",
+        "| socket, request()",
+        "| socket, request_into()",
+        "| shm, request()",
+        "| shm, request_into()",
+        "| shm, request_view()",
+    ]
+    figures = [float(x) for row in rows for x in re.findall(r"([0-9.]+) µs", row)]
+    assert len(figures) == 12 and all(math.isfinite(x) and x > 0 for x in figures)
