@@ -657,8 +657,9 @@ int64_t ipc_client_call(ipc_client_t *client, const void *request, size_t size, 
  *     response is kept, not lost: reply->data / reply->size hold it
  *     (NUL-terminated, in the client's own buffer, valid until the client's
  *     next call). The connection stays usable.
- *   -IPC_E_INVALID: reply is NULL, or a NULL request or out with a nonzero
- *     size (reply->error says which), nothing was sent;
+ *   -IPC_E_INVALID: reply is NULL (nothing else is reported), or client
+ *     is NULL, or a NULL request or out with a nonzero size (reply->error
+ *     says which); nothing was sent and the connection is unchanged;
  *   -IPC_E_REMOTE: the handler failed, reply->error.message holds its
  *     text, the connection stays usable;
  *   -IPC_E_TIMEOUT, -IPC_E_CLOSED, -IPC_E_PROTOCOL, -IPC_E_TOO_LARGE
