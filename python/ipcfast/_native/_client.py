@@ -206,7 +206,8 @@ class NativeClient(Client):
             self._give_turn()
 
     def _call_into(self, data: Any, target: Any, ms: int) -> int:
-        self._view_buffer.release()
+        if self._view_buffer.view is not None:
+            self._view_buffer.release()
         capacity = len(target)
         n = _call_into(self._client, data, len(data), target, capacity, ms, self._reply)
         if n < 0:
@@ -320,7 +321,7 @@ def _as_buffer(data: Any) -> Any:
 def _writable(out: Any) -> Any:
     """``out`` for C, without a copy: TypeError if it is read-only or not a buffer."""
     try:
-        return _from_buffer(out, require_writable=True)
+        return _from_buffer("char[]", out, True)  # positional: no keyword parsing per call
     except TypeError:
         raise TypeError(
             f"out must be a writable buffer (bytearray, writable memoryview, ...), not {type(out).__name__}"
