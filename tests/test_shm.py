@@ -181,15 +181,39 @@ def test_shm_client_handler_failure_keeps_the_connection(name: str, make_server:
             assert client.request(b"after") == b"after"
 
 
-def test_shm_off_by_default(name: str) -> None:
+def test_shm_on_by_default_and_either_side_opts_out(name: str) -> None:
     _c_lib()
     with ipcfast.Server(name, _upper, backend="native"):
-        with ipcfast.Client(name, shm=True) as client:
+        with ipcfast.Client(name) as client:
+            assert _uses_shm(client) == LINUX
+            assert client.request(b"x") == b"X"
+        with ipcfast.Client(name, shm=False) as client:
             assert not _uses_shm(client)
             assert client.version == 1
             assert client.request(b"x") == b"X"
+    with ipcfast.Server(name, _upper, backend="native", shm=False):
         with ipcfast.Client(name) as client:
+            assert not _uses_shm(client)
             assert client.version == 1
+            assert client.request(b"x") == b"X"
+
+
+def test_shm_messages_larger_than_the_socket_buffer(name: str) -> None:
+    """A message above the slot travels on the socket; announcing it only
+    after writing it deadlocked once it outgrew the socket's buffer (the
+    reader waited on the region, the writer on the reader)."""
+    _c_lib()
+    big = bytes(range(256)) * (16 * 1024)  # 4 MiB
+
+    def handler(request: bytes) -> bytes:
+        return big if request == b"big" else request[:3]
+
+    with ipcfast.Server(name, handler, backend="native", shm=True):
+        with ipcfast.Client(name, shm=True, timeout=30) as client:
+            assert _uses_shm(client) == LINUX
+            assert client.request(big) == big[:3]
+            assert client.request(b"big") == big
+            assert client.request(b"small") == b"sma"
 
 
 def test_shm_many_sequential_requests(name: str) -> None:

@@ -60,6 +60,9 @@ DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 #: default was chosen.
 DEFAULT_WORKERS = 0
 MAX_WORKERS = 256
+#: Server(shm=...) and Client(shm=...): the shared-memory data path is on
+#: unless a side says shm=False (docs/protocol.md 11; native backend, Linux).
+DEFAULT_SHM = True
 _MAX_UINT32 = 0xFFFFFFFF
 _MAX_TIMEOUT_MS = 0x7FFFFFFF
 
@@ -131,7 +134,7 @@ class ServerOptions:
     manual: bool  #: dispatch == "manual"
     workers: int  #: handler threads fed from the core's queue; 0: none
     #: accept a client's shared-memory data path (native backend, Linux)
-    shm: bool = False
+    shm: bool = DEFAULT_SHM
 
     @classmethod
     def parse(
@@ -146,7 +149,7 @@ class ServerOptions:
         handshake_timeout: float,
         dispatch: str,
         workers: int = 0,
-        shm: bool = False,
+        shm: bool = DEFAULT_SHM,
     ) -> "ServerOptions":
         check_server_args(handler, access, dispatch)
         workers = check_uint32(workers, "workers", minimum=0)
@@ -220,7 +223,7 @@ class ClientOptions:
     server_user: int = 0
     server_uid: int = 0  #: with SERVER_USER_UID
     #: offer the server a shared-memory data path (native backend, Linux)
-    shm: bool = False
+    shm: bool = DEFAULT_SHM
 
     @classmethod
     def parse(
@@ -232,7 +235,7 @@ class ClientOptions:
         max_message: int,
         wait_for_server: bool = False,
         server_user: ServerUser = None,
-        shm: bool = False,
+        shm: bool = DEFAULT_SHM,
     ) -> "ClientOptions":
         name_bytes = encode_name(name)
         request_ms = timeout_ms(timeout, "timeout")
@@ -417,7 +420,7 @@ class Server:
         dispatch: str = "thread",
         workers: int = DEFAULT_WORKERS,
         backend: Optional[str] = None,
-        shm: bool = False,
+        shm: bool = DEFAULT_SHM,
     ) -> None:
         _check_backend(self, backend)
         options = ServerOptions.parse(
@@ -701,7 +704,7 @@ class Client:
         backend: Optional[str] = None,
         wait_for_server: bool = False,
         server_user: ServerUser = None,
-        shm: bool = False,
+        shm: bool = DEFAULT_SHM,
     ) -> None:
         _check_backend(self, backend)
         options = ClientOptions.parse(
