@@ -169,6 +169,28 @@ static int stream_read_sliced(ipc_client_t *client, int64_t deadline, ipc_packet
     }
 }
 
+/* ipc__shm_wait in slices, as stream_read_sliced: the interrupt hook (a
+ * signal handler, close() from another thread) runs while the server
+ * takes its time on the shared-memory path too. */
+static int shm_wait_sliced(ipc_client_t *client, int64_t deadline, ipc_error *err)
+{
+    for (;;) {
+        ipc_error slice_err = {0, 0, NULL};
+        int last;
+        int64_t until = slice_deadline(client, deadline, &last);
+        int r = ipc__shm_wait(client->shm, until, last ? err : &slice_err);
+
+        if (last || r != IPC_E_TIMEOUT) {
+            if (!last)
+                move_error(err, &slice_err);
+            return r;
+        }
+        r = after_slice(client, &slice_err, err);
+        if (r != IPC_OK)
+            return r;
+    }
+}
+
 /* Turns an ERROR packet into a result: IPC_E_TOO_LARGE for the transport's
  * own refusals (IPC__TOO_LARGE_PREFIX), IPC_E_PROTOCOL for a server closing
  * on a protocol error (IPC__PROTOCOL_ERROR_PREFIX, text kept whole), else
@@ -267,8 +289,10 @@ static int client_read_packet(ipc_client_t *client, int64_t deadline, ipc_packet
 
     if (!client->shm)
         return stream_read_sliced(client, deadline, packet, err);
-    r = ipc__shm_read(client->shm, client->options.max_message, client->version, deadline, packet,
-                      err);
+    r = shm_wait_sliced(client, deadline, err);
+    if (r == IPC_OK)
+        r = ipc__shm_read(client->shm, client->options.max_message, client->version, deadline,
+                          packet, err);
     if (r == IPC_OK)
         client->awaiting = 0;
     return r;

@@ -136,6 +136,10 @@ int ipc__shm_accept(ipc_stream *stream, const ipc_packet *packet, int allowed, i
  * socket; hands it out like ipc__stream_read_packet. */
 int ipc__shm_read(ipc_shm_link *link, uint32_t max_message, uint8_t max_version, int64_t deadline,
                   ipc_packet *packet, ipc_error *err);
+/* Waits for the next message without taking it: IPC_OK once one is there,
+ * IPC_E_TIMEOUT at the deadline (nothing consumed: the wait may resume),
+ * IPC_E_CLOSED when the socket says the peer is gone. */
+int ipc__shm_wait(ipc_shm_link *link, int64_t deadline, ipc_error *err);
 int ipc__shm_write(ipc_shm_link *link, uint8_t type, const void *prefix, size_t prefix_size,
                    const void *body, size_t body_size, int timeout_ms, ipc_error *err);
 void ipc__shm_free(ipc_shm_link *link);

@@ -133,6 +133,11 @@ static int wait_for_message(ipc_shm_link *l, int64_t deadline, ipc_error *err)
     }
 }
 
+int ipc__shm_wait(ipc_shm_link *l, int64_t deadline, ipc_error *err)
+{
+    return wait_for_message(l, deadline, err);
+}
+
 /* ---- reading and writing ---------------------------------------------------- */
 
 static int copy_out(ipc_shm_link *l, uint32_t length, ipc_error *err)
