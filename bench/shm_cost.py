@@ -115,9 +115,13 @@ def main() -> int:
         "shared memory (default)": measure(True, a.clients, a.idle_seconds, a.paced_seconds),
         "socket (shm=False)": measure(False, a.clients, a.idle_seconds, a.paced_seconds),
     }
-    print(f"{a.clients} idle clients for {a.idle_seconds:g} s; then one client at 1 request/ms for {a.paced_seconds:g} s")
+    print(
+        f"{a.clients} idle clients for {a.idle_seconds:g} s; then one client at 1 request/ms for {a.paced_seconds:g} s"
+    )
     print(f"region mapped per shared-memory connection: {region_kib:.0f} KiB (virtual; pages touched on use)\n")
-    print("| path | idle server, % of one CPU | server CPU / request | client CPU / request | server Pss / connection |")
+    print(
+        "| path | idle server, % of one CPU | server CPU / request | client CPU / request | server Pss / connection |"
+    )
     print("|---|---|---|---|---|")
     for label, r in rows.items():
         print(

@@ -225,7 +225,9 @@ def _shm_targets() -> List[Target]:
             15,
         ),
         Target("native RTT / floor RTT at 16 B", "pinned", "native", "floor", "latency", 16, "<=", 0.8, 15),
-        Target("native RTT / floor RTT at 1 MiB (bytes API)", "split", "native", "floor", "latency", MIB, "<=", 1.1, 15),
+        Target(
+            "native RTT / floor RTT at 1 MiB (bytes API)", "split", "native", "floor", "latency", MIB, "<=", 1.1, 15
+        ),
         Target(
             "native-socket (shm=False) RTT / floor RTT at 16 B",
             "pinned",

@@ -271,9 +271,7 @@ def paired_difference(a: Sequence[Optional[float]], b: Sequence[Optional[float]]
 # ---- targets -------------------------------------------------------------------------
 
 
-def best_peer_rounds(
-    raw: Raw, metric: str, key: int, peers: Tuple[str, ...] = PYTHON_PEERS
-) -> List[Optional[float]]:
+def best_peer_rounds(raw: Raw, metric: str, key: int, peers: Tuple[str, ...] = PYTHON_PEERS) -> List[Optional[float]]:
     """Per round, the best figure among the Python peers measured: the least
     latency, or the most requests/s."""
     columns = [round_figures(raw[p], metric, key) for p in peers if p in raw]
