@@ -381,9 +381,10 @@ class Server:
       clients only when all N are busy. ``0`` (default) runs the handler on
       the connection threads themselves, which is the lowest latency (no
       hand-off between threads).
-    * ``shm``: accept clients' offers of a shared-memory data path
-      (``Client(..., shm=True)``; native backend on Linux, off by default).
-      The pure backend always keeps the socket path.
+    * ``shm``: accept clients' offers of a shared-memory data path (on by
+      default; native backend on Linux; docs/guide.md "Shared memory").
+      ``shm=False`` keeps every connection on the socket path. The pure
+      backend always keeps the socket path.
 
     The server runs from :meth:`start` (or entering ``with``) until
     :meth:`stop` (or leaving ``with``), even if no reference to it is kept.
@@ -678,10 +679,11 @@ class Client:
     largest response accepted. A client may be shared between threads:
     requests are serialized.
 
-    ``shm=True`` (native backend, Linux) offers the server a shared-memory
-    data path for this connection (docs/protocol.md section 11); a server
-    that declines, or does not speak it (the pure backend), keeps the
-    socket path, so the option never breaks a connection.
+    ``shm`` (on by default; native backend, Linux) offers the server a
+    shared-memory data path for this connection (docs/protocol.md section
+    11); a server that declines (``shm=False``), or does not speak it (the
+    pure backend, other systems), keeps the socket path, so the option
+    never breaks a connection. ``shm=False`` never offers it.
     """
 
     _name: str
