@@ -242,8 +242,13 @@ static int explain_refused_write(ipc_client_t *client, int code, ipc_error *err)
 {
     ipc_packet packet;
     ipc_error ignored = {0};
-    int r = ipc__stream_read_packet(&client->stream, client->options.max_message, client->version,
-                                    ipc_plat_now_ms() + 100, -1, &packet, &ignored);
+    int64_t deadline = ipc_plat_now_ms() + 100;
+    /* The server's ERROR comes where its responses do: on the region once
+     * the connection has one. */
+    int r = client->shm ? ipc__shm_read(client->shm, client->options.max_message, client->version,
+                                        deadline, &packet, &ignored)
+                        : ipc__stream_read_packet(&client->stream, client->options.max_message,
+                                                  client->version, deadline, -1, &packet, &ignored);
 
     ipc_error_clear(&ignored);
     if (r != IPC_OK || packet.header.type != IPC_PACKET_ERROR)
