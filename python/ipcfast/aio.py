@@ -56,21 +56,31 @@ class Client:
         and closes the connection; the next request opens a new one."""
         if self._client is None:
             await self.connect()
-        client = self._client
-        assert client is not None
         # Bytes-like objects the caller may change later are copied now: the
         # request runs after this coroutine yields.
         payload = data if isinstance(data, bytes) else bytes(data)
-        future = self._executor.submit(client.request, payload, timeout)
+        future = self._executor.submit(self._request_now, payload, timeout)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             # Not started yet: cancelling the future is enough. Running: the
             # round trip is cut short by closing the client (close() from
             # another thread wakes the request and waits for it to leave).
-            if not future.cancel() and not future.done():
+            # The one worker runs one request at a time, so the client now
+            # in use is the one running this request.
+            client = self._client
+            if not future.cancel() and not future.done() and client is not None:
                 self._abort(client)
             raise
+
+    def _request_now(self, payload: bytes, timeout: Optional[float]) -> bytes:
+        """On the worker thread. The client is looked up now, not when the
+        request was queued: one queued behind a request that was cancelled
+        meanwhile (whose client was closed by the abort) connects again."""
+        client = self._client
+        if client is None or client.closed:
+            client = self._client = _SyncClient(self._name, **self._options)
+        return client.request(payload, timeout)
 
     def _abort(self, client: _SyncClient) -> None:
         if self._client is client:
