@@ -300,7 +300,8 @@ typedef struct ipc_server_options {
     /* Nonzero: accept a client's offer to move its connection's data path
      * into shared memory (docs/protocol.md 11; Linux only, elsewhere every
      * offer is declined). The server then speaks packet version 2. Off by
-     * default in this release. Not for server nodes: they decline. */
+     * default in the C API (the Python binding turns it on). Not for
+     * server nodes: they decline. */
     int shm;
     /* Shared-memory connections: how long a waiting thread spins before it
      * sleeps in the kernel, in microseconds (0: never spin). Set to
@@ -555,7 +556,8 @@ typedef struct ipc_client_options {
      * speak version 2, like the pure-Python one) keeps the socket path.
      * Linux only; elsewhere nothing is offered. While it is active the
      * client cannot pipeline: ipc_client_write while a response is unread
-     * fails with IPC_E_INVALID. Off by default. */
+     * fails with IPC_E_INVALID, which is why it is off by default here
+     * (programs may pipeline); the Python binding turns it on. */
     int shm;
     uint32_t shm_slot_size; /* 0: IPC_SHM_DEFAULT_SLOT (256 KiB) */
     /* Spin budget in microseconds before sleeping (0: never spin); no spin

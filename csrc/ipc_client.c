@@ -169,6 +169,28 @@ static int stream_read_sliced(ipc_client_t *client, int64_t deadline, ipc_packet
     }
 }
 
+/* ipc__shm_wait in slices, as stream_read_sliced: the interrupt hook (a
+ * signal handler, close() from another thread) runs while the server
+ * takes its time on the shared-memory path too. */
+static int shm_wait_sliced(ipc_client_t *client, int64_t deadline, ipc_error *err)
+{
+    for (;;) {
+        ipc_error slice_err = {0, 0, NULL};
+        int last;
+        int64_t until = slice_deadline(client, deadline, &last);
+        int r = ipc__shm_wait(client->shm, until, last ? err : &slice_err);
+
+        if (last || r != IPC_E_TIMEOUT) {
+            if (!last)
+                move_error(err, &slice_err);
+            return r;
+        }
+        r = after_slice(client, &slice_err, err);
+        if (r != IPC_OK)
+            return r;
+    }
+}
+
 /* Turns an ERROR packet into a result: IPC_E_TOO_LARGE for the transport's
  * own refusals (IPC__TOO_LARGE_PREFIX), IPC_E_PROTOCOL for a server closing
  * on a protocol error (IPC__PROTOCOL_ERROR_PREFIX, text kept whole), else
@@ -220,8 +242,13 @@ static int explain_refused_write(ipc_client_t *client, int code, ipc_error *err)
 {
     ipc_packet packet;
     ipc_error ignored = {0};
-    int r = ipc__stream_read_packet(&client->stream, client->options.max_message, client->version,
-                                    ipc_plat_now_ms() + 100, -1, &packet, &ignored);
+    int64_t deadline = ipc_plat_now_ms() + 100;
+    /* The server's ERROR comes where its responses do: on the region once
+     * the connection has one. */
+    int r = client->shm ? ipc__shm_read(client->shm, client->options.max_message, client->version,
+                                        deadline, &packet, &ignored)
+                        : ipc__stream_read_packet(&client->stream, client->options.max_message,
+                                                  client->version, deadline, -1, &packet, &ignored);
 
     ipc_error_clear(&ignored);
     if (r != IPC_OK || packet.header.type != IPC_PACKET_ERROR)
@@ -267,8 +294,10 @@ static int client_read_packet(ipc_client_t *client, int64_t deadline, ipc_packet
 
     if (!client->shm)
         return stream_read_sliced(client, deadline, packet, err);
-    r = ipc__shm_read(client->shm, client->options.max_message, client->version, deadline, packet,
-                      err);
+    r = shm_wait_sliced(client, deadline, err);
+    if (r == IPC_OK)
+        r = ipc__shm_read(client->shm, client->options.max_message, client->version, deadline,
+                          packet, err);
     if (r == IPC_OK)
         client->awaiting = 0;
     return r;
@@ -554,8 +583,12 @@ static int client_read_into_locked(ipc_client_t *client, uint8_t *out, size_t ca
         return take_response(client,
                              socket_read_into(client, deadline, out, capacity, &packet, err),
                              &packet, response, response_size, err);
-    r = ipc__shm_read_into(client->shm, client->options.max_message, deadline, out, capacity,
-                           &packet, &on_socket, err);
+    /* Waited for in interrupt slices first, as client_read_packet does, so
+     * Ctrl-C and close() from another thread reach this wait too. */
+    r = shm_wait_sliced(client, deadline, err);
+    if (r == IPC_OK)
+        r = ipc__shm_read_into(client->shm, client->options.max_message, deadline, out, capacity,
+                               &packet, &on_socket, err);
     if (r == IPC_OK)
         client->awaiting = 0;
     if (r == IPC_OK && on_socket) {

@@ -151,6 +151,10 @@ int ipc__shm_read(ipc_shm_link *link, uint32_t max_message, uint8_t max_version,
  * the caller to read there. */
 int ipc__shm_read_into(ipc_shm_link *link, uint32_t max_message, int64_t deadline, uint8_t *out,
                        size_t capacity, ipc_packet *packet, int *on_socket, ipc_error *err);
+/* Waits for the next message without taking it: IPC_OK once one is there,
+ * IPC_E_TIMEOUT at the deadline (nothing consumed: the wait may resume),
+ * IPC_E_CLOSED when the socket says the peer is gone. */
+int ipc__shm_wait(ipc_shm_link *link, int64_t deadline, ipc_error *err);
 int ipc__shm_write(ipc_shm_link *link, uint8_t type, const void *prefix, size_t prefix_size,
                    const void *body, size_t body_size, int timeout_ms, ipc_error *err);
 void ipc__shm_free(ipc_shm_link *link);

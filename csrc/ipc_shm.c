@@ -133,6 +133,11 @@ static int wait_for_message(ipc_shm_link *l, int64_t deadline, ipc_error *err)
     }
 }
 
+int ipc__shm_wait(ipc_shm_link *l, int64_t deadline, ipc_error *err)
+{
+    return wait_for_message(l, deadline, err);
+}
+
 /* ---- reading and writing ---------------------------------------------------- */
 
 static int copy_out(ipc_shm_link *l, uint32_t length, ipc_error *err)
@@ -261,16 +266,18 @@ int ipc__shm_read_into(ipc_shm_link *l, uint32_t max_message, int64_t deadline, 
     return r;
 }
 
+/* A message larger than the slot is announced first and written on the
+ * socket after: the reader then drains the socket while we write, which a
+ * packet larger than the socket's buffer needs (announcing it only once it
+ * is written would wait for a reader that waits on the region). */
 int ipc__shm_write(ipc_shm_link *l, uint8_t type, const void *prefix, size_t prefix_size,
                    const void *body, size_t body_size, int timeout_ms, ipc_error *err)
 {
     size_t total = prefix_size + body_size;
-    uint32_t flags = 0;
+    int on_socket = total > l->slot_size;
     int cpu = ipc_plat_current_cpu();
 
-    if (total > l->slot_size) {
-        flags = SHM_ON_SOCKET;
-    } else {
+    if (!on_socket) {
         if (prefix_size)
             memcpy(l->out_data, prefix, prefix_size);
         if (body_size)
@@ -278,18 +285,15 @@ int ipc__shm_write(ipc_shm_link *l, uint8_t type, const void *prefix, size_t pre
     }
     ipc_plat_word_store(&l->out[W_TYPE], type);
     ipc_plat_word_store(&l->out[W_LENGTH], (uint32_t)total);
-    ipc_plat_word_store(&l->out[W_FLAGS], flags);
+    ipc_plat_word_store(&l->out[W_FLAGS], on_socket ? SHM_ON_SOCKET : 0);
     ipc_plat_word_store(&l->out[W_CPU], cpu < 0 ? 0xFFFFFFFFu : (uint32_t)cpu);
     ipc_plat_word_store(&l->out[W_SEQ], ++l->out_sent);
     if (ipc_plat_word_load(&l->out[W_SLEEPING]))
         ipc_plat_word_wake(&l->out[W_SEQ]);
-    /* Announced before it is written: the reader must be reading the
-     * socket while a message larger than the socket's buffer goes out, or
-     * both sides wait for each other. */
-    if (flags & SHM_ON_SOCKET)
-        return ipc__write_packet_parts(l->stream->conn, type, prefix, prefix_size, body, body_size,
-                                       timeout_ms, err);
-    return IPC_OK;
+    if (!on_socket)
+        return IPC_OK;
+    return ipc__write_packet_parts(l->stream->conn, type, prefix, prefix_size, body, body_size,
+                                   timeout_ms, err);
 }
 
 /* ---- the server's data path --------------------------------------------------- */

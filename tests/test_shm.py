@@ -8,13 +8,17 @@ The fault tests of the path itself are C tests (tests/c/test_shm.c)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
-from conftest import MakeServer
+from conftest import MakeServer, ServerProcess, child_env
 
 import ipcfast
 from ipcfast import _codec
@@ -181,15 +185,39 @@ def test_shm_client_handler_failure_keeps_the_connection(name: str, make_server:
             assert client.request(b"after") == b"after"
 
 
-def test_shm_off_by_default(name: str) -> None:
+def test_shm_on_by_default_and_either_side_opts_out(name: str) -> None:
     _c_lib()
     with ipcfast.Server(name, _upper, backend="native"):
-        with ipcfast.Client(name, shm=True) as client:
+        with ipcfast.Client(name) as client:
+            assert _uses_shm(client) == LINUX
+            assert client.request(b"x") == b"X"
+        with ipcfast.Client(name, shm=False) as client:
             assert not _uses_shm(client)
             assert client.version == 1
             assert client.request(b"x") == b"X"
+    with ipcfast.Server(name, _upper, backend="native", shm=False):
         with ipcfast.Client(name) as client:
+            assert not _uses_shm(client)
             assert client.version == 1
+            assert client.request(b"x") == b"X"
+
+
+def test_shm_messages_larger_than_the_socket_buffer(name: str) -> None:
+    """A message above the slot travels on the socket; announcing it only
+    after writing it deadlocked once it outgrew the socket's buffer (the
+    reader waited on the region, the writer on the reader)."""
+    _c_lib()
+    big = bytes(range(256)) * (16 * 1024)  # 4 MiB
+
+    def handler(request: bytes) -> bytes:
+        return big if request == b"big" else request[:3]
+
+    with ipcfast.Server(name, handler, backend="native", shm=True):
+        with ipcfast.Client(name, shm=True, timeout=30) as client:
+            assert _uses_shm(client) == LINUX
+            assert client.request(big) == big[:3]
+            assert client.request(b"big") == big
+            assert client.request(b"small") == b"sma"
 
 
 def test_shm_many_sequential_requests(name: str) -> None:
@@ -199,3 +227,114 @@ def test_shm_many_sequential_requests(name: str) -> None:
             assert _uses_shm(client) == LINUX
             answers: List[bytes] = [client.request(b"r%d" % i) for i in range(2000)]
             assert answers == [b"R%d" % i for i in range(2000)]
+
+
+# ---- faults on the shared-memory path (the socket is the liveness channel) ---------------
+
+linux_only = pytest.mark.skipif(not LINUX, reason="the shared-memory path is Linux-only")
+
+
+def _wait_until_stopped(pid: int) -> None:
+    """SIGSTOP takes effect asynchronously: wait until every thread is stopped."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        states = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        if all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not stop")
+
+
+@linux_only
+def test_shm_stopped_server_times_out_and_a_killed_one_is_noticed(name: str) -> None:
+    """A server stopped with SIGSTOP holds its client no longer than the
+    request's timeout; a server killed during a request ends it within a
+    liveness slice, not at the timeout."""
+    _c_lib()
+    with ServerProcess(name) as server:
+        with ipcfast.Client(name, shm=True, timeout=30) as client:
+            assert _uses_shm(client)
+            pid = int(client.request(b"pid"))
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                _wait_until_stopped(pid)
+                started = time.monotonic()
+                with pytest.raises(ipcfast.Timeout):
+                    client.request(b"x", timeout=0.3)
+                assert time.monotonic() - started < 5
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        with ipcfast.Client(name, shm=True, timeout=30) as client:
+            assert _uses_shm(client)
+            failure: List[BaseException] = []
+
+            def long_request() -> None:
+                try:
+                    client.request(b"sleep:60")
+                except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                    failure.append(exc)
+
+            waiter = threading.Thread(target=long_request)
+            waiter.start()
+            server.wait_line("HANDLING", timeout=30)
+            killed = time.monotonic()
+            server.kill()
+            waiter.join(10)
+            assert not waiter.is_alive(), "a request to a killed server kept waiting"
+            assert time.monotonic() - killed < 5
+            assert len(failure) == 1 and isinstance(failure[0], ipcfast.ConnectionClosed), failure
+
+
+STOPPED_CLIENT = """
+import sys, ipcfast
+client = ipcfast.Client(sys.argv[1], shm=True, timeout=30)
+print(client.request(b"hello").decode(), flush=True)
+sys.stdin.read()
+"""
+
+
+@linux_only
+def test_shm_server_stops_promptly_with_a_stopped_client(name: str) -> None:
+    """stop() ends the connection threads waiting on the region of a client
+    that is frozen (SIGSTOP): the socket's shutdown wakes their futex."""
+    _c_lib()
+    server = ipcfast.Server(name, _upper, backend="native", shm=True)
+    server.start()
+    child = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_CLIENT, name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "HELLO"
+        child.send_signal(signal.SIGSTOP)
+        _wait_until_stopped(child.pid)
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < 5
+    finally:
+        child.kill()
+        child.wait(10)
+        server.stop()
+
+
+def test_shm_pure_peers_decline_and_interoperate(name: str) -> None:
+    """The pure backend takes shm= and keeps the socket path on either side."""
+    with ipcfast.Server(name, _upper, backend="pure", shm=True):
+        with ipcfast.Client(name, backend="pure", shm=True) as client:
+            assert client.request(b"ab") == b"AB"
+        if ipcfast.native_import_error() is None:
+            with ipcfast.Client(name, shm=True) as native:
+                assert not _uses_shm(native)
+                assert native.version == 1
+                assert native.request(b"cd") == b"CD"
+    if ipcfast.native_import_error() is None:
+        with ipcfast.Server(name, _upper, backend="native", shm=True):
+            with ipcfast.Client(name, backend="pure", shm=True) as client:
+                assert client.version == 1
+                assert client.request(b"ef") == b"EF"

@@ -4,6 +4,10 @@ Servers are driven by a raw socket that plays the client; clients are
 pointed at a scripted fake server that plays the server. Where a peer
 misbehaves, the native and the pure client must fail the same way, with
 the same exception, code and message.
+
+This is the version-1 wire (the socket path): every peer here is made with
+shm=False, as the shared-memory default would otherwise negotiate version 2.
+Version 2 and the shared-memory path are tests/test_shm.py's.
 """
 
 from __future__ import annotations
@@ -19,6 +23,27 @@ import pytest
 from conftest import BACKENDS, MakeClient, MakeServer, echo, posix_only, recv_exactly
 
 pytestmark = posix_only
+
+
+@pytest.fixture
+def make_server(server_backend: str) -> MakeServer:
+    """ipcfast.Server on the version-1 wire (shm=False)."""
+
+    def make(*args: Any, **kwargs: Any) -> ipcfast.Server:
+        return ipcfast.Server(*args, backend=server_backend, shm=False, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def make_client(client_backend: str) -> MakeClient:
+    """ipcfast.Client on the version-1 wire (shm=False)."""
+
+    def make(*args: Any, **kwargs: Any) -> ipcfast.Client:
+        return ipcfast.Client(*args, backend=client_backend, shm=False, **kwargs)
+
+    return make
+
 
 VALUE = ipcfast.handshake_value()
 REPLY = bytes(b ^ 0x5A for b in VALUE) + b"\x01"
@@ -475,19 +500,20 @@ def test_both_clients_report_failures_alike(tmp_path: Any) -> None:
     for case, (script, budget, _, _) in CONNECT_CASES.items():
         with FakeServer(path, script):
             outcomes[case] = {
-                b: _outcome(lambda b=b, t=budget: ipcfast.Client(path, connect_timeout=t, backend=b)) for b in BACKENDS
+                b: _outcome(lambda b=b, t=budget: ipcfast.Client(path, connect_timeout=t, backend=b, shm=False))
+                for b in BACKENDS
             }
     for case, (answer, max_message, _, _, _) in REQUEST_CASES.items():
         for b in BACKENDS:
             # The fake server answers once, then waits for the client to close
             # (or closes at once, for the end-of-stream cases).
             with FakeServer(path, handshake_then(answer, close=case.startswith("eof"))):
-                with ipcfast.Client(path, max_message=max_message, backend=b) as client:
+                with ipcfast.Client(path, max_message=max_message, backend=b, shm=False) as client:
                     first = _outcome(lambda: client.request(b"first", timeout=10))
                     second = _outcome(lambda: client.request(b"second", timeout=0.2))
                 outcomes.setdefault(case, {})[b] = first + second
     outcomes["not-found"] = {
-        b: _outcome(lambda b=b: ipcfast.Client(path, connect_timeout=0.05, backend=b)) for b in BACKENDS
+        b: _outcome(lambda b=b: ipcfast.Client(path, connect_timeout=0.05, backend=b, shm=False)) for b in BACKENDS
     }
     differ = {case: o for case, o in outcomes.items() if o["native"] != o["pure"]}
     assert not differ, differ

@@ -61,6 +61,9 @@ DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 #: default was chosen.
 DEFAULT_WORKERS = 0
 MAX_WORKERS = 256
+#: Server(shm=...) and Client(shm=...): the shared-memory data path is on
+#: unless a side says shm=False (docs/protocol.md 11; native backend, Linux and Windows).
+DEFAULT_SHM = True
 _MAX_UINT32 = 0xFFFFFFFF
 _MAX_TIMEOUT_MS = 0x7FFFFFFF
 
@@ -131,8 +134,8 @@ class ServerOptions:
     handshake_timeout_ms: int
     manual: bool  #: dispatch == "manual"
     workers: int  #: handler threads fed from the core's queue; 0: none
-    #: accept a client's shared-memory data path (native backend, Linux)
-    shm: bool = False
+    #: accept a client's shared-memory data path (native backend, Linux and Windows)
+    shm: bool = DEFAULT_SHM
 
     @classmethod
     def parse(
@@ -147,7 +150,7 @@ class ServerOptions:
         handshake_timeout: float,
         dispatch: str,
         workers: int = 0,
-        shm: bool = False,
+        shm: bool = DEFAULT_SHM,
     ) -> "ServerOptions":
         check_server_args(handler, access, dispatch)
         workers = check_uint32(workers, "workers", minimum=0)
@@ -220,8 +223,8 @@ class ClientOptions:
     #: Which server user is accepted: SERVER_USER_DEFAULT, _ANY or _UID (ipc.h).
     server_user: int = 0
     server_uid: int = 0  #: with SERVER_USER_UID
-    #: offer the server a shared-memory data path (native backend, Linux)
-    shm: bool = False
+    #: offer the server a shared-memory data path (native backend, Linux and Windows)
+    shm: bool = DEFAULT_SHM
     #: bytes per direction in that region; 0: the C core's default (256 KiB)
     shm_slot_size: int = 0
 
@@ -235,7 +238,7 @@ class ClientOptions:
         max_message: int,
         wait_for_server: bool = False,
         server_user: ServerUser = None,
-        shm: bool = False,
+        shm: bool = DEFAULT_SHM,
         shm_slot_size: int = 0,
     ) -> "ClientOptions":
         shm_slot_size = check_uint32(shm_slot_size, "shm_slot_size", minimum=0)
@@ -459,9 +462,10 @@ class Server:
       clients only when all N are busy. ``0`` (default) runs the handler on
       the connection threads themselves, which is the lowest latency (no
       hand-off between threads).
-    * ``shm``: accept clients' offers of a shared-memory data path
-      (``Client(..., shm=True)``; native backend on Linux, off by default).
-      The pure backend always keeps the socket path.
+    * ``shm``: accept clients' offers of a shared-memory data path (on by
+      default; native backend on Linux; docs/guide.md "Shared memory").
+      ``shm=False`` keeps every connection on the socket path. The pure
+      backend always keeps the socket path.
 
     The server runs from :meth:`start` (or entering ``with``) until
     :meth:`stop` (or leaving ``with``), even if no reference to it is kept.
@@ -498,7 +502,7 @@ class Server:
         dispatch: str = "thread",
         workers: int = DEFAULT_WORKERS,
         backend: Optional[str] = None,
-        shm: bool = False,
+        shm: bool = DEFAULT_SHM,
     ) -> None:
         _check_backend(self, backend)
         options = ServerOptions.parse(
@@ -756,10 +760,11 @@ class Client:
     largest response accepted. A client may be shared between threads:
     requests are serialized.
 
-    ``shm=True`` (native backend, Linux) offers the server a shared-memory
-    data path for this connection (docs/protocol.md section 11); a server
-    that declines, or does not speak it (the pure backend), keeps the
-    socket path, so the option never breaks a connection.
+    ``shm`` (on by default; native backend, Linux and Windows) offers the
+    server a shared-memory data path for this connection (docs/protocol.md
+    section 11); a server that declines (``shm=False``), or does not speak
+    it (the pure backend, other systems), keeps the socket path, so the
+    option never breaks a connection. ``shm=False`` never offers it.
     ``shm_slot_size`` (bytes per direction, 0: 256 KiB) is the largest
     message that travels through the region; larger ones take the socket.
     The zero-copy calls (:meth:`request_into`, :meth:`request_view`) gain
@@ -786,7 +791,7 @@ class Client:
         backend: Optional[str] = None,
         wait_for_server: bool = False,
         server_user: ServerUser = None,
-        shm: bool = False,
+        shm: bool = DEFAULT_SHM,
         shm_slot_size: int = 0,
     ) -> None:
         _check_backend(self, backend)

@@ -73,10 +73,16 @@ class CPeer(Peer):
 class IpcfastPeer(Peer):
     """ipcfast itself, Python client and Python echo handler on both sides."""
 
-    def __init__(self, backend: str, description: str) -> None:
-        self.key = backend
+    def __init__(self, backend: str, description: str, key: str = "", shm: Optional[bool] = None) -> None:
+        self.key = key or backend
         self.backend = backend
         self.description = description
+        # None: the library's default (the shared-memory path where it is
+        # negotiated); False: the socket path, for the comparison.
+        self.shm = shm
+
+    def _shm_option(self) -> Dict[str, Any]:
+        return {} if self.shm is None else {"shm": self.shm}
 
     def unavailable(self) -> Optional[str]:
         import ipcfast
@@ -89,14 +95,14 @@ class IpcfastPeer(Peer):
     def serve(self, addr: str) -> Stop:
         import ipcfast
 
-        server = ipcfast.Server(addr, _echo, backend=self.backend, max_clients=64)
+        server = ipcfast.Server(addr, _echo, backend=self.backend, max_clients=64, **self._shm_option())
         server.start()
         return server.stop
 
     def connect(self, addr: str) -> Connection:
         import ipcfast
 
-        client = ipcfast.Client(addr, backend=self.backend, connect_timeout=30)
+        client = ipcfast.Client(addr, backend=self.backend, connect_timeout=30, **self._shm_option())
         return Connection(client.request, client.close)
 
 
@@ -470,7 +476,17 @@ def _peers() -> List[Peer]:
     return [
         CPeer("floor", "minimal C ping-pong over AF_UNIX SOCK_STREAM (bench/floor.c, no ipcfast code)", False),
         CPeer("c2c", "C server and C clients through the public C API of csrc/ (bench/c2c.c)", True),
-        IpcfastPeer("native", "Python client -> C core -> Python echo handler (ipcfast, backend='native')"),
+        IpcfastPeer(
+            "native",
+            "Python client -> C core -> Python echo handler (ipcfast, backend='native', default settings: "
+            "the shared-memory data path on Linux)",
+        ),
+        IpcfastPeer(
+            "native",
+            "the same on the socket path (ipcfast, backend='native', shm=False)",
+            key="native-socket",
+            shm=False,
+        ),
         IpcfastPeer("pure", "the pure-Python path (ipcfast, backend='pure') on both sides"),
         SocketPeer(),
         MPConnectionPeer(),

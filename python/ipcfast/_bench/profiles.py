@@ -134,6 +134,9 @@ MAINLOOP_SIZE = 16
 
 #: The Python peers ipcfast must beat (issue 14): what users would pick instead.
 PYTHON_PEERS: Tuple[str, ...] = ("socket", "mp.connection", "pyzmq", "iceoryx2")
+#: Issue 15 compares against every Python peer, iceoryx2 busy-polling included
+#: (Target.other "best-peer-all").
+ALL_PYTHON_PEERS: Tuple[str, ...] = PYTHON_PEERS + ("iceoryx2-poll",)
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,8 @@ class Target:
     """One speed goal: ``impl``'s figure ÷ ``other``'s in the same round.
 
     ``other`` is an implementation key, or "best-peer" (the fastest of
-    PYTHON_PEERS in that round: least latency, most requests/s), or "self@K"
+    PYTHON_PEERS in that round: least latency, most requests/s), or
+    "best-peer-all" (the same over ALL_PYTHON_PEERS), or "self@K"
     (the same implementation's rate with K clients). ``metric`` is "latency"
     (median round trip, ``key`` = size) or "rate" (requests/s, ``key`` =
     clients)."""
@@ -200,7 +204,42 @@ def _targets() -> List[Target]:
             1.0,
         )
     )
-    return out
+    return out + _shm_targets()
+
+
+def _shm_targets() -> List[Target]:
+    """Issue 15: the default settings (the shared-memory data path where it
+    is negotiated) against the floor and every Python peer; the socket path
+    (shm=False) must not regress."""
+    return [
+        Target("native RTT / floor RTT at 16 B", "split", "native", "floor", "latency", 16, "<=", 0.15, 15),
+        Target(
+            "native RTT / fastest Python peer's RTT (iceoryx2 busy-poll included) at 16 B",
+            "split",
+            "native",
+            "best-peer-all",
+            "latency",
+            16,
+            "<=",
+            0.2,
+            15,
+        ),
+        Target("native RTT / floor RTT at 16 B", "pinned", "native", "floor", "latency", 16, "<=", 0.8, 15),
+        Target(
+            "native RTT / floor RTT at 1 MiB (bytes API)", "split", "native", "floor", "latency", MIB, "<=", 1.1, 15
+        ),
+        Target(
+            "native-socket (shm=False) RTT / floor RTT at 16 B",
+            "pinned",
+            "native-socket",
+            "floor",
+            "latency",
+            16,
+            "<=",
+            1.2,
+            15,
+        ),
+    ]
 
 
 TARGETS: List[Target] = _targets()

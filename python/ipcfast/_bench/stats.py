@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Dict, List, Optional, Sequence, TypedDict
+from typing import Dict, List, Optional, Sequence, Tuple, TypedDict
 
-from .profiles import MAINLOOP_TARGETS, MIB, PYTHON_PEERS, SIZES, TARGETS, Target
+from .profiles import ALL_PYTHON_PEERS, MAINLOOP_TARGETS, MIB, PYTHON_PEERS, SIZES, TARGETS, Target
 
 
 class Load(TypedDict):
@@ -271,10 +271,10 @@ def paired_difference(a: Sequence[Optional[float]], b: Sequence[Optional[float]]
 # ---- targets -------------------------------------------------------------------------
 
 
-def best_peer_rounds(raw: Raw, metric: str, key: int) -> List[Optional[float]]:
+def best_peer_rounds(raw: Raw, metric: str, key: int, peers: Tuple[str, ...] = PYTHON_PEERS) -> List[Optional[float]]:
     """Per round, the best figure among the Python peers measured: the least
     latency, or the most requests/s."""
-    columns = [round_figures(raw[p], metric, key) for p in PYTHON_PEERS if p in raw]
+    columns = [round_figures(raw[p], metric, key) for p in peers if p in raw]
     pick = min if metric == "latency" else max
     out: List[Optional[float]] = []
     for figures in zip(*columns):
@@ -289,6 +289,8 @@ def target_value(target: Target, raw: Raw) -> Optional[float]:
     mine = round_figures(raw[target.impl], target.metric, target.key)
     if target.other == "best-peer":
         theirs = best_peer_rounds(raw, target.metric, target.key)
+    elif target.other == "best-peer-all":
+        theirs = best_peer_rounds(raw, target.metric, target.key, ALL_PYTHON_PEERS)
     elif target.other.startswith("self@"):
         theirs = round_figures(raw[target.impl], target.metric, int(target.other[5:]))
     elif target.other in raw:
