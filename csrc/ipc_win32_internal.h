@@ -47,6 +47,7 @@ struct ipc_plat_conn {
     HANDLE hard_event; /* interrupt(hard): wakes writes too */
     volatile LONG soft;
     volatile LONG hard;
+    HANDLE wake_event; /* shm: our copy of the event a stop sets (set once) */
     uint8_t *coalesce; /* header + small payload as one message */
     size_t coalesce_capacity;
 };

@@ -304,6 +304,9 @@ void ipc_plat_conn_interrupt(ipc_plat_conn *c, int hard)
         if (c->server_side)
             DisconnectNamedPipe(c->pipe);
     }
+    /* after `soft`, so the woken shared-memory wait sees it */
+    if (InterlockedCompareExchangePointer((PVOID volatile *)&c->wake_event, NULL, NULL))
+        SetEvent(c->wake_event);
 }
 
 void ipc_plat_conn_drain(ipc_plat_conn *c)
@@ -329,6 +332,8 @@ void ipc_plat_conn_close(ipc_plat_conn *c)
         CloseHandle(c->soft_event);
     if (c->hard_event)
         CloseHandle(c->hard_event);
+    if (c->wake_event)
+        CloseHandle(c->wake_event);
     free(c->coalesce);
     free(c);
 }
