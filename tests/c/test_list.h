@@ -92,7 +92,7 @@
     T_SHM_ONLY(X, shm_killed_peers)                                 \
     T_SHM_ONLY(X, shm_hostile_peer)                                 \
     T_SHM_ONLY(X, shm_vanished_peer)                                \
-    T_LINUX_ONLY(X, shm_many_idle_connections)                      \
+    T_SHM_ONLY(X, shm_many_idle_connections)                        \
     /* last: under ThreadSanitizer a data race here ends the run */ \
     X(log_handler_swap_while_serving)
 
