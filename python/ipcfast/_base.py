@@ -379,7 +379,8 @@ class Server:
       the connection threads themselves, which is the lowest latency (no
       hand-off between threads).
     * ``shm``: accept clients' offers of a shared-memory data path
-      (``Client(..., shm=True)``; native backend on Linux, off by default).
+      (``Client(..., shm=True)``; native backend on Linux and Windows, off
+      by default).
       The pure backend always keeps the socket path.
 
     The server runs from :meth:`start` (or entering ``with``) until
@@ -675,7 +676,7 @@ class Client:
     largest response accepted. A client may be shared between threads:
     requests are serialized.
 
-    ``shm=True`` (native backend, Linux) offers the server a shared-memory
+    ``shm=True`` (native backend, Linux and Windows) offers the server a shared-memory
     data path for this connection (docs/protocol.md section 11); a server
     that declines, or does not speak it (the pure backend), keeps the
     socket path, so the option never breaks a connection.
