@@ -304,9 +304,15 @@ void ipc_plat_conn_interrupt(ipc_plat_conn *c, int hard)
         if (c->server_side)
             DisconnectNamedPipe(c->pipe);
     }
-    /* after `soft`, so the woken shared-memory wait sees it */
-    if (InterlockedCompareExchangePointer((PVOID volatile *)&c->wake_event, NULL, NULL))
-        SetEvent(c->wake_event);
+    /* after `soft`, so the woken shared-memory wait sees it; the event
+     * handle is the connection's own, closed only with it */
+    {
+        HANDLE wake = InterlockedCompareExchangePointer((PVOID volatile *)&c->wake_event, NULL,
+                                                        NULL);
+
+        if (wake)
+            SetEvent(wake);
+    }
 }
 
 void ipc_plat_conn_drain(ipc_plat_conn *c)
