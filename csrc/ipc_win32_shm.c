@@ -143,11 +143,21 @@ void ipc_plat_shm_record(const ipc_plat_shm *shm, uint8_t *record)
     put_u64(record + 8 * RECORD_RESPONSE_EVENT, (uint64_t)shm->wake[IPC_PLAT_SHM_RESPONSE].event);
 }
 
+/* Nonzero if `process` runs and was created before the connection was
+ * accepted: a process that took over the pid of a client that died since
+ * was created later (and once we hold the handle the pid stays its). */
+static int is_connected_process(ipc_plat_conn *c, HANDLE process)
+{
+    FILETIME created, exited, kernel, user;
+
+    return WaitForSingleObject(process, 0) == WAIT_TIMEOUT &&
+           GetProcessTimes(process, &created, &exited, &kernel, &user) &&
+           CompareFileTime(&created, &c->accepted_at) <= 0 && !ipc_plat_conn_closed(c);
+}
+
 /* Opens the pipe client's process for duplicating handles out of it. The
- * pid is the kernel's (GetNamedPipeClientProcessId), never the peer's word;
- * once the process is open its pid cannot be reused, and a pipe still
- * connected after that means the process we opened is the one that
- * connected (a dead client breaks the pipe). */
+ * pid is the kernel's (GetNamedPipeClientProcessId), never the peer's
+ * word, and the process must be the one that connected. */
 static int open_client_process(ipc_plat_conn *c, HANDLE *process, ipc_error *err)
 {
     ULONG pid = 0;
@@ -157,11 +167,14 @@ static int open_client_process(ipc_plat_conn *c, HANDLE *process, ipc_error *err
         return ipc__fail(err, IPC_E_PROTOCOL, 0, "only a server takes a region from its peer");
     if (!GetNamedPipeClientProcessId(c->pipe, &pid))
         return ipc__win32_fail_win(err, GetLastError(), "GetNamedPipeClientProcessId");
-    *process = OpenProcess(PROCESS_DUP_HANDLE, FALSE, pid);
+    /* SYNCHRONIZE and the limited query: to see that it runs and when it
+     * started; PROCESS_DUP_HANDLE: the one right that matters */
+    *process = OpenProcess(PROCESS_DUP_HANDLE | PROCESS_QUERY_LIMITED_INFORMATION | SYNCHRONIZE,
+                           FALSE, pid);
     if (!*process)
         return ipc__win32_fail_win(err, GetLastError(),
                                    "OpenProcess(PROCESS_DUP_HANDLE) on the client");
-    if (ipc_plat_conn_closed(c)) {
+    if (!is_connected_process(c, *process)) {
         CloseHandle(*process);
         *process = NULL;
         return ipc__fail(err, IPC_E_CLOSED, 0, "the client went away during the offer");
