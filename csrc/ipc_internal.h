@@ -118,8 +118,10 @@ typedef struct ipc_shm_link {
     uint32_t *out; /* header of the channel we write */
     uint8_t *in_data;
     uint8_t *out_data;
-    uint32_t in_seen;  /* last sequence number taken from `in` */
-    uint32_t out_sent; /* last sequence number published on `out` */
+    ipc_plat_wake *in_wake;  /* how we sleep on `in` (region.wake[...]) */
+    ipc_plat_wake *out_wake; /* how we wake the peer's reader of `out` */
+    uint32_t in_seen;        /* last sequence number taken from `in` */
+    uint32_t out_sent;       /* last sequence number published on `out` */
     int spin_us;
     int wakes_on_interrupt; /* server: interrupting the socket wakes us */
     uint8_t *copy;          /* private copy of the last message read */

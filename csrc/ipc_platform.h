@@ -180,20 +180,36 @@ int ipc_plat_conn_closed(ipc_plat_conn *conn);
 
 /* ---- shared memory (docs/protocol.md 11) --------------------------------- */
 
-/* A region both processes map: Linux memfd (sealed against shrinking and
- * growing) passed over the socket. Where the OS lacks what it needs
- * (POSIX without memfd and futex, Windows for now) every call that
- * creates, maps or passes one fails, so negotiation declines, and the
- * word operations below are never reached. */
+/* How a reader that sleeps on one channel of a region is woken (the
+ * channel's `seq` word, docs/protocol.md 11.4). Linux sleeps on the shared
+ * word itself (futex) and leaves this empty. Windows cannot: WaitOnAddress
+ * only works within one process, so each channel has an auto-reset event
+ * that both processes hold (ipc_win32_shm.c). Filled when the region is
+ * created or received, closed with it. */
+typedef struct ipc_plat_wake {
+    intptr_t event; /* Windows: the channel's event handle; 0 elsewhere */
+} ipc_plat_wake;
+
+/* The two channels of a region: the index into ipc_plat_shm.wake. */
+enum { IPC_PLAT_SHM_REQUEST = 0, IPC_PLAT_SHM_RESPONSE = 1 };
+
+/* A region both processes map. Linux: a memfd (sealed against shrinking
+ * and growing) passed over the socket. Windows: a pagefile-backed section
+ * that the server duplicates out of the verified client's process, with
+ * one event per channel. Where the OS lacks what it needs (POSIX without
+ * memfd and futex) every call that creates, maps or passes one fails, so
+ * negotiation declines, and the word operations below are never reached. */
 typedef struct ipc_plat_shm {
     void *base;
     size_t size;
-    intptr_t handle; /* the descriptor; -1 once closed */
+    intptr_t handle;       /* the descriptor / section handle; -1 once closed */
+    ipc_plat_wake wake[2]; /* per channel: IPC_PLAT_SHM_REQUEST, _RESPONSE */
 } ipc_plat_shm;
 
 /* Nonzero where shared-memory data paths can work. */
 int ipc_plat_shm_supported(void);
-/* Creates a zeroed, sealed region of `size` bytes and maps it. */
+/* Creates a zeroed, sealed region of `size` bytes and maps it (and, where
+ * the platform needs them, the wake objects of both channels). */
 int ipc_plat_shm_create(ipc_plat_shm *shm, size_t size, ipc_error *err);
 /* Maps a region received from the peer (the handle is taken over, closed
  * on failure): refuses one that is not sealed against shrinking or is
@@ -202,11 +218,29 @@ int ipc_plat_shm_map(ipc_plat_shm *shm, intptr_t handle, size_t size, ipc_error 
 /* Closes a handle without mapping it (a mapping outlives its handle, so
  * both sides close theirs once the region is mapped and passed). */
 void ipc_plat_handle_close(intptr_t handle);
-/* Unmaps and closes; a zeroed or already released region is fine. */
+/* Unmaps and closes (wake objects too); a zeroed or already released
+ * region is fine. */
 void ipc_plat_shm_release(ipc_plat_shm *shm);
 
+/* Where a handle cannot ride along with the stream's bytes (Windows), the
+ * client appends a record of handle values to the SHM_SETUP payload
+ * (docs/protocol.md 11.2) and the server takes the region from it: the
+ * record's size (0 where the descriptor is attached, POSIX) and at most
+ * IPC_PLAT_SHM_RECORD_MAX. */
+#define IPC_PLAT_SHM_RECORD_MAX 24
+size_t ipc_plat_shm_record_size(void);
+/* Client: writes the record that names `shm` (record_size bytes). */
+void ipc_plat_shm_record(const ipc_plat_shm *shm, uint8_t *record);
+/* Server, after the peer's identity was checked: takes the region the
+ * record names out of the peer's process (access limited to what the
+ * server needs), refuses one it cannot trust like ipc_plat_shm_map, and
+ * maps it. Nothing is left open on failure. */
+int ipc_plat_shm_import(ipc_plat_conn *conn, const uint8_t *record, size_t size, ipc_plat_shm *shm,
+                        ipc_error *err);
+
 /* Writes all parts like ipc_plat_write, with the handle attached to the
- * first byte (SCM_RIGHTS). */
+ * first byte (SCM_RIGHTS; Windows: the handle travels in the record, and
+ * this is ipc_plat_write). */
 int ipc_plat_write_handle(ipc_plat_conn *conn, const ipc_plat_buf *parts, int count,
                           intptr_t handle, int timeout_ms, ipc_error *err);
 /* From now on (on = 1) reads keep a handle that arrives with the data,
@@ -216,22 +250,25 @@ void ipc_plat_conn_accept_handles(ipc_plat_conn *conn, int on);
 /* Hands over the kept handle (-1: none). */
 intptr_t ipc_plat_conn_take_handle(ipc_plat_conn *conn);
 /* From then on ipc_plat_conn_interrupt also wakes the waiters of `word`
- * (a shared word the connection's thread sleeps on), after the socket is
- * shut, so a stop reaches a shared-memory wait at once. NULL: no more. */
-void ipc_plat_conn_wake_on_interrupt(ipc_plat_conn *conn, uint32_t *word);
+ * through `wake` (the channel the connection's thread sleeps on), after
+ * the socket is shut, so a stop reaches a shared-memory wait at once.
+ * NULL, NULL: no more. `wake` must stay valid until the connection is
+ * closed (Windows keeps its own copy of the event). */
+void ipc_plat_conn_wake_on_interrupt(ipc_plat_conn *conn, ipc_plat_wake *wake, uint32_t *word);
 /* Nonzero once ipc_plat_conn_interrupt was called; no system call, so a
  * waiter can look just before it sleeps (a wake-up sent while it was busy
  * would otherwise be lost until its next liveness check). */
 int ipc_plat_conn_interrupted(ipc_plat_conn *conn);
 
-/* Shared 32-bit words: sequentially consistent load and store, a futex
- * wait that returns when *word != expected, a wake-up, or after
- * timeout_ms (spurious returns are allowed), and the wake of every waiter.
- * The words live in memory shared between processes (no PRIVATE flag). */
+/* Shared 32-bit words: sequentially consistent load and store, a wait
+ * that returns when *word != expected, a wake-up, or after timeout_ms
+ * (spurious returns are allowed), and the wake of every waiter. The words
+ * live in memory shared between processes (Linux: a futex without the
+ * PRIVATE flag; Windows: the channel's event in `wake`). */
 uint32_t ipc_plat_word_load(const uint32_t *word);
 void ipc_plat_word_store(uint32_t *word, uint32_t value);
-void ipc_plat_word_wait(uint32_t *word, uint32_t expected, int timeout_ms);
-void ipc_plat_word_wake(uint32_t *word);
+void ipc_plat_word_wait(ipc_plat_wake *wake, uint32_t *word, uint32_t expected, int timeout_ms);
+void ipc_plat_word_wake(ipc_plat_wake *wake, uint32_t *word);
 /* The CPU this thread runs on, or -1 if unknown; a spin-loop pause;
  * monotonic microseconds. */
 int ipc_plat_current_cpu(void);

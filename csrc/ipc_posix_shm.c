@@ -47,6 +47,27 @@ void ipc_plat_cpu_relax(void)
 #endif
 }
 
+/* The descriptor rides with the SHM_SETUP bytes (SCM_RIGHTS): no record of
+ * handle values, and a server never imports one. */
+size_t ipc_plat_shm_record_size(void)
+{
+    return 0;
+}
+
+void ipc_plat_shm_record(const ipc_plat_shm *shm, uint8_t *record)
+{
+    (void)shm, (void)record;
+}
+
+int ipc_plat_shm_import(ipc_plat_conn *conn, const uint8_t *record, size_t size, ipc_plat_shm *shm,
+                        ipc_error *err)
+{
+    (void)conn, (void)record, (void)size;
+    memset(shm, 0, sizeof *shm);
+    shm->handle = -1;
+    return ipc__fail(err, IPC_E_PROTOCOL, 0, "a region named by handle values (Windows) here");
+}
+
 #if defined(IPC_POSIX_SHM)
 
 int ipc_plat_shm_supported(void)
@@ -59,18 +80,21 @@ int ipc_plat_current_cpu(void)
     return sched_getcpu();
 }
 
-/* Not FUTEX_WAIT_PRIVATE: the word is shared with another process. */
-void ipc_plat_word_wait(uint32_t *word, uint32_t expected, int timeout_ms)
+/* Not FUTEX_WAIT_PRIVATE: the word is shared with another process. The
+ * futex is the word itself: `wake` is empty here. */
+void ipc_plat_word_wait(ipc_plat_wake *wake, uint32_t *word, uint32_t expected, int timeout_ms)
 {
     struct timespec t;
 
+    (void)wake;
     t.tv_sec = timeout_ms / 1000;
     t.tv_nsec = (long)(timeout_ms % 1000) * 1000000L;
     syscall(SYS_futex, word, FUTEX_WAIT, expected, timeout_ms < 0 ? NULL : &t, NULL, 0);
 }
 
-void ipc_plat_word_wake(uint32_t *word)
+void ipc_plat_word_wake(ipc_plat_wake *wake, uint32_t *word)
 {
+    (void)wake;
     syscall(SYS_futex, word, FUTEX_WAKE, 0x7fffffff, NULL, NULL, 0);
 }
 
@@ -158,15 +182,15 @@ int ipc_plat_current_cpu(void)
     return -1;
 }
 
-void ipc_plat_word_wait(uint32_t *word, uint32_t expected, int timeout_ms)
+void ipc_plat_word_wait(ipc_plat_wake *wake, uint32_t *word, uint32_t expected, int timeout_ms)
 {
-    (void)word, (void)expected;
+    (void)wake, (void)word, (void)expected;
     ipc_plat_sleep_ms(timeout_ms < 0 ? 1 : timeout_ms);
 }
 
-void ipc_plat_word_wake(uint32_t *word)
+void ipc_plat_word_wake(ipc_plat_wake *wake, uint32_t *word)
 {
-    (void)word;
+    (void)wake, (void)word;
 }
 
 int ipc_plat_shm_create(ipc_plat_shm *shm, size_t size, ipc_error *err)

@@ -374,7 +374,7 @@ void ipc_plat_conn_interrupt(ipc_plat_conn *conn, int hard)
         uint32_t *word = __atomic_load_n(&conn->wake_word, __ATOMIC_SEQ_CST);
 
         if (word)
-            ipc_plat_word_wake(word);
+            ipc_plat_word_wake(NULL, word); /* a futex needs no wake object */
     }
 }
 
@@ -383,8 +383,9 @@ int ipc_plat_conn_interrupted(ipc_plat_conn *conn)
     return __atomic_load_n(&conn->interrupted, __ATOMIC_SEQ_CST);
 }
 
-void ipc_plat_conn_wake_on_interrupt(ipc_plat_conn *conn, uint32_t *word)
+void ipc_plat_conn_wake_on_interrupt(ipc_plat_conn *conn, ipc_plat_wake *wake, uint32_t *word)
 {
+    (void)wake; /* empty on POSIX: the futex is the word itself */
     __atomic_store_n(&conn->wake_word, word, __ATOMIC_SEQ_CST);
 }
 

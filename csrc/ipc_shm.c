@@ -55,6 +55,8 @@ static void link_wire(ipc_shm_link *l, int is_client)
     l->out = is_client ? request : response;
     l->in_data = is_client ? response_data : request_data;
     l->out_data = is_client ? request_data : response_data;
+    l->in_wake = &l->region.wake[is_client ? IPC_PLAT_SHM_RESPONSE : IPC_PLAT_SHM_REQUEST];
+    l->out_wake = &l->region.wake[is_client ? IPC_PLAT_SHM_REQUEST : IPC_PLAT_SHM_RESPONSE];
 }
 
 void ipc__shm_free(ipc_shm_link *link)
@@ -62,7 +64,7 @@ void ipc__shm_free(ipc_shm_link *link)
     if (!link)
         return;
     if (link->wakes_on_interrupt)
-        ipc_plat_conn_wake_on_interrupt(link->stream->conn, NULL);
+        ipc_plat_conn_wake_on_interrupt(link->stream->conn, NULL, NULL);
     ipc_plat_shm_release(&link->region);
     free(link->copy);
     free(link);
@@ -121,7 +123,7 @@ static int wait_for_message(ipc_shm_link *l, int64_t deadline, ipc_error *err)
          * sequence before it reads W_SLEEPING, so one of us sees the other. */
         ipc_plat_word_store(&l->in[W_SLEEPING], 1);
         if (!arrived(l) && !ipc_plat_conn_interrupted(l->stream->conn))
-            ipc_plat_word_wait(&l->in[W_SEQ], l->in_seen, wait);
+            ipc_plat_word_wait(l->in_wake, &l->in[W_SEQ], l->in_seen, wait);
         ipc_plat_word_store(&l->in[W_SLEEPING], 0);
         if (arrived(l))
             return IPC_OK;
@@ -289,7 +291,7 @@ int ipc__shm_write(ipc_shm_link *l, uint8_t type, const void *prefix, size_t pre
     ipc_plat_word_store(&l->out[W_CPU], cpu < 0 ? 0xFFFFFFFFu : (uint32_t)cpu);
     ipc_plat_word_store(&l->out[W_SEQ], ++l->out_sent);
     if (ipc_plat_word_load(&l->out[W_SLEEPING]))
-        ipc_plat_word_wake(&l->out[W_SEQ]);
+        ipc_plat_word_wake(l->out_wake, &l->out[W_SEQ]);
     if (!on_socket)
         return IPC_OK;
     return ipc__write_packet_parts(l->stream->conn, type, prefix, prefix_size, body, body_size,
@@ -335,7 +337,7 @@ static ipc_shm_link *link_new(uint32_t slot_size, int spin_us, ipc_stream *strea
 int ipc__shm_offer(ipc_stream *stream, uint32_t slot_size, int spin_us, uint8_t version,
                    uint32_t max_message, int64_t deadline, ipc_shm_link **out, ipc_error *err)
 {
-    uint8_t header[IPC_MAX_HEADER_SIZE], payload[IPC_SHM_SETUP_SIZE];
+    uint8_t header[IPC_MAX_HEADER_SIZE], payload[IPC_SHM_SETUP_SIZE + IPC_PLAT_SHM_RECORD_MAX];
     ipc_shm_setup setup;
     ipc_plat_buf parts[2];
     ipc_packet answer;
@@ -367,17 +369,22 @@ int ipc__shm_offer(ipc_stream *stream, uint32_t slot_size, int spin_us, uint8_t 
     setup.flags = 0;
     parts[1].data = payload;
     parts[1].size = ipc_shm_setup_encode(payload, &setup);
+    /* Windows: the handle values the server duplicates (protocol 11.2) */
+    ipc_plat_shm_record(&l->region, payload + parts[1].size);
+    parts[1].size += ipc_plat_shm_record_size();
     parts[0].data = header;
     parts[0].size = ipc_packet_header_encode(header, IPC_PACKET_SHM_SETUP, (uint32_t)parts[1].size,
                                              0);
     r = ipc_plat_write_handle(stream->conn, parts, 2, l->region.handle, ipc__remaining_ms(deadline),
                               err);
-    /* The mapping outlives the descriptor; the one in flight is the
-     * server's. No descriptor per connection stays open. */
-    ipc_plat_handle_close(l->region.handle);
-    l->region.handle = -1;
     if (r == IPC_OK)
         r = ipc__stream_read_packet(stream, max_message, version, deadline, -1, &answer, err);
+    /* The mapping outlives the handle, so no handle per connection stays
+     * open; closed only once the server answered, because on Windows the
+     * server duplicates it out of our process while it handles the offer
+     * (the descriptor in flight on POSIX is the server's already). */
+    ipc_plat_handle_close(l->region.handle);
+    l->region.handle = -1;
     if (r == IPC_OK && answer.header.type == IPC_PACKET_SHM_ACCEPT && answer.header.length == 0) {
         link_wire(l, 1);
         *out = l;
@@ -407,10 +414,24 @@ static int region_matches(const ipc_plat_shm *region, uint32_t slot_size)
     return magic == SHM_MAGIC && layout == IPC_SHM_LAYOUT && slot == slot_size;
 }
 
+/* The 16-byte setup, followed by the platform's record of handle values
+ * where it has one (Windows, protocol 11.2): the size must be exact. */
+static int decode_setup(const ipc_packet *packet, ipc_shm_setup *setup, ipc_error *err)
+{
+    size_t record_size = ipc_plat_shm_record_size();
+    size_t length = packet->header.length;
+
+    if (record_size && length != IPC_SHM_SETUP_SIZE + record_size)
+        return ipc__fail(err, IPC_E_PROTOCOL, 0, "a SHM_SETUP payload has %lu bytes, not %lu",
+                         (unsigned long)length, (unsigned long)(IPC_SHM_SETUP_SIZE + record_size));
+    return ipc_shm_setup_decode(packet->payload, length - record_size, setup, err);
+}
+
 int ipc__shm_accept(ipc_stream *stream, const ipc_packet *packet, int allowed, int spin_us,
                     ipc_shm_link **out, ipc_error *err)
 {
     intptr_t handle = ipc_plat_conn_take_handle(stream->conn);
+    size_t record_size = ipc_plat_shm_record_size();
     ipc_error why = {0};
     ipc_shm_setup setup;
     ipc_shm_link *l;
@@ -418,12 +439,12 @@ int ipc__shm_accept(ipc_stream *stream, const ipc_packet *packet, int allowed, i
 
     *out = NULL;
     ipc_plat_conn_accept_handles(stream->conn, 0); /* one offer per connection */
-    r = ipc_shm_setup_decode(packet->payload, packet->header.length, &setup, err);
+    r = decode_setup(packet, &setup, err);
     if (r != IPC_OK) {
         ipc_plat_handle_close(handle);
         return r;
     }
-    if (!allowed || handle < 0) {
+    if (!allowed || (handle < 0 && record_size == 0)) {
         ipc_plat_handle_close(handle);
         return decline(stream,
                        allowed ? "no descriptor came with SHM_SETUP"
@@ -435,7 +456,11 @@ int ipc__shm_accept(ipc_stream *stream, const ipc_packet *packet, int allowed, i
         ipc_plat_handle_close(handle);
         return decline(stream, "out of memory", err);
     }
-    r = ipc_plat_shm_map(&l->region, handle, setup.region_size, &why);
+    if (record_size) /* Windows: the region is taken from the client by handle values */
+        r = ipc_plat_shm_import(stream->conn, packet->payload + IPC_SHM_SETUP_SIZE,
+                                setup.region_size, &l->region, &why);
+    else
+        r = ipc_plat_shm_map(&l->region, handle, setup.region_size, &why);
     if (r == IPC_OK && !region_matches(&l->region, setup.slot_size))
         r = ipc__fail(&why, IPC_E_PROTOCOL, 0, "the region's header does not match SHM_SETUP");
     if (r != IPC_OK) {
@@ -454,7 +479,7 @@ int ipc__shm_accept(ipc_stream *stream, const ipc_packet *packet, int allowed, i
         return r;
     }
     /* stop shuts the socket: it must not wait for our next liveness check */
-    ipc_plat_conn_wake_on_interrupt(stream->conn, &l->in[W_SEQ]);
+    ipc_plat_conn_wake_on_interrupt(stream->conn, l->in_wake, &l->in[W_SEQ]);
     l->wakes_on_interrupt = 1;
     *out = l;
     return IPC_OK;

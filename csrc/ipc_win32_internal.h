@@ -47,7 +47,9 @@ struct ipc_plat_conn {
     HANDLE hard_event; /* interrupt(hard): wakes writes too */
     volatile LONG soft;
     volatile LONG hard;
-    uint8_t *coalesce; /* header + small payload as one message */
+    HANDLE wake_event;    /* shm: our copy of the event a stop sets (set once) */
+    FILETIME accepted_at; /* server side: when the client was accepted (shm) */
+    uint8_t *coalesce;    /* header + small payload as one message */
     size_t coalesce_capacity;
 };
 

@@ -279,6 +279,9 @@ int ipc__win32_wrap_conn(HANDLE pipe, int server_side, ipc_plat_conn **out, ipc_
     }
     c->pipe = pipe;
     c->server_side = server_side;
+    /* the client's process existed by now: ipc_win32_shm.c tells it from a
+     * later process that reuses its pid */
+    GetSystemTimeAsFileTime(&c->accepted_at);
     c->read_event = CreateEventW(NULL, TRUE, FALSE, NULL);
     c->write_event = CreateEventW(NULL, TRUE, FALSE, NULL);
     c->soft_event = CreateEventW(NULL, TRUE, FALSE, NULL);

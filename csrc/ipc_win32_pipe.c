@@ -304,6 +304,15 @@ void ipc_plat_conn_interrupt(ipc_plat_conn *c, int hard)
         if (c->server_side)
             DisconnectNamedPipe(c->pipe);
     }
+    /* after `soft`, so the woken shared-memory wait sees it; the event
+     * handle is the connection's own, closed only with it */
+    {
+        HANDLE wake = InterlockedCompareExchangePointer((PVOID volatile *)&c->wake_event, NULL,
+                                                        NULL);
+
+        if (wake)
+            SetEvent(wake);
+    }
 }
 
 void ipc_plat_conn_drain(ipc_plat_conn *c)
@@ -329,6 +338,8 @@ void ipc_plat_conn_close(ipc_plat_conn *c)
         CloseHandle(c->soft_event);
     if (c->hard_event)
         CloseHandle(c->hard_event);
+    if (c->wake_event)
+        CloseHandle(c->wake_event);
     free(c->coalesce);
     free(c);
 }

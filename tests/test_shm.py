@@ -26,7 +26,8 @@ from ipcfast import _codec
 VECTORS: Dict[str, Any] = json.loads(
     (Path(__file__).parent / "vectors" / "protocol_shm.json").read_text(encoding="utf-8")
 )
-LINUX = sys.platform.startswith("linux")
+# where the C core has the region: Linux (memfd) and Windows (a section)
+SHM_PLATFORM = sys.platform.startswith("linux") or sys.platform == "win32"
 
 
 def _c_lib() -> Any:
@@ -158,7 +159,7 @@ def test_shm_client_against_each_server(name: str, server_backend: str, make_ser
             loop.start()
         try:
             with ipcfast.Client(name, shm=True, timeout=30) as client:
-                expected_shm = LINUX and server_backend == "native"
+                expected_shm = SHM_PLATFORM and server_backend == "native"
                 assert _uses_shm(client) == expected_shm
                 assert client.version == (2 if server_backend == "native" else 1)
                 for size in sizes:
@@ -224,7 +225,7 @@ def test_shm_many_sequential_requests(name: str) -> None:
     _c_lib()
     with ipcfast.Server(name, _upper, backend="native", shm=True):
         with ipcfast.Client(name, shm=True, timeout=30) as client:
-            assert _uses_shm(client) == LINUX
+            assert _uses_shm(client) == SHM_PLATFORM
             answers: List[bytes] = [client.request(b"r%d" % i) for i in range(2000)]
             assert answers == [b"R%d" % i for i in range(2000)]
 

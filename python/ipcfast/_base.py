@@ -463,7 +463,7 @@ class Server:
       the connection threads themselves, which is the lowest latency (no
       hand-off between threads).
     * ``shm``: accept clients' offers of a shared-memory data path (on by
-      default; native backend on Linux; docs/guide.md "Shared memory").
+      default; native backend on Linux and Windows; docs/guide.md "Shared memory").
       ``shm=False`` keeps every connection on the socket path. The pure
       backend always keeps the socket path.
 

@@ -17,11 +17,17 @@
 #define T_POSIX_ONLY(X, name) X(name)
 #endif
 
-/* The shared-memory path's fault tests need the Linux region (memfd). */
+/* The shared-memory path's fault tests need a region: Linux (memfd) and
+ * Windows (a section); the mapping and CPU counts read /proc (Linux). */
 #if defined(__linux__)
 #define T_LINUX_ONLY(X, name) X(name)
 #else
 #define T_LINUX_ONLY(X, name)
+#endif
+#if defined(__linux__) || defined(_WIN32)
+#define T_SHM_ONLY(X, name) X(name)
+#else
+#define T_SHM_ONLY(X, name)
 #endif
 
 #define T_TEST_LIST(X)                                              \
@@ -86,11 +92,11 @@
     X(shm_errors)                                                   \
     X(shm_stop_during_request)                                      \
     X(shm_manual_dispatch)                                          \
-    T_LINUX_ONLY(X, shm_stop_wakes_idle_waits)                      \
-    T_LINUX_ONLY(X, shm_killed_peers)                               \
-    T_LINUX_ONLY(X, shm_hostile_peer)                               \
-    T_LINUX_ONLY(X, shm_vanished_peer)                              \
-    T_LINUX_ONLY(X, shm_many_idle_connections)                      \
+    T_SHM_ONLY(X, shm_stop_wakes_idle_waits)                        \
+    T_SHM_ONLY(X, shm_killed_peers)                                 \
+    T_SHM_ONLY(X, shm_hostile_peer)                                 \
+    T_SHM_ONLY(X, shm_vanished_peer)                                \
+    T_SHM_ONLY(X, shm_many_idle_connections)                        \
     /* last: under ThreadSanitizer a data race here ends the run */ \
     X(log_handler_swap_while_serving)
 

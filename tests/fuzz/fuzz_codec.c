@@ -280,6 +280,16 @@ int ipc_plat_shm_map(ipc_plat_shm *shm, intptr_t handle, size_t size, ipc_error 
 }
 void ipc_plat_shm_release(ipc_plat_shm *shm) { shm->base = NULL; shm->handle = -1; }
 void ipc_plat_handle_close(intptr_t handle) { FUZZ_CHECK(handle < 0); }
+size_t ipc_plat_shm_record_size(void) { return 0; }
+void ipc_plat_shm_record(const ipc_plat_shm *shm, uint8_t *record) { (void)shm; (void)record; }
+int ipc_plat_shm_import(ipc_plat_conn *conn, const uint8_t *record, size_t size,
+                        ipc_plat_shm *shm, ipc_error *err)
+{
+    (void)conn; (void)record; (void)size;
+    memset(shm, 0, sizeof *shm);
+    shm->handle = -1;
+    return ipc__fail(err, IPC_E_SYSTEM, 0, "no shared memory in the fuzzer");
+}
 int ipc_plat_write_handle(ipc_plat_conn *conn, const ipc_plat_buf *parts, int count,
                           intptr_t handle, int timeout_ms, ipc_error *err)
 {
@@ -289,17 +299,17 @@ int ipc_plat_write_handle(ipc_plat_conn *conn, const ipc_plat_buf *parts, int co
 void ipc_plat_conn_accept_handles(ipc_plat_conn *conn, int on) { (void)conn; (void)on; }
 intptr_t ipc_plat_conn_take_handle(ipc_plat_conn *conn) { (void)conn; return -1; }
 int ipc_plat_conn_interrupted(ipc_plat_conn *conn) { return conn->interrupted; }
-void ipc_plat_conn_wake_on_interrupt(ipc_plat_conn *conn, uint32_t *word)
+void ipc_plat_conn_wake_on_interrupt(ipc_plat_conn *conn, ipc_plat_wake *wake, uint32_t *word)
 {
-    (void)conn; (void)word;
+    (void)conn; (void)wake; (void)word;
 }
 uint32_t ipc_plat_word_load(const uint32_t *word) { return *word; }
 void ipc_plat_word_store(uint32_t *word, uint32_t value) { *word = value; }
-void ipc_plat_word_wait(uint32_t *word, uint32_t expected, int timeout_ms)
+void ipc_plat_word_wait(ipc_plat_wake *wake, uint32_t *word, uint32_t expected, int timeout_ms)
 {
-    (void)word; (void)expected; (void)timeout_ms;
+    (void)wake; (void)word; (void)expected; (void)timeout_ms;
 }
-void ipc_plat_word_wake(uint32_t *word) { (void)word; }
+void ipc_plat_word_wake(ipc_plat_wake *wake, uint32_t *word) { (void)wake; (void)word; }
 int ipc_plat_current_cpu(void) { return 0; }
 void ipc_plat_cpu_relax(void) {}
 int64_t ipc_plat_now_us(void) { return 1000000; }
