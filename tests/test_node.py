@@ -730,7 +730,8 @@ def test_an_idle_node_exits(node: Node) -> None:
     status = node.status(options)
     assert status is not None
     pid = int(status["pid"])  # type: ignore[call-overload]
-    assert wait_for(lambda: not _alive(pid), timeout=15)
+    spare = int(status["spare"])  # type: ignore[call-overload]  # forked as soon as the command ended
+    assert wait_for(lambda: not _alive(pid) and not _alive(spare), timeout=15)
     assert node.status(options) is None
 
 
