@@ -45,18 +45,29 @@ class Tool(NamedTuple):
     target: Optional[float]  # the issue's speed-up target for the C client (None: faster than cold)
 
 
+PYTEST_PRELOAD = ["pytest", "_pytest.*", "@pytest11"]
+
 TOOLS = [
-    Tool("black", ["black"], ["-m", "black", "--check", "src"], 5.0),
+    # black.*: black.concurrency too, with asyncio and the process pool black
+    # starts for more than one file.
+    Tool("black", ["black.*"], ["-m", "black", "--check", "src"], 5.0),
     Tool("isort", ["isort.*"], ["-m", "isort", "--check-only", "src"], 5.0),
-    Tool("flake8", ["flake8.*", "pyflakes.*", "pycodestyle"], ["-m", "flake8", "src"], None),
-    Tool("pytest", ["pytest", "_pytest.*"], ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], 2.0),
-    # Hypothesis's pytest plugin (installed with the test extra) costs about 1 s of
-    # imports in every pytest run, and pytest warns about a plugin imported before
-    # it starts (it cannot rewrite its asserts): the same run without that plugin
-    # shows what the node does for pytest itself.
+    # flake8's plugins are entry points (flake8.extension, flake8.report) that
+    # flake8 imports while it runs.
+    Tool(
+        "flake8",
+        ["flake8.*", "pyflakes.*", "pycodestyle", "@flake8.extension", "@flake8.report"],
+        ["-m", "flake8", "src"],
+        None,
+    ),
+    # @pytest11: pytest's plugins (Hypothesis's, installed with the test extra)
+    # and their distributions' modules, imported through pytest's own
+    # assertion-rewriting hook as pytest would import them. The second row runs
+    # pytest without Hypothesis's plugin: what the node does for pytest itself.
+    Tool("pytest", PYTEST_PRELOAD, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], 2.0),
     Tool(
         "pytest -p no:hypothesispytest",
-        ["pytest", "_pytest.*"],
+        PYTEST_PRELOAD,
         ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest", "tests"],
         2.0,
     ),
@@ -260,6 +271,7 @@ def main() -> int:
     )
     build_project(where)
     bench = Bench(where, env)
+    load_before = os.getloadavg()[0]
     rows: Dict[str, Dict[str, float]] = {}
     try:
         empty_c = c_program(where, "int main(void) { return 0; }\n", "empty")
@@ -301,7 +313,17 @@ def main() -> int:
         shutil.rmtree(where, ignore_errors=True)
         shutil.rmtree(run_dir, ignore_errors=True)
 
-    text = report(args.runs, tools, rows, bench.started, bench.fork_ms, missing)
+    notes = [
+        f"Load average (1 min) {load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end "
+        f"({os.cpu_count()} CPUs). PYTHONDONTWRITEBYTECODE is "
+        + (
+            "set: pytest cannot cache its rewritten modules, so every cold pytest run rewrites "
+            "the asserts of every plugin distribution's modules (Hypothesis's) again."
+            if env.get("PYTHONDONTWRITEBYTECODE")
+            else "unset (bytecode and pytest's rewritten modules are cached)."
+        )
+    ]
+    text = report(args.runs, tools, rows, bench.started, bench.fork_ms, missing, notes)
     print(text)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(text, encoding="utf-8")
@@ -315,6 +337,7 @@ def report(
     started: Dict[str, float],
     fork_ms: Dict[str, Optional[float]],
     missing: List[str],
+    notes: List[str],
 ) -> str:
     lines = [
         "# Server node: real tools, cold vs warm",
@@ -322,6 +345,8 @@ def report(
         f"`python bench/node.py --runs {runs}`: median of {runs} interleaved invocations per case, timed from "
         "fork to exit (output to a pipe), on a small project (8 modules, 8 test files, a 3-page Sphinx "
         "project). Every warm run's exit code and output equalled the cold run's.",
+        "",
+        *notes,
         "",
         "| tool | preloaded | cold | Python client | C client | cold ÷ C client | target | met | first run | fork() |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -347,7 +372,8 @@ def report(
         lines.append(f"| {case} | {value:.2f} ms |")
     lines += [
         "",
-        "`fork()`: the median time `os.fork()` itself took in the node (its `status`), for "
+        "`fork()`: the median time `os.fork()` itself took in the node (its `status`; the node forks "
+        "each command's child ahead of time, while idle, so a client does not wait for it), for "
         f"comparison: an empty node {_ms(fork_ms.get('node'))}, black preloaded {_ms(fork_ms.get('node+black'))}.",
     ]
     if missing:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -165,6 +166,9 @@ def node(tmp_path: Path) -> Iterator[Node]:
         n.shutdown_all()
 
 
+_DURATION = re.compile(rb"in \d+\.\d+s")
+
+
 def _same_as_cold(node: Node, *python_args: str) -> "subprocess.CompletedProcess[bytes]":
     cold = node.cold(*python_args)
     warm = node.run(*python_args)
@@ -291,6 +295,41 @@ def test_a_changed_preloaded_module_replaces_the_node(node: Node) -> None:
     assert wait_for(lambda: not _alive(int(new["pid"])), timeout=15)  # type: ignore[call-overload]
 
 
+EARLY_CLIENT = r"""
+import sys
+from ipcfast.node._client import connect, _run_remote
+conn = connect(sys.argv[1], 10.0)
+print("connected", flush=True)
+sys.stdin.readline()
+print(_run_remote(conn, [sys.executable, "-c", "print('ran')"], False))
+"""
+
+
+def test_a_client_connected_before_the_node_went_stale_gets_stale(node: Node) -> None:
+    # The node notices the change by itself while this client is connected
+    # but has not sent its COMMAND yet: the answer must be STALE (the
+    # client then starts a fresh node), not a closed socket.
+    options = ["--preload", "helper_mod", "--idle-timeout", "120"]
+    assert node.run("helper_user.py", options=options).returncode == 0
+    name = node.cli("name", *options).stdout.decode().strip()
+    (node.work / "early.py").write_text(EARLY_CLIENT, encoding="utf-8")
+    client = subprocess.Popen(
+        [sys.executable, "early.py", name],
+        cwd=str(node.work),
+        env=node.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert client.stdout is not None and client.stdout.readline() == b"connected\n"
+    helper = node.work / "helper_mod.py"
+    helper.write_text("VALUE = 'second version'\n", encoding="utf-8")
+    os.utime(helper, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    time.sleep(2.5)  # the idle node checks its files once a second
+    out, _ = client.communicate(b"go\n", timeout=30)
+    assert out == b"(0, 4)\n"  # exit code 0, exit type STALE
+    node.cli("shutdown", *options)
+
+
 def test_a_submodule_of_a_preload_changed_under_a_running_node(node: Node) -> None:
     # Same name (only the top-level file is in the name), so the running node
     # itself must notice: it answers STALE, gives its name up, and the client
@@ -331,6 +370,91 @@ def test_preload_a_package_tree_and_an_entry_point_group(node: Node) -> None:
     # What the node imported is there in every command (the warm state); the
     # submodule that failed to import is skipped, not fatal.
     assert done.stdout == b"['helper_mod', 'treepkg', 'treepkg.inner', 'treepkg.inner.deep', 'treepkg.leaf']\n"
+    node.cli("shutdown", *options)
+
+
+FAKE_PLUGIN = """
+def pytest_report_header(config):
+    assert config is not None
+    return "fakeplug {version}"
+"""
+
+
+def test_pytest_plugins_preloaded_as_pytest_loads_them(node: Node) -> None:
+    # A pytest plugin (an entry point in group pytest11) preloaded with
+    # @pytest11 goes through pytest's rewriting hook in the node: pytest
+    # does not warn that it was imported too early, the output is a cold
+    # run's, and an edit of the plugin replaces the node.
+    dist = node.work / "fakeplug-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeplug\nVersion: 1.0\n", encoding="utf-8")
+    (dist / "entry_points.txt").write_text("[pytest11]\nfakeplug = fakeplug_mod\n", encoding="utf-8")
+    (dist / "RECORD").write_text("fakeplug_mod.py,,\nfakeplug-1.0.dist-info/METADATA,,\n", encoding="utf-8")
+    plugin = node.work / "fakeplug_mod.py"
+    plugin.write_text(FAKE_PLUGIN.format(version="v1"), encoding="utf-8")
+    (node.work / "test_x.py").write_text("def test_ok():\n    assert [1] == [1]\n", encoding="utf-8")
+    options = ["--preload", "@pytest11", "--idle-timeout", "120"]
+    args = ["-m", "pytest", "-p", "no:cacheprovider", "test_x.py"]
+    probe = "import sys; m = sys.modules.get('fakeplug_mod'); print(type(m.__loader__).__name__ if m else None)"
+    assert node.run("-c", probe, options=options).stdout == b"AssertionRewritingHook\n"
+    for version in ("v1", "v2"):
+        plugin.write_text(FAKE_PLUGIN.format(version=version), encoding="utf-8")
+        os.utime(plugin, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+        cold = node.cold(*args)
+        warm = node.run(*args, options=options)
+        assert cold.returncode == 0 and f"fakeplug {version}".encode() in cold.stdout
+        assert _DURATION.sub(b"", warm.stdout) == _DURATION.sub(b"", cold.stdout), (warm.returncode, warm.stderr)
+        assert warm.stderr == cold.stderr and warm.returncode == cold.returncode
+    node.cli("shutdown", *options)
+
+
+ENV_READER = """
+import os
+VALUE = os.environ.get("ENVMOD_SETTING", "unset")
+"""
+
+
+def test_a_variable_a_preload_read_differs_so_the_command_runs_cold(node: Node) -> None:
+    # envmod read ENVMOD_SETTING while the node imported it: a command with
+    # another value would see the node's in a warm child, so it runs cold.
+    (node.work / "envmod.py").write_text(ENV_READER, encoding="utf-8")
+    options = ["--preload", "envmod", "--idle-timeout", "120"]
+    probe = "import envmod, os; print(envmod.VALUE, os.environ.get('ENVMOD_SETTING'))"
+    node.env["ENVMOD_SETTING"] = "first"
+    assert node.run("-c", probe, options=options).stdout == b"first first\n"
+    pid = node.status(options)["pid"]  # type: ignore[index]
+    node.env["ENVMOD_SETTING"] = "second"
+    assert node.run("-c", probe, options=options).stdout == b"second second\n"
+    del node.env["ENVMOD_SETTING"]
+    assert node.run("-c", probe, options=options).stdout == b"unset None\n"
+    node.env["ENVMOD_SETTING"] = "first"
+    status = node.status(options)
+    assert status is not None and status["pid"] == pid and status["commands"] == 1
+    node.cli("shutdown", *options)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the process tree from /proc")
+def test_the_spare_child_never_outlives_its_node(node: Node) -> None:
+    # The node forks the next command's child ahead of time; that spare
+    # goes with the node: on shutdown, on replacement (its preload changed),
+    # and when the node is killed outright (it sees its socket close).
+    options = ["--preload", "helper_mod", "--idle-timeout", "120"]
+    helper = node.work / "helper_mod.py"
+    for how in ("shutdown", "kill", "stale"):
+        assert node.run("helper_user.py", options=options).returncode == 0
+        assert wait_for(lambda: (node.status(options) or {}).get("spare") is not None, timeout=10)
+        status = node.status(options)
+        assert status is not None
+        pid, spare = int(status["pid"]), int(status["spare"])  # type: ignore[call-overload]
+        assert _children_of(pid) == [spare]
+        if how == "shutdown":
+            assert node.cli("shutdown", *options).returncode == 0
+        elif how == "kill":
+            os.kill(pid, signal.SIGKILL)
+        else:
+            helper.write_text("VALUE = 'second version'\n", encoding="utf-8")
+            os.utime(helper, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+        assert wait_for(lambda gone=(pid, spare): not any(_alive(p) for p in gone), timeout=15), how
     node.cli("shutdown", *options)
 
 
@@ -606,7 +730,8 @@ def test_an_idle_node_exits(node: Node) -> None:
     status = node.status(options)
     assert status is not None
     pid = int(status["pid"])  # type: ignore[call-overload]
-    assert wait_for(lambda: not _alive(pid), timeout=15)
+    spare = int(status["spare"])  # type: ignore[call-overload]  # forked as soon as the command ended
+    assert wait_for(lambda: not _alive(pid) and not _alive(spare), timeout=15)
     assert node.status(options) is None
 
 

@@ -45,6 +45,9 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the node forks 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ["black", "flake8", "pytest", "pylint", "mypy"]
 INSTALLED = [tool for tool in TOOLS if importlib.util.find_spec(tool) is not None]
+# What those tools load while they run, preloaded too: pytest's plugins (through
+# pytest's rewriting hook) and flake8's.
+PLUGIN_GROUPS = {"pytest": ["@pytest11"], "flake8": ["@flake8.extension", "@flake8.report"]}
 
 Result = Tuple[int, bytes, bytes]
 
@@ -82,6 +85,21 @@ def test_passes():
 
 def test_fails():
     assert [1, 2, 3] == [1, 2, 4], "lists differ"
+"""
+
+HYPOTHESIS_TESTS = """from hypothesis import given, settings, strategies as st
+
+
+@given(st.integers())
+@settings(database=None, deadline=None)
+def test_holds(n):
+    assert n + 0 == n
+
+
+@given(st.lists(st.integers()))
+@settings(database=None, deadline=None)
+def test_fails_and_shrinks(xs):
+    assert sum(xs) < 10
 """
 
 SLOW_TEST = """import os, time
@@ -127,6 +145,7 @@ class Tools:
             ("typed.py", TYPED),
             ("test_sample.py", TESTS),
             ("slow_test.py", SLOW_TEST),
+            ("test_hyp.py", HYPOTHESIS_TESTS),
             ("forker.py", FORKER),
         ):
             (self.project / name).write_text(text, encoding="utf-8")
@@ -137,7 +156,8 @@ class Tools:
         self.env["XDG_RUNTIME_DIR"] = str(self.run_dir)
         self.env["XDG_CACHE_HOME"] = str(tmp / "cache")
         self.env["SLOW_MARKER"] = str(tmp / "slow-started")
-        self.options = [w for tool in INSTALLED for w in ("--preload", tool)] + ["--idle-timeout", "600"]
+        preloads = [p for tool in INSTALLED for p in [tool, *PLUGIN_GROUPS.get(tool, [])]]
+        self.options = [w for p in preloads for w in ("--preload", p)] + ["--idle-timeout", "600"]
         self.c_words = self._c_words(tmp)
 
     def _c_words(self, tmp: Path) -> Optional[List[str]]:
@@ -252,6 +272,16 @@ def test_pytest(tools: Tools) -> None:
     need("pytest")
     cold = same_as_cold(tools, ["-m", "pytest", "-p", "no:cacheprovider", "test_sample.py"])
     assert cold[0] == 1 and b"1 failed, 1 passed" in cold[1] and b"lists differ" in cold[1]
+
+
+def test_pytest_with_hypothesis_and_its_plugin_preloaded(tools: Tools) -> None:
+    need("pytest")
+    if importlib.util.find_spec("hypothesis") is None:
+        pytest.skip("hypothesis is not installed (it is in the test extra: pip install '.[test]')")
+    args = ["-m", "pytest", "-p", "no:cacheprovider", "-v", "--hypothesis-seed=0", "test_hyp.py"]
+    cold = same_as_cold(tools, args)
+    assert cold[0] == 1 and b"assert 10 < 10" in cold[1] and b"plugins: " in cold[1] and b"hypothesis-" in cold[1]
+    assert b"cannot be rewritten" not in cold[1] + cold[2]
 
 
 def test_pylint_with_two_worker_processes(tools: Tools) -> None:

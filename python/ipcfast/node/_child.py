@@ -1,8 +1,9 @@
 """The node's forked child: one command, in a process of its own.
 
 The node forks a child for every command from its warm state (preloads
-imported). The child turns itself into what ``python ARGS`` started by the
-client would have been: the client's stdin/stdout/stderr on fds 0-2 (or
+imported), ahead of time: a *spare* that leaves the node behind at once and
+then waits for its command (:func:`become_spare`). The child turns itself
+into what ``python ARGS`` started by the client would have been: the client's stdin/stdout/stderr on fds 0-2 (or
 pipes, on the packet path), its working directory, environment, umask,
 locale and time zone, fresh ``sys.std*`` streams built as the interpreter
 builds them, Python's start-up signal dispositions, its own process group.
@@ -19,19 +20,31 @@ import codecs
 import io
 import locale
 import logging
+import marshal
 import os
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
-from typing import Dict, NoReturn, Optional, Sequence, Tuple
+from typing import Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from ._runner import PythonCommand, exit_status, flush_std_streams, print_exception, run_python_command
+from ._wire import recv_with_fds
 
-__all__ = ["become_command", "stdio_encoding"]
+__all__ = ["GO", "STOP", "become_spare", "encode_order", "stdio_encoding"]
 
 #: The child's exit status when it could not even set itself up.
 SETUP_FAILED = 70
+
+#: The node's last word to a spare that has its order: run it, or do not.
+GO, STOP = b"g", b"s"
+
+_ORDER_HEADER = struct.Struct("<I")
+
+#: command, stdio descriptors, cwd, environment, umask
+Order = Tuple[PythonCommand, List[int], bytes, Dict[str, str], Optional[int]]
 
 
 def stdio_encoding(env: Dict[str, str], ctype: str) -> Tuple[str, str]:
@@ -129,9 +142,9 @@ def _forget_node_logging() -> None:
     node_logger.setLevel(logging.NOTSET)
 
 
-def _set_up(
-    stdio: Sequence[int], close_fds: Sequence[int], cwd: bytes, env: Dict[str, str], umask: Optional[int]
-) -> None:
+def _prepare(close_fds: Sequence[int]) -> None:
+    """What a child can do before it knows its command: leave the node's
+    process group, signals, descriptors and logging behind."""
     os.setpgid(0, 0)  # its own group: Ctrl-C and kills reach the command's children too
     _reset_signals()
     for fd in close_fds:
@@ -139,12 +152,17 @@ def _set_up(
             os.close(fd)
         except OSError:
             pass
+    _forget_node_logging()
+
+
+def _take_client_context(stdio: Sequence[int], cwd: bytes, env: Dict[str, str], umask: Optional[int]) -> None:
+    """Becomes the client's process: its stdio, directory, environment,
+    umask, locale and time zone."""
     for target, fd in enumerate(stdio):
         os.dup2(fd, target)
     for fd in set(stdio):
         if fd > 2:
             os.close(fd)
-    _forget_node_logging()
     os.chdir(cwd)
     _replace_environ(env)
     if umask is not None:
@@ -173,24 +191,76 @@ def _finalize(code: int) -> int:
     return code
 
 
-def become_command(
-    command: PythonCommand,
-    stdio: Sequence[int],
-    close_fds: Sequence[int],
-    cwd: bytes,
-    env: Dict[str, str],
-    umask: Optional[int],
-) -> NoReturn:
-    """Runs in the freshly forked child; never returns."""
+def _receive_order(sock: socket.socket) -> Optional[Order]:
+    """The command the node hands this spare (None: the node discarded it)."""
+    header, fds = recv_with_fds(sock, _ORDER_HEADER.size, 3)
+    try:
+        header += _recv_exactly(sock, _ORDER_HEADER.size - len(header)) if header else b""
+        (size,) = _ORDER_HEADER.unpack(header)
+        data = _recv_exactly(sock, size)
+    except (ConnectionError, struct.error):  # the node discarded this spare (or died)
+        for fd in fds:
+            os.close(fd)
+        return None
+    kind, target, args, env, cwd, umask = marshal.loads(data)
+    return PythonCommand(kind, target, args), fds, cwd, env, umask
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the node closed the spare's socket")
+        data += chunk
+    return bytes(data)
+
+
+def encode_order(command: PythonCommand, cwd: bytes, env: Dict[str, str], umask: Optional[int]) -> bytes:
+    """What the node sends a spare (its stdio descriptors ride along, SCM_RIGHTS)."""
+    data = marshal.dumps((command.kind, command.target, list(command.args), env, cwd, umask))
+    return _ORDER_HEADER.pack(len(data)) + data
+
+
+def become_spare(sock: socket.socket, close_fds: Sequence[int]) -> NoReturn:
+    """Runs in a freshly forked spare child; never returns.
+
+    The node forks its next child before that child's command arrives, so
+    a command meets a process that has already left the node behind
+    (:func:`_prepare`) and only has to take the client's context. The
+    spare waits on ``sock`` for its order (EOF: the node discarded it or
+    died, and the spare exits), takes the client's context, then waits for
+    the node's go (``GO``; anything else: the node found its code changed
+    in the meantime and answers STALE, so the command must not run)."""
+    try:
+        _prepare(close_fds)
+        order = _receive_order(sock)
+    except BaseException:
+        os._exit(SETUP_FAILED)
+    if order is None:
+        os._exit(0)
+    command, stdio, cwd, env, umask = order
+    try:
+        _take_client_context(stdio, cwd, env, umask)
+    except BaseException as exc:
+        try:
+            os.write(2, f"ipcfast.node: could not set up the command: {exc!r}\n".encode())
+        finally:
+            os._exit(SETUP_FAILED)
+    try:
+        go = sock.recv(1) == GO
+        sock.close()
+    except BaseException:
+        go = False
+    if not go:
+        os._exit(0)
+    _run_to_the_end(command, cwd)
+
+
+def _run_to_the_end(command: PythonCommand, cwd: bytes) -> NoReturn:
+    """Runs the command and ends the process as python would have ended."""
     code = SETUP_FAILED
     try:
-        try:
-            _set_up(stdio, close_fds, cwd, env, umask)
-        except BaseException as exc:
-            try:
-                os.write(2, f"ipcfast.node: could not set up the command: {exc!r}\n".encode())
-            finally:
-                os._exit(SETUP_FAILED)
         interrupted = False
         try:
             run_python_command(command, os.fsdecode(cwd))

@@ -139,25 +139,36 @@ class _Interrupted(Exception):
     """A second Ctrl-C: stop waiting for the node."""
 
 
+def _cancel(conn: NodeConnection) -> None:
+    try:
+        conn.send(PacketType.CANCEL)
+    except OSError:
+        pass
+
+
 def _run_remote(conn: NodeConnection, python_argv: List[str], stream: bool) -> Tuple[int, int]:
     """Runs the command on the node: (exit code, exit type)."""
-    try:
-        conn.send(PacketType.COMMAND, encode_command(_command(python_argv, stream)), () if stream else (0, 1, 2))
-    except OSError:  # e.g. one of our standard descriptors is closed
-        return 0, _REFUSED
     interrupts = [0]
+    sent = [False]
 
     def on_sigint(signum: int, frame: Any) -> None:
         interrupts[0] += 1
         if interrupts[0] > 1:
             raise _Interrupted()
-        try:
-            conn.send(PacketType.CANCEL)
-        except OSError:
-            pass
+        if sent[0]:
+            _cancel(conn)
 
+    # Ctrl-C becomes a CANCEL from before the COMMAND leaves: the command may
+    # be running (and its output on the terminal) before send() has returned.
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
+        try:
+            conn.send(PacketType.COMMAND, encode_command(_command(python_argv, stream)), () if stream else (0, 1, 2))
+        except OSError:  # e.g. one of our standard descriptors is closed
+            return 0, _REFUSED
+        sent[0] = True
+        if interrupts[0]:
+            _cancel(conn)
         while True:
             kind, payload = conn.read()
             if kind == PacketType.CONSOLE_WRITE and payload:

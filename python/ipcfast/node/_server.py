@@ -5,9 +5,10 @@ forkserver and Android's zygote do).
 The node itself is a single-threaded ``selectors`` loop over plain sockets
 with the sans-I/O codec (``ipcfast._codec``): a process with one thread is
 one that may fork. It accepts connections (peer checked to be this user,
-SO_PEERCRED, before anything is read), answers control requests, and for
-each COMMAND forks a child (``_child.become_command``) that becomes the
-command: the client's own stdin/stdout/stderr (passed with the COMMAND,
+SO_PEERCRED, before anything is read), answers control requests, and hands
+each COMMAND to a child forked ahead of time (a spare, ``_child.become_spare``;
+forked while the node is idle, so that no client waits for the fork) that
+becomes the command: the client's own stdin/stdout/stderr (passed with the COMMAND,
 SCM_RIGHTS) or, for a client that passed none, pipes whose bytes the node
 forwards as CONSOLE_WRITE packets. The child's exit status, or the signal it
 died of, becomes the EXIT packet. CANCEL sends SIGINT to the command's
@@ -18,11 +19,9 @@ tool code and keeps nothing from one command for the next.
 from __future__ import annotations
 
 import gc
-import importlib
 import json
 import logging
 import os
-import pkgutil
 import selectors
 import signal
 import socket
@@ -46,10 +45,11 @@ from .._codec import (
     encode_handshake_reply,
     encode_header,
 )
-from ._child import become_command
+from ._child import GO, STOP, become_spare, encode_order
 from ._compat import CodeWatch
+from ._warm import import_preloads, recording_environment_reads
 from ._runner import CANCELLED_STATUS, PythonCommand, UnsupportedCommand, flush_std_streams, parse_python_argv
-from ._wire import COMMAND_FDS, COMMAND_UMASK, UMASK_SHIFT, peer_uid, recv_with_fds
+from ._wire import COMMAND_FDS, COMMAND_UMASK, UMASK_SHIFT, peer_uid, recv_with_fds, send_with_fds
 
 __all__ = ["EXIT_KILLED", "NodeServer", "STARTUP_VARIABLES"]
 
@@ -104,6 +104,14 @@ class _Job:
         self.reading = True  # its pipes are registered with the selector
 
 
+class _Spare:
+    """A child forked ahead of its command, waiting on ``sock`` for it."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+
+
 class _Conn:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -151,23 +159,15 @@ class NodeServer:
         self._last_active = time.monotonic()
         self._wake_r = self._wake_w = -1
         self._startup_env: Dict[str, Optional[str]] = {}
+        self._preload_env: Dict[str, Optional[str]] = {}  # what the preloads read while imported
         self._watch: Optional[CodeWatch] = None
         self._next_check = 0.0
         self._stopped_at: Optional[float] = None
         self._fork_times: List[float] = []  # seconds os.fork() took in the node, last 100
+        self._spare: Optional[_Spare] = None
+        self._spare_died_at = 0.0
 
     # ---- start and stop ----------------------------------------------------
-
-    def _import_preloads(self) -> None:
-        for module in self.preload:
-            if module.startswith("@"):
-                _import_entry_points(module[1:])
-            elif module.endswith(".*"):
-                _import_tree(module[:-2])
-            else:
-                importlib.import_module(module)
-        if self.preload:
-            _warm_metadata()
 
     def _listen(self) -> None:
         from .._pure import _Listener  # the lock-file ownership protocol (docs/protocol.md 2.1)
@@ -192,6 +192,7 @@ class NodeServer:
             self._stop_reason = reason
             logger.info("node %s stopping: %s", self.name, reason)
         self._release_name()
+        self._discard_spare()
 
     def _node_fds(self) -> List[int]:
         """Every descriptor of the node that a command must not keep."""
@@ -203,6 +204,8 @@ class NodeServer:
             fds.extend(conn.fds)
         for job in self._jobs.values():
             fds.extend(job.pipes)
+        if self._spare is not None:
+            fds.append(self._spare.sock.fileno())
         return [fd for fd in fds if fd >= 0]
 
     def serve_forever(self) -> str:
@@ -210,7 +213,8 @@ class NodeServer:
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
-        self._import_preloads()
+        with recording_environment_reads(self._preload_env):
+            import_preloads(self.preload)
         self._startup_env = {k: os.environ.get(k) for k in STARTUP_VARIABLES}
         self._watch = CodeWatch()
         # Objects made so far are shared by every child: the collector need
@@ -246,6 +250,7 @@ class NodeServer:
 
     def _shut_down(self) -> None:
         self._release_name()
+        self._discard_spare()
         deadline = time.monotonic() + _KILL_GRACE
         for job in list(self._jobs.values()):
             self._kill(job, signal.SIGTERM)
@@ -267,7 +272,7 @@ class NodeServer:
     # ---- the loop ----------------------------------------------------------
 
     def _loop(self) -> None:
-        while not (self._stop_reason is not None and not self._jobs and not self._sending()):
+        while not (self._stop_reason is not None and not self._jobs and not self._answering()):
             timeout = self._housekeeping()
             for key, events in self._sel.select(timeout):
                 obj = key.fileobj
@@ -281,12 +286,14 @@ class NodeServer:
                     self._on_pipe(key.data, int(key.fd))
             self._reap()
 
-    def _sending(self) -> bool:
-        """Whether a stopping node still has packets (an EXIT) to deliver;
-        a client that stopped reading gets 5 seconds."""
+    def _answering(self) -> bool:
+        """Whether a stopping node still owes a client an answer: an EXIT
+        not yet delivered, or a reply to a connection that has not sent its
+        COMMAND yet (connected before the node gave its name up: it gets
+        STALE, not a closed socket). Clients get 5 seconds for that."""
         if self._stopped_at is None:
             self._stopped_at = time.monotonic()
-        pending = any(conn.out for conn in self._conns.values())
+        pending = any(conn.out or conn.job is None for conn in self._conns.values())
         return pending and time.monotonic() - self._stopped_at < 5.0
 
     def _housekeeping(self) -> float:
@@ -296,6 +303,8 @@ class NodeServer:
             self._last_active = now
         if self._stop_reason is not None:
             return 0.05
+        if self._spare is None and not self._jobs and now - self._spare_died_at >= 1.0:
+            self._fork_spare()
         if now >= self._next_check and not self._jobs:
             # An idle node notices a changed module by itself and goes away.
             self._next_check = now + 1.0
@@ -416,6 +425,7 @@ class NodeServer:
                     "idle_for": round(time.monotonic() - self._last_active, 3),
                     "idle_timeout": self.idle_timeout,
                     "fork_ms_median": _median_ms(self._fork_times),
+                    "spare": self._spare.pid if self._spare is not None else None,
                     "preload": self.preload,
                     "python": sys.version.split()[0],
                     "executable": sys.executable,
@@ -447,10 +457,12 @@ class NodeServer:
                 return
             umask = (command.flags >> UMASK_SHIFT) & 0o7777 if command.flags & COMMAND_UMASK else None
             try:
-                self._fork(conn, verdict[0], verdict[1], command.cwd, stdio, umask)
+                started = self._start(conn, verdict[0], verdict[1], command.cwd, stdio, umask)
             except OSError as exc:  # out of processes or descriptors: the client runs it itself
                 logger.warning("node %s: cannot start a command: %s", self.name, exc)
-                self._send_exit(conn, 0, _BUSY)
+                started = _BUSY
+            if started != _COMPLETED:
+                self._send_exit(conn, 0, started)
         finally:
             for fd in stdio or ():
                 os.close(fd)
@@ -459,12 +471,9 @@ class NodeServer:
         self, argv: List[bytes], env_entries: List[bytes], cwd: bytes
     ) -> "int | Tuple[PythonCommand, Dict[str, str]]":
         """The parsed command and environment, or the exit type that says
-        why the node does not run it (the client then runs it itself)."""
+        why the node does not run it (the client then runs it itself). The
+        check for changed code comes later, while the child sets up (_start)."""
         if self._stop_reason is not None:
-            return _STALE
-        changed = self._watch.changed() if self._watch is not None else None
-        if changed is not None:
-            self.request_stop(f"{changed} changed on disk")
             return _STALE
         if len(self._jobs) >= self.max_commands:
             return _BUSY
@@ -478,11 +487,75 @@ class NodeServer:
             if env.get(key) != self._startup_env.get(key):
                 logger.info("node %s: refused a command: %s differs from the node's", self.name, key)
                 return _REFUSED
+        for key, value in self._preload_env.items():
+            if env.get(key) != value:
+                logger.info("node %s: refused a command: %s differs from the value the preloads read", self.name, key)
+                return _REFUSED
         if not os.path.isdir(cwd):
             return _REFUSED
         return parsed, env
 
-    def _fork(
+    def _fork_spare(self) -> None:
+        """Forks the child that the next command will run in, so that the
+        fork and the child's first steps are not paid while a client waits."""
+        ours, theirs = socket.socketpair()
+        close_fds = self._node_fds() + [ours.fileno()]
+        flush_std_streams()
+        started = time.perf_counter()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            ours.close()
+            theirs.close()
+            logger.warning("node %s: cannot fork a spare child: %s", self.name, exc)
+            self._spare_died_at = time.monotonic()
+            return
+        if pid == 0:
+            become_spare(theirs, close_fds)
+        self._fork_times.append(time.perf_counter() - started)
+        del self._fork_times[:-100]
+        theirs.close()
+        try:
+            os.setpgid(pid, pid)  # also done by the child: no race with a CANCEL
+        except OSError:
+            pass
+        ours.settimeout(10.0)  # a spare always reads its order; never hang the node on one
+        self._spare = _Spare(pid, ours)
+
+    def _discard_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        spare.sock.close()  # the spare reads EOF and exits; the kill makes sure
+        try:
+            os.kill(spare.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(spare.pid, 0)
+        except ChildProcessError:
+            pass
+
+    def _take_spare(self, order: bytes, stdio: List[int]) -> _Spare:
+        """The spare with its order sent (a spare that died meanwhile is
+        replaced once)."""
+        for attempt in (1, 2):
+            if self._spare is None:
+                self._fork_spare()
+                if self._spare is None:
+                    raise OSError("cannot fork")
+            spare, self._spare = self._spare, None
+            try:
+                send_with_fds(spare.sock, order, stdio)
+                return spare
+            except OSError:
+                self._spare = spare
+                self._discard_spare()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start(
         self,
         conn: _Conn,
         parsed: PythonCommand,
@@ -490,7 +563,9 @@ class NodeServer:
         cwd: bytes,
         stdio: Optional[List[int]],
         umask: Optional[int],
-    ) -> None:
+    ) -> int:
+        """Hands the command to a spare child; returns COMPLETED when it
+        runs, else the exit type to answer."""
         pipes: Dict[int, int] = {}
         child_ends: List[int] = []
         if stdio is None:  # the packet path: output through pipes, no stdin
@@ -499,27 +574,37 @@ class NodeServer:
             pipes = {out_r: 1, err_r: 2}
             null = os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             stdio = child_ends = [null, out_w, err_w]
-        close_fds = self._node_fds() + list(pipes)
-        flush_std_streams()
-        started = time.perf_counter()
-        pid = os.fork()
-        if pid == 0:
-            become_command(parsed, stdio, close_fds, cwd, env, umask)
-        self._fork_times.append(time.perf_counter() - started)
-        del self._fork_times[:-100]
+        try:
+            spare = self._take_spare(encode_order(parsed, cwd, env, umask), stdio)
+        except OSError:
+            for fd in child_ends + list(pipes):
+                os.close(fd)
+            raise
         for fd in child_ends:
             os.close(fd)
+        # The child takes the client's context meanwhile: the stat of every
+        # loaded module's file costs the client nothing more.
+        changed = self._watch.changed() if self._watch is not None else None
         try:
-            os.setpgid(pid, pid)  # also done by the child: no race with a CANCEL
+            spare.sock.sendall(STOP if changed is not None else GO)
         except OSError:
-            pass
-        job = _Job(pid, conn, pipes)
+            pass  # it died: its wait status says so
+        spare.sock.close()
+        job = _Job(spare.pid, conn, pipes)
+        self._jobs[spare.pid] = job
+        if changed is not None:
+            self.request_stop(f"{changed} changed on disk")
+            for fd in list(pipes):
+                os.close(fd)
+            job.pipes = {}
+            job.conn = None  # reaped as any job; its client gets STALE now
+            return _STALE
         conn.job = job
-        self._jobs[pid] = job
         self._commands += 1
         for fd in pipes:
             os.set_blocking(fd, False)
             self._sel.register(fd, selectors.EVENT_READ, job)
+        return _COMPLETED
 
     def _kill(self, job: _Job, signum: int) -> None:
         try:
@@ -550,6 +635,16 @@ class NodeServer:
         del job.pipes[fd]
 
     def _reap(self) -> None:
+        if self._spare is not None:
+            try:
+                done, _ = os.waitpid(self._spare.pid, os.WNOHANG)
+            except ChildProcessError:
+                done = self._spare.pid
+            if done:  # killed by someone: fork the next one a little later
+                logger.warning("node %s: the spare child %d died", self.name, self._spare.pid)
+                self._spare.sock.close()
+                self._spare = None
+                self._spare_died_at = time.monotonic()
         for pid in list(self._jobs):
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
@@ -668,49 +763,3 @@ def _readable(fd: int) -> bool:
     import select
 
     return bool(select.select([fd], [], [], 0)[0])
-
-
-def _import_tree(package: str) -> None:
-    """Imports a package and every submodule it has (``--preload pkg.*``);
-    a submodule that cannot be imported (an optional dependency missing) is
-    logged and skipped."""
-    module = importlib.import_module(package)
-    path = getattr(module, "__path__", None)
-    if path is None:
-        return
-    for info in pkgutil.walk_packages(path, package + ".", onerror=lambda name: None):
-        if info.name.rsplit(".", 1)[-1] == "__main__":
-            continue
-        try:
-            importlib.import_module(info.name)
-        except BaseException as exc:  # an import may even call sys.exit()
-            logger.info("preload %s: skipped %s: %r", package, info.name, exc)
-
-
-def _import_entry_points(group: str) -> None:
-    """Imports the module of every entry point in ``group`` (``--preload
-    @pytest11``: pytest's plugins, which pytest itself loads only while a
-    command runs); one that cannot be imported is logged and skipped."""
-    import importlib.metadata as metadata
-
-    found = metadata.entry_points()
-    # Python 3.9's entry_points() is a dict of groups; 3.10+ has select().
-    entries = found.select(group=group) if hasattr(found, "select") else found.get(group, ())
-    for entry in entries:
-        try:
-            importlib.import_module(entry.module)
-        except BaseException as exc:
-            logger.info("preload @%s: skipped %s: %r", group, entry.module, exc)
-
-
-def _warm_metadata() -> None:
-    """Reads the installed distributions' metadata once: tools that look up
-    their plugins by entry point (pytest, flake8) then find importlib.metadata's
-    directory caches filled (they are keyed by the directories' mtimes, so an
-    install between commands is still seen)."""
-    try:
-        import importlib.metadata as metadata
-
-        metadata.entry_points()
-    except Exception as exc:
-        logger.info("reading entry points failed: %r", exc)

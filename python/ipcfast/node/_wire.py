@@ -110,11 +110,14 @@ def connect(name: str, timeout: float) -> Optional[socket.socket]:
 
 def send_packet(sock: socket.socket, type_: int, payload: bytes, fds: Sequence[int] = ()) -> None:
     """Sends one packet; ``fds`` travel with its first byte (SCM_RIGHTS)."""
-    data = encode_header(type_, len(payload)) + payload
+    send_with_fds(sock, encode_header(type_, len(payload)) + payload, fds)
+
+
+def send_with_fds(sock: socket.socket, data: bytes, fds: Sequence[int]) -> None:
+    """Sends ``data`` with ``fds`` attached to its first byte (SCM_RIGHTS)."""
     if fds:
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
-        sent = sock.sendmsg([data], ancillary)
-        data = data[sent:]
+        data = data[sock.sendmsg([data], ancillary) :]
     if data:
         sock.sendall(data)
 
