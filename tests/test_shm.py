@@ -28,6 +28,7 @@ VECTORS: Dict[str, Any] = json.loads(
 )
 # where the C core has the region: Linux (memfd) and Windows (a section)
 SHM_PLATFORM = sys.platform.startswith("linux") or sys.platform == "win32"
+LINUX = sys.platform.startswith("linux")
 
 
 def _c_lib() -> Any:
@@ -190,7 +191,7 @@ def test_shm_on_by_default_and_either_side_opts_out(name: str) -> None:
     _c_lib()
     with ipcfast.Server(name, _upper, backend="native"):
         with ipcfast.Client(name) as client:
-            assert _uses_shm(client) == LINUX
+            assert _uses_shm(client) == SHM_PLATFORM
             assert client.request(b"x") == b"X"
         with ipcfast.Client(name, shm=False) as client:
             assert not _uses_shm(client)
@@ -215,7 +216,7 @@ def test_shm_messages_larger_than_the_socket_buffer(name: str) -> None:
 
     with ipcfast.Server(name, handler, backend="native", shm=True):
         with ipcfast.Client(name, shm=True, timeout=30) as client:
-            assert _uses_shm(client) == LINUX
+            assert _uses_shm(client) == SHM_PLATFORM
             assert client.request(big) == big[:3]
             assert client.request(b"big") == big
             assert client.request(b"small") == b"sma"
@@ -232,7 +233,7 @@ def test_shm_many_sequential_requests(name: str) -> None:
 
 # ---- faults on the shared-memory path (the socket is the liveness channel) ---------------
 
-linux_only = pytest.mark.skipif(not LINUX, reason="the shared-memory path is Linux-only")
+linux_only = pytest.mark.skipif(not LINUX, reason="these faults are made with SIGSTOP and /proc (Linux)")
 
 
 def _wait_until_stopped(pid: int) -> None:

@@ -8,8 +8,8 @@
  */
 #include "t_harness.h"
 
-#if defined(__linux__)
-#define INTO_SHM_HERE 1 /* the shared-memory path exists (memfd) */
+#if defined(__linux__) || defined(_WIN32)
+#define INTO_SHM_HERE 1 /* the shared-memory path exists (memfd; a section) */
 #else
 #define INTO_SHM_HERE 0
 #endif
