@@ -266,11 +266,11 @@ def _cpu_facts(info: Dict[str, Any]) -> None:
 
 
 def _versions(info: Dict[str, Any]) -> None:
-    for module in ("ipcfast", "cffi", "zmq", "iceoryx2", "matplotlib"):
+    for module in ("ipcfast", "cffi", "zmq", "iceoryx2", "grpc", "matplotlib"):
         try:
             from importlib.metadata import version
 
-            dist = {"zmq": "pyzmq"}.get(module, module)
+            dist = {"zmq": "pyzmq", "grpc": "grpcio"}.get(module, module)
             info[f"{module}_version"] = version(dist)
         except Exception:
             pass
