@@ -12,9 +12,10 @@ file). Here:
     sanitizer report or failed check fails the test; the crashing input is
     copied to tests/fuzz/corpus/crash-* so it becomes a regression test.
 
-The corpus is also replayed through tests/fuzz/replay_main.c built with gcc
-(ASan + UBSan, no libFuzzer), so the seeds and past findings run wherever a
-C compiler with sanitizers is installed. The libFuzzer tests are skipped,
+The corpus is also replayed through tests/fuzz/replay_main.c (the CMake
+target fuzz_replay of the asan_ubsan variant of tests/c_build.py: ASan +
+UBSan, no libFuzzer), so the seeds and past findings run wherever a C
+compiler with sanitizers is installed. The libFuzzer tests are skipped,
 with the reason, when clang cannot build a -fsanitize=fuzzer
 program (Debian/Ubuntu: `apt-get install clang`, which brings
 libclang-rt-*-dev with the libFuzzer runtime). IPCFAST_FUZZ_SECONDS=0 keeps
@@ -40,6 +41,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import BuildC
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESS = ROOT / "tests" / "fuzz" / "fuzz_codec.c"
@@ -99,33 +102,13 @@ def test_corpus_replays_cleanly(fuzzer: Path) -> None:
     assert f"Executed {inputs[-1]}" in ran.stderr
 
 
-def test_corpus_replays_with_gcc(tmp_path: Path) -> None:
+def test_corpus_replays_without_libfuzzer(c_build: BuildC) -> None:
     """The corpus under ASan + UBSan without libFuzzer (replay_main.c)."""
-    gcc = shutil.which(os.environ.get("IPCFAST_REPLAY_CC", "gcc"))
-    if gcc is None:
-        pytest.skip("gcc is not installed: cannot build the replay program")
-    out = tmp_path / "fuzz_replay"
-    built = subprocess.run(
-        [
-            gcc,
-            "-g",
-            "-O1",
-            "-fsanitize=address,undefined",
-            "-fno-sanitize-recover=undefined",
-            f"-I{ROOT / 'csrc'}",
-            str(HARNESS),
-            str(HARNESS.with_name("replay_main.c")),
-            *core_sources(),
-            "-o",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert built.returncode == 0, f"the replay program does not build:\n{built.stderr}"
+    replay = c_build("asan_ubsan").program("fuzz_replay")
     inputs = sorted(str(p) for p in CORPUS.iterdir() if p.is_file())
-    ran = subprocess.run([str(out), *inputs], capture_output=True, text=True, timeout=300, env=_env())
+    # halt_on_error: the variant's UBSan reports and goes on unless told to stop.
+    env = {**_env(), "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}
+    ran = subprocess.run([str(replay), *inputs], capture_output=True, text=True, timeout=300, env=env)
     assert ran.returncode == 0, f"a corpus input fails:\n{ran.stderr[-6000:]}"
     assert f"Executed {inputs[-1]}" in ran.stderr
 
