@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -34,8 +35,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MINGW_TOOLCHAIN = ROOT / "cmake" / "mingw-w64-x86_64.cmake"
 MINGW_CC = "x86_64-w64-mingw32-gcc"
-# The first words of CMakeLists' message when a sanitizer cannot be used here.
-SANITIZE_UNUSABLE = "IPCFAST_SANITIZE unusable:"
+# How CMakeLists' message starts when an option cannot be used here (a
+# sanitizer runtime, libFuzzer): the variant is skipped, not failed.
+UNUSABLE = re.compile(r"IPCFAST_\w+ unusable:")
 
 _COMMON = {
     "IPCFAST_PYTHON": "OFF",  # the C programs need no Python headers
@@ -48,6 +50,8 @@ _POSIX_2008 = "-D_POSIX_C_SOURCE=200809L"
 
 # clang by its plain name or a versioned one (Debian installs clang-NN).
 CLANG_NAMES = ("clang", "clang-14", "clang-15", "clang-16", "clang-17", "clang-18")
+# The libFuzzer build's compiler: IPCFAST_FUZZ_CC, else the first clang found.
+FUZZ_CC = (os.environ["IPCFAST_FUZZ_CC"],) if os.environ.get("IPCFAST_FUZZ_CC") else CLANG_NAMES
 
 
 class Variant(NamedTuple):
@@ -93,6 +97,12 @@ VARIANTS: Dict[str, Variant] = {
             "CMAKE_C_FLAGS": f"{_POSIX_2008} -O1 -fsanitize=undefined,pointer-overflow -fsanitize-trap=all",
         },
         compilers=CLANG_NAMES,
+    ),
+    # the libFuzzer harness tests/fuzz/fuzz_codec.c (ASan + UBSan, its own
+    # flags in CMakeLists.txt), run by tests/test_fuzz.py
+    "fuzz": Variant(
+        {"IPCFAST_PYTHON": "OFF", "IPCFAST_BUILD_FUZZ": "ON", "CMAKE_BUILD_TYPE": "Debug"},
+        compilers=FUZZ_CC,
     ),
     # Windows (named pipes), run under wine by test_c_core.py
     "mingw": Variant({**_COMMON, "CMAKE_TOOLCHAIN_FILE": str(MINGW_TOOLCHAIN)}, cross=True),
@@ -168,8 +178,9 @@ def build_variant(name: str, root: Path) -> CBuild:
         [cmake, "-S", str(ROOT), "-B", str(build_dir), *_generator(), *defines], f"configuring the {name} C build"
     )
     output = configured.stdout + configured.stderr
-    if configured.returncode != 0 and SANITIZE_UNUSABLE in output:
-        pytest.skip(output[output.index(SANITIZE_UNUSABLE) :].strip()[:500])
+    unusable = UNUSABLE.search(output)
+    if configured.returncode != 0 and unusable:
+        pytest.skip(output[unusable.start() :].strip()[:500])
     assert configured.returncode == 0, f"cmake could not configure the {name} C build:\n{output[-6000:]}"
     built = _run([cmake, "--build", str(build_dir), "--parallel", str(os.cpu_count() or 2)], f"the {name} C build")
     assert built.returncode == 0, (
