@@ -345,3 +345,21 @@ def test_placements_on_two_and_sixteen_cpus() -> None:
     assert (pinned.server, pinned.client, pinned.rate_clients) == (2, 2, {2})
     anywhere = resolve_placement(PLACEMENTS["unpinned"], 0, [0, 1])
     assert (anywhere.server, anywhere.client, anywhere.rate_clients) == (None, None, None)
+
+
+@posix_only
+def test_node_bench_builds_the_node_client_through_cmake(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/node.py uses the installed ipcfast-node-client, and builds the
+    CMake target from the checkout when none is installed next to Python."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed (pip install '.[test]')")
+    spec = importlib.util.spec_from_file_location("bench_node", os.path.join(ROOT, "bench", "node.py"))
+    assert spec is not None and spec.loader is not None
+    node_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(node_bench)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python-here" / "python"))
+    client = node_bench.node_client(tmp_path)
+    assert client.startswith(str(tmp_path)) and os.access(client, os.X_OK)
+    assert (tmp_path / "build-c" / "CMakeCache.txt").is_file()  # CMake built it, not a compiler line of its own
+    ran = subprocess.run([client], capture_output=True, text=True, timeout=30)
+    assert ran.returncode != 0 and "usage" in (ran.stdout + ran.stderr).lower(), ran
