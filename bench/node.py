@@ -189,26 +189,20 @@ def c_program(where: Path, source: str, name: str) -> Path:
 
 
 def node_client(where: Path) -> str:
+    """The node's C client: the one `pip install` put next to this Python,
+    else built here from this checkout by CMake (CMakeLists.txt is the one
+    description of every C build), optimised like the installed one."""
     installed = Path(sys.executable).with_name("ipcfast-node-client")
     if installed.exists():
         return str(installed)
-    exe = where / "ipcfast-node-client"
-    sources = [str(p) for p in sorted((ROOT / "csrc").glob("*.c"))]
-    subprocess.run(
-        [
-            "cc",
-            "-std=c99",
-            "-O2",
-            f"-I{ROOT / 'csrc'}",
-            str(ROOT / "csrc/cli/ipcfast_node_client.c"),
-            *sources,
-            "-o",
-            str(exe),
-            "-lpthread",
-        ],
-        check=True,
-    )
-    return str(exe)
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        raise SystemExit("ipcfast-node-client is not installed next to this Python, and no cmake to build it")
+    build = where / "build-c"
+    configure = ["-S", str(ROOT), "-B", str(build), "-DIPCFAST_PYTHON=OFF", "-DCMAKE_BUILD_TYPE=Release"]
+    for step in (configure, ["--build", str(build), "--target", "ipcfast-node-client"]):
+        subprocess.run([cmake, *step], check=True, stdout=subprocess.DEVNULL)
+    return str(build / "bin" / "ipcfast-node-client")
 
 
 class Bench:

@@ -5,7 +5,7 @@
 #   bash bench/run_device.sh WHEELS_DIR OUT_DIR [bench options...]
 #
 # WHEELS_DIR holds the ipcfast wheel (pip wheel . -w DIR --no-deps) and the
-# wheels of cffi, pyzmq, iceoryx2 and matplotlib with their dependencies for
+# wheels of cffi, pyzmq, iceoryx2, grpcio and matplotlib with their dependencies for
 # that machine's Python (see "Running it elsewhere" in bench/README.md).
 # Run it from a checkout: the C floor and the C core are compiled from this
 # checkout's bench/*.c and csrc/ with cc (skipped with a note without one).
@@ -31,14 +31,14 @@ trap 'rm -rf "$work"' EXIT
 if "$python" -m venv "$work/venv" >/dev/null 2>&1; then
     run_python="$work/venv/bin/python"
     "$run_python" -m pip install -q --no-index --find-links "$wheels" ipcfast
-    for extra in pyzmq iceoryx2 matplotlib; do
+    for extra in pyzmq iceoryx2 grpcio matplotlib; do
         "$run_python" -m pip install -q --no-index --find-links "$wheels" "$extra" \
             || echo "note: $extra not installed (no wheel for this Python): its part is skipped" >&2
     done
 else
     run_python="$python"
     "$python" -m pip install -q --no-index --find-links "$wheels" --target "$work/site" ipcfast
-    for extra in pyzmq iceoryx2 matplotlib; do
+    for extra in pyzmq iceoryx2 grpcio matplotlib; do
         "$python" -m pip install -q --no-index --find-links "$wheels" --target "$work/site" "$extra" \
             || echo "note: $extra not installed (no wheel for this Python): its part is skipped" >&2
     done

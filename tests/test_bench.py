@@ -52,20 +52,25 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"results": results, "out": out, "stdout": proc.stdout}
 
 
+# The peers from PyPI (the `bench` extra; the `test` extra brings them too
+# where they have wheels): measured when installed, else skipped with the reason.
+OPTIONAL_PEERS = ["pyzmq", "iceoryx2", "iceoryx2-poll", "grpc"]
+
+
 def _expected() -> list:
     impls = ["native", "socket", "mp.connection"]
     if shutil.which(os.environ.get("CC", "cc")):
         impls += ["floor", "c2c"]
-    return impls
+    return impls + [key for key in OPTIONAL_PEERS if PEERS[key].unavailable() is None]
 
 
 @posix_only
-@pytest.mark.parametrize("impl", ["floor", "c2c", "native", "socket", "mp.connection"])
+@pytest.mark.parametrize("impl", ["floor", "c2c", "native", "socket", "mp.connection", *OPTIONAL_PEERS])
 def test_smoke_figures_are_finite_and_positive(smoke: dict, impl: str) -> None:
     results = smoke["results"]
     if impl not in _expected():
         reason = results["implementations"][impl].get("skipped", "")
-        assert "compiler" in reason
+        assert ("not installed" if impl in OPTIONAL_PEERS else "compiler") in reason, reason
         pytest.skip(f"{impl}: {reason}")
     assert results["implementations"][impl]["measured"], results["implementations"][impl]
     summary = results["summary"]["unpinned"][impl]
@@ -108,7 +113,7 @@ def test_smoke_report(smoke: dict) -> None:
     else:
         assert any("matplotlib" in note for note in results["notes"])
     # Optional implementations are either measured or skipped with a reason.
-    for impl in ("pure", "pyzmq", "iceoryx2", "iceoryx2-poll"):
+    for impl in ("pure", *OPTIONAL_PEERS):
         info = results["implementations"][impl]
         assert info["measured"] or info["skipped"]
 
@@ -248,11 +253,11 @@ def test_every_peer_is_one_adapter_in_the_table() -> None:
     assert list(PEERS)[:2] == ["floor", "c2c"]
     for key, peer in PEERS.items():
         assert peer.key == key and peer.description
-    assert {"socket", "mp.connection", "pyzmq", "iceoryx2", "iceoryx2-poll", "native", "pure"} <= set(PEERS)
+    assert {"socket", "mp.connection", "native", "pure", *OPTIONAL_PEERS} <= set(PEERS)
 
 
 @posix_only
-@pytest.mark.parametrize("key", ["socket", "iceoryx2", "iceoryx2-poll"])
+@pytest.mark.parametrize("key", ["socket", "mp.connection", *OPTIONAL_PEERS])
 def test_peer_echoes_every_size(key: str, tmp_path: Any) -> None:
     """A new peer's server and client, in this process over a real socket or shared memory."""
     peer = PEERS[key]
@@ -266,6 +271,25 @@ def test_peer_echoes_every_size(key: str, tmp_path: Any) -> None:
         for size in (0, 16, 70_000, 1 << 20):
             data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
             assert conn.request(data) == data
+    finally:
+        conn.close()
+        stop()
+
+
+@posix_only
+def test_grpc_peer_takes_messages_above_grpc_default_limit(tmp_path: Any) -> None:
+    """gRPC refuses messages above 4 MiB unless told otherwise; the peer raises
+    the limit on both sides, so no size the benchmark may add fails there."""
+    peer = PEERS["grpc"]
+    reason = peer.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    addr = str(tmp_path / "grpc.sock")
+    stop = peer.serve(addr)
+    conn = peer.connect(addr)
+    try:
+        data = b"g" * (5 << 20)
+        assert conn.request(data) == data
     finally:
         conn.close()
         stop()
@@ -321,3 +345,21 @@ def test_placements_on_two_and_sixteen_cpus() -> None:
     assert (pinned.server, pinned.client, pinned.rate_clients) == (2, 2, {2})
     anywhere = resolve_placement(PLACEMENTS["unpinned"], 0, [0, 1])
     assert (anywhere.server, anywhere.client, anywhere.rate_clients) == (None, None, None)
+
+
+@posix_only
+def test_node_bench_builds_the_node_client_through_cmake(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/node.py uses the installed ipcfast-node-client, and builds the
+    CMake target from the checkout when none is installed next to Python."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed (pip install '.[test]')")
+    spec = importlib.util.spec_from_file_location("bench_node", os.path.join(ROOT, "bench", "node.py"))
+    assert spec is not None and spec.loader is not None
+    node_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(node_bench)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python-here" / "python"))
+    client = node_bench.node_client(tmp_path)
+    assert client.startswith(str(tmp_path)) and os.access(client, os.X_OK)
+    assert (tmp_path / "build-c" / "CMakeCache.txt").is_file()  # CMake built it, not a compiler line of its own
+    ran = subprocess.run([client], capture_output=True, text=True, timeout=30)
+    assert ran.returncode != 0 and "usage" in (ran.stdout + ran.stderr).lower(), ran

@@ -3,7 +3,8 @@
 Every implementation is measured as a pair of processes, a server and one or
 more clients, exchanging echo requests; peers.py lists them (the C floor, the
 C core, ipcfast native and pure, a hand-written Python socket server,
-multiprocessing.connection, pyzmq, iceoryx2 with events and busy-polling).
+multiprocessing.connection, pyzmq, iceoryx2 with events and busy-polling,
+gRPC over a Unix socket).
 
 Rounds are interleaved (every implementation once per round, in a fixed
 order, then the next round), in two placements: pinned (every process of the

@@ -29,7 +29,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m ipcfast bench",
         description="Measure ipcfast against a C floor, the C core alone, a hand-written Python socket server, "
-        "multiprocessing.connection, pyzmq and iceoryx2: interleaved rounds, pinned to one CPU and split over two.",
+        "multiprocessing.connection, pyzmq, iceoryx2 and gRPC: interleaved rounds, pinned to one CPU and split "
+        "over two.",
     )
     kind = p.add_mutually_exclusive_group()
     kind.add_argument(

@@ -266,11 +266,11 @@ def _cpu_facts(info: Dict[str, Any]) -> None:
 
 
 def _versions(info: Dict[str, Any]) -> None:
-    for module in ("ipcfast", "cffi", "zmq", "iceoryx2", "matplotlib"):
+    for module in ("ipcfast", "cffi", "zmq", "iceoryx2", "grpc", "matplotlib"):
         try:
             from importlib.metadata import version
 
-            dist = {"zmq": "pyzmq"}.get(module, module)
+            dist = {"zmq": "pyzmq", "grpc": "grpcio"}.get(module, module)
             info[f"{module}_version"] = version(dist)
         except Exception:
             pass
@@ -419,6 +419,15 @@ class Harness:
                 self._compile(k)
 
     def _compile(self, key: str) -> None:
+        """Builds bench/KEY.c (c2c: with every csrc/*.c) with the C compiler.
+
+        Not through CMakeLists.txt (whose bench_floor and bench_c2c targets
+        are the same programs), on purpose: this code runs from an installed
+        package, also on machines that have a C compiler but no CMake
+        (bench/run_device.sh installs wheels on a machine without network),
+        and `cc prog.c csrc/*.c` is the vendoring recipe the core promises
+        to keep working. C_FLAGS are CMake's Release flags, so both builds
+        optimise like the extension."""
         assert self.source_root is not None and self.cc is not None
         peer = PEERS[key]
         csrc = os.path.join(self.source_root, "csrc")

@@ -132,8 +132,9 @@ MAINLOOP_GAP_S = (0.0002, 0.0013)  # client pause between requests: uniform, not
 MAINLOOP_WARMUP = 50
 MAINLOOP_SIZE = 16
 
-#: The Python peers ipcfast must beat (issue 14): what users would pick instead.
-PYTHON_PEERS: Tuple[str, ...] = ("socket", "mp.connection", "pyzmq", "iceoryx2")
+#: The Python peers ipcfast must beat (issue 14, SPEC §9): what users would
+#: pick instead. The "best-peer" targets compare with the fastest of them.
+PYTHON_PEERS: Tuple[str, ...] = ("socket", "mp.connection", "pyzmq", "iceoryx2", "grpc")
 #: Issue 15 compares against every Python peer, iceoryx2 busy-polling included
 #: (Target.other "best-peer-all").
 ALL_PYTHON_PEERS: Tuple[str, ...] = PYTHON_PEERS + ("iceoryx2-poll",)
