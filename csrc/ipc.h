@@ -199,7 +199,7 @@ size_t ipc_packet_header_encode(uint8_t out[IPC_MAX_HEADER_SIZE], uint8_t type, 
 #define IPC_SHM_HEADER_SIZE 192 /* region header + two channel headers */
 #define IPC_SHM_MIN_SLOT 64u
 #define IPC_SHM_MAX_SLOT (64u * 1024u * 1024u)
-#define IPC_SHM_DEFAULT_SLOT (256u * 1024u)
+#define IPC_SHM_DEFAULT_SLOT (2u * 1024u * 1024u) /* see docs/design.md, "data paths" */
 #define IPC_DEFAULT_SPIN_US 20 /* see docs/design.md, "data paths" */
 
 typedef struct ipc_shm_setup {
@@ -559,7 +559,7 @@ typedef struct ipc_client_options {
      * fails with IPC_E_INVALID, which is why it is off by default here
      * (programs may pipeline); the Python binding turns it on. */
     int shm;
-    uint32_t shm_slot_size; /* 0: IPC_SHM_DEFAULT_SLOT (256 KiB) */
+    uint32_t shm_slot_size; /* 0: IPC_SHM_DEFAULT_SLOT (2 MiB) */
     /* Spin budget in microseconds before sleeping (0: never spin); no spin
      * while the server last ran on our CPU. ipc_client_options_init sets
      * IPC_DEFAULT_SPIN_US. */

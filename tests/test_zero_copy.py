@@ -25,8 +25,10 @@ from conftest import MakeClient, MakeServer, child_env
 import ipcfast
 
 LINUX = sys.platform.startswith("linux")
-#: Around the 64 KiB receive chunk, the default 256 KiB slot and beyond.
-SIZES = [0, 1, 16, 240, 241, 4096, 65535, 65537, 256 * 1024, 256 * 1024 + 1, 1024 * 1024]
+#: Around the 64 KiB receive chunk and the default 2 MiB slot (the handler
+#: doubles the request: 1 MiB comes back as exactly one slot, 1 MiB + 1 as a
+#: response announced on the socket, 2 MiB + 1 crosses the socket both ways).
+SIZES = [0, 1, 16, 240, 241, 4096, 65535, 65537, 1024 * 1024, 1024 * 1024 + 1, 2 * 1024 * 1024 + 1]
 
 
 def _doubled(request: bytes) -> bytes:
@@ -34,7 +36,8 @@ def _doubled(request: bytes) -> bytes:
 
 
 def _payload(size: int, seed: int = 0) -> bytes:
-    return bytes((i * 7 + seed) % 251 for i in range(size))
+    period = bytes((i * 7 + seed) % 251 for i in range(251))  # the pattern repeats every 251 bytes
+    return (period * (size // 251 + 1))[:size]
 
 
 def _uses_shm(client: ipcfast.Client) -> bool:

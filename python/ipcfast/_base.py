@@ -225,7 +225,7 @@ class ClientOptions:
     server_uid: int = 0  #: with SERVER_USER_UID
     #: offer the server a shared-memory data path (native backend, Linux and Windows)
     shm: bool = DEFAULT_SHM
-    #: bytes per direction in that region; 0: the C core's default (256 KiB)
+    #: bytes per direction in that region; 0: the C core's default (2 MiB)
     shm_slot_size: int = 0
 
     @classmethod
@@ -765,7 +765,7 @@ class Client:
     section 11); a server that declines (``shm=False``), or does not speak
     it (the pure backend, other systems), keeps the socket path, so the
     option never breaks a connection. ``shm=False`` never offers it.
-    ``shm_slot_size`` (bytes per direction, 0: 256 KiB) is the largest
+    ``shm_slot_size`` (bytes per direction, 0: 2 MiB) is the largest
     message that travels through the region; larger ones take the socket.
     The zero-copy calls (:meth:`request_into`, :meth:`request_view`) gain
     most for messages that fit it.
