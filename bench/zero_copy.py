@@ -10,7 +10,8 @@ split (server on the second CPU) placements. Linux.
 ``--server c`` answers with the C echo server of bench/shm.c (compiled
 here; shared memory accepted) instead of a Python handler, so that the
 difference between the client's calls is not drowned by the handler's
-copies (a Python handler gets the request as bytes and returns bytes).
+copies (a Python handler gets the request as bytes and returns bytes; the
+last two cases give it a view instead, ``Server(zero_copy=True)``).
 
 The shared-memory runs offer a 2 MiB slot (``shm_slot_size``, the
 default since issue 15's last step; it was 256 KiB), so 1 MiB travels
@@ -36,18 +37,20 @@ SLOT = 2 * 1024 * 1024
 SERVER = r"""
 import os, sys, ipcfast
 os.sched_setaffinity(0, {int(sys.argv[3])})
-with ipcfast.Server(sys.argv[1], lambda r: r, shm=sys.argv[2] == "1"):
+with ipcfast.Server(sys.argv[1], lambda r: r, shm=sys.argv[2] == "1", zero_copy=sys.argv[4] == "1"):
     print("READY", flush=True)
     sys.stdin.read()
 """
 
-#: (label, shared memory, API)
-CASES: List[Tuple[str, bool, str]] = [
-    ("socket, request()", False, "bytes"),
-    ("socket, request_into()", False, "into"),
-    ("shm, request()", True, "bytes"),
-    ("shm, request_into()", True, "into"),
-    ("shm, request_view()", True, "view"),
+#: (label, shared memory, client API, zero-copy handler (Server(zero_copy=True)))
+CASES: List[Tuple[str, bool, str, bool]] = [
+    ("socket, request()", False, "bytes", False),
+    ("socket, request_into()", False, "into", False),
+    ("shm, request()", True, "bytes", False),
+    ("shm, request_into()", True, "into", False),
+    ("shm, request_view()", True, "view", False),
+    ("shm, request(), zero-copy handler", True, "bytes", True),
+    ("shm, request_into(), zero-copy handler", True, "into", True),
 ]
 
 
@@ -116,6 +119,7 @@ def ipcfast_round(
     name: str,
     shm: bool,
     api: str,
+    zero_copy: bool,
     sizes: List[int],
     iters: Dict[int, int],
     cpus: Tuple[int, int],
@@ -124,7 +128,7 @@ def ipcfast_round(
     import ipcfast
 
     client_cpu, server_cpu = cpus
-    command = [sys.executable, "-c", SERVER, name, "1" if shm else "0", str(server_cpu)]
+    command = [sys.executable, "-c", SERVER, name, "1" if shm else "0", str(server_cpu), "1" if zero_copy else "0"]
     if c_server:
         command = [c_server, "serve", name, "--cpu", str(server_cpu)]
     server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -178,13 +182,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         for placement in args.placements.split(","):
             cpus = placements[placement]
             figures: Dict[str, Dict[int, List[float]]] = {"floor": {s: [] for s in sizes}}
-            figures.update({label: {s: [] for s in sizes} for label, _, _ in CASES})
+            cases = [case for case in CASES if not (c_server and case[3])]  # the C server copies nothing anyway
+            figures.update({label: {s: [] for s in sizes} for label, _, _, _ in cases})
             for r in range(args.rounds):
                 for size, us in floor_round(floor, work, sizes, iters, cpus).items():
                     figures["floor"][size].append(us)
-                for label, shm, api in CASES:
-                    name = f"zc-bench-{os.getpid()}-{placement}-{r}-{api}-{int(shm)}"
-                    for size, us in ipcfast_round(name, shm, api, sizes, iters, cpus, c_server).items():
+                for label, shm, api, zero_copy in cases:
+                    name = f"zc-bench-{os.getpid()}-{placement}-{r}-{api}-{int(shm)}-{int(zero_copy)}"
+                    rtts = ipcfast_round(name, shm, api, zero_copy, sizes, iters, cpus, c_server)
+                    for size, us in rtts.items():
                         figures[label][size].append(us)
             medians = {label: {s: statistics.median(v) for s, v in by.items()} for label, by in figures.items()}
             print(
@@ -194,7 +200,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("| | " + " | ".join(_size(s) for s in sizes) + " |")
             print("|---|" + "---|" * len(sizes))
             print("| C socket floor | " + " | ".join(f"{medians['floor'][s]:.2f} µs" for s in sizes) + " |")
-            for label, _, _ in CASES:
+            for label, _, _, _ in cases:
                 cells = [f"{medians[label][s] / medians['floor'][s]:.2f}× ({medians[label][s]:.2f} µs)" for s in sizes]
                 print(f"| {label} | " + " | ".join(cells) + " |")
     finally:

@@ -200,7 +200,7 @@ size_t ipc_packet_header_encode(uint8_t out[IPC_MAX_HEADER_SIZE], uint8_t type, 
 #define IPC_SHM_MIN_SLOT 64u
 #define IPC_SHM_MAX_SLOT (64u * 1024u * 1024u)
 #define IPC_SHM_DEFAULT_SLOT (2u * 1024u * 1024u) /* see docs/design.md, "data paths" */
-#define IPC_DEFAULT_SPIN_US 20 /* see docs/design.md, "data paths" */
+#define IPC_DEFAULT_SPIN_US 20                    /* see docs/design.md, "data paths" */
 
 typedef struct ipc_shm_setup {
     uint32_t layout;      /* IPC_SHM_LAYOUT */

@@ -3,11 +3,13 @@
 ``request_view(data)``, a memoryview valid until the next request. Every
 pairing of client and server backend, on the socket path and (native on
 Linux) on the shared-memory path; the misuse cases; a client in another
-process."""
+process. The handler's side, ``Server(zero_copy=True)``: a read-only view of
+the request in every dispatch mode, released once the response is sent."""
 
 from __future__ import annotations
 
 import array
+import contextlib
 import ctypes
 import math
 import os
@@ -17,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from typing import List
+from typing import Any, Iterator, List
 
 import pytest
 from conftest import MakeClient, MakeServer, child_env
@@ -357,6 +359,119 @@ def test_the_zero_copy_bench_reports_every_case() -> None:
         "| shm, request()",
         "| shm, request_into()",
         "| shm, request_view()",
+        "| shm, request(), zero-copy handler",
+        "| shm, request_into(), zero-copy handler",
     ]
     figures = [float(x) for row in rows for x in re.findall(r"([0-9.]+) µs", row)]
-    assert len(figures) == 12 and all(math.isfinite(x) and x > 0 for x in figures)
+    assert len(figures) == 16 and all(math.isfinite(x) and x > 0 for x in figures)
+
+
+# ---- the handler's side: Server(zero_copy=True) -----------------------------------
+
+#: (dispatch, workers): a handler on the connection threads, on worker
+#: threads, and on the application's own thread (manual dispatch).
+DISPATCHES = [("thread", 0), ("thread", 2), ("manual", 0)]
+
+
+@contextlib.contextmanager
+def _serving(
+    make_server: MakeServer, name: str, handler: Any, dispatch: str, workers: int, **kw: Any
+) -> Iterator[None]:
+    server = make_server(name, handler, zero_copy=True, dispatch=dispatch, workers=workers, **kw)
+    with server:
+        if dispatch != "manual":
+            yield
+            return
+        stop = threading.Event()
+        loop = threading.Thread(target=lambda: [server.dispatch(timeout=0.05) for _ in iter(stop.is_set, True)])
+        loop.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            loop.join()
+
+
+@pytest.mark.parametrize("dispatch,workers", DISPATCHES, ids=["thread", "workers", "manual"])
+def test_zero_copy_handler_gets_a_read_only_view(
+    name: str, make_server: MakeServer, make_client: MakeClient, shm: bool, dispatch: str, workers: int
+) -> None:
+    seen: List[Any] = []
+
+    def handler(request: Any) -> Any:
+        seen.append((type(request), request.readonly))
+        with pytest.raises(TypeError):
+            request[0:1] = b"x"
+        return request  # an echo of the view itself
+
+    with _serving(make_server, name, handler, dispatch, workers, shm=shm):
+        with make_client(name, shm=shm, timeout=30) as client:
+            for size in SIZES:
+                data = _payload(size, 5)
+                assert client.request(data) == data
+                assert client.request_view(data) == data
+    assert seen and all(kind is memoryview and readonly for kind, readonly in seen)
+
+
+@pytest.mark.parametrize("dispatch,workers", DISPATCHES, ids=["thread", "workers", "manual"])
+def test_zero_copy_handler_answers_with_any_buffer(
+    name: str, make_server: MakeServer, make_client: MakeClient, shm: bool, dispatch: str, workers: int
+) -> None:
+    def handler(request: Any) -> Any:
+        if request[:4] == b"tail":
+            return request[4:]  # a slice of the view
+        if request[:4] == b"copy":
+            return bytes(request) + b"!"
+        if request[:4] == b"fail":
+            raise ValueError("as asked")
+        if request[:4] == b"text":
+            return "not bytes"
+        return bytearray(request[::-1])
+
+    with _serving(make_server, name, handler, dispatch, workers, shm=shm):
+        with make_client(name, shm=shm, timeout=30) as client:
+            big = b"tail" + _payload(1024 * 1024)
+            assert client.request(big) == big[4:]
+            assert client.request(b"copy me") == b"copy me!"
+            with pytest.raises(ipcfast.RemoteError, match="as asked"):
+                client.request(b"fail")
+            with pytest.raises(ipcfast.RemoteError, match="str"):
+                client.request(b"text")
+            assert client.request(b"abc") == b"cba"
+            assert client.request(big) == big[4:]
+
+
+@pytest.mark.parametrize("dispatch,workers", DISPATCHES, ids=["thread", "workers", "manual"])
+def test_zero_copy_view_kept_after_the_call_is_released(
+    name: str,
+    make_server: MakeServer,
+    make_client: MakeClient,
+    server_backend: str,
+    shm: bool,
+    dispatch: str,
+    workers: int,
+) -> None:
+    kept: List[memoryview] = []
+    exports: List[Any] = []
+
+    def handler(request: Any) -> Any:
+        if request == b"export":
+            # an export the server cannot end: the view stays open, nothing breaks
+            exports.append(pickle.PickleBuffer(request))
+        kept.append(request)
+        return b"ok"
+
+    with _serving(make_server, name, handler, dispatch, workers, shm=shm):
+        with make_client(name, shm=shm, timeout=30) as client:
+            assert client.request(b"first") == b"ok"
+            assert client.request(b"export") == b"ok"
+            assert client.request(b"third") == b"ok"
+            assert client.request(b"fourth") == b"ok"
+    if server_backend == "native":
+        # once the response is sent the view is released: using it raises
+        # instead of showing the connection's next request
+        with pytest.raises(ValueError):
+            bytes(kept[0])
+        with pytest.raises(ValueError):
+            bytes(kept[2])
+        exports.clear()

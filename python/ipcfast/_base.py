@@ -434,7 +434,7 @@ class Server:
 
     ``Server(name, handler, *, key=None, max_clients=32, max_message=64 MiB,
     access="user", listeners=1, handshake_timeout=5.0, dispatch="thread",
-    workers=0, backend="native")``
+    workers=0, shm=True, zero_copy=False, backend="native")``
 
     * ``name``: a plain name (POSIX: a socket in a private per-user
       directory; Windows: ``\\\\.\\pipe\\NAME``), or on POSIX a socket path
@@ -466,6 +466,14 @@ class Server:
       default; native backend on Linux and Windows; docs/guide.md "Shared memory").
       ``shm=False`` keeps every connection on the socket path. The pure
       backend always keeps the socket path.
+    * ``zero_copy``: ``True`` calls the handler with a read-only
+      ``memoryview`` of the request instead of ``bytes``, saving one copy of
+      every request (a large message's biggest cost after the transport). The
+      view is valid only during the call: the server releases it once the
+      response is sent (using it later raises ``ValueError``), and the memory
+      behind it is reused for the connection's next request, so neither keep
+      it nor slices of it: ``bytes(view)`` keeps a copy. The response may be
+      the view itself or a slice of it (an echo).
 
     The server runs from :meth:`start` (or entering ``with``) until
     :meth:`stop` (or leaving ``with``), even if no reference to it is kept.
@@ -503,6 +511,7 @@ class Server:
         workers: int = DEFAULT_WORKERS,
         backend: Optional[str] = None,
         shm: bool = DEFAULT_SHM,
+        zero_copy: bool = False,
     ) -> None:
         _check_backend(self, backend)
         options = ServerOptions.parse(
@@ -514,6 +523,7 @@ class Server:
         self._max_message = options.max_message
         self._manual = options.manual
         self._workers = options.workers
+        self._zero_copy = bool(zero_copy)  # the handler takes a memoryview
         self._state: Any = None  # what _open() returned, while running
         self._address = None
         self._lock = threading.Lock()  # start/stop

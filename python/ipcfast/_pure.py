@@ -1525,6 +1525,11 @@ class PureServer(Server):
         self._handshake_timeout_ms = options.handshake_timeout_ms
         self._world = options.world
         self._handshake = options.handshake
+        if self._zero_copy:
+            # The request is already a bytes object of its own here: its view
+            # costs nothing, and outlives the call harmlessly.
+            handler: Any = self._handler
+            self._handler = lambda request: handler(memoryview(request))
 
     @property
     def _run(self) -> Optional[_Run]:

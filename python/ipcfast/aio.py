@@ -206,7 +206,9 @@ async def serve(name: Name, handler: AsyncHandler, **options: Any) -> _AsyncServ
     """Start a server whose ``handler`` is a coroutine function run on the
     current event loop; returns once it listens. Takes the keyword arguments
     of :class:`ipcfast.Server`. A handler that raises (or returns a wrong
-    type) gives the client RemoteError, as with a plain handler."""
+    type) gives the client RemoteError, as with a plain handler. With
+    ``zero_copy=True`` the request is a read-only memoryview, valid until
+    the coroutine returns."""
     loop = asyncio.get_running_loop()
 
     def bridge(request: bytes) -> Union[BytesLike, Any]:

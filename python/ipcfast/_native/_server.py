@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, cast
 
 from .._base import Server, ServerOptions, failure_text, handler_result
 from .._errors import ConnectionClosed
@@ -99,6 +99,8 @@ class NativeServer(Server):
         c_options.shm = int(options.shm)
         if not queued:
             c_options.returning_handler = lib._ipcfast_reply
+        if self._zero_copy:
+            self._reply = self._reply_with_view  # type: ignore[method-assign]
         self._options = c_options
         self._handle: Any = None  # ffi.new_handle(self), while running
         # Connection thread ident -> the response being sent on it (see
@@ -263,6 +265,7 @@ class NativeServer(Server):
         # worker, take one call at a time, so that a slow handler never holds
         # back a request another (idle) worker could run.
         batch = _BATCH if self._workers == 1 else 1
+        zero_copy = self._zero_copy
         done = 0
         try:
             while not self._workers_leaving:
@@ -274,6 +277,9 @@ class NativeServer(Server):
                 for i in range(count_p[0]):
                     call = answered[i] = calls[i]
                     done += 1
+                    if zero_copy:
+                        self._answer_with_view(call, requests[i], sizes[i])
+                        continue
                     try:
                         result = handler(buffer(requests[i], sizes[i])[:])
                         buf = from_buffer(result) if type(result) is bytes else handler_result(result, from_buffer)
@@ -287,6 +293,9 @@ class NativeServer(Server):
 
     # Manual dispatch and workers: answer one call on this thread.
     def _answer(self, call: Any, request: Any, size: int) -> None:
+        if self._zero_copy:
+            self._answer_with_view(call, request, size)
+            return
         try:
             result = self._handler(ffi.buffer(request, size)[:])
             buf = ffi.from_buffer(result) if type(result) is bytes else handler_result(result, ffi.from_buffer)
@@ -327,8 +336,74 @@ class NativeServer(Server):
             )
         return buf
 
+    # zero_copy=True, queued calls: the response is sent before this returns,
+    # so the request's view is released at once.
+    def _answer_with_view(self, call: Any, request: Any, size: int) -> None:
+        view = _request_view(request, size)
+        try:
+            result = cast(Any, self._handler)(view)  # zero_copy: it takes a view
+            buf = ffi.from_buffer(result) if type(result) is bytes else handler_result(result, ffi.from_buffer)
+        except BaseException as exc:
+            _release(view)
+            self._fail(call, exc)
+            return
+        lib.ipc_call_respond(call, buf, len(buf), _NULL)
+        del buf, result  # their exports of the view, if the response was (part of) it
+        _release(view)
+
+    # zero_copy=True on a C connection thread: as _reply, but the handler gets
+    # a view of the request. The core sends the response after we return and
+    # it may point into that view (an echo), so the view is released at this
+    # connection's next call, when the response has been sent.
+    def _reply_with_view(self, call: Any, request: Any, size: int, response_size: Any) -> Any:
+        ident = _get_ident()
+        held = self._held
+        sent = held.get(ident)
+        held[ident] = None
+        if sent is not None:
+            view = sent[1]
+            del sent  # the response's export of the view goes with it
+            _release(view)
+        if request == _NULL:
+            held.pop(ident, None)
+            return _NULL
+        view = _request_view(request, size)
+        try:
+            result = cast(Any, self._handler)(view)  # zero_copy: it takes a view
+            buf = ffi.from_buffer(result) if type(result) is bytes else handler_result(result, ffi.from_buffer)
+        except BaseException as exc:
+            _release(view)
+            self._fail(call, exc)
+            return _NULL
+        held[ident] = (buf, view)
+        size = response_size[0] = len(buf)
+        if size > self._max_message:
+            logger.debug(
+                "server %r: the handler's response of %d bytes is above max_message (%d); "
+                "the client gets an error instead",
+                self._name,
+                size,
+                self._max_message,
+            )
+        return buf
+
     def _fail(self, call: Any, exc: BaseException) -> None:
         message = failure_text(self._name, exc)
         rc = lib.ipc_call_fail(call, message, len(message), _NULL)
         if rc != lib.IPC_OK:
             logger.debug("server %r: the error was not delivered (%s)", self._name, result_name(rc))
+
+
+def _request_view(request: Any, size: int) -> memoryview:
+    """A read-only view of a request the C core holds (zero_copy=True)."""
+    return memoryview(ffi.buffer(request, size)).toreadonly()
+
+
+def _release(view: memoryview) -> None:
+    """Ends a request view, so a handler that kept it gets ValueError rather
+    than the next request's bytes. An export still alive (numpy.frombuffer of
+    it, say) keeps it open: the documentation says not to keep one."""
+    try:
+        view.release()
+    except BufferError:
+        pass
