@@ -340,3 +340,76 @@ def test_shm_pure_peers_decline_and_interoperate(name: str) -> None:
             with ipcfast.Client(name, backend="pure", shm=True) as client:
                 assert client.version == 1
                 assert client.request(b"ef") == b"EF"
+
+
+# ---- Client(shm_spin_us=...) and Server(shm_spin_us=...) ------------------------------
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_shm_spin_us_is_checked(name: str, side: str) -> None:
+    def make(**kw: Any) -> Any:
+        if side == "client":
+            return ipcfast.Client(name, **kw)
+        return ipcfast.Server(name, _upper, **kw)
+
+    for bad in (-1, ipcfast._base.MAX_SHM_SPIN_US + 1):
+        with pytest.raises(ValueError, match="shm_spin_us"):
+            make(shm_spin_us=bad)
+    for wrong in ("20", 2.5, True):
+        with pytest.raises(TypeError, match="shm_spin_us"):
+            make(shm_spin_us=wrong)
+
+
+_SLOW_SERVER = r"""
+import os, sys, time, ipcfast
+os.sched_setaffinity(0, {int(sys.argv[2])})
+def handler(request):
+    time.sleep(0.05)  # the client waits 50 ms for every response
+    return request
+with ipcfast.Server(sys.argv[1], handler, shm_spin_us=int(sys.argv[3])):
+    print("READY", flush=True)
+    sys.stdin.read()
+"""
+
+
+@pytest.mark.skipif(not LINUX, reason="pins the two sides to two CPUs (sched_setaffinity)")
+def test_shm_spin_us_is_the_clients_spin_budget(name: str) -> None:
+    """A client waiting for a slow handler on another CPU spins for at most
+    its budget, then sleeps: 200 ms of budget burns the 50 ms of every wait,
+    0 burns nothing. CPU time, not speed, is asserted (10x apart)."""
+    _c_lib()
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    before = os.sched_getaffinity(0)
+    spent: Dict[int, float] = {}
+    try:
+        for spin in (0, 200_000):
+            server_name = f"{name}-{spin}"
+            server = subprocess.Popen(
+                [sys.executable, "-c", _SLOW_SERVER, server_name, str(cpus[1]), "0"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=child_env(),
+                text=True,
+            )
+            try:
+                assert server.stdout is not None and server.stdout.readline() == "READY\n"
+                os.sched_setaffinity(0, {cpus[0]})
+                with ipcfast.Client(server_name, shm_spin_us=spin, timeout=30) as client:
+                    assert _uses_shm(client)
+                    client.request(b"warm")  # the server's CPU is now in the region
+                    start = time.process_time()
+                    for i in range(6):
+                        assert client.request(b"%d" % i) == b"%d" % i
+                    spent[spin] = time.process_time() - start
+            finally:
+                os.sched_setaffinity(0, before)
+                assert server.stdin is not None
+                server.stdin.close()
+                server.wait(30)
+    finally:
+        os.sched_setaffinity(0, before)
+    # 6 waits of 50 ms: spinning burns close to 300 ms, sleeping close to none
+    assert spent[200_000] > 0.1, spent
+    assert spent[0] < spent[200_000] / 10, spent

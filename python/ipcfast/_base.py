@@ -64,6 +64,9 @@ MAX_WORKERS = 256
 #: Server(shm=...) and Client(shm=...): the shared-memory data path is on
 #: unless a side says shm=False (docs/protocol.md 11; native backend, Linux and Windows).
 DEFAULT_SHM = True
+#: Server(shm_spin_us=...) and Client(shm_spin_us=...): the largest value
+#: taken (one second of spinning is already far past any use).
+MAX_SHM_SPIN_US = 1_000_000
 _MAX_UINT32 = 0xFFFFFFFF
 _MAX_TIMEOUT_MS = 0x7FFFFFFF
 
@@ -136,6 +139,8 @@ class ServerOptions:
     workers: int  #: handler threads fed from the core's queue; 0: none
     #: accept a client's shared-memory data path (native backend, Linux and Windows)
     shm: bool = DEFAULT_SHM
+    #: microseconds a waiting thread spins on that path; -1: the C core's default
+    shm_spin_us: int = -1
 
     @classmethod
     def parse(
@@ -151,6 +156,7 @@ class ServerOptions:
         dispatch: str,
         workers: int = 0,
         shm: bool = DEFAULT_SHM,
+        shm_spin_us: Optional[int] = None,
     ) -> "ServerOptions":
         check_server_args(handler, access, dispatch)
         workers = check_uint32(workers, "workers", minimum=0)
@@ -177,6 +183,7 @@ class ServerOptions:
             manual=dispatch == "manual",
             workers=workers,
             shm=bool(shm),
+            shm_spin_us=check_spin_us(shm_spin_us),
         )
 
 
@@ -227,6 +234,8 @@ class ClientOptions:
     shm: bool = DEFAULT_SHM
     #: bytes per direction in that region; 0: the C core's default (2 MiB)
     shm_slot_size: int = 0
+    #: microseconds a waiting call spins on that path; -1: the C core's default
+    shm_spin_us: int = -1
 
     @classmethod
     def parse(
@@ -240,6 +249,7 @@ class ClientOptions:
         server_user: ServerUser = None,
         shm: bool = DEFAULT_SHM,
         shm_slot_size: int = 0,
+        shm_spin_us: Optional[int] = None,
     ) -> "ClientOptions":
         shm_slot_size = check_uint32(shm_slot_size, "shm_slot_size", minimum=0)
         if shm_slot_size and not SHM_MIN_SLOT <= shm_slot_size <= SHM_MAX_SLOT:
@@ -262,7 +272,19 @@ class ClientOptions:
             server_uid=uid,
             shm=bool(shm),
             shm_slot_size=shm_slot_size,
+            shm_spin_us=check_spin_us(shm_spin_us),
         )
+
+
+def check_spin_us(value: Optional[int]) -> int:
+    """shm_spin_us: None (the C core's default, -1 here) or 0..MAX_SHM_SPIN_US."""
+    if value is None:
+        return -1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"shm_spin_us must be an int or None, got {type(value).__name__}")
+    if not 0 <= value <= MAX_SHM_SPIN_US:
+        raise ValueError(f"shm_spin_us must be 0..{MAX_SHM_SPIN_US} microseconds, got {value}")
+    return value
 
 
 def _check_backend(impl: Any, backend: Optional[str]) -> None:
@@ -434,7 +456,7 @@ class Server:
 
     ``Server(name, handler, *, key=None, max_clients=32, max_message=64 MiB,
     access="user", listeners=1, handshake_timeout=5.0, dispatch="thread",
-    workers=0, shm=True, zero_copy=False, backend="native")``
+    workers=0, shm=True, zero_copy=False, shm_spin_us=None, backend="native")``
 
     * ``name``: a plain name (POSIX: a socket in a private per-user
       directory; Windows: ``\\\\.\\pipe\\NAME``), or on POSIX a socket path
@@ -465,7 +487,9 @@ class Server:
     * ``shm``: accept clients' offers of a shared-memory data path (on by
       default; native backend on Linux and Windows; docs/guide.md "Shared memory").
       ``shm=False`` keeps every connection on the socket path. The pure
-      backend always keeps the socket path.
+      backend always keeps the socket path. ``shm_spin_us`` (None: 20) is
+      how long a connection thread waiting for the next request spins
+      before it sleeps; 0 never spins.
     * ``zero_copy``: ``True`` calls the handler with a read-only
       ``memoryview`` of the request instead of ``bytes``, saving one copy of
       every request (a large message's biggest cost after the transport). The
@@ -512,10 +536,22 @@ class Server:
         backend: Optional[str] = None,
         shm: bool = DEFAULT_SHM,
         zero_copy: bool = False,
+        shm_spin_us: Optional[int] = None,
     ) -> None:
         _check_backend(self, backend)
         options = ServerOptions.parse(
-            name, handler, key, max_clients, max_message, access, listeners, handshake_timeout, dispatch, workers, shm
+            name,
+            handler,
+            key,
+            max_clients,
+            max_message,
+            access,
+            listeners,
+            handshake_timeout,
+            dispatch,
+            workers,
+            shm,
+            shm_spin_us,
         )
         # Copied out of options: the handler paths read them per request.
         self._name = options.name
@@ -778,7 +814,10 @@ class Client:
     ``shm_slot_size`` (bytes per direction, 0: 2 MiB) is the largest
     message that travels through the region; larger ones take the socket.
     The zero-copy calls (:meth:`request_into`, :meth:`request_view`) gain
-    most for messages that fit it.
+    most for messages that fit it. ``shm_spin_us`` (None: 20) is how long a
+    call waiting for its response spins before it sleeps in the kernel,
+    while the server runs on another CPU (never on our own); 0 never spins,
+    which saves CPU and costs latency across CPUs (docs/design.md).
     """
 
     _name: str
@@ -803,10 +842,20 @@ class Client:
         server_user: ServerUser = None,
         shm: bool = DEFAULT_SHM,
         shm_slot_size: int = 0,
+        shm_spin_us: Optional[int] = None,
     ) -> None:
         _check_backend(self, backend)
         options = ClientOptions.parse(
-            name, key, connect_timeout, timeout, max_message, wait_for_server, server_user, shm, shm_slot_size
+            name,
+            key,
+            connect_timeout,
+            timeout,
+            max_message,
+            wait_for_server,
+            server_user,
+            shm,
+            shm_slot_size,
+            shm_spin_us,
         )
         self._name = options.name
         self._timeout_ms = options.timeout_ms

@@ -107,6 +107,8 @@ class NativeClient(Client):
         c_options.max_message = options.max_message
         c_options.shm = int(options.shm)
         c_options.shm_slot_size = options.shm_slot_size
+        if options.shm_spin_us >= 0:
+            c_options.shm_spin_us = options.shm_spin_us
         ffi.memmove(c_options.handshake, options.handshake, lib.IPC_HANDSHAKE_SIZE)
         c_options.wait_if_not_found = options.wait_for_server
         c_options.server_user = options.server_user

@@ -97,6 +97,8 @@ class NativeServer(Server):
         queued = options.manual or options.workers > 0
         c_options.dispatch = _DISPATCH_MANUAL if queued else _DISPATCH_THREAD
         c_options.shm = int(options.shm)
+        if options.shm_spin_us >= 0:
+            c_options.shm_spin_us = options.shm_spin_us
         if not queued:
             c_options.returning_handler = lib._ipcfast_reply
         if self._zero_copy:
