@@ -236,6 +236,8 @@ static int serve_shm_setup(ipc_connection *c, const ipc_packet *packet, ipc_erro
     if (r != IPC_OK)
         return 0;
     if (link) {
+        if (o->shm_requests_in_place)
+            link->lend_type = IPC_PACKET_REQUEST;
         c->shm = link;
         c->path = &ipc__shm_datapath;
         c->path_state = link;

@@ -307,6 +307,14 @@ typedef struct ipc_server_options {
      * sleeps in the kernel, in microseconds (0: never spin). Set to
      * IPC_DEFAULT_SPIN_US by ipc_server_options_init. */
     int shm_spin_us;
+    /* Nonzero: on a shared-memory connection the request handed to the
+     * handler (or by ipc_server_next_call) points into the shared slot
+     * itself instead of a private copy, saving one copy of every request.
+     * The client can change those bytes at any moment and no NUL follows
+     * them: only for handlers that copy the request before they read it, or
+     * whose reading a change cannot harm (the Python binding's). The size is
+     * checked against the slot as always. 0 (default): a private copy. */
+    int shm_requests_in_place;
 } ipc_server_options;
 
 /* Fills defaults: 32 clients, 1 listener, 64 MiB, user access,
@@ -564,6 +572,14 @@ typedef struct ipc_client_options {
      * while the server last ran on our CPU. ipc_client_options_init sets
      * IPC_DEFAULT_SPIN_US. */
     int shm_spin_us;
+    /* Nonzero: on a shared-memory connection a response handed out by
+     * ipc_client_request, ipc_client_read or ipc_client_call (there: above
+     * IPC_REPLY_INLINE_SIZE; smaller ones are copied to reply->inline_data
+     * and terminated) points into the shared slot instead of the client's
+     * own copy, saving one copy: the server can change those bytes at any
+     * moment and no NUL follows them. For bindings that copy the response at once (the
+     * Python binding). 0 (default): the client's own NUL-terminated copy. */
+    int shm_responses_in_place;
 } ipc_client_options;
 
 /* Fills defaults: 64 MiB, IPC_DEFAULT_HANDSHAKE, version 1, absent names

@@ -479,7 +479,9 @@ int64_t ipc_client_call(ipc_client_t *client, const void *request, size_t size, 
     if (r == IPC_OK)
         r = client_read_locked(client, &response, &response_size, deadline, &reply->error);
     if (r == IPC_OK && response_size <= IPC_REPLY_INLINE_SIZE) {
-        memcpy(reply->inline_data, response, response_size + 1); /* with the NUL */
+        /* the terminator written here: a response in place has none */
+        memcpy(reply->inline_data, response, response_size);
+        reply->inline_data[response_size] = 0;
         response = (const uint8_t *)reply->inline_data;
     }
     reply->data = (const char *)response;

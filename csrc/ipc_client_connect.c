@@ -212,6 +212,8 @@ int ipc_client_open(ipc_client_t **out, const char *name, const ipc_client_optio
         r = ipc__shm_offer(&client->stream, client->options.shm_slot_size,
                            client->options.shm_spin_us, client->version,
                            client->options.max_message, deadline, &client->shm, err);
+    if (r == IPC_OK && client->shm && client->options.shm_responses_in_place)
+        client->shm->lend_type = IPC_PACKET_RESPONSE;
     if (r != IPC_OK)
         goto fail;
     *out = client;

@@ -126,6 +126,11 @@ typedef struct ipc_shm_link {
     int wakes_on_interrupt; /* server: interrupting the socket wakes us */
     uint8_t *copy;          /* private copy of the last message read */
     size_t copy_capacity;
+    /* A packet type whose payload ipc__shm_read hands out in place, in the
+     * slot, instead of copying it (0: none): for owners that copy it at once
+     * themselves (ipc_server_options.shm_requests_in_place,
+     * ipc_client_options.shm_responses_in_place). */
+    uint8_t lend_type;
 } ipc_shm_link;
 
 /* The shared-memory data path; `path` is an ipc_shm_link. */
@@ -143,7 +148,9 @@ int ipc__shm_offer(ipc_stream *stream, uint32_t slot_size, int spin_us, uint8_t 
 int ipc__shm_accept(ipc_stream *stream, const ipc_packet *packet, int allowed, int spin_us,
                     ipc_shm_link **link, ipc_error *err);
 /* Waits for the next message until deadline (< 0: none), watching the
- * socket; hands it out like ipc__stream_read_packet. */
+ * socket; hands it out like ipc__stream_read_packet: a private copy with a
+ * NUL after it, except a payload of link->lend_type, which points into the
+ * slot (no terminator; the peer may change it at any time). */
 int ipc__shm_read(ipc_shm_link *link, uint32_t max_message, uint8_t max_version, int64_t deadline,
                   ipc_packet *packet, ipc_error *err);
 /* The client's zero-copy receive: a RESPONSE in the slot that fits

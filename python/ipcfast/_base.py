@@ -496,8 +496,10 @@ class Server:
       view is valid only during the call: the server releases it once the
       response is sent (using it later raises ``ValueError``), and the memory
       behind it is reused for the connection's next request, so neither keep
-      it nor slices of it: ``bytes(view)`` keeps a copy. The response may be
-      the view itself or a slice of it (an echo).
+      it nor slices of it: ``bytes(view)`` keeps a copy. On the shared-memory
+      path it is the client's slot itself, which a misbehaving client could
+      change while the handler reads it: parse what you must trust from a
+      copy. The response may be the view itself or a slice of it (an echo).
 
     The server runs from :meth:`start` (or entering ``with``) until
     :meth:`stop` (or leaving ``with``), even if no reference to it is kept.

@@ -190,6 +190,7 @@ typedef struct ipc_server_options {
     ipc_cancel_fn cancel_handler;
     int shm;
     int shm_spin_us;
+    int shm_requests_in_place;
 } ipc_server_options;
 
 void ipc_server_options_init(ipc_server_options *options);
@@ -286,6 +287,7 @@ typedef struct ipc_client_options {
     int shm;
     uint32_t shm_slot_size;
     int shm_spin_us;
+    int shm_responses_in_place;
 } ipc_client_options;
 
 void ipc_client_options_init(ipc_client_options *options);

@@ -95,6 +95,8 @@
     T_SHM_ONLY(X, shm_stop_wakes_idle_waits)                        \
     T_SHM_ONLY(X, shm_killed_peers)                                 \
     T_SHM_ONLY(X, shm_hostile_peer)                                 \
+    T_SHM_ONLY(X, shm_requests_in_place)                            \
+    T_SHM_ONLY(X, shm_responses_in_place)                           \
     T_SHM_ONLY(X, shm_vanished_peer)                                \
     T_SHM_ONLY(X, shm_many_idle_connections)                        \
     /* last: under ThreadSanitizer a data race here ends the run */ \

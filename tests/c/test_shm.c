@@ -757,6 +757,117 @@ void test_shm_hostile_peer(void)
     ctx_free(&ctx);
 }
 
+/* For test_shm_requests_in_place: the handler waits, mid-call, until the
+ * test has changed the request's first byte in its own mapping of the
+ * region, then reads it. */
+typedef struct peek_ctx {
+    srv_ctx s;   /* its lock guards the fields below */
+    int entered; /* the handler has the request */
+    int changed; /* the test wrote into the slot */
+    int seen;    /* the request's first byte, read after the change */
+} peek_ctx;
+
+static void peek_handler(void *user_data, ipc_call *call, const uint8_t *request, size_t size)
+{
+    peek_ctx *p = (peek_ctx *)user_data;
+
+    if (!request)
+        return; /* a disconnect */
+    ctx_set(&p->s, &p->entered, 1);
+    ctx_wait_for(&p->s, &p->changed, 1, 5000);
+    ctx_set(&p->s, &p->seen, size ? request[0] : -1);
+    ipc_call_respond(call, "k", 1, NULL);
+}
+
+/* shm_requests_in_place hands the handler the slot itself (a change the
+ * client makes shows), the default a private copy (it does not). */
+void test_shm_requests_in_place(void)
+{
+    int in_place;
+
+    for (in_place = 0; in_place < 2; in_place++) {
+        char name[96];
+        peek_ctx p;
+        ipc_server_options so;
+        ipc_server_t *server;
+        raw_peer raw;
+
+        memset(&p, 0, sizeof p);
+        ctx_init(&p.s);
+        make_name(name, sizeof name, in_place ? "shmlend" : "shmcopy");
+        shm_server_options(&so);
+        so.shm_requests_in_place = in_place;
+        server = open_server(name, &so, peek_handler, &p.s); /* &p.s is &p */
+        if (server && CHECK(raw_open(name, &raw, 4096, RAW_SOUND) == IPC_PACKET_SHM_ACCEPT)) {
+            raw.base[IPC_SHM_HEADER_SIZE] = 'P';
+            forge(&raw, 1, IPC_PACKET_REQUEST, 1, 0);
+            if (CHECK(ctx_wait_for(&p.s, &p.entered, 1, 5000))) {
+                raw.base[IPC_SHM_HEADER_SIZE] = 'X';
+                ctx_set(&p.s, &p.changed, 1);
+                CHECK(ctx_wait_for(&p.s, &p.seen, 1, 5000));
+                if (!CHECK(ctx_get(&p.s, &p.seen) == (in_place ? 'X' : 'P')))
+                    note("      (in place: %d, seen %d)", in_place, ctx_get(&p.s, &p.seen));
+            }
+            raw_close(&raw);
+        }
+        ipc_server_stop(server);
+        ctx_free(&p.s);
+    }
+}
+
+/* shm_responses_in_place: responses read in the slot are right at every
+ * size, and ipc_client_call's inline copy is terminated even though the
+ * slot holds the rest of a longer, earlier response after it. */
+void test_shm_responses_in_place(void)
+{
+    static const size_t sizes[] = {300, 10, 0, 240, 241, 4096, 5000, 3, 4095};
+    unsigned char req[5000], want[5000];
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_options so;
+    ipc_client_options co;
+    ipc_server_t *server;
+    ipc_client_t *client;
+    ipc_client_reply reply;
+    const uint8_t *response;
+    size_t response_size, i, k;
+
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "shmresp");
+    shm_server_options(&so);
+    server = open_server(name, &so, xor_handler, &ctx);
+    shm_client_options(&co, 4096);
+    co.shm_responses_in_place = 1;
+    client = server ? open_client(name, &co, 5000) : NULL;
+    memset(&reply, 0, sizeof reply);
+    for (i = 0; client && i < sizeof sizes / sizeof sizes[0]; i++) {
+        int64_t n;
+
+        memset(req, (int)(0x1d + i), sizes[i]);
+        for (k = 0; k < sizes[i]; k++)
+            want[k] = (unsigned char)(req[k] ^ 0x5C);
+        n = ipc_client_call(client, req, sizes[i], 5000, &reply);
+        if (!CHECK(n == (int64_t)sizes[i]) || !CHECK(memcmp(reply.data, want, sizes[i]) == 0))
+            note("      (call, size %lu: %lld)", (unsigned long)sizes[i], (long long)n);
+        if (n >= 0 && (size_t)n <= IPC_REPLY_INLINE_SIZE)
+            CHECK(reply.data == reply.inline_data && reply.inline_data[n] == 0);
+        /* ipc_client_request: in the slot, so unterminated (not looked at:
+         * a response that fills the slot ends where the region does) */
+        if (!CHECK_RC(
+                ipc_client_request(client, req, sizes[i], &response, &response_size, 5000, NULL),
+                IPC_OK, NULL) ||
+            !CHECK(response_size == sizes[i] && memcmp(response, want, sizes[i]) == 0))
+            note("      (request, size %lu)", (unsigned long)sizes[i]);
+    }
+    ipc_error_clear(&reply.error);
+    if (client) {
+        CHECK(ipc_client_uses_shm(client) == SHM_HERE);
+        ipc_client_close(client);
+    }
+    ipc_server_stop(server);
+    ctx_free(&ctx);
+}
+
 /* A peer that sets up the region and disappears mid-request: the server
  * notices through the socket and serves the next client. */
 void test_shm_vanished_peer(void)

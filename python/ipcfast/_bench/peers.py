@@ -73,13 +73,19 @@ class CPeer(Peer):
 class IpcfastPeer(Peer):
     """ipcfast itself, Python client and Python echo handler on both sides."""
 
-    def __init__(self, backend: str, description: str, key: str = "", shm: Optional[bool] = None) -> None:
+    def __init__(
+        self, backend: str, description: str, key: str = "", shm: Optional[bool] = None, zero_copy: bool = False
+    ) -> None:
         self.key = key or backend
         self.backend = backend
         self.description = description
         # None: the library's default (the shared-memory path where it is
         # negotiated); False: the socket path, for the comparison.
         self.shm = shm
+        # The zero-copy calls on both sides: a handler that gets a view
+        # (Server(zero_copy=True)) and request_into() a buffer the client
+        # keeps, as the iceoryx2 peer uses iceoryx2's loans.
+        self.zero_copy = zero_copy
 
     def _shm_option(self) -> Dict[str, Any]:
         return {} if self.shm is None else {"shm": self.shm}
@@ -95,7 +101,9 @@ class IpcfastPeer(Peer):
     def serve(self, addr: str) -> Stop:
         import ipcfast
 
-        server = ipcfast.Server(addr, _echo, backend=self.backend, max_clients=64, **self._shm_option())
+        server = ipcfast.Server(
+            addr, _echo, backend=self.backend, max_clients=64, zero_copy=self.zero_copy, **self._shm_option()
+        )
         server.start()
         return server.stop
 
@@ -103,7 +111,18 @@ class IpcfastPeer(Peer):
         import ipcfast
 
         client = ipcfast.Client(addr, backend=self.backend, connect_timeout=30, **self._shm_option())
-        return Connection(client.request, client.close)
+        if not self.zero_copy:
+            return Connection(client.request, client.close)
+        out = bytearray(64 * KIB)
+        into = client.request_into
+
+        def request_into(data: bytes) -> Any:
+            nonlocal out
+            if len(out) < len(data):  # an echo: the response is as large as the request
+                out = bytearray(len(data))
+            return memoryview(out)[: into(data, out)]
+
+        return Connection(request_into, client.close)
 
 
 # ---- the hand-written socket server a competent user writes -------------------
@@ -556,6 +575,13 @@ def _peers() -> List[Peer]:
             "the same on the socket path (ipcfast, backend='native', shm=False)",
             key="native-socket",
             shm=False,
+        ),
+        IpcfastPeer(
+            "native",
+            "the same with the zero-copy calls: Server(zero_copy=True) (the handler gets a view of the request) "
+            "and Client.request_into() a buffer the client keeps",
+            key="native-zc",
+            zero_copy=True,
         ),
         IpcfastPeer("pure", "the pure-Python path (ipcfast, backend='pure') on both sides"),
         SocketPeer(),

@@ -183,6 +183,20 @@ def _targets() -> List[Target]:
                 0.9,
             )
         )
+    # the iceoryx2 peer copies in and out of its own loans; ipcfast's
+    # counterpart is its zero-copy calls (the bytes row above stays)
+    out.append(
+        Target(
+            "native-zc (zero-copy calls) RTT / fastest Python peer's RTT at 1 MiB",
+            "split",
+            "native-zc",
+            "best-peer",
+            "latency",
+            MIB,
+            "<=",
+            0.9,
+        )
+    )
     for mode in ("pinned", "split"):
         out.append(Target("native RTT / socket RTT at 1 MiB", mode, "native", "socket", "latency", MIB, "<=", 0.9))
     out.append(
@@ -228,6 +242,17 @@ def _shm_targets() -> List[Target]:
         Target("native RTT / floor RTT at 16 B", "pinned", "native", "floor", "latency", 16, "<=", 0.8, 15),
         Target(
             "native RTT / floor RTT at 1 MiB (bytes API)", "split", "native", "floor", "latency", MIB, "<=", 1.1, 15
+        ),
+        Target(
+            "native-zc RTT / floor RTT at 1 MiB (zero-copy API)",
+            "split",
+            "native-zc",
+            "floor",
+            "latency",
+            MIB,
+            "<=",
+            0.5,
+            15,
         ),
         Target(
             "native-socket (shm=False) RTT / floor RTT at 16 B",

@@ -109,6 +109,9 @@ class NativeClient(Client):
         c_options.shm_slot_size = options.shm_slot_size
         if options.shm_spin_us >= 0:
             c_options.shm_spin_us = options.shm_spin_us
+        # request() copies a response into bytes before anything else runs;
+        # request_into() and request_view() copy from the slot themselves.
+        c_options.shm_responses_in_place = 1
         ffi.memmove(c_options.handshake, options.handshake, lib.IPC_HANDSHAKE_SIZE)
         c_options.wait_if_not_found = options.wait_for_server
         c_options.server_user = options.server_user

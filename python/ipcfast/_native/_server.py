@@ -99,6 +99,10 @@ class NativeServer(Server):
         c_options.shm = int(options.shm)
         if options.shm_spin_us >= 0:
             c_options.shm_spin_us = options.shm_spin_us
+        # Every handler path copies the request into a bytes object at once,
+        # or hands it over as a view valid during the call: a copy in C first
+        # would be one copy too many (see zero_copy in the guide).
+        c_options.shm_requests_in_place = 1
         if not queued:
             c_options.returning_handler = lib._ipcfast_reply
         if self._zero_copy:
