@@ -238,6 +238,8 @@ static int serve_shm_setup(ipc_connection *c, const ipc_packet *packet, ipc_erro
     if (link) {
         if (o->shm_requests_in_place)
             link->lend_type = IPC_PACKET_REQUEST;
+        link->spinners = &c->server->shm_spinners;
+        link->max_spinners = c->server->shm_max_spinners;
         c->shm = link;
         c->path = &ipc__shm_datapath;
         c->path_state = link;
@@ -580,6 +582,7 @@ static int server_create(ipc_server_t **out, const char *name, const ipc_server_
     server->handler = handler;
     server->user_data = user_data;
     server->family = family;
+    server->shm_max_spinners = (uint32_t)ipc_plat_cpus_available();
     r = validate_server_options(&server->options, err);
     if (r == IPC_OK)
         r = create_slots(server, err);

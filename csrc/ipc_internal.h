@@ -131,6 +131,11 @@ typedef struct ipc_shm_link {
      * themselves (ipc_server_options.shm_requests_in_place,
      * ipc_client_options.shm_responses_in_place). */
     uint8_t lend_type;
+    /* Server links: how many of the server's threads spin right now, shared
+     * by its links, and how many may (see spin_for_message); NULL: no
+     * limit (a client has one thread per link). */
+    uint32_t *spinners;
+    uint32_t max_spinners;
 } ipc_shm_link;
 
 /* The shared-memory data path; `path` is an ipc_shm_link. */
@@ -221,6 +226,11 @@ struct ipc_server_t {
     ipc_call *queue_tail;
     ipc_plat_cond *queued;
     ipc_plat_ready *ready;
+
+    /* Shared-memory links: threads spinning now, and the most that may
+     * (the CPUs this process may use; see ipc_shm.c, spin_for_message). */
+    uint32_t shm_spinners;
+    uint32_t shm_max_spinners;
 };
 
 /* State of one connection, owned by its thread. */

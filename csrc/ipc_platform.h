@@ -267,11 +267,16 @@ int ipc_plat_conn_interrupted(ipc_plat_conn *conn);
  * PRIVATE flag; Windows: the channel's event in `wake`). */
 uint32_t ipc_plat_word_load(const uint32_t *word);
 void ipc_plat_word_store(uint32_t *word, uint32_t value);
+/* Sets *word to desired if it holds expected (sequentially consistent);
+ * nonzero if it did. */
+int ipc_plat_word_swap_if(uint32_t *word, uint32_t expected, uint32_t desired);
 void ipc_plat_word_wait(ipc_plat_wake *wake, uint32_t *word, uint32_t expected, int timeout_ms);
 void ipc_plat_word_wake(ipc_plat_wake *wake, uint32_t *word);
-/* The CPU this thread runs on, or -1 if unknown; a spin-loop pause;
- * monotonic microseconds. */
+/* The CPU this thread runs on, or -1 if unknown; how many CPUs this
+ * process may run on (at least 1); a spin-loop pause; monotonic
+ * microseconds. */
 int ipc_plat_current_cpu(void);
+int ipc_plat_cpus_available(void);
 void ipc_plat_cpu_relax(void);
 int64_t ipc_plat_now_us(void);
 

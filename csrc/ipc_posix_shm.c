@@ -38,6 +38,27 @@ void ipc_plat_word_store(uint32_t *word, uint32_t value)
     __atomic_store_n(word, value, __ATOMIC_SEQ_CST);
 }
 
+int ipc_plat_word_swap_if(uint32_t *word, uint32_t expected, uint32_t desired)
+{
+    return __atomic_compare_exchange_n(word, &expected, desired, 0, __ATOMIC_SEQ_CST,
+                                       __ATOMIC_SEQ_CST);
+}
+
+/* The affinity mask where there is one (a pinned process counts the CPUs it
+ * may use, not the machine's). */
+int ipc_plat_cpus_available(void)
+{
+    long online;
+#if defined(__linux__)
+    cpu_set_t set;
+
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
+#endif
+    online = sysconf(_SC_NPROCESSORS_ONLN);
+    return online > 0 ? (int)online : 1;
+}
+
 void ipc_plat_cpu_relax(void)
 {
 #if defined(__x86_64__) || defined(__i386__)

@@ -334,6 +334,25 @@ void ipc_plat_word_store(uint32_t *word, uint32_t value)
     InterlockedExchange((volatile LONG *)word, (LONG)value);
 }
 
+int ipc_plat_word_swap_if(uint32_t *word, uint32_t expected, uint32_t desired)
+{
+    return (uint32_t)InterlockedCompareExchange((volatile LONG *)word, (LONG)desired,
+                                                (LONG)expected) == expected;
+}
+
+/* The process's affinity mask (a pinned process counts the CPUs it may
+ * use, not the machine's). */
+int ipc_plat_cpus_available(void)
+{
+    DWORD_PTR process_mask = 0, system_mask = 0;
+    int count = 0;
+
+    if (GetProcessAffinityMask(GetCurrentProcess(), &process_mask, &system_mask))
+        for (; process_mask; process_mask &= process_mask - 1)
+            count++;
+    return count > 0 ? count : 1;
+}
+
 /* The event stands in for the futex: the caller announced its sleep in
  * the region before this last look, and the writer sets the event after
  * its store when it sees the announcement, so a wake-up is never lost; a

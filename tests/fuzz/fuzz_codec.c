@@ -305,14 +305,29 @@ void ipc_plat_conn_wake_on_interrupt(ipc_plat_conn *conn, ipc_plat_wake *wake, u
 }
 uint32_t ipc_plat_word_load(const uint32_t *word) { return *word; }
 void ipc_plat_word_store(uint32_t *word, uint32_t value) { *word = value; }
+int ipc_plat_word_swap_if(uint32_t *word, uint32_t expected, uint32_t desired)
+{
+    if (*word != expected)
+        return 0;
+    *word = desired;
+    return 1;
+}
 void ipc_plat_word_wait(ipc_plat_wake *wake, uint32_t *word, uint32_t expected, int timeout_ms)
 {
     (void)wake; (void)word; (void)expected; (void)timeout_ms;
 }
 void ipc_plat_word_wake(ipc_plat_wake *wake, uint32_t *word) { (void)wake; (void)word; }
 int ipc_plat_current_cpu(void) { return 0; }
+int ipc_plat_cpus_available(void) { return 1; }
 void ipc_plat_cpu_relax(void) {}
-int64_t ipc_plat_now_us(void) { return 1000000; }
+/* Moves on by a microsecond a call, so that a spin (bounded in
+ * microseconds) ends; a clock that stood still spun forever on a region
+ * without a message (corpus: shm_spin_without_message). */
+int64_t ipc_plat_now_us(void)
+{
+    static int64_t now = 1000000;
+    return ++now;
+}
 
 /* ---- helpers ------------------------------------------------------------- */
 
@@ -420,7 +435,10 @@ static void check_codec(const uint8_t *data, size_t size, uint32_t max_message,
             if (v == IPC_VERDICT_OK || v == IPC_VERDICT_TOO_LARGE) {
                 FUZZ_CHECK(h.header_size == 5 || h.header_size == 6);
                 FUZZ_CHECK(n >= h.header_size);
-                FUZZ_CHECK(h.type >= 1 && h.type <= 7);
+                /* the shared-memory types exist from version 2 on */
+                FUZZ_CHECK(h.type >= IPC_PACKET_REQUEST &&
+                           h.type <= (max_version >= 2 ? IPC_PACKET_SHM_DECLINE
+                                                       : IPC_PACKET_CANCEL));
                 FUZZ_CHECK(v == IPC_VERDICT_OK ? h.length <= max_message
                                                : h.length > max_message);
                 if (v == IPC_VERDICT_OK) {
