@@ -160,7 +160,10 @@ int ipc__enqueue_locked(ipc_server_t *server, ipc_call *call)
         ipc_plat_ready_set(server->ready);
     }
     server->queue_tail = call;
-    ipc_plat_cond_broadcast(server->queued);
+    /* One call, one taker: waking every waiting worker for it had all but
+     * one of them wake up for nothing. A waiter checks the queue before it
+     * sleeps, so a call is never left behind; stop still wakes them all. */
+    ipc_plat_cond_signal(server->queued);
     return 1;
 }
 

@@ -50,6 +50,8 @@ void ipc_plat_cond_destroy(ipc_plat_cond *cond);
 /* Waits at most timeout_ms (< 0: no limit); spurious wake-ups are allowed. */
 void ipc_plat_cond_wait(ipc_plat_cond *cond, ipc_plat_mutex *mutex, int timeout_ms);
 void ipc_plat_cond_broadcast(ipc_plat_cond *cond);
+/* Wakes at least one waiter, if any waits. */
+void ipc_plat_cond_signal(ipc_plat_cond *cond);
 
 void ipc_plat_sleep_ms(int ms);
 

@@ -221,6 +221,11 @@ void ipc_plat_cond_broadcast(ipc_plat_cond *c)
     pthread_cond_broadcast(&c->cond);
 }
 
+void ipc_plat_cond_signal(ipc_plat_cond *c)
+{
+    pthread_cond_signal(&c->cond);
+}
+
 /* ======================================================================
  * Descriptors and error mapping
  * ====================================================================== */

@@ -205,6 +205,11 @@ void ipc_plat_cond_broadcast(ipc_plat_cond *c)
     WakeAllConditionVariable(&c->cond);
 }
 
+void ipc_plat_cond_signal(ipc_plat_cond *c)
+{
+    WakeConditionVariable(&c->cond);
+}
+
 /* ======================================================================
  * Readiness signal: a manual-reset event
  * ====================================================================== */

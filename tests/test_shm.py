@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -413,3 +414,60 @@ def test_shm_spin_us_is_the_clients_spin_budget(name: str) -> None:
     # 6 waits of 50 ms: spinning burns close to 300 ms, sleeping close to none
     assert spent[200_000] > 0.1, spent
     assert spent[0] < spent[200_000] / 10, spent
+
+
+# ---- the slot size a client offers ---------------------------------------------------------
+
+
+def _offered_slot(path: str, **client_options: Any) -> int:
+    """The slot size a native client offers in its SHM_SETUP, read by a raw
+    server that then declines (the client carries on over the socket)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    offered: List[int] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            hello = conn.recv(9, socket.MSG_WAITALL)
+            conn.sendall(_codec.encode_handshake_reply(hello[:8], _codec.SHM_PROTOCOL_VERSION))
+            size = 5 + _codec.SHM_SETUP_SIZE
+            data, ancillary, _, _ = conn.recvmsg(size, socket.CMSG_SPACE(4), socket.MSG_WAITALL)
+            for level, kind, fds in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    os.close(int.from_bytes(fds[:4], sys.byteorder))
+            offered.append(_codec.decode_shm_setup(data[5:]).slot_size)
+            why = b"raw test server"
+            conn.sendall(_codec.encode_header(_codec.PacketType.SHM_DECLINE, len(why)) + why)
+            conn.recv(1)  # until the client closes
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with ipcfast.Client(path, shm=True, timeout=10, **client_options) as client:
+            assert not _uses_shm(client)  # declined: the socket path
+    finally:
+        thread.join(10)
+        listener.close()
+    return offered[0]
+
+
+@pytest.mark.skipif(not LINUX, reason="the raw server passes descriptors (SCM_RIGHTS)")
+def test_slots_never_start_at_the_same_page_offset(tmp_path: Path) -> None:
+    """The response slot starts slot_size bytes after the request slot: a
+    slot size near a multiple of the page size made a copy from one to the
+    other (a zero-copy echo) 3x slower (4K aliasing), so the client offers
+    half a page more. Sizes already clear of it are offered as asked."""
+    _c_lib()
+    page = 4096
+    cases = {0: 2 * 1024 * 1024, 1 << 20: 1 << 20, 5000: 5000, 4096: 4096, 64: 64, 65536 + 100: 65536 + 100}
+    for asked, base in cases.items():
+        got = _offered_slot(str(tmp_path / f"raw-{asked}.sock"), shm_slot_size=asked)
+        assert got >= base, (asked, got)
+        if base >= page:
+            assert 512 <= got % page <= page - 512, (asked, got)
+        else:
+            assert got == base
+        if 512 <= base % page <= page - 512:
+            assert got == base

@@ -118,6 +118,7 @@ void ipc_plat_cond_wait(ipc_plat_cond *cond, ipc_plat_mutex *mutex, int timeout_
     (void)cond; (void)mutex; (void)timeout_ms;
 }
 void ipc_plat_cond_broadcast(ipc_plat_cond *cond) { (void)cond; }
+void ipc_plat_cond_signal(ipc_plat_cond *cond) { (void)cond; }
 void ipc_plat_sleep_ms(int ms) { (void)ms; }
 void ipc_plat_global_lock(void) {}
 void ipc_plat_global_unlock(void) {}
