@@ -243,7 +243,8 @@ enum ipc_access {
  * (only for clients that completed the handshake). Several connections call
  * it at once. The request bytes stay valid until the handler returns and are
  * followed by a NUL byte (not counted in size), so text requests can be used
- * as C strings.
+ * as C strings (not with options.shm_requests_in_place on a shared-memory
+ * connection: see there).
  *
  * The handler answers with ipc_call_respond() or ipc_call_fail(); if it
  * returns without doing either, the client receives an ERROR packet. The

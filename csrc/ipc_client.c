@@ -53,7 +53,10 @@ static void client_abandon(ipc_client_t *client, const ipc_error *why)
     client->stream.conn = NULL;
     ipc_plat_mutex_unlock(client->lock);
     ipc_plat_conn_close(conn);
-    ipc__shm_free(client->shm);
+    /* Not unmapped yet: ipc_client_shutdown from another thread may end
+     * a call whose caller is still copying its response out of the slot
+     * (shm_responses_in_place); ipc_client_close unmaps it. */
+    client->retired_shm = client->shm;
     client->shm = NULL;
     drop_attached(client);
     free(client->closed_reason);
@@ -749,6 +752,8 @@ void ipc_client_close(ipc_client_t *client)
     client_shutdown(client, 0);
     if (client->stream.conn) /* only when the lock could not be created */
         ipc_plat_conn_close(client->stream.conn);
+    ipc__shm_free(client->shm); /* likewise */
+    ipc__shm_free(client->retired_shm);
     ipc__stream_free(&client->stream);
     if (client->turn)
         ipc_plat_cond_destroy(client->turn);
@@ -777,6 +782,7 @@ void ipc_client_forget(ipc_client_t *client)
     if (client->stream.conn)
         ipc_plat_conn_close(client->stream.conn);
     ipc__shm_free(client->shm);
+    ipc__shm_free(client->retired_shm);
     ipc__stream_free(&client->stream);
     drop_attached(client);
     free(client->closed_reason);

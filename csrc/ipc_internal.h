@@ -369,7 +369,11 @@ struct ipc_client_t {
     int shut;             /* ipc_client_shutdown was called */
     int in_hook;          /* the call in progress is running the interrupt hook */
     uint8_t version;
-    ipc_shm_link *shm;   /* the shared-memory data path, if accepted */
+    ipc_shm_link *shm; /* the shared-memory data path, if accepted */
+    /* The link of an abandoned connection: kept mapped until
+     * ipc_client_close, because a response handed out in place may still
+     * be being copied by the caller whose call just ended. */
+    ipc_shm_link *retired_shm;
     int awaiting;        /* shm: a request was sent, its answer not read */
     char *closed_reason; /* why the connection was abandoned */
     /* A wrapper's state about the last response (ipc__client_attach). */

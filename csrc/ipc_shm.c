@@ -376,10 +376,9 @@ static uint32_t unaliased_slot(uint32_t slot_size)
 {
     uint32_t within = slot_size % SHM_PAGE;
 
-    if (within >= 512 && within <= SHM_PAGE - 512)
-        return slot_size;
-    return slot_size + SHM_PAGE / 2 <= IPC_SHM_MAX_SLOT ? slot_size + SHM_PAGE / 2
-                                                        : slot_size - SHM_PAGE / 2;
+    if ((within >= 512 && within <= SHM_PAGE - 512) || slot_size + SHM_PAGE / 2 > IPC_SHM_MAX_SLOT)
+        return slot_size; /* clear of it already, or no room above (never smaller) */
+    return slot_size + SHM_PAGE / 2;
 }
 
 static ipc_shm_link *link_new(uint32_t slot_size, int spin_us, ipc_stream *stream)

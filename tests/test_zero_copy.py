@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, Iterator, List
 
 import pytest
@@ -441,6 +442,19 @@ def test_zero_copy_handler_answers_with_any_buffer(
             assert client.request(big) == big[4:]
 
 
+def _released_soon(view: memoryview) -> bool:
+    """The server releases a view right after it sends the response, which
+    the client may receive first: give that thread a moment."""
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        try:
+            _ = view.nbytes
+        except ValueError:
+            return True
+        time.sleep(0.001)
+    return False
+
+
 @pytest.mark.parametrize("dispatch,workers", DISPATCHES, ids=["thread", "workers", "manual"])
 def test_zero_copy_view_kept_after_the_call_is_released(
     name: str,
@@ -464,6 +478,10 @@ def test_zero_copy_view_kept_after_the_call_is_released(
     with _serving(make_server, name, handler, dispatch, workers, shm=shm):
         with make_client(name, shm=shm, timeout=30) as client:
             assert client.request(b"first") == b"ok"
+            if server_backend == "native":
+                # released once the response is sent, before any next request
+                # can reach the memory behind it (in place: the client's slot)
+                assert _released_soon(kept[0]), "the view outlived its response"
             assert client.request(b"export") == b"ok"
             assert client.request(b"third") == b"ok"
             assert client.request(b"fourth") == b"ok"

@@ -862,6 +862,17 @@ void test_shm_responses_in_place(void)
     ipc_error_clear(&reply.error);
     if (client) {
         CHECK(ipc_client_uses_shm(client) == SHM_HERE);
+        /* A shutdown (from any thread) right after a call ends must leave
+         * the response readable until ipc_client_close: the caller may
+         * still be copying it out of the slot. It was unmapped at once. */
+        memset(req, 0x2a, 5000);
+        for (k = 0; k < 5000; k++)
+            want[k] = (unsigned char)(0x2a ^ 0x5C);
+        if (CHECK_RC(ipc_client_request(client, req, 5000, &response, &response_size, 5000, NULL),
+                     IPC_OK, NULL)) {
+            ipc_client_shutdown(client);
+            CHECK(response_size == 5000 && memcmp(response, want, 5000) == 0);
+        }
         ipc_client_close(client);
     }
     ipc_server_stop(server);

@@ -357,41 +357,21 @@ class NativeServer(Server):
         del buf, result  # their exports of the view, if the response was (part of) it
         _release(view)
 
-    # zero_copy=True on a C connection thread: as _reply, but the handler gets
-    # a view of the request. The core sends the response after we return and
-    # it may point into that view (an echo), so the view is released at this
-    # connection's next call, when the response has been sent.
+    # zero_copy=True on a C connection thread: the handler gets a view of the
+    # request. The response is sent here, before the view is released (it may
+    # point into the view: an echo), and not by the core after we return: once
+    # it is sent the client may write its next request where the view points.
     def _reply_with_view(self, call: Any, request: Any, size: int, response_size: Any) -> Any:
-        ident = _get_ident()
-        held = self._held
-        sent = held.get(ident)
-        held[ident] = None
-        if sent is not None:
-            view = sent[1]
-            del sent  # the response's export of the view goes with it
-            _release(view)
         if request == _NULL:
-            held.pop(ident, None)
-            return _NULL
-        view = _request_view(request, size)
+            return _NULL  # a disconnect: nothing is held
+        held = self._held
+        ident = _get_ident()
+        held[ident] = None  # marks this thread as running the handler
         try:
-            result = cast(Any, self._handler)(view)  # zero_copy: it takes a view
-            buf = ffi.from_buffer(result) if type(result) is bytes else handler_result(result, ffi.from_buffer)
-        except BaseException as exc:
-            _release(view)
-            self._fail(call, exc)
-            return _NULL
-        held[ident] = (buf, view)
-        size = response_size[0] = len(buf)
-        if size > self._max_message:
-            logger.debug(
-                "server %r: the handler's response of %d bytes is above max_message (%d); "
-                "the client gets an error instead",
-                self._name,
-                size,
-                self._max_message,
-            )
-        return buf
+            self._answer_with_view(call, request, size)
+        finally:
+            del held[ident]
+        return _NULL
 
     def _fail(self, call: Any, exc: BaseException) -> None:
         message = failure_text(self._name, exc)
