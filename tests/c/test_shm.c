@@ -36,6 +36,15 @@ static void shm_client_options(ipc_client_options *co, uint32_t slot)
     co->shm_slot_size = slot;
 }
 
+/* What xor_handler answers to req: every byte XOR 0x5C. */
+static void xor_expected(const unsigned char *req, unsigned char *want, size_t size)
+{
+    size_t k;
+
+    for (k = 0; k < size; k++)
+        want[k] = (unsigned char)(req[k] ^ 0x5C);
+}
+
 /* Sizes around the slot (4 KiB) and far beyond it, both directions
  * (xor_handler answers as many bytes as it got). The biggest is larger
  * than any socket buffer the kernel grants (Linux caps SO_SNDBUF at
@@ -71,7 +80,7 @@ void test_shm_round_trips(void)
     ipc_client_t *client;
     unsigned char *req = (unsigned char *)malloc(BIGGEST_MESSAGE);
     unsigned char *want = (unsigned char *)malloc(BIGGEST_MESSAGE);
-    size_t i, k;
+    size_t i;
     int spin;
 
     ctx_init(&ctx);
@@ -88,8 +97,7 @@ void test_shm_round_trips(void)
         CHECK(ipc_client_version(client) == IPC_PROTOCOL_VERSION_SHM);
         for (i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
             fill_random(req, sizes[i], (unsigned)(i * 7 + 1 + spin));
-            for (k = 0; k < sizes[i]; k++)
-                want[k] = (unsigned char)(req[k] ^ 0x5C);
+            xor_expected(req, want, sizes[i]);
             if (!expect_response(client, req, sizes[i], want, sizes[i]))
                 note("      (size %lu)", (unsigned long)sizes[i]);
         }
@@ -113,7 +121,7 @@ static void manual_client_main(void *arg)
     unsigned char req[20000], want[20000];
     ipc_client_options co;
     ipc_client_t *client;
-    size_t i, k;
+    size_t i;
 
     shm_client_options(&co, 4096);
     client = open_client(m->name, &co, 5000);
@@ -122,8 +130,7 @@ static void manual_client_main(void *arg)
     CHECK(ipc_client_uses_shm(client) == SHM_HERE);
     for (i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         fill_random(req, sizes[i], (unsigned)i + 99);
-        for (k = 0; k < sizes[i]; k++)
-            want[k] = (unsigned char)(req[k] ^ 0x5C);
+        xor_expected(req, want, sizes[i]);
         m->ok += expect_response(client, req, sizes[i], want, sizes[i]);
     }
     ipc_client_close(client);
@@ -830,7 +837,7 @@ void test_shm_responses_in_place(void)
     ipc_client_t *client;
     ipc_client_reply reply;
     const uint8_t *response;
-    size_t response_size, i, k;
+    size_t response_size, i;
 
     ctx_init(&ctx);
     make_name(name, sizeof name, "shmresp");
@@ -844,8 +851,7 @@ void test_shm_responses_in_place(void)
         int64_t n;
 
         memset(req, (int)(0x1d + i), sizes[i]);
-        for (k = 0; k < sizes[i]; k++)
-            want[k] = (unsigned char)(req[k] ^ 0x5C);
+        xor_expected(req, want, sizes[i]);
         n = ipc_client_call(client, req, sizes[i], 5000, &reply);
         if (!CHECK(n == (int64_t)sizes[i]) || !CHECK(memcmp(reply.data, want, sizes[i]) == 0))
             note("      (call, size %lu: %lld)", (unsigned long)sizes[i], (long long)n);
@@ -866,8 +872,7 @@ void test_shm_responses_in_place(void)
          * the response readable until ipc_client_close: the caller may
          * still be copying it out of the slot. It was unmapped at once. */
         memset(req, 0x2a, 5000);
-        for (k = 0; k < 5000; k++)
-            want[k] = (unsigned char)(0x2a ^ 0x5C);
+        xor_expected(req, want, 5000);
         if (CHECK_RC(ipc_client_request(client, req, 5000, &response, &response_size, 5000, NULL),
                      IPC_OK, NULL)) {
             ipc_client_shutdown(client);
