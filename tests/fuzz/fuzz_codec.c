@@ -454,8 +454,11 @@ static void check_codec(const uint8_t *data, size_t size, uint32_t max_message,
     }
 }
 
-/* What a server wrote back must be a well-formed reply. */
-static void check_server_output(const ipc_plat_conn *conn, uint32_t max_message)
+/* What a server wrote back must be a well-formed reply: responses and
+ * errors, and from version 2 on the SHM_DECLINE that answers an offer (no
+ * descriptor ever comes with the fuzzer's bytes, so never SHM_ACCEPT). */
+static void check_server_output(const ipc_plat_conn *conn, uint32_t max_message,
+                                uint8_t version)
 {
     const uint8_t *out = conn->out;
     size_t size = conn->out_size, at;
@@ -470,9 +473,10 @@ static void check_server_output(const ipc_plat_conn *conn, uint32_t max_message)
     while (at < size) {
         ipc_packet_header h;
         /* ERROR texts (too large, protocol error) may exceed a tiny limit */
-        ipc_verdict v = ipc_packet_header_parse(out + at, size - at, 0xFFFFFFFFu, 1, &h);
+        ipc_verdict v = ipc_packet_header_parse(out + at, size - at, 0xFFFFFFFFu, version, &h);
         FUZZ_CHECK(v == IPC_VERDICT_OK);
-        FUZZ_CHECK(h.type == IPC_PACKET_RESPONSE || h.type == IPC_PACKET_ERROR);
+        FUZZ_CHECK(h.type == IPC_PACKET_RESPONSE || h.type == IPC_PACKET_ERROR ||
+                   (version >= 2 && h.type == IPC_PACKET_SHM_DECLINE));
         if (h.type == IPC_PACKET_RESPONSE)
             FUZZ_CHECK(h.length <= max_message);
         FUZZ_CHECK(size - at >= h.header_size + (size_t)h.length);
@@ -516,7 +520,7 @@ static void run_server(const uint8_t *data, size_t size, uint8_t seed, uint32_t 
                c.stream.capacity <= 2 * ((size_t)max_message + IPC_MAX_HEADER_SIZE + 1));
     ipc__stream_free(&c.stream);
     free(c.scratch);
-    check_server_output(&conn, max_message);
+    check_server_output(&conn, max_message, server.options.version);
     free(conn.out);
 }
 
@@ -573,7 +577,9 @@ static void run_client(const uint8_t *data, size_t size, uint8_t seed, uint32_t 
  * the socket the ON_SOCKET messages come from. Checked: every result is
  * defined, and an OK message has a known type, a NUL-terminated payload
  * no longer than max_message, and at most a slot's length unless it came
- * from the socket. */
+ * from the socket. Seed bit 5 reads REQUESTs in place (lend_type, as the
+ * Python binding's server does): such a payload must lie wholly inside the
+ * request slot, and it is copied at once as its owner would. */
 static void run_shm_reader(const uint8_t *data, size_t size, uint8_t seed, uint32_t max_message)
 {
     uint32_t slot = 64u << (seed & 3);
@@ -605,6 +611,7 @@ static void run_shm_reader(const uint8_t *data, size_t size, uint8_t seed, uint3
     link.in_data = (uint8_t *)base + IPC_SHM_HEADER_SIZE;
     link.out_data = link.in_data + slot;
     link.spin_us = (int)(seed & 0x10);
+    link.lend_type = (seed & 0x20) ? IPC_PACKET_REQUEST : 0;
     fuzz_alloc_limit = max_message;
     for (i = 0; i < 8; i++) {
         ipc_packet packet;
@@ -617,12 +624,25 @@ static void run_shm_reader(const uint8_t *data, size_t size, uint8_t seed, uint3
         if (r == IPC_OK) {
             FUZZ_CHECK(packet.header.type >= IPC_PACKET_REQUEST &&
                        packet.header.type <= IPC_PACKET_SHM_DECLINE);
+            const uint8_t *payload = packet.payload;
+            uint8_t *owned = NULL;
+
             FUZZ_CHECK(packet.header.length <= max_message);
-            FUZZ_CHECK(packet.payload[packet.header.length] == 0);
             FUZZ_CHECK(packet.header.header_size != 0 || packet.header.length <= slot);
+            if (payload == link.in_data) {   /* lent: the owner copies it at once */
+                FUZZ_CHECK(link.lend_type != 0 && packet.header.type == link.lend_type);
+                FUZZ_CHECK(packet.header.header_size == 0 && packet.header.length <= slot);
+                owned = (uint8_t *)malloc(packet.header.length + 1);
+                FUZZ_CHECK(owned != NULL);
+                memcpy(owned, payload, packet.header.length);
+                payload = owned;
+            } else {
+                FUZZ_CHECK(payload[packet.header.length] == 0);
+            }
             /* the reply goes into the response slot or on the socket */
-            FUZZ_CHECK(ipc__shm_write(&link, IPC_PACKET_RESPONSE, NULL, 0, packet.payload,
+            FUZZ_CHECK(ipc__shm_write(&link, IPC_PACKET_RESPONSE, NULL, 0, payload,
                                       packet.header.length, 0, NULL) == IPC_OK);
+            free(owned);
         } else {
             FUZZ_CHECK(r == IPC_E_TIMEOUT || r == IPC_E_PROTOCOL || r == IPC_E_TOO_LARGE ||
                        r == IPC_E_CLOSED);
