@@ -196,68 +196,13 @@ static int copy_out(ipc_shm_link *l, uint32_t length, ipc_error *err)
     return IPC_OK;
 }
 
-int ipc__shm_read(ipc_shm_link *l, uint32_t max_message, uint8_t max_version, int64_t deadline,
-                  ipc_packet *packet, ipc_error *err)
-{
-    uint32_t seq, type, length, flags;
-    int r;
-
-    memset(packet, 0, sizeof *packet);
-    packet->verdict = IPC_VERDICT_OK;
-    r = wait_for_message(l, deadline, err);
-    if (r != IPC_OK)
-        return r;
-    /* Each word once, into locals: the peer may change them meanwhile. */
-    seq = ipc_plat_word_load(&l->in[W_SEQ]);
-    type = ipc_plat_word_load(&l->in[W_TYPE]);
-    length = ipc_plat_word_load(&l->in[W_LENGTH]);
-    flags = ipc_plat_word_load(&l->in[W_FLAGS]);
-    if (seq != l->in_seen + 1)
-        return ipc__fail(err, IPC_E_PROTOCOL, 0, "shared memory: sequence %lu after %lu",
-                         (unsigned long)seq, (unsigned long)l->in_seen);
-    l->in_seen = seq;
-    if (type < IPC_PACKET_REQUEST || type > IPC_PACKET_SHM_DECLINE || (flags & ~SHM_ON_SOCKET))
-        return ipc__fail(err, IPC_E_PROTOCOL, 0,
-                         "shared memory: bad message header (type %lu, flags 0x%lx)",
-                         (unsigned long)type, (unsigned long)flags);
-    if (flags & SHM_ON_SOCKET) {
-        r = ipc__stream_read_packet(l->stream, max_message, max_version, deadline, SHM_LIVENESS_MS,
-                                    packet, err);
-        if (r == IPC_OK && packet->header.type != type)
-            r = ipc__fail(err, IPC_E_PROTOCOL, 0, "shared memory: announced type %lu, got %u",
-                          (unsigned long)type, (unsigned)packet->header.type);
-        return r;
-    }
-    packet->header.type = (uint8_t)type;
-    packet->header.length = length;
-    if (length > l->slot_size)
-        return ipc__fail(err, IPC_E_PROTOCOL, 0,
-                         "shared memory: a length of %lu bytes exceeds the %lu-byte slot",
-                         (unsigned long)length, (unsigned long)l->slot_size);
-    if (length > max_message) {
-        packet->verdict = IPC_VERDICT_TOO_LARGE;
-        return ipc__fail(err, IPC_E_TOO_LARGE, 0,
-                         "a packet of %lu bytes exceeds max_message (%lu bytes)",
-                         (unsigned long)length, (unsigned long)max_message);
-    }
-    if (type == l->lend_type) {
-        packet->payload = l->in_data; /* in place: see lend_type */
-        return IPC_OK;
-    }
-    r = copy_out(l, length, err);
-    if (r == IPC_OK)
-        packet->payload = l->copy;
-    return r;
-}
-
-/* The client's zero-copy receive (ipc_client_call_into): like
- * ipc__shm_read, but a message in the slot that fits `capacity` is copied
- * once, straight from the slot into `out` (packet->payload is then `out`,
- * with no terminator); one that does not fit goes to the private copy as
- * usual. A message announced on the socket is left there: *on_socket is
- * set, packet->header.type says what to expect, and the caller reads it. */
-int ipc__shm_read_into(ipc_shm_link *l, uint32_t max_message, int64_t deadline, uint8_t *out,
-                       size_t capacity, ipc_packet *packet, int *on_socket, ipc_error *err)
+/* Waits for the next message and takes its header: each word loaded once
+ * into a local (the peer may change them meanwhile) and checked, so nothing
+ * after this reads the header again. *on_socket: the message was announced
+ * and comes on the socket (packet->header has its type only); otherwise the
+ * length is within the slot and max_message and the payload is in_data. */
+static int take_header(ipc_shm_link *l, uint32_t max_message, int64_t deadline,
+                       ipc_packet *packet, int *on_socket, ipc_error *err)
 {
     uint32_t seq, type, length, flags;
     int r;
@@ -268,7 +213,6 @@ int ipc__shm_read_into(ipc_shm_link *l, uint32_t max_message, int64_t deadline, 
     r = wait_for_message(l, deadline, err);
     if (r != IPC_OK)
         return r;
-    /* Each word once, into locals: the peer may change them meanwhile. */
     seq = ipc_plat_word_load(&l->in[W_SEQ]);
     type = ipc_plat_word_load(&l->in[W_TYPE]);
     length = ipc_plat_word_load(&l->in[W_LENGTH]);
@@ -297,7 +241,52 @@ int ipc__shm_read_into(ipc_shm_link *l, uint32_t max_message, int64_t deadline, 
                          "a packet of %lu bytes exceeds max_message (%lu bytes)",
                          (unsigned long)length, (unsigned long)max_message);
     }
-    if (type == IPC_PACKET_RESPONSE && length <= capacity) {
+    return IPC_OK;
+}
+
+int ipc__shm_read(ipc_shm_link *l, uint32_t max_message, uint8_t max_version, int64_t deadline,
+                  ipc_packet *packet, ipc_error *err)
+{
+    int on_socket;
+    int r = take_header(l, max_message, deadline, packet, &on_socket, err);
+
+    if (r != IPC_OK)
+        return r;
+    if (on_socket) {
+        uint8_t type = packet->header.type;
+
+        r = ipc__stream_read_packet(l->stream, max_message, max_version, deadline, SHM_LIVENESS_MS,
+                                    packet, err);
+        if (r == IPC_OK && packet->header.type != type)
+            r = ipc__fail(err, IPC_E_PROTOCOL, 0, "shared memory: announced type %u, got %u",
+                          (unsigned)type, (unsigned)packet->header.type);
+        return r;
+    }
+    if (packet->header.type == l->lend_type) {
+        packet->payload = l->in_data; /* in place: see lend_type */
+        return IPC_OK;
+    }
+    r = copy_out(l, packet->header.length, err);
+    if (r == IPC_OK)
+        packet->payload = l->copy;
+    return r;
+}
+
+/* The client's zero-copy receive (ipc_client_call_into): like
+ * ipc__shm_read, but a message in the slot that fits `capacity` is copied
+ * once, straight from the slot into `out` (packet->payload is then `out`,
+ * with no terminator); one that does not fit goes to the private copy as
+ * usual. A message announced on the socket is left there: *on_socket is
+ * set, packet->header.type says what to expect, and the caller reads it. */
+int ipc__shm_read_into(ipc_shm_link *l, uint32_t max_message, int64_t deadline, uint8_t *out,
+                       size_t capacity, ipc_packet *packet, int *on_socket, ipc_error *err)
+{
+    int r = take_header(l, max_message, deadline, packet, on_socket, err);
+    uint32_t length = packet->header.length;
+
+    if (r != IPC_OK || *on_socket)
+        return r;
+    if (packet->header.type == IPC_PACKET_RESPONSE && length <= capacity) {
         if (length)
             memcpy(out, l->in_data, length);
         packet->payload = out;
