@@ -201,8 +201,8 @@ static int copy_out(ipc_shm_link *l, uint32_t length, ipc_error *err)
  * after this reads the header again. *on_socket: the message was announced
  * and comes on the socket (packet->header has its type only); otherwise the
  * length is within the slot and max_message and the payload is in_data. */
-static int take_header(ipc_shm_link *l, uint32_t max_message, int64_t deadline,
-                       ipc_packet *packet, int *on_socket, ipc_error *err)
+static int take_header(ipc_shm_link *l, uint32_t max_message, int64_t deadline, ipc_packet *packet,
+                       int *on_socket, ipc_error *err)
 {
     uint32_t seq, type, length, flags;
     int r;
