@@ -247,38 +247,54 @@ static int serve_shm_setup(ipc_connection *c, const ipc_packet *packet, ipc_erro
     return 1;
 }
 
-/* The request loop. A packet family sees each packet first; what it passes
- * on must be a REQUEST. */
-void ipc__serve_requests(ipc_connection *c)
+/* An ipc__request_reader (ipc_internal.h). */
+static int next_request(ipc_connection *c, ipc_packet *packet)
 {
     const ipc_packet_family *family = c->server->family;
-    ipc_packet packet;
     ipc_error err = {0};
+    int more;
 
-    while (read_request(c, &packet, &err)) {
+    while ((more = read_request(c, packet, &err)) != 0) {
         int verdict;
 
-        if (packet.header.type == IPC_PACKET_SHM_SETUP) {
-            if (!serve_shm_setup(c, &packet, &err))
+        if (packet->header.type == IPC_PACKET_SHM_SETUP) {
+            more = serve_shm_setup(c, packet, &err);
+            if (!more)
                 break;
             continue;
         }
-        verdict = family && family->on_packet ? family->on_packet(c, &packet) : IPC__PACKET_PASS;
-
-        if (verdict == IPC__PACKET_CLOSE)
-            break;
+        verdict = family && family->on_packet ? family->on_packet(c, packet) : IPC__PACKET_PASS;
         if (verdict == IPC__PACKET_KEEP)
             continue;
-        if (packet.header.type != IPC_PACKET_REQUEST) {
-            ipc__refuse_packet(c, &packet, IPC_E_INVALID, &err);
-            break;
+        if (verdict == IPC__PACKET_CLOSE) {
+            more = 0;
+        } else if (packet->header.type != IPC_PACKET_REQUEST) {
+            ipc__refuse_packet(c, packet, IPC_E_INVALID, &err);
+            more = 0;
         }
-        if (!ipc__dispatch_request(c, &packet) || ipc__connection_broken(c))
-            break;
+        break;
     }
+    ipc_error_clear(&err);
+    return more;
+}
+
+/* The request loop, or the application's own (connection_handler). */
+void ipc__serve_requests(ipc_connection *c)
+{
+    const ipc_packet_family *family = c->server->family;
+    int own_loop = c->server->options.connection_handler != NULL;
+    ipc_packet packet;
+
+    if (own_loop)
+        ipc__dispatch_connection(c, next_request);
+    else
+        while (next_request(c, &packet))
+            if (!ipc__dispatch_request(c, &packet) || ipc__connection_broken(c))
+                break;
     if (family && family->on_disconnect)
         family->on_disconnect(c);
-    ipc_error_clear(&err);
+    if (!own_loop)
+        ipc__dispatch_farewell(c); /* tell the handler the client is gone */
 }
 
 static int uses_queue(const ipc_server_t *server)
@@ -360,7 +376,6 @@ static void connection_main(void *arg)
 
     if (connection_open(&c) == IPC_OK && ipc__server_handshake(&c) == IPC_OK) {
         ipc__serve_requests(&c);
-        ipc__dispatch_farewell(&c); /* tell the handler the client is gone */
     }
     connection_free(&c);
     connection_close(slot, conn, c.refused);
@@ -493,6 +508,8 @@ static int validate_server_options(const ipc_server_options *o, ipc_error *err)
                          "dispatch must be IPC_DISPATCH_THREAD or "
                          "IPC_DISPATCH_MANUAL, not %d",
                          o->dispatch);
+    if (o->connection_handler && o->dispatch != IPC_DISPATCH_THREAD)
+        return ipc__fail(err, IPC_E_INVALID, 0, "a connection_handler needs thread dispatch");
     if (o->listeners > o->max_clients)
         return ipc__fail(err, IPC_E_INVALID, 0, "listeners (%lu) cannot exceed max_clients (%lu)",
                          (unsigned long)o->listeners, (unsigned long)o->max_clients);
@@ -568,8 +585,8 @@ static int server_create(ipc_server_t **out, const char *name, const ipc_server_
 
     *out = NULL;
     if (!name || !*name ||
-        (!handler &&
-         !(options && (options->returning_handler || options->dispatch == IPC_DISPATCH_MANUAL))))
+        (!handler && !(options && (options->returning_handler || options->connection_handler ||
+                                   options->dispatch == IPC_DISPATCH_MANUAL))))
         return ipc__fail(err, IPC_E_INVALID, 0, "ipc_server_open needs a name and a handler");
     server = (ipc_server_t *)calloc(1, sizeof *server);
     if (!server)

@@ -266,6 +266,16 @@ typedef const void *(*ipc_returning_handler_fn)(void *user_data, ipc_call *call,
                                                 const uint8_t *request, size_t size,
                                                 size_t *response_size);
 
+/* A third way, for bindings whose every entry into their interpreter is
+ * costly (a Python binding takes its interpreter lock and builds arguments
+ * for each callback): the core calls it once per connection, on the
+ * connection's thread after the handshake, and it runs the connection's
+ * request loop itself with ipc_serve_next until that returns a negative
+ * value; then it returns. Several connections run it at once. A request left
+ * unanswered when it returns gets an ERROR packet. */
+typedef struct ipc_serve_loop ipc_serve_loop;
+typedef void (*ipc_connection_handler_fn)(void *user_data, ipc_serve_loop *loop);
+
 /* Where requests are handled. THREAD: the handler runs on the connection's
  * thread as soon as a request is complete (several at once). MANUAL: the
  * connection threads receive and frame requests and queue them; the
@@ -289,6 +299,10 @@ typedef struct ipc_server_options {
     /* If set, used instead of the handler given to ipc_server_open (which
      * may then be NULL). */
     ipc_returning_handler_fn returning_handler;
+    /* If set, used instead of either handler (thread dispatch only; a
+     * server node's REQUESTs too): see ipc_connection_handler_fn and
+     * ipc_serve_next. */
+    ipc_connection_handler_fn connection_handler;
     int dispatch; /* enum ipc_dispatch; 0: IPC_DISPATCH_THREAD */
     /* Nonzero: a server node (see "server node" below). COMMAND packets are
      * accepted and queued for ipc_server_next_call, whatever `dispatch` says
@@ -321,6 +335,40 @@ typedef struct ipc_server_options {
 /* Fills defaults: 32 clients, 1 listener, 64 MiB, user access,
  * IPC_DEFAULT_HANDSHAKE, version 1. */
 void ipc_server_options_init(ipc_server_options *options);
+
+/* ---- the per-connection request loop (options.connection_handler) ---- */
+
+#define IPC_REQUEST_INLINE_SIZE 240
+
+/* The request ipc_serve_next hands out, owned by the caller (a binding
+ * allocates it once per connection, so that inline_data has a fixed
+ * address). */
+typedef struct ipc_next_request {
+    /* The request, valid until the next ipc_serve_next on the loop:
+     * inline_data (NUL-terminated) when it fits there, else the
+     * connection's own buffer (NUL-terminated, except in the shared slot
+     * with options.shm_requests_in_place: see there). */
+    const uint8_t *data;
+    /* Its call, until the next ipc_serve_next: ipc_call_respond,
+     * ipc_call_fail and ipc_call_buffer work on it as in a handler. */
+    ipc_call *call;
+    uint8_t inline_data[IPC_REQUEST_INLINE_SIZE + 1];
+} ipc_next_request;
+
+/* Answers the request the loop handed out last, unless it was answered
+ * already (with ipc_call_respond or ipc_call_fail), then waits for the next
+ * one and fills *next. The answer: answer_type IPC_PACKET_RESPONSE sends
+ * `answer` as the response (not copied; above max_message the client gets
+ * an ERROR instead, as with ipc_call_respond), IPC_PACKET_ERROR sends it as
+ * the failure's text (cut at the same length as ipc_call_fail's), 0 sends
+ * nothing (the client then gets an ERROR, unless the call was answered).
+ * The first call of a loop has nothing to answer and ignores them.
+ * Returns the next request's size, or a negative value once the connection
+ * is over (the client left or broke the protocol, or the server is
+ * stopping): the connection handler must then return. One thread per loop:
+ * the connection handler's own. */
+int64_t ipc_serve_next(ipc_serve_loop *loop, int answer_type, const void *answer,
+                       size_t answer_size, ipc_next_request *next);
 
 /* Sends the response now (header and data in one write; data is not
  * copied). A response above the server's max_message is not sent: the

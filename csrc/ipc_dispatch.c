@@ -415,3 +415,84 @@ void ipc__dispatch_farewell(ipc_connection *c)
         server->handler(server->user_data, &farewell, NULL, 0);
     }
 }
+
+/* ---- the application's own request loop (connection_handler) -------------- */
+
+struct ipc_serve_loop {
+    ipc_connection *connection;
+    ipc__request_reader next_request;
+    ipc_call call; /* the request handed out last */
+    int pending;   /* call is waiting for its answer */
+    int over;      /* the connection is over: every later call says so */
+};
+
+/* The answer ipc_serve_next was given for the request handed out last. */
+static void answer_pending(ipc_serve_loop *loop, int type, const void *answer, size_t size)
+{
+    ipc_call *call = &loop->call;
+
+    loop->pending = 0;
+    if (call->answered)
+        return;
+    if (type == IPC_PACKET_RESPONSE && (answer || !size)) {
+        ipc_call_respond(call, answer, size, NULL);
+    } else if (type == IPC_PACKET_ERROR && (answer || !size)) {
+        ipc_call_fail(call, (const char *)answer, size, NULL);
+    } else {
+        static const char text[] = "the server's handler returned without a response";
+
+        ipc__log(IPC_LOG_ERROR, "[slot %u] %s", (unsigned)loop->connection->slot->index, text);
+        ipc__send_on_call(call, IPC_PACKET_ERROR, text, sizeof text - 1, NULL);
+    }
+}
+
+int64_t ipc_serve_next(ipc_serve_loop *loop, int answer_type, const void *answer,
+                       size_t answer_size, ipc_next_request *next)
+{
+    ipc_connection *c;
+    ipc_packet packet;
+    size_t size;
+
+    if (!loop || !next)
+        return -IPC_E_INVALID;
+    c = loop->connection;
+    if (loop->pending) {
+        answer_pending(loop, answer_type, answer, answer_size);
+        if (ipc__connection_broken(c))
+            loop->over = 1;
+    }
+    if (loop->over || !loop->next_request(c, &packet)) {
+        loop->over = 1;
+        return -IPC_E_CLOSED;
+    }
+    memset(&loop->call, 0, sizeof loop->call);
+    loop->call.connection = c;
+    loop->call.type = IPC_PACKET_REQUEST;
+    loop->pending = 1;
+    size = packet.header.length;
+    /* A small request is copied to the caller's fixed address: a binding
+     * then reads it through an object it made once, not one per request. */
+    if (size <= IPC_REQUEST_INLINE_SIZE) {
+        if (size)
+            memcpy(next->inline_data, packet.payload, size);
+        next->inline_data[size] = 0;
+        next->data = next->inline_data;
+    } else {
+        next->data = packet.payload;
+    }
+    next->call = &loop->call;
+    return (int64_t)size;
+}
+
+void ipc__dispatch_connection(ipc_connection *c, ipc__request_reader next_request)
+{
+    ipc_server_t *server = c->server;
+    ipc_serve_loop loop;
+
+    memset(&loop, 0, sizeof loop);
+    loop.connection = c;
+    loop.next_request = next_request;
+    server->options.connection_handler(server->user_data, &loop);
+    if (loop.pending) /* it returned before answering the last request */
+        answer_pending(&loop, 0, NULL, 0);
+}

@@ -320,6 +320,15 @@ void ipc__server_free(ipc_server_t *server);
  * them over its in-memory platform. */
 int ipc__server_handshake(ipc_connection *c);
 void ipc__serve_requests(ipc_connection *c);
+/* The request loop's reader (ipc.c): the next REQUEST off the connection,
+ * after the packets the loop handles itself on the way (SHM_SETUP, a packet
+ * family's). 0: the connection is over (closed, broken, or refused with an
+ * explanation). */
+typedef int (*ipc__request_reader)(ipc_connection *c, ipc_packet *packet);
+/* Runs options.connection_handler on this connection, whose loop reads
+ * with next_request (ipc_dispatch.c; handed the reader so that dispatch
+ * does not call up into the request loop's file). */
+void ipc__dispatch_connection(ipc_connection *c, ipc__request_reader next_request);
 
 /* ---- answering calls and dispatch (ipc_dispatch.c) ---------------------- */
 

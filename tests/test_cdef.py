@@ -360,12 +360,12 @@ def test_every_integer_define_matches() -> None:
 
 
 def test_python_callbacks_match_the_c_callback_types() -> None:
-    assert set(CALLBACKS) == {"_ipcfast_reply", "_ipcfast_log", "_ipcfast_cancel", "_ipcfast_interrupt_check"}
+    assert set(CALLBACKS) == {"_ipcfast_serve", "_ipcfast_log", "_ipcfast_cancel", "_ipcfast_interrupt_check"}
     assert H.typedefs["ipc_interrupt_fn"] == CALLBACKS["_ipcfast_interrupt_check"] + " *"
     assert H.typedefs["ipc_cancel_fn"] == CALLBACKS["_ipcfast_cancel"] + " *"
     assert "ipc_returning_handler_fn" in H.typedefs and "ipc_log_fn" in H.typedefs
     # typedef void (*fn)(...) is "void (...) *"; the callback is "void (...)".
-    assert H.typedefs["ipc_returning_handler_fn"] == CALLBACKS["_ipcfast_reply"] + " *"
+    assert H.typedefs["ipc_connection_handler_fn"] == CALLBACKS["_ipcfast_serve"] + " *"
     assert H.typedefs["ipc_log_fn"] == CALLBACKS["_ipcfast_log"] + " *"
 
 

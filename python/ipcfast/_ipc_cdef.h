@@ -169,6 +169,9 @@ typedef const void *(*ipc_returning_handler_fn)(void *user_data, ipc_call *call,
                                                 const uint8_t *request, size_t size,
                                                 size_t *response_size);
 
+typedef struct ipc_serve_loop ipc_serve_loop;
+typedef void (*ipc_connection_handler_fn)(void *user_data, ipc_serve_loop *loop);
+
 enum ipc_dispatch {
     IPC_DISPATCH_THREAD = 0,
     IPC_DISPATCH_MANUAL = 1
@@ -185,6 +188,7 @@ typedef struct ipc_server_options {
     uint8_t handshake[8];
     uint8_t version;
     ipc_returning_handler_fn returning_handler;
+    ipc_connection_handler_fn connection_handler;
     int dispatch;
     int node;
     ipc_cancel_fn cancel_handler;
@@ -194,6 +198,17 @@ typedef struct ipc_server_options {
 } ipc_server_options;
 
 void ipc_server_options_init(ipc_server_options *options);
+
+#define IPC_REQUEST_INLINE_SIZE 240
+
+typedef struct ipc_next_request {
+    const uint8_t *data;
+    ipc_call *call;
+    uint8_t inline_data[241];
+} ipc_next_request;
+
+int64_t ipc_serve_next(ipc_serve_loop *loop, int answer_type, const void *answer,
+                       size_t answer_size, ipc_next_request *next);
 
 int ipc_call_respond(ipc_call *call, const void *data, size_t size, ipc_error *err);
 int ipc_call_fail(ipc_call *call, const char *message, size_t size, ipc_error *err);
@@ -362,7 +377,7 @@ ipc_receive_status_t ipc_client_receive(ipc_client_t *connection, char *output,
 
 /* ---- callbacks implemented in Python (ipcfast/_native.py) ---- */
 
-extern "Python" const void *_ipcfast_reply(void *, ipc_call *, const uint8_t *, size_t, size_t *);
+extern "Python" void _ipcfast_serve(void *, ipc_serve_loop *);
 extern "Python" void _ipcfast_log(void *, int, const char *);
 extern "Python" void _ipcfast_cancel(void *, ipc_call *);
 extern "Python" int _ipcfast_interrupt_check(void *);

@@ -166,6 +166,43 @@ static const void *returning_handler(void *user_data, ipc_call *call, const uint
     return g_slot_buf[slot];
 }
 
+/* The connection_handler: the same answers from the connection's own loop;
+ * each response lives in the loop's buffer until the next ipc_serve_next. */
+static void loop_handler(void *user_data, ipc_serve_loop *loop)
+{
+    ipc_next_request next;
+    uint8_t *buf = NULL;
+    size_t cap = 0, out_size = 0, i;
+    int type = 0;
+    int64_t n;
+
+    (void)user_data;
+    while ((n = ipc_serve_next(loop, type, buf, out_size, &next)) >= 0) {
+        size_t size = (size_t)n;
+
+        count(&g_handled);
+        if (size >= 9 && next.data[8] == 'F') {
+            type = 0; /* answered here: the loop sends nothing more */
+            ipc_call_fail(next.call, "failed", 6, NULL);
+            continue;
+        }
+        if (cap < size + 1) {
+            uint8_t *grown = (uint8_t *)realloc(buf, size + 1);
+            if (!grown) {
+                type = 0;
+                continue;
+            }
+            buf = grown;
+            cap = size + 1;
+        }
+        for (i = 0; i < size; i++)
+            buf[i] = next.data[i] ^ 0x33;
+        type = IPC_PACKET_RESPONSE;
+        out_size = size;
+    }
+    free(buf);
+}
+
 static int open_client(ipc_client_t **client, int timeout_ms, ipc_error *err)
 {
     ipc_client_options options;
@@ -423,9 +460,12 @@ int main(int argc, char **argv)
         options.max_message = 1024 * 1024;
         g_shm = round % 4 >= 2;
         options.shm = g_shm;
-        if (round % 2)
+        /* rounds 0-3: plain/socket, returning/socket, loop/shm, plain/shm */
+        if (round % 3 == 1)
             options.returning_handler = returning_handler;
-        r = ipc_server_open(&server, g_name, &options, round % 2 ? NULL : plain_handler, NULL,
+        else if (round % 3 == 2)
+            options.connection_handler = loop_handler;
+        r = ipc_server_open(&server, g_name, &options, round % 3 ? NULL : plain_handler, NULL,
                             &err);
         if (r != IPC_OK) {
             printf("FAIL server open: %s %s\n", ipc_result_name(r), err.message);

@@ -287,6 +287,64 @@ void xor_handler(void *user_data, ipc_call *call, const uint8_t *request, size_t
     ctx_set(ctx, &ctx->last_respond_rc, ipc_call_respond(call, out, size, NULL));
 }
 
+/* A connection_handler: xor_handler's answers, from its own request loop.
+ * The response buffer lives until the next ipc_serve_next, which sends it.
+ * Requests "fail" (an ERROR text), "self" (answered with ipc_call_respond
+ * before the loop is told nothing), "none" (no answer: the core's ERROR)
+ * and "quit" (the handler returns without answering) test the answers. */
+void loop_xor_handler(void *user_data, ipc_serve_loop *loop)
+{
+    srv_ctx *ctx = (srv_ctx *)user_data;
+    ipc_next_request next;
+    uint8_t *out = NULL;
+    int type = 0;
+    size_t out_size = 0;
+    int64_t n;
+
+    ctx_add(ctx, &ctx->loops, 1);
+    while ((n = ipc_serve_next(loop, type, out, out_size, &next)) >= 0) {
+        size_t size = (size_t)n, i;
+
+        ctx_add(ctx, &ctx->requests, 1);
+        if (next.data[size] != 0 ||
+            (size <= IPC_REQUEST_INLINE_SIZE) != (next.data == next.inline_data)) {
+            static const char why[] = "request not NUL-terminated or not where promised";
+            type = IPC_PACKET_ERROR, out_size = sizeof why - 1;
+            free(out);
+            out = (uint8_t *)malloc(out_size);
+            if (out)
+                memcpy(out, why, out_size);
+            continue;
+        }
+        if (size == 4 && memcmp(next.data, "quit", 4) == 0)
+            break;
+        free(out);
+        out = (uint8_t *)malloc(size + 1);
+        type = IPC_PACKET_RESPONSE, out_size = size;
+        if (!out) {
+            type = 0;
+            continue;
+        }
+        if (size == 4 && memcmp(next.data, "fail", 4) == 0) {
+            type = IPC_PACKET_ERROR;
+            memcpy(out, "nope", 4);
+            continue;
+        }
+        if (size == 4 && memcmp(next.data, "none", 4) == 0) {
+            type = 0;
+            continue;
+        }
+        for (i = 0; i < size; i++)
+            out[i] = (uint8_t)(next.data[i] ^ 0x5C);
+        if (size == 4 && memcmp(next.data, "self", 4) == 0) {
+            ctx_set(ctx, &ctx->last_respond_rc, ipc_call_respond(next.call, out, size, NULL));
+            type = IPC_PACKET_RESPONSE; /* answered already: the loop sends nothing more */
+        }
+    }
+    free(out);
+    ctx_add(ctx, &ctx->disconnects, 1);
+}
+
 static int starts_with(const uint8_t *data, size_t size, const char *prefix)
 {
     size_t n = strlen(prefix);

@@ -178,6 +178,7 @@ typedef struct srv_ctx {
     int legacy_capacity;
     int legacy_zeroed;
     int legacy_bad_disconnect;
+    int loops; /* loop_xor_handler: connections whose loop started */
 } srv_ctx;
 
 void ctx_init(srv_ctx *ctx);
@@ -192,6 +193,10 @@ int ctx_wait_equal(srv_ctx *ctx, const int *field, int value, int timeout_ms);
 
 /* Answers each request with its bytes XOR 0x5C, built in ipc_call_buffer. */
 void xor_handler(void *user_data, ipc_call *call, const uint8_t *request, size_t size);
+/* xor_handler as a connection_handler running its own loop; "fail", "self",
+ * "none" and "quit" test its answers (see t_harness.c). Counts requests,
+ * loops started and loops ended (disconnects). */
+void loop_xor_handler(void *user_data, ipc_serve_loop *loop);
 /* Text commands (fail:, noreply, sleep:, big:, twice, conn, quit); anything
  * else is echoed as is. */
 void cmd_handler(void *user_data, ipc_call *call, const uint8_t *request, size_t size);

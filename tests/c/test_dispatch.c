@@ -228,3 +228,78 @@ void test_batched_next_calls(void)
     /* Nothing is stuck: a bounded stop frees the server and reports 0. */
     CHECK(ipc_server_stop_timeout(server, 500) == 0);
 }
+
+/* options.connection_handler: the application runs each connection's loop
+ * with ipc_serve_next. Four clients at random sizes (both sides of the
+ * inline size), each kind of answer, a handler that returns early, a
+ * client that leaves, and the options it refuses. */
+void test_connection_loop(void)
+{
+    enum { N = 4, ITERATIONS = 25 };
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_t *server = NULL;
+    ipc_server_options so;
+    ipc_client_t *client;
+    ipc_error err = {0, 0, NULL};
+    worker_arg args[N];
+    t_thread *threads[N];
+    unsigned char req[IPC_REQUEST_INLINE_SIZE + 2], want[sizeof req];
+    char *message;
+    size_t size;
+    int i;
+
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "loop");
+    ipc_server_options_init(&so);
+    so.connection_handler = loop_xor_handler;
+    so.dispatch = IPC_DISPATCH_MANUAL;
+    CHECK_RC(ipc_server_open(&server, name, &so, NULL, &ctx, &err), IPC_E_INVALID, &err);
+    ipc_error_clear(&err);
+    so.dispatch = IPC_DISPATCH_THREAD;
+    server = open_server(name, &so, NULL, &ctx);
+    if (!server) {
+        ctx_free(&ctx);
+        return;
+    }
+    for (i = 0; i < N; i++) {
+        args[i].name = name;
+        args[i].index = i + 1;
+        args[i].iterations = ITERATIONS;
+        args[i].ok_count = 0;
+        threads[i] = t_thread_start(worker_main, &args[i]);
+    }
+    for (i = 0; i < N; i++) {
+        t_thread_join(threads[i]);
+        CHECK(args[i].ok_count == ITERATIONS);
+    }
+
+    client = open_client(name, NULL, 5000);
+    if (client) {
+        for (size = 0; size < sizeof req; size += IPC_REQUEST_INLINE_SIZE / 2 - 1) {
+            fill_random(req, size, (unsigned)size + 3);
+            for (i = 0; i < (int)size; i++)
+                want[i] = (unsigned char)(req[i] ^ 0x5C);
+            CHECK(expect_response(client, req, size, want, size));
+        }
+        CHECK(expect_response(client, "self", 4, "\x2f\x39\x30\x3a", 4));
+        /* set after the response is out: the client may see it first */
+        CHECK(ctx_wait_equal(&ctx, &ctx.last_respond_rc, IPC_OK, 5000));
+        message = expect_failure(client, "fail", 4, 5000, IPC_E_REMOTE);
+        CHECK(message && strcmp(message, "nope") == 0);
+        free(message);
+        message = expect_failure(client, "none", 4, 5000, IPC_E_REMOTE);
+        CHECK(message && strstr(message, "without a response") != NULL);
+        free(message);
+        CHECK(expect_response(client, "abc", 3, "\x3d\x3e\x3f", 3));
+        /* the handler returns: the request gets an ERROR, the connection ends */
+        message = expect_failure(client, "quit", 4, 5000, IPC_E_REMOTE);
+        CHECK(message && strstr(message, "without a response") != NULL);
+        free(message);
+        ipc_client_close(client);
+    }
+    CHECK(ctx_wait_equal(&ctx, &ctx.disconnects, N + 1, 5000));
+    CHECK(ctx_get(&ctx, &ctx.loops) == N + 1);
+    ipc_server_stop(server);
+    ctx_free(&ctx);
+}

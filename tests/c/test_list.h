@@ -84,6 +84,7 @@
     X(no_sigpipe)                                                   \
     X(manual_dispatch)                                              \
     X(batched_next_calls)                                           \
+    X(connection_loop)                                              \
     X(node_codec)                                                   \
     X(node_commands)                                                \
     X(node_packets_refused)                                         \
@@ -97,6 +98,7 @@
     T_SHM_ONLY(X, shm_hostile_peer)                                 \
     T_SHM_ONLY(X, shm_requests_in_place)                            \
     T_SHM_ONLY(X, shm_responses_in_place)                           \
+    T_SHM_ONLY(X, shm_connection_loop)                              \
     T_SHM_ONLY(X, shm_vanished_peer)                                \
     T_SHM_ONLY(X, shm_many_idle_connections)                        \
     /* last: under ThreadSanitizer a data race here ends the run */ \

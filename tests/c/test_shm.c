@@ -1105,3 +1105,53 @@ void test_shm_many_idle_connections(void)
 }
 
 #endif
+
+/* options.connection_handler over shared memory, requests read in place:
+ * small ones come inline, larger ones from the slot, the largest from the
+ * socket; a stop ends a loop that waits for a request. */
+void test_shm_connection_loop(void)
+{
+    static const size_t sizes[] = {
+        0,    16,    IPC_REQUEST_INLINE_SIZE, IPC_REQUEST_INLINE_SIZE + 1,
+        4000, 65536, 3 * 1024 * 1024,         5};
+    char name[96];
+    srv_ctx ctx;
+    ipc_server_options so;
+    ipc_client_options co;
+    ipc_server_t *server;
+    ipc_client_t *client;
+    unsigned char *req = (unsigned char *)malloc(3 * 1024 * 1024);
+    unsigned char *want = (unsigned char *)malloc(3 * 1024 * 1024);
+    long long started;
+    size_t i;
+
+    ctx_init(&ctx);
+    make_name(name, sizeof name, "shmloop");
+    shm_server_options(&so);
+    so.shm_requests_in_place = 1;
+    so.connection_handler = loop_xor_handler;
+    server = open_server(name, &so, NULL, &ctx);
+    shm_client_options(&co, 1024 * 1024);
+    client = server ? open_client(name, &co, 5000) : NULL;
+    if (client) {
+        CHECK(ipc_client_uses_shm(client) == SHM_HERE);
+        for (i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+            fill_random(req, sizes[i], (unsigned)i + 41);
+            xor_expected(req, want, sizes[i]);
+            if (!expect_response(client, req, sizes[i], want, sizes[i]))
+                note("      (size %lu)", (unsigned long)sizes[i]);
+        }
+        /* the loop now waits for the next request: a stop ends it */
+        started = t_now_ms();
+        ipc_server_stop(server);
+        server = NULL;
+        CHECK_MS(t_now_ms() - started, 0, 2000);
+        CHECK(ctx_get(&ctx, &ctx.disconnects) == 1);
+        ipc_client_close(client);
+    }
+    if (server)
+        ipc_server_stop(server);
+    free(req);
+    free(want);
+    ctx_free(&ctx);
+}

@@ -1,9 +1,14 @@
 """The native Server: the C core's server (cffi, API mode).
 
-A handler call is one ``extern "Python"`` callback that returns the response,
-which the C core then sends without a copy (the GIL is taken once per
-request). Everything else (argument checks, start/stop bracketing, dispatch
-bookkeeping) is written once in ``_base``; this module supplies its hooks.
+With ``workers=0`` (the default) each connection's thread enters Python once,
+through the ``extern "Python"`` connection handler, and runs the connection's
+request loop here: one ``ipc_serve_next`` per request sends the previous
+response (without a copy) and waits for the next request with the GIL
+released, and a small request arrives at a fixed address that a buffer made
+once per connection slices into ``bytes``. No callback, thread state or
+argument tuple per request. Everything else (argument checks, start/stop
+bracketing, dispatch bookkeeping) is written once in ``_base``; this module
+supplies its hooks.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Set, cast
+from typing import Any, Callable, List, Optional, Set, cast
 
 from .._base import Server, ServerOptions, failure_text, handler_result
 from .._errors import ConnectionClosed
@@ -26,6 +31,9 @@ logger = logging.getLogger("ipcfast")
 _get_ident = threading.get_ident
 _NULL = NULL
 _OK: int = lib.IPC_OK
+_RESPONSE: int = lib.IPC_PACKET_RESPONSE
+_ERROR: int = lib.IPC_PACKET_ERROR
+_REQUEST_INLINE_SIZE: int = lib.IPC_REQUEST_INLINE_SIZE
 #: How many ready requests a single worker takes at once.
 _BATCH = 64
 #: Handles of servers whose stop abandoned connection threads stuck in a
@@ -45,15 +53,14 @@ def _handler_onerror(exc_type: Any, exc: Any, tb: Any) -> None:
         pass
 
 
-def _ipcfast_reply(user_data: Any, call: Any, request: Any, size: int, response_size: Any) -> Any:
-    """C handler callback: runs the Python handler of the server in user_data
-    and returns its response for the C core to send (one GIL acquisition per
-    request: no call back into C on the success path)."""
+def _ipcfast_serve(user_data: Any, loop: Any) -> None:
+    """C connection handler: runs one connection's request loop, on the
+    connection's thread, until the connection is over."""
     server: NativeServer = ffi.from_handle(user_data)
-    return server._reply(call, request, size, response_size)
+    server._serve_connection(loop)
 
 
-ffi.def_extern(name="_ipcfast_reply", onerror=_handler_onerror)(_ipcfast_reply)
+ffi.def_extern(name="_ipcfast_serve", onerror=_handler_onerror)(_ipcfast_serve)
 
 
 def _ipcfast_cancel(user_data: Any, call: Any) -> None:
@@ -104,14 +111,11 @@ class NativeServer(Server):
         # would be one copy too many (see zero_copy in the guide).
         c_options.shm_requests_in_place = 1
         if not queued:
-            c_options.returning_handler = lib._ipcfast_reply
-        if self._zero_copy:
-            self._reply = self._reply_with_view  # type: ignore[method-assign]
+            c_options.connection_handler = lib._ipcfast_serve
         self._options = c_options
         self._handle: Any = None  # ffi.new_handle(self), while running
-        # Connection thread ident -> the response being sent on it (see
-        # _reply); its keys are also the threads running our handler.
-        self._held: Dict[int, Any] = {}
+        # The connection threads running our request loop (_serve_connection).
+        self._loop_threads: Set[int] = set()
         # ipcfast.node: called (on a C thread) with the call of a cancelled command.
         self._cancel_listener: Optional[Callable[[NodeCall], None]] = None
         # workers > 0: the threads running the handler, and their idents.
@@ -199,7 +203,7 @@ class NativeServer(Server):
         self._handle = None
 
     def _in_handler_thread(self, ident: int) -> bool:
-        return ident in self._held or ident in self._worker_idents
+        return ident in self._loop_threads or ident in self._worker_idents
 
     def _ready_fileno(self, server: Any) -> int:
         return int(lib.ipc_server_ready_handle(server))
@@ -310,40 +314,69 @@ class NativeServer(Server):
             return
         lib.ipc_call_respond(call, buf, len(buf), _NULL)
 
-    # Called on a C connection thread (with the GIL) for each request, and
-    # with request == NULL when its client disconnected.
-    def _reply(self, call: Any, request: Any, size: int, response_size: Any) -> Any:
+    # workers=0: a connection's request loop, on its C thread (with the GIL,
+    # which ipc_serve_next releases while it sends and waits).
+    def _serve_connection(self, loop: Any) -> None:
         ident = _get_ident()
-        held = self._held
-        if request == _NULL:
-            held.pop(ident, None)
-            return _NULL
-        # Drops the previous response of this connection: it has been sent.
-        held[ident] = None
+        self._loop_threads.add(ident)
         try:
-            result = self._handler(ffi.buffer(request, size)[:])
-            buf = ffi.from_buffer(result) if type(result) is bytes else handler_result(result, ffi.from_buffer)
-        except BaseException as exc:
-            self._fail(call, exc)
-            return _NULL
-        # The C core sends buf after we return, without a copy: keep it
-        # (and the object it points into) alive until this connection's next
-        # call. A response above max_message is refused by the core.
-        held[ident] = buf
-        size = response_size[0] = len(buf)
-        if size > self._max_message:
-            # The core refuses it and logs at ERROR; add the server's name.
-            logger.debug(
-                "server %r: the handler's response of %d bytes is above max_message (%d); "
-                "the client gets an error instead",
-                self._name,
-                size,
-                self._max_message,
-            )
-        return buf
+            if self._zero_copy:
+                self._serve_views(loop)
+            else:
+                self._serve_bytes(loop)
+        finally:
+            self._loop_threads.discard(ident)
 
-    # zero_copy=True, queued calls: the response is sent before this returns,
-    # so the request's view is released at once.
+    def _serve_bytes(self, loop: Any) -> None:
+        # Each answer is handed to the next ipc_serve_next, which sends it
+        # without a copy: `answer` keeps it alive until then.
+        request = ffi.new("ipc_next_request *")
+        inline = ffi.buffer(request.inline_data)  # a fixed address: sliced per request
+        serve_next = lib.ipc_serve_next
+        handler = self._handler
+        buffer = ffi.buffer
+        from_buffer = ffi.from_buffer
+        inline_size = _REQUEST_INLINE_SIZE
+        max_message = self._max_message
+        answer_type, answer, size = 0, _NULL, 0
+        while True:
+            n = serve_next(loop, answer_type, answer, size, request)
+            if n < 0:
+                return  # the connection is over
+            try:
+                result = handler(inline[:n] if n <= inline_size else buffer(request.data, n)[:])
+                answer = result if type(result) is bytes else handler_result(result, from_buffer)
+                answer_type = _RESPONSE
+            except BaseException as exc:
+                answer = failure_text(self._name, exc)
+                answer_type = _ERROR
+            size = len(answer)
+            if size > max_message and answer_type == _RESPONSE:
+                # The core refuses it and logs at ERROR; add the server's name.
+                logger.debug(
+                    "server %r: the handler's response of %d bytes is above max_message (%d); "
+                    "the client gets an error instead",
+                    self._name,
+                    size,
+                    self._max_message,
+                )
+
+    # zero_copy=True: the handler gets a view of the request, and the
+    # response is sent before the view is released (it may point into the
+    # view: an echo), not by the next ipc_serve_next: once it is sent the
+    # client may write its next request where the view points.
+    def _serve_views(self, loop: Any) -> None:
+        request = ffi.new("ipc_next_request *")
+        serve_next = lib.ipc_serve_next
+        while True:
+            n = serve_next(loop, 0, _NULL, 0, request)
+            if n < 0:
+                return
+            self._answer_with_view(request.call, request.data, n)
+
+    # zero_copy=True: the response is sent before this returns, so the
+    # request's view is released at once (before the client can write its
+    # next request where the view points).
     def _answer_with_view(self, call: Any, request: Any, size: int) -> None:
         view = _request_view(request, size)
         try:
@@ -356,22 +389,6 @@ class NativeServer(Server):
         lib.ipc_call_respond(call, buf, len(buf), _NULL)
         del buf, result  # their exports of the view, if the response was (part of) it
         _release(view)
-
-    # zero_copy=True on a C connection thread: the handler gets a view of the
-    # request. The response is sent here, before the view is released (it may
-    # point into the view: an echo), and not by the core after we return: once
-    # it is sent the client may write its next request where the view points.
-    def _reply_with_view(self, call: Any, request: Any, size: int, response_size: Any) -> Any:
-        if request == _NULL:
-            return _NULL  # a disconnect: nothing is held
-        held = self._held
-        ident = _get_ident()
-        held[ident] = None  # marks this thread as running the handler
-        try:
-            self._answer_with_view(call, request, size)
-        finally:
-            del held[ident]
-        return _NULL
 
     def _fail(self, call: Any, exc: BaseException) -> None:
         message = failure_text(self._name, exc)
