@@ -12,10 +12,10 @@ import pytest
 import ipcfast
 from conftest import MakeClient, MakeServer
 
-INLINE = 240  # IPC_REPLY_INLINE_SIZE in csrc/ipc.h
+INLINE = 4096  # IPC_REPLY_INLINE_SIZE in csrc/ipc.h
 
 
-@pytest.mark.parametrize("size", [0, 1, INLINE - 1, INLINE, INLINE + 1, 4096, 1 << 20])
+@pytest.mark.parametrize("size", [0, 1, INLINE - 1, INLINE, INLINE + 1, 65536, 1 << 20])
 def test_every_response_size_comes_back_whole(
     size: int, name: str, make_server: MakeServer, make_client: MakeClient
 ) -> None:

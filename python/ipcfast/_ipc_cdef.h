@@ -199,12 +199,12 @@ typedef struct ipc_server_options {
 
 void ipc_server_options_init(ipc_server_options *options);
 
-#define IPC_REQUEST_INLINE_SIZE 240
+#define IPC_REQUEST_INLINE_SIZE 4096
 
 typedef struct ipc_next_request {
     const uint8_t *data;
     ipc_call *call;
-    uint8_t inline_data[241];
+    uint8_t inline_data[4097];
 } ipc_next_request;
 
 int64_t ipc_serve_next(ipc_serve_loop *loop, int answer_type, const void *answer,
@@ -322,13 +322,13 @@ int ipc_client_open(ipc_client_t **client, const char *name,
 int ipc_client_request(ipc_client_t *client, const void *request, size_t size,
                        const uint8_t **response, size_t *response_size,
                        int timeout_ms, ipc_error *err);
-#define IPC_REPLY_INLINE_SIZE 240
+#define IPC_REPLY_INLINE_SIZE 4096
 
 typedef struct ipc_client_reply {
     const char *data;
     size_t size;
     ipc_error error;
-    char inline_data[241];
+    char inline_data[4097];
 } ipc_client_reply;
 
 int64_t ipc_client_call(ipc_client_t *client, const void *request, size_t size, int timeout_ms,

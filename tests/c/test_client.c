@@ -566,11 +566,11 @@ void test_client_call_reply(void)
     server = open_server(name, NULL, cmd_handler, &ctx);
     client = server ? open_client(name, NULL, 5000) : NULL;
     if (client) {
-        CHECK(ipc_client_call(client, "big:240", 7, 5000, &reply) == IPC_REPLY_INLINE_SIZE);
+        CHECK(ipc_client_call(client, "big:4096", 8, 5000, &reply) == IPC_REPLY_INLINE_SIZE);
         CHECK(reply.data == reply.inline_data && reply.size == IPC_REPLY_INLINE_SIZE);
         CHECK(reply.data[IPC_REPLY_INLINE_SIZE] == 0);
-        CHECK(ipc_client_call(client, "big:241", 7, 5000, &reply) == 241);
-        CHECK(reply.data != reply.inline_data && reply.data[241] == 0);
+        CHECK(ipc_client_call(client, "big:4097", 8, 5000, &reply) == 4097);
+        CHECK(reply.data != reply.inline_data && reply.data[4097] == 0);
         CHECK(ipc_client_call(client, "fail:no", 7, 5000, &reply) == -IPC_E_REMOTE);
         CHECK(reply.error.message != NULL && strcmp(reply.error.message, "no") == 0);
         ipc_error_clear(&reply.error);

@@ -276,7 +276,12 @@ void test_connection_loop(void)
 
     client = open_client(name, NULL, 5000);
     if (client) {
-        for (size = 0; size < sizeof req; size += IPC_REQUEST_INLINE_SIZE / 2 - 1) {
+        static const size_t sizes[] = {0, 1, IPC_REQUEST_INLINE_SIZE - 1, IPC_REQUEST_INLINE_SIZE,
+                                       IPC_REQUEST_INLINE_SIZE + 1};
+        size_t k;
+
+        for (k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+            size = sizes[k];
             fill_random(req, size, (unsigned)size + 3);
             for (i = 0; i < (int)size; i++)
                 want[i] = (unsigned char)(req[i] ^ 0x5C);
