@@ -93,8 +93,14 @@ def instructions(name: str, count: int, size: int, backend: str, mode: str, path
             capture_output=True,
             env=FIXED_HASHES,
         )
-        with open(out, encoding="utf-8") as f:
-            text = f.read()
+        return callgrind_total(out)
+
+
+def callgrind_total(out: str) -> int:
+    """The instruction total of a callgrind output file (also used by
+    server_instructions.py)."""
+    with open(out, encoding="utf-8") as f:
+        text = f.read()
     match = re.search(r"^summary:\s+(\d+)", text, re.MULTILINE) or re.search(r"^totals:\s+(\d+)", text, re.MULTILINE)
     if not match:
         raise RuntimeError("no instruction total in callgrind's output")

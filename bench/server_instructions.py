@@ -32,6 +32,9 @@ import tempfile
 import textwrap
 from typing import Dict
 
+# The sibling script (this directory is on sys.path when run as a script).
+from client_instructions import FIXED_HASHES, callgrind_total
+
 SERVER = textwrap.dedent(
     """
     import sys, ipcfast
@@ -56,12 +59,6 @@ CLIENT = textwrap.dedent(
     client.close()
     """
 )
-
-
-#: Both runs hash strings alike: with random hashes the interpreter's start-up
-#: (dict probes) differs by about a million instructions between runs, which
-#: would show as hundreds per request.
-FIXED_HASHES = {**os.environ, "PYTHONHASHSEED": "0"}
 
 
 def serve_under_callgrind(args: argparse.Namespace, count: int, out: str) -> int:
@@ -95,12 +92,7 @@ def serve_under_callgrind(args: argparse.Namespace, count: int, out: str) -> int
         assert server.stdin is not None
         server.stdin.close()
         server.wait(300)
-    with open(out, encoding="utf-8") as f:
-        text = f.read()
-    match = re.search(r"^summary:\s+(\d+)", text, re.MULTILINE) or re.search(r"^totals:\s+(\d+)", text, re.MULTILINE)
-    if not match:
-        raise RuntimeError("no instruction total in callgrind's output")
-    return int(match.group(1))
+    return callgrind_total(out)
 
 
 def per_function(out: str, inclusive: bool) -> Dict[str, int]:
