@@ -1,15 +1,21 @@
 """Real third-party tools through the node (SPEC section 10, issue 16): black,
-flake8, pytest, pylint and mypy from PyPI (the ``test`` extra), each run cold
-(``python -m tool``) and through both clients (Python and C), compared byte
-for byte: stdout, stderr and exit code, or, on a pseudo-terminal, the merged
+isort, flake8, pyflakes, pycodestyle, pylint, mypy, pytest (with
+pytest-xdist and Hypothesis's plugin), coverage, Sphinx and pip from PyPI
+(the ``test`` extra), each run cold (``python ...``) and through both
+clients (Python and C), compared byte for byte: stdout, stderr and exit
+code, or, on a pseudo-terminal or with both streams in one pipe, the merged
 output.
 
-Cases: plain runs with findings, piped stdin (``black -``, ``flake8 -``), a
-pty 123 columns wide with stdout and stderr on it (``2>&1``), Ctrl-C in the
-middle of a pytest run, ``os._exit()`` (mypy ends that way), multiprocessing
-inside the command (``pylint -j 2``), edits between runs (a changed source
-file, a changed ``line-length`` in pyproject.toml), and a command whose
-forked child ends with ``sys.exit(0)``.
+Cases: plain runs with findings, piped stdin (``black -``, ``isort -``,
+``flake8 -``, ``pyflakes``, ``pycodestyle -``), a pty 123 columns wide with
+stdout and stderr on it (``2>&1``), Sphinx's progress and warnings in one
+pipe, Ctrl-C in the middle of a pytest run, ``os._exit()`` (mypy ends that
+way), multiprocessing inside the command (``pylint -j 2``, ``pytest -n 2``),
+tracing (``coverage run -m pytest``), edits between runs (a changed source
+file, a changed ``line-length`` in pyproject.toml, a new local module isort
+must place, a same-named test file in a second project), logging a command
+configures (``pip``), a ``python -m`` traceback, and a command whose forked
+child ends with ``sys.exit(0)``.
 
 One node serves the whole module (all tools preloaded, as a user would set
 it up); every comparison is against a fresh cold run. The only
@@ -43,10 +49,11 @@ from conftest import installed_node_client, wait_for
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the node forks and passes POSIX descriptors")
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOLS = ["black", "flake8", "pytest", "pylint", "mypy"]
+# Preloaded by the module's node, as a user would set it up for these tools.
+TOOLS = ["black", "isort", "flake8", "pyflakes", "pycodestyle", "pytest", "pylint", "mypy", "coverage", "sphinx"]
 INSTALLED = [tool for tool in TOOLS if importlib.util.find_spec(tool) is not None]
 # What those tools load while they run, preloaded too: pytest's plugins (through
-# pytest's rewriting hook) and flake8's.
+# pytest's rewriting hook: Hypothesis's, xdist's) and flake8's.
 PLUGIN_GROUPS = {"pytest": ["@pytest11"], "flake8": ["@flake8.extension", "@flake8.report"]}
 
 Result = Tuple[int, bytes, bytes]
@@ -121,6 +128,34 @@ print("parent after the child")
 sys.exit(5)
 """
 
+COVERED = """def f():
+    return 1
+
+
+def g(x):
+    if x:
+        return 2
+    return 3
+"""
+
+COVERED_TESTS = """from pkg.mod import f
+
+
+def test_f():
+    assert f() == 1
+"""
+
+INDEX_RST = """Title
+=====
+
+Text with :ref:`missing` and a broken `link <nowhere>`_ reference.
+
+.. toctree::
+
+   other
+   absent
+"""
+
 _DURATION = re.compile(rb"in \d+\.\d+s")
 # pytest rewrites "collecting N items" in place on a terminal, but only once
 # collecting has taken 0.5 s: on a loaded machine a cold run shows it too.
@@ -147,7 +182,15 @@ class Tools:
             ("slow_test.py", SLOW_TEST),
             ("test_hyp.py", HYPOTHESIS_TESTS),
             ("forker.py", FORKER),
+            ("failing_mod.py", "raise ValueError('boom')\n"),
+            ("pkg/__init__.py", ""),
+            ("pkg/mod.py", COVERED),
+            ("test_cov.py", COVERED_TESTS),
+            ("docs/conf.py", "project = 'sample'\n"),
+            ("docs/index.rst", INDEX_RST),
+            ("docs/other.rst", "Other\n=====\n\nText.\n"),
         ):
+            (self.project / name).parent.mkdir(exist_ok=True)
             (self.project / name).write_text(text, encoding="utf-8")
         (self.project / "pyproject.toml").write_text("[tool.black]\nline-length = 88\n", encoding="utf-8")
         self.run_dir = Path(tempfile.mkdtemp(prefix="ipt", dir="/tmp"))
@@ -187,11 +230,28 @@ class Tools:
             pytest.skip("no C client (neither installed nor a C compiler)")
         return [*self.c_words, sys.executable, *args]
 
-    def run(self, how: str, args: List[str], stdin: Optional[bytes] = None) -> Result:
+    def run(self, how: str, args: List[str], stdin: Optional[bytes] = None, cwd: Optional[Path] = None) -> Result:
         done = subprocess.run(
-            self.argv(how, args), cwd=str(self.project), env=self.env, input=stdin, capture_output=True, timeout=300
+            self.argv(how, args),
+            cwd=str(cwd or self.project),
+            env=self.env,
+            input=stdin,
+            capture_output=True,
+            timeout=300,
         )
         return done.returncode, normalise(done.stdout), normalise(done.stderr)
+
+    def run_merged(self, how: str, args: List[str]) -> Tuple[int, bytes]:
+        """Runs with stdout and stderr into one pipe (``2>&1``)."""
+        done = subprocess.run(
+            self.argv(how, args),
+            cwd=str(self.project),
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=300,
+        )
+        return done.returncode, normalise(done.stdout)
 
     def pid(self) -> Optional[int]:
         done = self.node_cli("status", *self.options)
@@ -243,10 +303,10 @@ def need(tool: str) -> None:
 CLIENTS = ["python", "c"]
 
 
-def same_as_cold(tools: Tools, args: List[str], stdin: Optional[bytes] = None) -> Result:
-    cold = tools.run("cold", args, stdin)
+def same_as_cold(tools: Tools, args: List[str], stdin: Optional[bytes] = None, cwd: Optional[Path] = None) -> Result:
+    cold = tools.run("cold", args, stdin, cwd)
     for how in CLIENTS:
-        warm = tools.run(how, args, stdin)
+        warm = tools.run(how, args, stdin, cwd)
         assert warm[0] == cold[0], f"{how} client: exit code {warm[0]}, cold {cold[0]}\n{warm[2]!r}"
         assert warm[1] == cold[1], f"{how} client: stdout differs"
         assert warm[2] == cold[2], f"{how} client: stderr differs"
@@ -425,3 +485,118 @@ def test_ctrl_c_in_the_middle_of_a_pytest_run(tools: Tools) -> None:
     assert results["cold"][0] == 2 and b"KeyboardInterrupt" in results["cold"][1]
     assert results["python"] == results["cold"]
     assert results["c"] == results["cold"]
+
+
+# ---- more tools: isort, pyflakes, pycodestyle, xdist, coverage, Sphinx, pip ----------------
+
+IMPORTS = b"import sys\nimport os\nimport localmod\nimport requests\n"
+
+
+def test_isort_reads_stdin_and_sees_a_new_local_module(tools: Tools) -> None:
+    need("isort")
+    local = tools.project / "localmod.py"
+    if local.exists():
+        local.unlink()
+    before = same_as_cold(tools, ["-m", "isort", "-"], stdin=IMPORTS)
+    local.write_text("X = 1\n", encoding="utf-8")
+    try:
+        after = same_as_cold(tools, ["-m", "isort", "-"], stdin=IMPORTS)
+    finally:
+        local.unlink()
+    # The new module is first-party now: isort gives it a section of its own.
+    assert before[0] == 0 and after[0] == 0 and before[1] != after[1]
+    assert after[1].endswith(b"\nimport localmod\n")
+    checked = same_as_cold(tools, ["-m", "isort", "--check-only", "bad.py", "other.py"])
+    assert checked[0] == 1 and b"bad.py Imports are incorrectly sorted" in checked[2]
+
+
+def test_pyflakes_and_pycodestyle_on_files_and_stdin(tools: Tools) -> None:
+    need("pyflakes")
+    need("pycodestyle")
+    source = BAD.encode()
+    for args, stdin in (
+        (["-m", "pyflakes", "bad.py"], None),
+        (["-m", "pyflakes"], source),
+        (["-m", "pycodestyle", "bad.py"], None),
+        (["-m", "pycodestyle", "-"], source),
+    ):
+        cold = same_as_cold(tools, args, stdin=stdin)
+        assert cold[0] == 1 and b":1:" in cold[1], args
+
+
+def test_pytest_with_xdist_workers(tools: Tools) -> None:
+    need("pytest")
+    if importlib.util.find_spec("xdist") is None:
+        pytest.skip("pytest-xdist is not installed (it is in the test extra: pip install '.[test]')")
+    cold = same_as_cold(tools, ["-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "test_sample.py", "test_cov.py"])
+    assert cold[0] == 1 and b"1 failed, 2 passed" in cold[1] and b"2 workers" in cold[1]
+
+
+def test_coverage_run_of_pytest_measures_what_a_cold_run_does(tools: Tools) -> None:
+    need("coverage")
+    need("pytest")
+    reports = {}
+    for how in ["cold", *CLIENTS]:
+        data = tools.project / f".coverage-{how}"
+        ran = tools.run(
+            how,
+            [
+                "-m",
+                "coverage",
+                "run",
+                f"--data-file={data}",
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "test_cov.py",
+            ],
+        )
+        assert ran[0] == 0, (how, ran)
+        report = tools.run(how, ["-m", "coverage", "report", f"--data-file={data}", "--include=pkg/*"])
+        reports[how] = report
+    assert reports["python"] == reports["cold"]
+    assert reports["c"] == reports["cold"]
+    # pkg/mod.py: f() ran, g() did not.
+    assert re.search(rb"pkg/mod\.py +\d+ +3 +\d+%", reports["cold"][1]), reports["cold"][1]
+
+
+def test_sphinx_progress_and_warnings_in_one_pipe(tools: Tools) -> None:
+    need("sphinx")
+    out = tools.project / "_build"
+    results = {}
+    for how in ["cold", *CLIENTS]:
+        shutil.rmtree(out, ignore_errors=True)
+        results[how] = tools.run_merged(how, ["-m", "sphinx", "-E", "-b", "text", "docs", "_build"])
+    assert results["python"] == results["cold"]
+    assert results["c"] == results["cold"]
+    code, merged = results["cold"]
+    # Where stderr's warnings land among stdout's progress depends only on the
+    # buffering both have in a cold run (a pipe: block-buffered stdout).
+    assert code == 0 and b"WARNING: undefined label: 'missing'" in merged and b"build succeeded" in merged
+    assert (out / "index.txt").exists()
+
+
+def test_logging_that_pip_configures_does_not_reach_the_next_command(tools: Tools) -> None:
+    need("flake8")
+    pip = same_as_cold(tools, ["-m", "pip", "list", "--disable-pip-version-check", "--format=freeze"])
+    assert pip[0] == 0 and b"flake8==" in pip[1]
+    assert same_as_cold(tools, ["-m", "flake8", "bad.py"])[0] == 1
+
+
+def test_a_python_m_traceback_keeps_runpy_frames(tools: Tools) -> None:
+    cold = same_as_cold(tools, ["-m", "failing_mod"])
+    assert cold[0] == 1 and b"<frozen runpy>" in cold[2] and cold[2].endswith(b"ValueError: boom\n")
+
+
+def test_same_named_test_files_in_two_projects(tools: Tools) -> None:
+    need("pytest")
+    second = tools.project.parent / "second"
+    second.mkdir(exist_ok=True)
+    (second / "test_sample.py").write_text("def test_other():\n    assert True\n", encoding="utf-8")
+    for _ in range(2):
+        first = same_as_cold(tools, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "test_sample.py"])
+        assert first[0] == 1
+        other = same_as_cold(tools, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "test_sample.py"], cwd=second)
+        assert other[0] == 0 and b"1 passed" in other[1]
