@@ -210,6 +210,17 @@ def test_targets_pick_the_best_peer_per_round() -> None:
     assert loop["value"] is None and loop["met"] is None
 
 
+def test_a_goal_for_a_bigger_machine_gets_its_figure_and_no_verdict() -> None:
+    row = "native req/s / pyzmq req/s, 16 clients (16-core machine)/split"
+    raw = {"pinned": _raw(), "split": _raw()}
+    small = {t["target"] + "/" + t["mode"]: t for t in evaluate_targets(raw, None, 2)}
+    big = {t["target"] + "/" + t["mode"]: t for t in evaluate_targets(raw, None, 16)}
+    assert small[row]["value"] is not None and small[row]["met"] is None
+    assert big[row]["value"] == small[row]["value"] and big[row]["met"] is not None
+    # Every other goal is judged on the small machine as well.
+    assert small["native req/s with 16 clients / with 4 clients/split"]["met"] is not None
+
+
 def test_report_renders_every_placement_and_target_without_processes() -> None:
     raw = {"pinned": _raw(), "split": _raw()}
     results = Results(

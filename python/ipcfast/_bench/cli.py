@@ -117,7 +117,7 @@ def run(options: Options) -> Results:
         source_root=harness.source_root,
         notes=harness.notes,
         summary=summary,
-        targets=evaluate_targets(raw, mainloop["summary"] if mainloop else None),
+        targets=evaluate_targets(raw, mainloop["summary"] if mainloop else None, os.cpu_count()),
         mainloop=mainloop,
         raw=raw,
         elapsed_seconds=round(time.monotonic() - t_start, 1),

@@ -201,7 +201,8 @@ def render_targets(targets: List[TargetResult]) -> List[str]:
     lines = [
         "## Targets",
         "",
-        f"{met} met, {missed} missed, {len(targets) - met - missed} not measured in this run.",
+        f"{met} met, {missed} missed, {len(targets) - met - missed} not measured or not for this machine "
+        "(n/a: a goal set for a machine with more CPUs shows its figure without a verdict).",
         "",
     ]
     return lines + _table(["issue", "target", "placement", "measured", "goal", "met"], rows)

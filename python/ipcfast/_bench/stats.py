@@ -306,11 +306,16 @@ def _verdict(value: Optional[float], op: str, limit: float) -> Optional[bool]:
     return value <= limit if op == "<=" else value >= limit
 
 
-def evaluate_targets(raw: Dict[str, Raw], mainloop: Optional[Dict[str, LoopSummary]]) -> List[TargetResult]:
-    """Every target of profiles.TARGETS and MAINLOOP_TARGETS, checked against this run."""
+def evaluate_targets(
+    raw: Dict[str, Raw], mainloop: Optional[Dict[str, LoopSummary]], cpus: Optional[int] = None
+) -> List[TargetResult]:
+    """Every target of profiles.TARGETS and MAINLOOP_TARGETS, checked against
+    this run on a machine with ``cpus`` CPUs (None: not known). A target meant
+    for a bigger machine than this one gets its figure and no verdict."""
     out: List[TargetResult] = []
     for t in TARGETS:
         value = target_value(t, raw[t.mode]) if t.mode in raw else None
+        applies = (cpus or 0) >= t.min_cpus
         out.append(
             TargetResult(
                 target=t.text,
@@ -318,7 +323,7 @@ def evaluate_targets(raw: Dict[str, Raw], mainloop: Optional[Dict[str, LoopSumma
                 value=value,
                 op=t.op,
                 limit=t.limit,
-                met=_verdict(value, t.op, t.limit),
+                met=_verdict(value, t.op, t.limit) if applies else None,
                 unit="ratio",
                 issue=t.issue,
             )
