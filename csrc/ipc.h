@@ -501,6 +501,19 @@ enum ipc_exit_type {
     IPC_EXIT_REFUSED = 5    /* not run: the node cannot run it (reason on stderr) */
 };
 
+/* CANCEL's payload (docs/protocol.md 10.5): the signal the client got, by
+ * its traditional POSIX number on every platform. An empty CANCEL is
+ * IPC_SIGNAL_INTERRUPT (Ctrl-C). A node delivers it to the command as that
+ * signal; this core's node stops the command for the first four (the
+ * cancel_handler is told) and ignores IPC_SIGNAL_WINDOW_CHANGED. */
+enum ipc_node_signal {
+    IPC_SIGNAL_HANGUP = 1,         /* SIGHUP: the client's terminal went away */
+    IPC_SIGNAL_INTERRUPT = 2,      /* SIGINT: Ctrl-C */
+    IPC_SIGNAL_QUIT = 3,           /* SIGQUIT: Ctrl-backslash */
+    IPC_SIGNAL_TERMINATE = 15,     /* SIGTERM: kill, timeout, a CI runner */
+    IPC_SIGNAL_WINDOW_CHANGED = 28 /* SIGWINCH: the terminal was resized */
+};
+
 /* Bits of ipc_command.flags: which of the client's streams are terminals. */
 #define IPC_COMMAND_STDIN_TTY 0x1u
 #define IPC_COMMAND_STDOUT_TTY 0x2u
@@ -546,6 +559,10 @@ int ipc_console_write_decode(const uint8_t *payload, size_t size, int *stream, c
 size_t ipc_exit_encode(uint8_t out[IPC_EXIT_PAYLOAD_SIZE], int32_t exit_code, uint8_t exit_type);
 int ipc_exit_decode(const uint8_t *payload, size_t size, int32_t *exit_code, uint8_t *exit_type,
                     ipc_error *err);
+
+/* Decodes a CANCEL payload: empty (IPC_SIGNAL_INTERRUPT) or one byte, an
+ * ipc_node_signal. IPC_E_PROTOCOL: longer, or a signal this list lacks. */
+int ipc_cancel_decode(const uint8_t *payload, size_t size, int *signal_code, ipc_error *err);
 
 /* The packet type of a call from ipc_server_next_call: IPC_PACKET_REQUEST
  * or IPC_PACKET_COMMAND (its payload is the encoded command). */

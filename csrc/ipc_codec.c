@@ -400,6 +400,29 @@ int ipc_exit_decode(const uint8_t *payload, size_t size, int32_t *exit_code, uin
     return IPC_OK;
 }
 
+int ipc_cancel_decode(const uint8_t *payload, size_t size, int *signal_code, ipc_error *err)
+{
+    if (!signal_code || (!payload && size))
+        return ipc__fail(err, IPC_E_INVALID, 0, "ipc_cancel_decode: NULL argument");
+    if (size == 0) {
+        *signal_code = IPC_SIGNAL_INTERRUPT;
+        return IPC_OK;
+    }
+    if (size != 1)
+        return ipc__fail(err, IPC_E_PROTOCOL, 0, "malformed CANCEL: %lu bytes instead of 0 or 1",
+                         (unsigned long)size);
+    switch (payload[0]) {
+    case IPC_SIGNAL_HANGUP:
+    case IPC_SIGNAL_INTERRUPT:
+    case IPC_SIGNAL_QUIT:
+    case IPC_SIGNAL_TERMINATE:
+    case IPC_SIGNAL_WINDOW_CHANGED: *signal_code = payload[0]; return IPC_OK;
+    default:
+        return ipc__fail(err, IPC_E_PROTOCOL, 0, "CANCEL with an unknown signal %u",
+                         (unsigned)payload[0]);
+    }
+}
+
 /* ---- shared-memory setup (docs/protocol.md 11.2) ------------------------ */
 
 uint32_t ipc_shm_region_size(uint32_t slot_size)

@@ -308,17 +308,19 @@ static void node_connection_close(ipc_connection *c)
     c->family_state = NULL;
 }
 
-/* CANCEL must be empty; one that comes after the EXIT is ignored. */
+/* CANCEL: empty or one of the signals. This node has no process to
+ * signal: every signal but a window change stops the command, and one that
+ * comes after the EXIT is ignored. */
 static int on_cancel(ipc_connection *c, const ipc_packet *packet)
 {
     ipc_error err = {0};
+    int signal_code = 0;
 
-    if (packet->header.length == 0) {
-        cancel_command(c);
+    if (ipc_cancel_decode(packet->payload, packet->header.length, &signal_code, &err) == IPC_OK) {
+        if (signal_code != IPC_SIGNAL_WINDOW_CHANGED)
+            cancel_command(c);
         return IPC__PACKET_KEEP;
     }
-    ipc__fail(&err, IPC_E_PROTOCOL, 0, "CANCEL with a %lu-byte payload",
-              (unsigned long)packet->header.length);
     ipc__refuse_packet(c, packet, IPC_E_PROTOCOL, &err);
     ipc_error_clear(&err);
     return IPC__PACKET_CLOSE;

@@ -128,6 +128,27 @@ print("parent after the child")
 sys.exit(5)
 """
 
+SIGNALLED = """import os, signal, sys, time
+
+
+def on_term(signum, frame):
+    print("terminated: cleaning up", flush=True)
+    sys.exit(3)
+
+
+def on_winch(signum, frame):
+    size = os.get_terminal_size(1) if os.isatty(1) else "no terminal"
+    print("window changed:", size, flush=True)
+
+
+signal.signal(signal.SIGTERM, on_term)
+signal.signal(signal.SIGWINCH, on_winch)
+print("ready", flush=True)
+open(os.environ["SLOW_MARKER"], "w").close()
+time.sleep(60)
+print("never signalled")
+"""
+
 COVERED = """def f():
     return 1
 
@@ -183,6 +204,7 @@ class Tools:
             ("test_hyp.py", HYPOTHESIS_TESTS),
             ("forker.py", FORKER),
             ("failing_mod.py", "raise ValueError('boom')\n"),
+            ("signalled.py", SIGNALLED),
             ("pkg/__init__.py", ""),
             ("pkg/mod.py", COVERED),
             ("test_cov.py", COVERED_TESTS),
@@ -600,3 +622,85 @@ def test_same_named_test_files_in_two_projects(tools: Tools) -> None:
         assert first[0] == 1
         other = same_as_cold(tools, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "test_sample.py"], cwd=second)
         assert other[0] == 0 and b"1 passed" in other[1]
+
+
+# ---- signals the client gets -----------------------------------------------------------
+
+
+def signalled_run(tools: Tools, how: str, args: List[str], columns: Optional[int] = None) -> Tuple[int, bytes]:
+    """Runs args, and once the command has started (SLOW_MARKER), resizes the
+    terminal to ``columns`` (on a pty) and sends SIGWINCH, then SIGTERM, to
+    the process we started, as a terminal and ``kill`` would: the exit status
+    and everything written to stdout and stderr (one pipe or the pty)."""
+    marker = Path(tools.env["SLOW_MARKER"])
+    if marker.exists():
+        marker.unlink()
+    master = slave = None
+    if columns is not None:
+        master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 123, 0, 0))
+        out: int = slave
+    else:
+        out = subprocess.PIPE
+    proc = subprocess.Popen(
+        tools.argv(how, args),
+        cwd=str(tools.project),
+        env=dict(tools.env, TERM="xterm-256color"),
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert wait_for(marker.exists, timeout=60), how
+        time.sleep(0.3)
+        if master is not None:
+            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns or 80, 0, 0))
+        proc.send_signal(signal.SIGWINCH)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        if master is None:
+            output = proc.communicate(timeout=60)[0]
+            return proc.returncode, normalise(output)
+        assert slave is not None
+        os.close(slave)
+        slave = None
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: every holder of the terminal is gone
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return proc.wait(timeout=60), normalise(b"".join(chunks))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for fd in (master, slave):
+            if fd is not None:
+                os.close(fd)
+
+
+def test_sigterm_and_sigwinch_reach_the_command_as_they_would_cold(tools: Tools) -> None:
+    results = {how: signalled_run(tools, how, ["signalled.py"]) for how in ["cold", *CLIENTS]}
+    assert results["cold"] == (3, b"ready\nwindow changed: no terminal\nterminated: cleaning up\n")
+    assert results["python"] == results["cold"]
+    assert results["c"] == results["cold"]
+
+
+def test_a_resized_terminal_is_seen_by_the_command(tools: Tools) -> None:
+    results = {how: signalled_run(tools, how, ["signalled.py"], columns=90) for how in ["cold", *CLIENTS]}
+    assert b"window changed: os.terminal_size(columns=90, lines=40)" in results["cold"][1]
+    assert results["python"] == results["cold"]
+    assert results["c"] == results["cold"]
+
+
+def test_a_tool_that_dies_of_sigterm_ends_its_client_the_same_way(tools: Tools) -> None:
+    need("pytest")
+    args = ["-m", "pytest", "-p", "no:cacheprovider", "-q", "slow_test.py"]
+    results = {how: signalled_run(tools, how, args) for how in ["cold", *CLIENTS]}
+    assert results["cold"][0] == -signal.SIGTERM
+    assert results["python"] == results["cold"]
+    assert results["c"] == results["cold"]

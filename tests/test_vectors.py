@@ -231,6 +231,17 @@ class CCodec:
         finally:
             self.lib.ipc_error_clear(err)
 
+    def decode_cancel(self, data: bytes) -> Tuple[Optional[int], str]:
+        signal_code = self.ffi.new("int *")
+        err = self.ffi.new("ipc_error *")
+        rc = self.lib.ipc_cancel_decode(self._in(data), len(data), signal_code, err)
+        try:
+            if rc != 0:
+                return None, self._error(err)
+            return signal_code[0], ""
+        finally:
+            self.lib.ipc_error_clear(err)
+
 
 class PureCodec:
     """The pure-Python codec (python/ipcfast/_codec.py)."""
@@ -288,6 +299,12 @@ class PureCodec:
     def decode_exit(self, data: bytes) -> Tuple[Optional[Tuple[int, int]], str]:
         try:
             return self.codec.decode_exit(data), ""
+        except self.codec.MalformedPayload as exc:
+            return None, str(exc)
+
+    def decode_cancel(self, data: bytes) -> Tuple[Optional[int], str]:
+        try:
+            return int(self.codec.decode_cancel(data)), ""
         except self.codec.MalformedPayload as exc:
             return None, str(exc)
 
@@ -763,6 +780,18 @@ def test_exit(codec: Any, case: Dict[str, Any]) -> None:
     else:
         assert decoded == (case["exit_code"], case["exit_type"])
         assert codec.encode_exit(case["exit_code"], case["exit_type"]).hex() == case["hex"]
+
+
+@pytest.mark.parametrize("case", VECTORS["cancel"], ids=_ids(VECTORS["cancel"]))
+def test_cancel(codec: Any, case: Dict[str, Any]) -> None:
+    decoded, error = codec.decode_cancel(bytes.fromhex(case["hex"]))
+    if "error" in case:
+        assert decoded is None and case["error"] in error
+    else:
+        assert decoded == case["signal"]
+        if codec.name == "pure" and case["name"] != "interrupt_spelled_out":
+            # What this codec writes: the shortest form (Ctrl-C stays empty).
+            assert codec.codec.encode_cancel(codec.codec.NodeSignal(case["signal"])).hex() == case["hex"]
 
 
 @given(st.binary(max_size=200))

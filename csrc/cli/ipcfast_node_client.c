@@ -17,7 +17,9 @@
  * (default 60000 ms). If the node is busy, stale, cannot start or refuses the
  * command, runs PROGRAM ARGS itself (exec), so the result is the same either
  * way. Ctrl-C is forwarded as CANCEL (the command gets SIGINT); a second
- * Ctrl-C stops waiting.
+ * Ctrl-C stops waiting. SIGHUP, SIGQUIT, SIGTERM and SIGWINCH are forwarded
+ * as CANCEL naming the signal (the command gets the same one); a second
+ * SIGHUP, SIGQUIT or SIGTERM stops waiting and ends this process by it.
  *
  * The socket work is plain POSIX calls (this program is POSIX-only) around
  * the sans-I/O codec of csrc/ipc.h: handshake, packet headers, COMMAND and
@@ -88,6 +90,24 @@ static void on_sigint(int signo)
     g_interrupts++;
 }
 
+/* The other signals a command run cold would get from its terminal or from
+ * whoever signals the client (kill, timeout, a CI runner), each with the
+ * protocol's code for it (docs/protocol.md 10.5). */
+#define FORWARDED 4
+static const int g_forwarded[FORWARDED] = {SIGHUP, SIGQUIT, SIGTERM, SIGWINCH};
+static const uint8_t g_forwarded_code[FORWARDED] = {
+    IPC_SIGNAL_HANGUP, IPC_SIGNAL_QUIT, IPC_SIGNAL_TERMINATE, IPC_SIGNAL_WINDOW_CHANGED};
+static volatile sig_atomic_t g_received[FORWARDED];
+
+static void on_forwarded(int signo)
+{
+    int i;
+
+    for (i = 0; i < FORWARDED; i++)
+        if (g_forwarded[i] == signo)
+            g_received[i]++;
+}
+
 static void usage(void)
 {
     fputs("usage: ipcfast-node-client --name NAME [--server 'SHELL COMMAND'] [--log FILE]\n"
@@ -139,12 +159,20 @@ static int parse_options(int argc, char **argv, options *o)
     return 1;
 }
 
+static void die_of_signal(int signo);
+
 /* Runs the command ourselves: the same program, arguments, directory and
  * environment, so the result does not depend on whether a node helped. */
 static int run_cold(const options *o)
 {
+    int i;
+
     signal(SIGINT, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
+    /* A terminating signal that came while we asked the node ends us now. */
+    for (i = 0; i < FORWARDED; i++)
+        if (g_forwarded[i] != SIGWINCH && g_received[i])
+            die_of_signal(g_forwarded[i]);
     execvp(o->argv[0], o->argv);
     fprintf(stderr, "ipcfast-node-client: cannot run %s: %s\n", o->argv[0], strerror(errno));
     return 127;
@@ -479,12 +507,32 @@ static int read_packet(int fd, uint8_t **buf, size_t *cap, uint8_t *type, size_t
     return 1;
 }
 
+/* Sends a CANCEL for each forwarded signal that arrived since the last
+ * call (window changes coalesced: the command reads the new size itself).
+ * A second terminating signal means the user wants out: stop waiting. */
+static void forward_signals(int fd, sig_atomic_t sent[FORWARDED])
+{
+    int i;
+
+    for (i = 0; i < FORWARDED; i++) {
+        sig_atomic_t received = g_received[i];
+
+        if (received == sent[i])
+            continue;
+        if (g_forwarded[i] != SIGWINCH && received > 1)
+            die_of_signal(g_forwarded[i]);
+        sent[i] = received;
+        send_packet(fd, IPC_PACKET_CANCEL, &g_forwarded_code[i], 1, NULL, 0);
+    }
+}
+
 /* Waits for the command's EXIT, writing CONSOLE_WRITE output (packet path). */
 static enum outcome follow(int fd, int *exit_code, uint8_t *exit_type)
 {
     uint8_t *buf = NULL;
     size_t cap = 0;
     int cancelled = 0;
+    sig_atomic_t forwarded[FORWARDED] = {0, 0, 0, 0};
     enum outcome result = FAILED;
 
     for (;;) {
@@ -498,6 +546,7 @@ static enum outcome follow(int fd, int *exit_code, uint8_t *exit_type)
             cancelled = 1;
             send_packet(fd, IPC_PACKET_CANCEL, NULL, 0, NULL, 0);
         }
+        forward_signals(fd, forwarded);
         if (r == 0)
             continue;
         if (r < 0) {
@@ -555,6 +604,13 @@ int main(int argc, char **argv)
     action.sa_handler = on_sigint;
     sigemptyset(&action.sa_mask);
     sigaction(SIGINT, &action, NULL);
+    {
+        int i;
+
+        action.sa_handler = on_forwarded;
+        for (i = 0; i < FORWARDED; i++)
+            sigaction(g_forwarded[i], &action, NULL);
+    }
 
     if (!send_command(fd, &o)) {
         close(fd);

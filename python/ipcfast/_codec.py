@@ -65,6 +65,7 @@ __all__ = [
     "ExitType",
     "Header",
     "MalformedPayload",
+    "NodeSignal",
     "Packet",
     "PacketDecoder",
     "PacketType",
@@ -73,9 +74,11 @@ __all__ = [
     "check_handshake_request",
     "decode_command",
     "decode_console_write",
+    "decode_cancel",
     "decode_exit",
     "encode_command",
     "encode_console_write",
+    "encode_cancel",
     "encode_exit",
     "ShmSetup",
     "decode_shm_setup",
@@ -452,6 +455,18 @@ class ExitType(enum.IntEnum):
     KILLED = 6  #: the command died of a signal; the exit code is the signal number
 
 
+class NodeSignal(enum.IntEnum):
+    """CANCEL's payload (docs/protocol.md 10.5): the signal a node client got,
+    by its traditional POSIX number on every platform; ``ipc_node_signal``
+    in C. An empty CANCEL is INTERRUPT."""
+
+    HANGUP = 1  #: SIGHUP: the client's terminal went away
+    INTERRUPT = 2  #: SIGINT: Ctrl-C
+    QUIT = 3  #: SIGQUIT: Ctrl-backslash
+    TERMINATE = 15  #: SIGTERM: kill, timeout, a CI runner
+    WINDOW_CHANGED = 28  #: SIGWINCH: the client's terminal was resized
+
+
 class MalformedPayload(ValueError):
     """A node payload that does not follow docs/protocol.md section 10."""
 
@@ -572,6 +587,25 @@ def encode_exit(exit_code: int, exit_type: int) -> bytes:
     if not 0 <= exit_type <= 255:
         raise ValueError(f"exit type {exit_type} does not fit in a byte")
     return struct.pack("<iB", exit_code, exit_type)
+
+
+def encode_cancel(signal: NodeSignal = NodeSignal.INTERRUPT) -> bytes:
+    """The CANCEL payload: empty for Ctrl-C (what every version sends), else
+    the signal's byte."""
+    return b"" if signal == NodeSignal.INTERRUPT else bytes([int(signal)])
+
+
+def decode_cancel(payload: BytesLike) -> NodeSignal:
+    """The signal a CANCEL names (INTERRUPT when it is empty)."""
+    data = bytes(payload)
+    if not data:
+        return NodeSignal.INTERRUPT
+    if len(data) != 1:
+        raise MalformedPayload(f"malformed CANCEL: {len(data)} bytes instead of 0 or 1")
+    try:
+        return NodeSignal(data[0])
+    except ValueError:
+        raise MalformedPayload(f"CANCEL with an unknown signal {data[0]}") from None
 
 
 def decode_exit(payload: BytesLike) -> Tuple[int, int]:

@@ -247,6 +247,14 @@ enum ipc_exit_type {
     IPC_EXIT_REFUSED = 5
 };
 
+enum ipc_node_signal {
+    IPC_SIGNAL_HANGUP = 1,
+    IPC_SIGNAL_INTERRUPT = 2,
+    IPC_SIGNAL_QUIT = 3,
+    IPC_SIGNAL_TERMINATE = 15,
+    IPC_SIGNAL_WINDOW_CHANGED = 28
+};
+
 #define IPC_COMMAND_STDIN_TTY ...
 #define IPC_COMMAND_STDOUT_TTY ...
 #define IPC_COMMAND_STDERR_TTY ...
@@ -273,6 +281,7 @@ int ipc_console_write_decode(const uint8_t *payload, size_t size, int *stream,
 size_t ipc_exit_encode(uint8_t *out, int32_t exit_code, uint8_t exit_type);
 int ipc_exit_decode(const uint8_t *payload, size_t size, int32_t *exit_code,
                     uint8_t *exit_type, ipc_error *err);
+int ipc_cancel_decode(const uint8_t *payload, size_t size, int *signal_code, ipc_error *err);
 int ipc_call_type(const ipc_call *call);
 int ipc_call_console_write(ipc_call *call, int stream, const void *text, size_t size,
                            ipc_error *err);

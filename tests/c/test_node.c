@@ -97,6 +97,24 @@ void test_node_codec(void)
                  IPC_E_PROTOCOL, &err);
         ipc_error_clear(&err);
     }
+    {
+        /* CANCEL: empty is Ctrl-C; one byte names a signal; nothing else. */
+        static const uint8_t terminate[1] = {15}, winch[1] = {28}, unknown[1] = {9};
+        static const uint8_t two[2] = {15, 0};
+        int signal_code = 0;
+        CHECK_RC(ipc_cancel_decode(NULL, 0, &signal_code, &err), IPC_OK, &err);
+        CHECK(signal_code == IPC_SIGNAL_INTERRUPT);
+        CHECK_RC(ipc_cancel_decode(terminate, 1, &signal_code, &err), IPC_OK, &err);
+        CHECK(signal_code == IPC_SIGNAL_TERMINATE);
+        CHECK_RC(ipc_cancel_decode(winch, 1, &signal_code, &err), IPC_OK, &err);
+        CHECK(signal_code == IPC_SIGNAL_WINDOW_CHANGED);
+        CHECK_RC(ipc_cancel_decode(unknown, 1, &signal_code, &err), IPC_E_PROTOCOL, &err);
+        ipc_error_clear(&err);
+        CHECK_RC(ipc_cancel_decode(two, 2, &signal_code, &err), IPC_E_PROTOCOL, &err);
+        ipc_error_clear(&err);
+        CHECK_RC(ipc_cancel_decode(terminate, 1, NULL, &err), IPC_E_INVALID, &err);
+        ipc_error_clear(&err);
+    }
 }
 
 /* The application side of a node: a thread that takes commands and runs
@@ -314,6 +332,23 @@ void test_node_commands(void)
         send_command(b, "print");
         CHECK(read_until_exit(b, out, errs, sizeof out, &code, &type));
         CHECK(code == 3 && type == IPC_EXIT_COMPLETED);
+        /* A window change does not stop a command (this node has nothing to
+         * resize); a TERMINATE does, as a CANCEL. */
+        CHECK(start_wait_command(&app, a));
+        {
+            uint8_t signal_code = IPC_SIGNAL_WINDOW_CHANGED;
+            CHECK_RC(ipc_client_write_packet(a, IPC_PACKET_CANCEL, &signal_code, 1, 5000, &err),
+                     IPC_OK, &err);
+            t_sleep_ms(100);
+            t_mutex_lock(app.lock);
+            CHECK(app.cancels == 1);
+            t_mutex_unlock(app.lock);
+            signal_code = IPC_SIGNAL_TERMINATE;
+            CHECK_RC(ipc_client_write_packet(a, IPC_PACKET_CANCEL, &signal_code, 1, 5000, &err),
+                     IPC_OK, &err);
+        }
+        CHECK(read_until_exit(a, out, errs, sizeof out, &code, &type));
+        CHECK(type == IPC_EXIT_CANCELLED && code == 130);
         /* A client that vanishes mid-command cancels it. */
         CHECK(start_wait_command(&app, a));
         ipc_client_close(a);
@@ -322,15 +357,15 @@ void test_node_commands(void)
             long long deadline = t_now_ms() + 5000;
             int cancels = 0;
             int running = 1;
-            while ((cancels < 2 || running) && t_now_ms() < deadline) {
+            while ((cancels < 3 || running) && t_now_ms() < deadline) {
                 t_mutex_lock(app.lock);
                 cancels = app.cancels;
                 running = app.running != NULL;
                 t_mutex_unlock(app.lock);
-                if (cancels < 2 || running)
+                if (cancels < 3 || running)
                     t_sleep_ms(5);
             }
-            CHECK(cancels == 2 && !running);
+            CHECK(cancels == 3 && !running);
         }
         send_command(b, "print");
         CHECK(read_until_exit(b, out, errs, sizeof out, &code, &type));
@@ -339,7 +374,7 @@ void test_node_commands(void)
         send_command(b, "noexit");
         CHECK(read_until_exit(b, out, errs, sizeof out, &code, &type));
         CHECK(type == IPC_EXIT_CRASHED && code == 1);
-        /* Node packets the client must not send, or CANCEL with a payload. */
+        /* Node packets the client must not send, or CANCEL with an unknown signal. */
         CHECK_RC(ipc_client_write_packet(b, IPC_PACKET_EXIT, "12345", 5, 5000, &err), IPC_E_INVALID,
                  &err);
         ipc_error_clear(&err);

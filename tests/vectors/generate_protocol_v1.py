@@ -425,6 +425,18 @@ def add_node_vectors(doc: dict) -> None:
         {"name": "too_short", "hex": "00000000", "error": "instead of 5"},
         {"name": "too_long", "hex": "000000000000", "error": "instead of 5"},
     ]
+    # CANCEL (10.5): empty is Ctrl-C; one byte names the signal the client got.
+    doc["cancel"] = [
+        {"name": "empty_is_interrupt", "hex": "", "signal": 2},
+        {"name": "hangup", "hex": "01", "signal": 1},
+        {"name": "interrupt_spelled_out", "hex": "02", "signal": 2},
+        {"name": "quit", "hex": "03", "signal": 3},
+        {"name": "terminate", "hex": "0f", "signal": 15},
+        {"name": "window_changed", "hex": "1c", "signal": 28},
+        {"name": "unknown_signal_9", "hex": "09", "error": "unknown signal 9"},
+        {"name": "unknown_signal_0", "hex": "00", "error": "unknown signal 0"},
+        {"name": "two_bytes", "hex": "0f00", "error": "instead of 0 or 1"},
+    ]
 
 
 def dumps(doc: dict) -> str:

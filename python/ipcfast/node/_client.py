@@ -23,9 +23,9 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
-from .._codec import Command, PacketDecoder, PacketType, decode_exit, encode_command
+from .._codec import Command, NodeSignal, PacketDecoder, PacketType, decode_exit, encode_cancel, encode_command
 from ._compat import DEFAULT_PREFIX, node_name
 from ._wire import COMMAND_FDS, COMMAND_UMASK, UMASK_SHIFT, connect as _connect_socket, send_packet
 
@@ -136,12 +136,32 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class _Interrupted(Exception):
-    """A second Ctrl-C: stop waiting for the node."""
+    """A second Ctrl-C (or SIGHUP, SIGQUIT, SIGTERM): stop waiting for the
+    node and end by that signal."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _cancel(conn: NodeConnection) -> None:
+#: What else the client forwards, as CANCEL naming the signal (docs/protocol.md
+#: 10.5): what a command run cold would get from its terminal, or from
+#: whoever signals this process (kill, timeout, a CI runner).
+_FORWARDED: Dict[int, NodeSignal] = {
+    getattr(signal, name): code
+    for name, code in (
+        ("SIGHUP", NodeSignal.HANGUP),
+        ("SIGQUIT", NodeSignal.QUIT),
+        ("SIGTERM", NodeSignal.TERMINATE),
+        ("SIGWINCH", NodeSignal.WINDOW_CHANGED),
+    )
+    if hasattr(signal, name)  # POSIX; Windows has SIGTERM alone
+}
+
+
+def _cancel(conn: NodeConnection, signal_code: NodeSignal = NodeSignal.INTERRUPT) -> None:
     try:
-        conn.send(PacketType.CANCEL)
+        conn.send(PacketType.CANCEL, encode_cancel(signal_code))
     except OSError:
         pass
 
@@ -150,6 +170,7 @@ def _run_remote(conn: NodeConnection, python_argv: List[str], stream: bool) -> T
     """Runs the command on the node: (exit code, exit type)."""
     interrupts = [0]
     sent = [False]
+    pending: List[int] = []  # forwarded signals that came before the COMMAND left
 
     def on_sigint(signum: int, frame: Any) -> None:
         interrupts[0] += 1
@@ -158,9 +179,18 @@ def _run_remote(conn: NodeConnection, python_argv: List[str], stream: bool) -> T
         if sent[0]:
             _cancel(conn)
 
+    def on_forwarded(signum: int, frame: Any) -> None:
+        if _FORWARDED[signum] != NodeSignal.WINDOW_CHANGED and signum in pending:
+            raise _Interrupted(signum)  # the second one: the user wants out
+        pending.append(signum)
+        if sent[0]:
+            _cancel(conn, _FORWARDED[signum])
+
     # Ctrl-C becomes a CANCEL from before the COMMAND leaves: the command may
     # be running (and its output on the terminal) before send() has returned.
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous: Dict[int, Any] = {signal.SIGINT: signal.signal(signal.SIGINT, on_sigint)}
+    for signum in _FORWARDED:
+        previous[signum] = signal.signal(signum, on_forwarded)
     try:
         try:
             conn.send(PacketType.COMMAND, encode_command(_command(python_argv, stream)), () if stream else (0, 1, 2))
@@ -169,6 +199,8 @@ def _run_remote(conn: NodeConnection, python_argv: List[str], stream: bool) -> T
         sent[0] = True
         if interrupts[0]:
             _cancel(conn)
+        for waiting in list(pending):
+            _cancel(conn, _FORWARDED[waiting])
         while True:
             kind, payload = conn.read()
             if kind == PacketType.CONSOLE_WRITE and payload:
@@ -178,7 +210,8 @@ def _run_remote(conn: NodeConnection, python_argv: List[str], stream: bool) -> T
             else:
                 raise ConnectionError(f"unexpected packet type {kind} from the node")
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def die_of_signal(signum: int) -> NoReturn:
@@ -258,8 +291,8 @@ def run(
             break
         try:
             code, exit_type = _run_remote(conn, python_argv, stream)
-        except _Interrupted:
-            die_of_signal(signal.SIGINT)
+        except _Interrupted as stop:
+            die_of_signal(stop.signum)
         except OSError as exc:
             # The node vanished mid-command (killed, crashed): say so.
             sys.stderr.write(f"ipcfast.node: the node failed while running the command: {exc}\n")

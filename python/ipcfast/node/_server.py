@@ -35,10 +35,12 @@ from .._codec import (
     HANDSHAKE_MESSAGE_SIZE,
     ExitType,
     MalformedPayload,
+    NodeSignal,
     PacketDecoder,
     PacketType,
     Verdict,
     check_handshake_request,
+    decode_cancel,
     decode_command,
     encode_console_write,
     encode_exit,
@@ -57,6 +59,19 @@ logger = logging.getLogger("ipcfast.node")
 
 #: EXIT type: the command died of a signal; the exit code is the signal number.
 EXIT_KILLED = int(ExitType.KILLED)
+
+#: The local signal for each signal a CANCEL can name (docs/protocol.md 10.5).
+_SIGNALS: Dict[NodeSignal, int] = {
+    code: getattr(signal, name)
+    for code, name in (
+        (NodeSignal.HANGUP, "SIGHUP"),
+        (NodeSignal.INTERRUPT, "SIGINT"),
+        (NodeSignal.QUIT, "SIGQUIT"),
+        (NodeSignal.TERMINATE, "SIGTERM"),
+        (NodeSignal.WINDOW_CHANGED, "SIGWINCH"),
+    )
+    if hasattr(signal, name)  # the node is POSIX; the module imports anywhere
+}
 
 # Exit types of the EXIT packet (docs/protocol.md 10.4).
 _COMPLETED, _CANCELLED, _CRASHED, _BUSY, _STALE, _REFUSED = range(6)
@@ -404,11 +419,27 @@ class NodeServer:
                 return
             self._command(conn, payload)
         elif type_ == PacketType.CANCEL:
-            if payload:
-                self._protocol_error(conn, "a CANCEL with a payload")
-            elif conn.job is not None and not conn.job.cancelled:
+            try:
+                signal_code = decode_cancel(payload)
+            except MalformedPayload as exc:
+                self._protocol_error(conn, str(exc))
+                return
+            signum = _SIGNALS.get(signal_code)
+            if conn.job is None or signum is None:
+                return  # it crossed the EXIT, or names a signal this platform lacks
+            if signum == signal.SIGINT:
+                if conn.job.cancelled:
+                    return  # Ctrl-C once is a cancel; the client stops waiting on the second
                 conn.job.cancelled = True
-                self._kill(conn.job, signal.SIGINT)
+            if signum == signal.SIGTERM:
+                # As `kill PID` sends it to a cold run: to the command alone.
+                try:
+                    os.kill(conn.job.pid, signum)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            else:
+                # What a terminal sends its foreground group: the command's group.
+                self._kill(conn.job, signum)
         else:
             self._protocol_error(conn, f"unexpected packet type {type_}")
 
