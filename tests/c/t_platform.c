@@ -101,6 +101,7 @@ t_proc *t_proc_spawn(const char *mode, const char *name)
     STARTUPINFOA si;
     PROCESS_INFORMATION pi;
     t_proc *proc;
+    int attempt;
     DWORD n = GetModuleFileNameA(NULL, exe, (DWORD)sizeof exe);
     if (n == 0 || n >= sizeof exe)
         return NULL;
@@ -110,8 +111,18 @@ t_proc *t_proc_spawn(const char *mode, const char *name)
     memset(&pi, 0, sizeof pi);
     fflush(stdout);
     fflush(stderr);
-    if (!CreateProcessA(exe, cmd, NULL, NULL, TRUE, 0, NULL, NULL, &si, &pi))
-        return NULL;
+    /* A CI run under wine lost shm_killed_peers to one failed
+     * CreateProcess, and the rerun passed: try a few times before calling
+     * it a failure, and say why when giving up. */
+    for (attempt = 0; !CreateProcessA(exe, cmd, NULL, NULL, TRUE, 0, NULL, NULL, &si, &pi);
+         attempt++) {
+        if (attempt == 4) {
+            fprintf(stderr, "t_proc_spawn: CreateProcess failed (error %lu)\n",
+                    (unsigned long)GetLastError());
+            return NULL;
+        }
+        Sleep(250);
+    }
     CloseHandle(pi.hThread);
     proc = (t_proc *)calloc(1, sizeof *proc);
     if (!proc) {
