@@ -30,6 +30,7 @@ import fcntl
 import importlib.util
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -109,6 +110,19 @@ def test_fails_and_shrinks(xs):
     assert sum(xs) < 10
 """
 
+SIGTERM_CONFTEST = """import os, signal, sys
+
+
+def _report_and_die(signum, frame):
+    sys.stdout.write("pytest got SIGTERM\\n")
+    sys.stdout.flush()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+signal.signal(signal.SIGTERM, _report_and_die)
+"""
+
 SLOW_TEST = """import os, time
 
 
@@ -132,6 +146,7 @@ SIGNALLED = """import os, signal, sys, time
 
 
 def on_term(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one clean-up, however many come
     print("terminated: cleaning up", flush=True)
     sys.exit(3)
 
@@ -139,6 +154,7 @@ def on_term(signum, frame):
 def on_winch(signum, frame):
     size = os.get_terminal_size(1) if os.isatty(1) else "no terminal"
     print("window changed:", size, flush=True)
+    open(os.environ["SLOW_MARKER"] + ".winch", "w").close()
 
 
 signal.signal(signal.SIGTERM, on_term)
@@ -205,6 +221,8 @@ class Tools:
             ("forker.py", FORKER),
             ("failing_mod.py", "raise ValueError('boom')\n"),
             ("signalled.py", SIGNALLED),
+            ("sigterm/conftest.py", SIGTERM_CONFTEST),
+            ("sigterm/test_slow.py", SLOW_TEST),
             ("pkg/__init__.py", ""),
             ("pkg/mod.py", COVERED),
             ("test_cov.py", COVERED_TESTS),
@@ -633,8 +651,10 @@ def signalled_run(tools: Tools, how: str, args: List[str], columns: Optional[int
     the process we started, as a terminal and ``kill`` would: the exit status
     and everything written to stdout and stderr (one pipe or the pty)."""
     marker = Path(tools.env["SLOW_MARKER"])
-    if marker.exists():
-        marker.unlink()
+    winched = Path(str(marker) + ".winch")
+    for old in (marker, winched):
+        if old.exists():
+            old.unlink()
     master = slave = None
     if columns is not None:
         master, slave = os.openpty()
@@ -656,7 +676,10 @@ def signalled_run(tools: Tools, how: str, args: List[str], columns: Optional[int
         if master is not None:
             fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns or 80, 0, 0))
         proc.send_signal(signal.SIGWINCH)
-        time.sleep(0.3)
+        if args == ["signalled.py"]:  # it says when it has seen the change: then SIGTERM
+            assert wait_for(winched.exists, timeout=30), how
+        else:
+            time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         if master is None:
             output = proc.communicate(timeout=60)[0]
@@ -665,7 +688,10 @@ def signalled_run(tools: Tools, how: str, args: List[str], columns: Optional[int
         os.close(slave)
         slave = None
         chunks = []
-        while True:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if not select.select([master], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                break
             try:
                 data = os.read(master, 65536)
             except OSError:  # EIO: every holder of the terminal is gone
@@ -699,8 +725,33 @@ def test_a_resized_terminal_is_seen_by_the_command(tools: Tools) -> None:
 
 def test_a_tool_that_dies_of_sigterm_ends_its_client_the_same_way(tools: Tools) -> None:
     need("pytest")
-    args = ["-m", "pytest", "-p", "no:cacheprovider", "-q", "slow_test.py"]
+    # The project's conftest reports the SIGTERM, then dies of it: the warm
+    # run must show that pytest itself got it (not only that the client died).
+    args = ["-m", "pytest", "-p", "no:cacheprovider", "-q", "-s", "sigterm"]
     results = {how: signalled_run(tools, how, args) for how in ["cold", *CLIENTS]}
-    assert results["cold"][0] == -signal.SIGTERM
+    assert results["cold"][0] == -signal.SIGTERM and b"pytest got SIGTERM\n" in results["cold"][1]
+    assert results["python"] == results["cold"]
+    assert results["c"] == results["cold"]
+
+
+def test_timeout_sends_sigterm_twice_and_the_command_still_cleans_up(tools: Tools) -> None:
+    timeout = shutil.which("timeout")
+    if timeout is None:
+        pytest.skip("no timeout(1) on this machine")
+    results = {}
+    for how in ["cold", *CLIENTS]:
+        done = subprocess.run(
+            [timeout, "2", *tools.argv(how, ["signalled.py"])],
+            cwd=str(tools.project),
+            env=tools.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+        )
+        results[how] = (done.returncode, done.stdout)
+    # timeout(1) signals the command and then its own process group: the
+    # client gets both, and the command's clean-up runs as it does cold.
+    assert results["cold"] == (124, b"ready\nterminated: cleaning up\n")
     assert results["python"] == results["cold"]
     assert results["c"] == results["cold"]

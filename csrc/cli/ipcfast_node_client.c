@@ -18,8 +18,9 @@
  * command, runs PROGRAM ARGS itself (exec), so the result is the same either
  * way. Ctrl-C is forwarded as CANCEL (the command gets SIGINT); a second
  * Ctrl-C stops waiting. SIGHUP, SIGQUIT, SIGTERM and SIGWINCH are forwarded
- * as CANCEL naming the signal (the command gets the same one); a second
- * SIGHUP, SIGQUIT or SIGTERM stops waiting and ends this process by it.
+ * as CANCEL naming the signal (the command gets the same one), each time
+ * (`timeout` sends SIGTERM twice: to the command and to its group); one
+ * this process inherited as ignored (nohup) stays ignored.
  *
  * The socket work is plain POSIX calls (this program is POSIX-only) around
  * the sans-I/O codec of csrc/ipc.h: handshake, packet headers, COMMAND and
@@ -98,6 +99,7 @@ static const int g_forwarded[FORWARDED] = {SIGHUP, SIGQUIT, SIGTERM, SIGWINCH};
 static const uint8_t g_forwarded_code[FORWARDED] = {
     IPC_SIGNAL_HANGUP, IPC_SIGNAL_QUIT, IPC_SIGNAL_TERMINATE, IPC_SIGNAL_WINDOW_CHANGED};
 static volatile sig_atomic_t g_received[FORWARDED];
+static int g_installed[FORWARDED]; /* 0: inherited as ignored, left alone */
 
 static void on_forwarded(int signo)
 {
@@ -169,7 +171,12 @@ static int run_cold(const options *o)
 
     signal(SIGINT, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
-    /* A terminating signal that came while we asked the node ends us now. */
+    /* Default dispositions first, so none is caught and lost across exec;
+     * then a terminating signal that came while we asked the node ends us
+     * as it would have ended the command. */
+    for (i = 0; i < FORWARDED; i++)
+        if (g_installed[i])
+            signal(g_forwarded[i], SIG_DFL);
     for (i = 0; i < FORWARDED; i++)
         if (g_forwarded[i] != SIGWINCH && g_received[i])
             die_of_signal(g_forwarded[i]);
@@ -508,8 +515,7 @@ static int read_packet(int fd, uint8_t **buf, size_t *cap, uint8_t *type, size_t
 }
 
 /* Sends a CANCEL for each forwarded signal that arrived since the last
- * call (window changes coalesced: the command reads the new size itself).
- * A second terminating signal means the user wants out: stop waiting. */
+ * call (several of one kind in a slice coalesce, as pending signals do). */
 static void forward_signals(int fd, sig_atomic_t sent[FORWARDED])
 {
     int i;
@@ -519,8 +525,6 @@ static void forward_signals(int fd, sig_atomic_t sent[FORWARDED])
 
         if (received == sent[i])
             continue;
-        if (g_forwarded[i] != SIGWINCH && received > 1)
-            die_of_signal(g_forwarded[i]);
         sent[i] = received;
         send_packet(fd, IPC_PACKET_CANCEL, &g_forwarded_code[i], 1, NULL, 0);
     }
@@ -608,8 +612,13 @@ int main(int argc, char **argv)
         int i;
 
         action.sa_handler = on_forwarded;
-        for (i = 0; i < FORWARDED; i++)
-            sigaction(g_forwarded[i], &action, NULL);
+        for (i = 0; i < FORWARDED; i++) {
+            struct sigaction old;
+
+            if (sigaction(g_forwarded[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN)
+                continue; /* nohup: a hang-up must not reach the command */
+            g_installed[i] = sigaction(g_forwarded[i], &action, NULL) == 0;
+        }
     }
 
     if (!send_command(fd, &o)) {

@@ -166,11 +166,16 @@ def _cancel(conn: NodeConnection, signal_code: NodeSignal = NodeSignal.INTERRUPT
         pass
 
 
-def _run_remote(conn: NodeConnection, python_argv: List[str], stream: bool) -> Tuple[int, int]:
-    """Runs the command on the node: (exit code, exit type)."""
+def _run_remote(
+    conn: NodeConnection, python_argv: List[str], stream: bool, received: Optional[List[int]] = None
+) -> Tuple[int, int]:
+    """Runs the command on the node: (exit code, exit type). Every forwarded
+    signal that arrives is appended to ``received``, so that a caller whose
+    command did not run after all can end as that signal would have ended it."""
     interrupts = [0]
     sent = [False]
-    pending: List[int] = []  # forwarded signals that came before the COMMAND left
+    unsent: List[int] = []  # forwarded signals that came before the COMMAND left
+    got = received if received is not None else []
 
     def on_sigint(signum: int, frame: Any) -> None:
         interrupts[0] += 1
@@ -180,16 +185,21 @@ def _run_remote(conn: NodeConnection, python_argv: List[str], stream: bool) -> T
             _cancel(conn)
 
     def on_forwarded(signum: int, frame: Any) -> None:
-        if _FORWARDED[signum] != NodeSignal.WINDOW_CHANGED and signum in pending:
-            raise _Interrupted(signum)  # the second one: the user wants out
-        pending.append(signum)
+        # Each one is passed on (`timeout` sends SIGTERM twice, to the command
+        # and to its group, and a cold command gets both): sent now, or by
+        # the flush after the COMMAND, never both.
+        got.append(signum)
         if sent[0]:
             _cancel(conn, _FORWARDED[signum])
+        else:
+            unsent.append(signum)
 
     # Ctrl-C becomes a CANCEL from before the COMMAND leaves: the command may
     # be running (and its output on the terminal) before send() has returned.
     previous: Dict[int, Any] = {signal.SIGINT: signal.signal(signal.SIGINT, on_sigint)}
     for signum in _FORWARDED:
+        if signal.getsignal(signum) is signal.SIG_IGN:
+            continue  # nohup: a hang-up must not reach the command
         previous[signum] = signal.signal(signum, on_forwarded)
     try:
         try:
@@ -199,7 +209,7 @@ def _run_remote(conn: NodeConnection, python_argv: List[str], stream: bool) -> T
         sent[0] = True
         if interrupts[0]:
             _cancel(conn)
-        for waiting in list(pending):
+        for waiting in unsent:
             _cancel(conn, _FORWARDED[waiting])
         while True:
             kind, payload = conn.read()
@@ -212,6 +222,14 @@ def _run_remote(conn: NodeConnection, python_argv: List[str], stream: bool) -> T
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _end_as_received(received: List[int]) -> None:
+    """A terminating signal that came while a node did not run the command
+    ends this process as it would have ended the command run cold."""
+    for signum in received:
+        if _FORWARDED[signum] != NodeSignal.WINDOW_CHANGED:
+            die_of_signal(signum)
 
 
 def die_of_signal(signum: int) -> NoReturn:
@@ -283,6 +301,7 @@ def run(
     the command or cannot start within ``start_timeout`` seconds, this
     process execs ``python`` with the same arguments instead (never returns)."""
     name = node_name(preload, prefix=prefix, options={"idle_timeout": idle_timeout})
+    received: List[int] = []  # forwarded signals, for a command no node ran
     for _attempt in range(2):
         conn = connect(name, 0)
         if conn is None and start:
@@ -290,7 +309,7 @@ def run(
         if conn is None:
             break
         try:
-            code, exit_type = _run_remote(conn, python_argv, stream)
+            code, exit_type = _run_remote(conn, python_argv, stream, received)
         except _Interrupted as stop:
             die_of_signal(stop.signum)
         except OSError as exc:
@@ -300,6 +319,7 @@ def run(
         finally:
             conn.close()
         if exit_type == _STALE:
+            _end_as_received(received)  # that node did not run it
             continue  # that node gave its name up: start a fresh one
         if exit_type in (_BUSY, _REFUSED):
             break
@@ -308,4 +328,5 @@ def run(
         if exit_type == _KILLED:
             die_of_signal(code)
         return code
+    _end_as_received(received)
     exec_cold(python_argv)
