@@ -720,6 +720,9 @@ def test_the_node_survives_bad_peers(node: Node) -> None:
     reply = talk(hello + encode_header(4, len(payload)) + payload)
     assert reply[9:10] == bytes([3]) and b"without them" in reply
     assert talk(hello + b"\x3f\x00\x00\x00\x00")[9:10] == bytes([3])  # an unknown packet type
+    # CANCEL naming a signal the protocol lacks (9, SIGKILL's number): ERROR, then closed.
+    reply = talk(hello + encode_header(7, 1) + b"\x09")
+    assert reply[9:10] == bytes([3]) and b"unknown signal 9" in reply
     assert node.pid() == pid
     assert node.run("tool.py", "2").returncode == 2
 

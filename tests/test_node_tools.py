@@ -41,7 +41,7 @@ import tempfile
 import termios
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -281,12 +281,14 @@ class Tools:
         )
         return done.returncode, normalise(done.stdout), normalise(done.stderr)
 
-    def run_merged(self, how: str, args: List[str]) -> Tuple[int, bytes]:
-        """Runs with stdout and stderr into one pipe (``2>&1``)."""
+    def run_merged(self, how: str, args: List[str], wrapper: Sequence[str] = ()) -> Tuple[int, bytes]:
+        """Runs with stdout and stderr into one pipe (``2>&1``), stdin empty,
+        under ``wrapper`` (such as ``timeout 2``) if given."""
         done = subprocess.run(
-            self.argv(how, args),
+            [*wrapper, *self.argv(how, args)],
             cwd=str(self.project),
             env=self.env,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             timeout=300,
@@ -486,17 +488,7 @@ def test_a_terminal_123_columns_wide_with_both_streams(tools: Tools) -> None:
 def test_both_streams_into_one_pipe_keep_their_order(tools: Tools) -> None:
     need("pytest")
     args = ["-m", "pytest", "-p", "no:cacheprovider", "-s", "-q", "test_sample.py"]
-    results: Dict[str, bytes] = {}
-    for how in ["cold", *CLIENTS]:
-        done = subprocess.run(
-            tools.argv(how, args),
-            cwd=str(tools.project),
-            env=tools.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            timeout=120,
-        )
-        results[how] = normalise(done.stdout)
+    results = {how: tools.run_merged(how, args)[1] for how in ["cold", *CLIENTS]}
     assert results["python"] == results["cold"]
     assert results["c"] == results["cold"]
     # stdout is a pipe here, so block-buffered: stderr's line comes first, as cold.
@@ -738,18 +730,7 @@ def test_timeout_sends_sigterm_twice_and_the_command_still_cleans_up(tools: Tool
     timeout = shutil.which("timeout")
     if timeout is None:
         pytest.skip("no timeout(1) on this machine")
-    results = {}
-    for how in ["cold", *CLIENTS]:
-        done = subprocess.run(
-            [timeout, "2", *tools.argv(how, ["signalled.py"])],
-            cwd=str(tools.project),
-            env=tools.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            timeout=120,
-        )
-        results[how] = (done.returncode, done.stdout)
+    results = {how: tools.run_merged(how, ["signalled.py"], wrapper=[timeout, "2"]) for how in ["cold", *CLIENTS]}
     # timeout(1) signals the command and then its own process group: the
     # client gets both, and the command's clean-up runs as it does cold.
     assert results["cold"] == (124, b"ready\nterminated: cleaning up\n")

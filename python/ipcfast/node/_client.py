@@ -27,7 +27,14 @@ from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from .._codec import Command, NodeSignal, PacketDecoder, PacketType, decode_exit, encode_cancel, encode_command
 from ._compat import DEFAULT_PREFIX, node_name
-from ._wire import COMMAND_FDS, COMMAND_UMASK, UMASK_SHIFT, connect as _connect_socket, send_packet
+from ._wire import (
+    COMMAND_FDS,
+    COMMAND_UMASK,
+    LOCAL_SIGNALS,
+    UMASK_SHIFT,
+    connect as _connect_socket,
+    send_packet,
+)
 
 __all__ = ["NodeConnection", "connect", "log_path", "run", "start_node"]
 
@@ -136,26 +143,14 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class _Interrupted(Exception):
-    """A second Ctrl-C (or SIGHUP, SIGQUIT, SIGTERM): stop waiting for the
-    node and end by that signal."""
-
-    def __init__(self, signum: int = signal.SIGINT) -> None:
-        super().__init__(signum)
-        self.signum = signum
+    """A second Ctrl-C: stop waiting for the node."""
 
 
 #: What else the client forwards, as CANCEL naming the signal (docs/protocol.md
 #: 10.5): what a command run cold would get from its terminal, or from
 #: whoever signals this process (kill, timeout, a CI runner).
 _FORWARDED: Dict[int, NodeSignal] = {
-    getattr(signal, name): code
-    for name, code in (
-        ("SIGHUP", NodeSignal.HANGUP),
-        ("SIGQUIT", NodeSignal.QUIT),
-        ("SIGTERM", NodeSignal.TERMINATE),
-        ("SIGWINCH", NodeSignal.WINDOW_CHANGED),
-    )
-    if hasattr(signal, name)  # POSIX; Windows has SIGTERM alone
+    signum: code for code, signum in LOCAL_SIGNALS.items() if code != NodeSignal.INTERRUPT
 }
 
 
@@ -310,8 +305,8 @@ def run(
             break
         try:
             code, exit_type = _run_remote(conn, python_argv, stream, received)
-        except _Interrupted as stop:
-            die_of_signal(stop.signum)
+        except _Interrupted:
+            die_of_signal(signal.SIGINT)
         except OSError as exc:
             # The node vanished mid-command (killed, crashed): say so.
             sys.stderr.write(f"ipcfast.node: the node failed while running the command: {exc}\n")

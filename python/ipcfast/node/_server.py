@@ -35,7 +35,6 @@ from .._codec import (
     HANDSHAKE_MESSAGE_SIZE,
     ExitType,
     MalformedPayload,
-    NodeSignal,
     PacketDecoder,
     PacketType,
     Verdict,
@@ -51,7 +50,7 @@ from ._child import GO, STOP, become_spare, encode_order
 from ._compat import CodeWatch
 from ._warm import import_preloads, recording_environment_reads
 from ._runner import CANCELLED_STATUS, PythonCommand, UnsupportedCommand, flush_std_streams, parse_python_argv
-from ._wire import COMMAND_FDS, COMMAND_UMASK, UMASK_SHIFT, peer_uid, recv_with_fds, send_with_fds
+from ._wire import COMMAND_FDS, COMMAND_UMASK, LOCAL_SIGNALS, UMASK_SHIFT, peer_uid, recv_with_fds, send_with_fds
 
 __all__ = ["EXIT_KILLED", "NodeServer", "STARTUP_VARIABLES"]
 
@@ -59,19 +58,6 @@ logger = logging.getLogger("ipcfast.node")
 
 #: EXIT type: the command died of a signal; the exit code is the signal number.
 EXIT_KILLED = int(ExitType.KILLED)
-
-#: The local signal for each signal a CANCEL can name (docs/protocol.md 10.5).
-_SIGNALS: Dict[NodeSignal, int] = {
-    code: getattr(signal, name)
-    for code, name in (
-        (NodeSignal.HANGUP, "SIGHUP"),
-        (NodeSignal.INTERRUPT, "SIGINT"),
-        (NodeSignal.QUIT, "SIGQUIT"),
-        (NodeSignal.TERMINATE, "SIGTERM"),
-        (NodeSignal.WINDOW_CHANGED, "SIGWINCH"),
-    )
-    if hasattr(signal, name)  # the node is POSIX; the module imports anywhere
-}
 
 # Exit types of the EXIT packet (docs/protocol.md 10.4).
 _COMPLETED, _CANCELLED, _CRASHED, _BUSY, _STALE, _REFUSED = range(6)
@@ -424,9 +410,9 @@ class NodeServer:
             except MalformedPayload as exc:
                 self._protocol_error(conn, str(exc))
                 return
-            signum = _SIGNALS.get(signal_code)
-            if conn.job is None or signum is None:
-                return  # it crossed the EXIT, or names a signal this platform lacks
+            signum = LOCAL_SIGNALS[signal_code]
+            if conn.job is None:
+                return  # it crossed the EXIT
             if signum == signal.SIGINT:
                 if conn.job.cancelled:
                     return  # Ctrl-C once is a cancel; the client stops waiting on the second

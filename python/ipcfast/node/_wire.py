@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import array
 import os
+import signal
 import socket
 import stat
 import struct
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .._codec import (
     COMMAND_FDS,
@@ -23,15 +24,35 @@ from .._codec import (
     DEFAULT_HANDSHAKE,
     HANDSHAKE_MESSAGE_SIZE,
     PROTOCOL_VERSION,
+    NodeSignal,
     Verdict,
     check_handshake_reply,
     encode_handshake_request,
     encode_header,
 )
 
-__all__ = ["COMMAND_FDS", "COMMAND_UMASK", "UMASK_SHIFT", "connect", "peer_uid", "send_packet", "socket_path"]
+__all__ = [
+    "COMMAND_FDS",
+    "COMMAND_UMASK",
+    "LOCAL_SIGNALS",
+    "UMASK_SHIFT",
+    "connect",
+    "peer_uid",
+    "send_packet",
+    "socket_path",
+]
 
 UMASK_SHIFT = COMMAND_UMASK_SHIFT
+
+#: This platform's signal for each signal a CANCEL can name (docs/protocol.md
+#: 10.5): what the client passes on, and what the node sends the command.
+LOCAL_SIGNALS: Dict[NodeSignal, int] = {
+    NodeSignal.HANGUP: signal.SIGHUP,
+    NodeSignal.INTERRUPT: signal.SIGINT,
+    NodeSignal.QUIT: signal.SIGQUIT,
+    NodeSignal.TERMINATE: signal.SIGTERM,
+    NodeSignal.WINDOW_CHANGED: signal.SIGWINCH,
+}
 
 _SUN_PATH_SIZE = 104 if os.uname().sysname != "Linux" else 108
 
