@@ -443,7 +443,9 @@ void ipc_call_finish(ipc_call *call);
 /* MANUAL dispatch or node: something to wait on in an event loop, ready
  * while calls are pending: a file descriptor that polls readable (POSIX) or
  * an event HANDLE that is signaled (Windows). -1 when there is no queue. Do not
- * read from it or reset it: ipc_server_next_call does. */
+ * read from it or reset it: ipc_server_next_call does. It can be ready once
+ * with nothing pending (a call taken while it was being announced); the
+ * ipc_server_next_call that then finds nothing (IPC_E_TIMEOUT) clears it. */
 intptr_t ipc_server_ready_handle(const ipc_server_t *server);
 
 /* Stops and frees a server (from ipc_server_open or ipc_server_start):

@@ -226,6 +226,12 @@ struct ipc_server_t {
     ipc_call *queue_tail;
     ipc_plat_cond *queued;
     ipc_plat_ready *ready;
+    /* `ready` is set outside `lock` (ipc_dispatch.c, "readiness"). Sets
+     * decided (under lock) and made (atomic, outside it), and the count
+     * made at the last clear (under lock). */
+    uint32_t announces_begun;
+    uint32_t announces_done;
+    uint32_t announces_cleared;
 
     /* Shared-memory links: threads spinning now, and the most that may
      * (the CPUs this process may use; see ipc_shm.c, spin_for_message). */
@@ -348,8 +354,12 @@ int ipc__dispatch_request(ipc_connection *c, const ipc_packet *packet);
 /* Tells a thread-dispatch handler that the client is gone. */
 void ipc__dispatch_farewell(ipc_connection *c);
 /* Appends a call to the queue; 0 (not queued) if the server is stopping.
- * Caller holds the server's lock. */
-int ipc__enqueue_locked(ipc_server_t *server, ipc_call *call);
+ * Caller holds the server's lock. *announce is set when the queue was
+ * empty: the caller then calls ipc__announce_queued once it has unlocked. */
+int ipc__enqueue_locked(ipc_server_t *server, ipc_call *call, int *announce);
+/* Sets `ready` for a call queued by ipc__enqueue_locked. Called without
+ * the server's lock (ipc_dispatch.c, "readiness"). */
+void ipc__announce_queued(ipc_server_t *server);
 /* Removes a call nobody has taken yet. Caller holds the server's lock. */
 void ipc__unqueue_locked(ipc_server_t *server, ipc_call *call);
 /* On stop: calls nobody has taken end unanswered and next_call waiters

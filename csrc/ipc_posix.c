@@ -12,6 +12,10 @@
 
 #include "ipc_posix_internal.h"
 
+#if defined(__linux__)
+#include <sys/eventfd.h>
+#endif
+
 /* ======================================================================
  * Time, threads, locks
  * ====================================================================== */
@@ -316,26 +320,40 @@ void ipc__posix_close_quietly(int fd)
 }
 
 /* ======================================================================
- * Readiness signal: a pipe whose read end polls readable while set
+ * Readiness signal: a descriptor that polls readable while set. On Linux an
+ * eventfd, which one read clears; elsewhere a pipe, drained until empty
+ * (two reads at least). Clearing is on the manual-dispatch loop's path.
  * ====================================================================== */
 
 struct ipc_plat_ready {
-    int pipe[2];
+    int pipe[2]; /* eventfd: both the same descriptor */
 };
 
 int ipc_plat_ready_create(ipc_plat_ready **out, ipc_error *err)
 {
     ipc_plat_ready *ready = (ipc_plat_ready *)malloc(sizeof *ready);
-    int r;
 
     *out = NULL;
     if (!ready)
         return ipc__fail(err, IPC_E_NO_MEMORY, 0, "out of memory for a readiness signal");
-    r = ipc__posix_open_wake_pipe(ready->pipe, err);
-    if (r != IPC_OK) {
+#if defined(__linux__)
+    ready->pipe[0] = ready->pipe[1] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (ready->pipe[0] < 0) {
+        int r = ipc__posix_fail_errno(err, errno, "eventfd", NULL);
+
         free(ready);
         return r;
     }
+#else
+    {
+        int r = ipc__posix_open_wake_pipe(ready->pipe, err);
+
+        if (r != IPC_OK) {
+            free(ready);
+            return r;
+        }
+    }
+#endif
     *out = ready;
     return IPC_OK;
 }
@@ -345,24 +363,37 @@ void ipc_plat_ready_destroy(ipc_plat_ready *ready)
     if (!ready)
         return;
     ipc__posix_close_quietly(ready->pipe[0]);
-    ipc__posix_close_quietly(ready->pipe[1]);
+    if (ready->pipe[1] != ready->pipe[0])
+        ipc__posix_close_quietly(ready->pipe[1]);
     free(ready);
 }
 
 void ipc_plat_ready_set(ipc_plat_ready *ready)
 {
+#if defined(__linux__)
+    uint64_t one = 1;
+    ssize_t ignored = write(ready->pipe[1], &one, sizeof one);
+#else
     char byte = 1;
     ssize_t ignored = write(ready->pipe[1], &byte, 1);
+#endif
 
-    (void)ignored; /* a full pipe is readable already */
+    (void)ignored; /* a full pipe (or counter) is readable already */
 }
 
 void ipc_plat_ready_clear(ipc_plat_ready *ready)
 {
+#if defined(__linux__)
+    uint64_t count;
+    ssize_t ignored = read(ready->pipe[0], &count, sizeof count);
+
+    (void)ignored; /* EAGAIN: it was clear */
+#else
     char drain[64];
 
     while (read(ready->pipe[0], drain, sizeof drain) > 0) {
     }
+#endif
 }
 
 intptr_t ipc_plat_ready_handle(const ipc_plat_ready *ready)

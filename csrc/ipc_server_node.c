@@ -140,7 +140,7 @@ static int start_command(ipc_connection *c, const ipc_packet *packet)
 {
     ipc_server_t *server = c->server;
     node_command *command;
-    int busy, queued;
+    int busy, queued, announce;
 
     if (!claim_command(server, &busy)) {
         if (busy)
@@ -158,12 +158,14 @@ static int start_command(ipc_connection *c, const ipc_packet *packet)
     }
     connection_state(c)->command = command;
     ipc_plat_mutex_lock(server->lock);
-    queued = ipc__enqueue_locked(server, &command->call);
+    queued = ipc__enqueue_locked(server, &command->call, &announce);
     if (!queued) {
         command->call.finished = 1;
         release_command_locked(server, &command->call);
     }
     ipc_plat_mutex_unlock(server->lock);
+    if (announce)
+        ipc__announce_queued(server);
     return queued;
 }
 

@@ -743,7 +743,10 @@ class Server:
 
     def fileno(self) -> int:
         """``dispatch="manual"``: a descriptor (Windows: an event handle)
-        that is ready while requests are pending, for select/selectors."""
+        that is ready while requests are pending, for select/selectors.
+        It can be ready once with nothing pending (a request a
+        ``dispatch()`` took while it was being announced); the
+        ``dispatch()`` that then finds nothing clears it."""
         return self._ready_fileno(self._running_manual("fileno"))
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:

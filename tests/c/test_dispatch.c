@@ -146,6 +146,216 @@ void test_manual_dispatch(void)
     ipc_server_stop(server);
 }
 
+/* Waits up to timeout_ms for the ready handle. */
+static int ready_within(intptr_t handle, int timeout_ms)
+{
+#ifdef _WIN32
+    return WaitForSingleObject((HANDLE)handle, (DWORD)timeout_ms) == WAIT_OBJECT_0;
+#else
+    struct pollfd p;
+    p.fd = (int)handle;
+    p.events = POLLIN;
+    p.revents = 0;
+    return poll(&p, 1, timeout_ms) == 1;
+#endif
+}
+
+/* The ready handle is set after the server's lock is released (ipc_dispatch.c,
+ * "readiness") while clients keep queueing and this loop keeps emptying the
+ * queue, taking only when the handle is ready. Every call must arrive. A
+ * wake to an empty queue may happen (a set whose call was taken while the
+ * set was being made), but the next_call that finds nothing clears it, so
+ * empty wakes in a row come only from sets already under way, at most one
+ * per connection; a set left standing would make a select loop spin. Once
+ * the clients are done, the handle ends clear. */
+void test_manual_dispatch_ready_follows_queue(void)
+{
+    enum { N = 4, ITERATIONS = 150 };
+    char name[96];
+    ipc_server_t *server = NULL;
+    ipc_server_options so;
+    ipc_error err = {0, 0, NULL};
+    worker_arg args[N];
+    t_thread *threads[N];
+    int i, handled = 0, empty_in_a_row = 0, most_empty_in_a_row = 0;
+    long long deadline;
+    make_name(name, sizeof name, "readyq");
+    ipc_server_options_init(&so);
+    so.dispatch = IPC_DISPATCH_MANUAL;
+    CHECK_RC(ipc_server_open(&server, name, &so, NULL, NULL, &err), IPC_OK, &err);
+    ipc_error_clear(&err);
+    if (!server)
+        return;
+    for (i = 0; i < N; i++) {
+        args[i].name = name;
+        args[i].index = i + 1;
+        args[i].iterations = ITERATIONS;
+        args[i].ok_count = 0;
+        threads[i] = t_thread_start(worker_main, &args[i]);
+    }
+    deadline = t_now_ms() + 30000;
+    while (handled < N * ITERATIONS && t_now_ms() < deadline) {
+        int taken = 0;
+        if (!ready_within(ipc_server_ready_handle(server), 200))
+            continue;
+        for (;;) {
+            ipc_call *call = NULL;
+            const uint8_t *request;
+            size_t size, j;
+            uint8_t *out;
+            if (ipc_server_next_call(server, &call, &request, &size, 0, NULL) != IPC_OK)
+                break;
+            out = (uint8_t *)ipc_call_buffer(call, size);
+            CHECK(out != NULL);
+            if (out) {
+                for (j = 0; j < size; j++)
+                    out[j] = (uint8_t)(request[j] ^ 0x5C);
+                CHECK_RC(ipc_call_respond(call, out, size, &err), IPC_OK, &err);
+                ipc_error_clear(&err);
+            }
+            ipc_call_finish(call);
+            taken++;
+        }
+        empty_in_a_row = taken ? 0 : empty_in_a_row + 1;
+        if (empty_in_a_row > most_empty_in_a_row)
+            most_empty_in_a_row = empty_in_a_row;
+        handled += taken;
+    }
+    for (i = 0; i < N; i++) {
+        t_thread_join(threads[i]);
+        CHECK(args[i].ok_count == ITERATIONS);
+    }
+    CHECK(handled == N * ITERATIONS);
+    CHECK(most_empty_in_a_row <= N);
+    /* A connection thread may still be making its set: it ends soon. */
+    deadline = t_now_ms() + 5000;
+    for (;;) {
+        ipc_call *call = NULL;
+        const uint8_t *request;
+        size_t size;
+        CHECK_RC(ipc_server_next_call(server, &call, &request, &size, 0, &err), IPC_E_TIMEOUT,
+                 &err);
+        ipc_error_clear(&err);
+        if (!ready_now(ipc_server_ready_handle(server)) || t_now_ms() > deadline)
+            break;
+        t_sleep_ms(1);
+    }
+    CHECK(!ready_now(ipc_server_ready_handle(server)));
+    ipc_server_stop(server);
+}
+
+typedef struct paced_arg {
+    const char *name;
+    int rounds;
+    srv_ctx *ctx; /* requests: how many the test allows; loops: answered so far */
+} paced_arg;
+
+/* One request at a time, each only once the test allows it. */
+static void paced_client_main(void *param)
+{
+    paced_arg *arg = (paced_arg *)param;
+    ipc_client_t *client = open_client(arg->name, NULL, 10000);
+    static const unsigned char ping[4] = {'p', 'i', 'n', 'g'};
+    unsigned char expected[4];
+    int i;
+    size_t j;
+    if (!client)
+        return;
+    for (j = 0; j < sizeof ping; j++)
+        expected[j] = (unsigned char)(ping[j] ^ 0x5C);
+    for (i = 0; i < arg->rounds; i++) {
+        if (!ctx_wait_for(arg->ctx, &arg->ctx->requests, i + 1, 10000))
+            break;
+        if (!expect_response(client, ping, sizeof ping, expected, sizeof expected))
+            break;
+        ctx_add(arg->ctx, &arg->ctx->loops, 1);
+    }
+    ipc_client_close(client);
+}
+
+/* Answers one call with its bytes XOR 0x5C and finishes it. */
+static void answer_xor(ipc_call *call, const uint8_t *request, size_t size)
+{
+    ipc_error err = {0, 0, NULL};
+    uint8_t *out = (uint8_t *)ipc_call_buffer(call, size ? size : 1);
+    size_t j;
+    CHECK(out != NULL);
+    if (out) {
+        for (j = 0; j < size; j++)
+            out[j] = (uint8_t)(request[j] ^ 0x5C);
+        CHECK_RC(ipc_call_respond(call, out, size, &err), IPC_OK, &err);
+        ipc_error_clear(&err);
+    }
+    ipc_call_finish(call);
+}
+
+/* A loop that polls ipc_server_next_call(0) takes a call as soon as it is
+ * queued, often before the connection thread has set the ready handle for
+ * it; that set then lands on an empty queue. The next next_call that finds
+ * nothing must clear it: left standing, a select loop would wake for
+ * nothing until the next request. */
+void test_manual_dispatch_stale_ready_cleared(void)
+{
+    enum { ROUNDS = 200 };
+    char name[96];
+    ipc_server_t *server = NULL;
+    ipc_server_options so;
+    ipc_error err = {0, 0, NULL};
+    srv_ctx ctx;
+    paced_arg arg;
+    t_thread *thread;
+    int i, stale = 0, left_standing = 0;
+    make_name(name, sizeof name, "stale");
+    ipc_server_options_init(&so);
+    so.dispatch = IPC_DISPATCH_MANUAL;
+    CHECK_RC(ipc_server_open(&server, name, &so, NULL, NULL, &err), IPC_OK, &err);
+    ipc_error_clear(&err);
+    if (!server)
+        return;
+    ctx_init(&ctx);
+    arg.name = name;
+    arg.rounds = ROUNDS;
+    arg.ctx = &ctx;
+    thread = t_thread_start(paced_client_main, &arg);
+    for (i = 0; i < ROUNDS; i++) {
+        intptr_t ready = ipc_server_ready_handle(server);
+        long long deadline = t_now_ms() + 10000;
+        ipc_call *call = NULL;
+        const uint8_t *request;
+        size_t size;
+        int tries;
+        ctx_set(&ctx, &ctx.requests, i + 1);
+        while (ipc_server_next_call(server, &call, &request, &size, 0, NULL) != IPC_OK &&
+               t_now_ms() < deadline) {
+        }
+        CHECK(call != NULL);
+        if (!call)
+            break;
+        answer_xor(call, request, size);
+        CHECK(ctx_wait_for(&ctx, &ctx.loops, i + 1, 10000));
+        /* The set for this call is made by now, or soon: it has nothing
+         * else to wait for. Each next_call that finds nothing must leave
+         * the handle clear once it is made. */
+        t_sleep_ms(1);
+        stale += ready_now(ready);
+        for (tries = 0; tries < 200; tries++) {
+            CHECK_RC(ipc_server_next_call(server, &call, &request, &size, 0, &err), IPC_E_TIMEOUT,
+                     &err);
+            ipc_error_clear(&err);
+            if (!ready_now(ready))
+                break;
+            t_sleep_ms(1);
+        }
+        left_standing += tries == 200;
+    }
+    t_thread_join(thread);
+    CHECK(ctx_get(&ctx, &ctx.loops) == ROUNDS);
+    CHECK(left_standing == 0);
+    note("a stale ready handle after %d of %d calls", stale, ROUNDS);
+    ipc_server_stop(server);
+    ctx_free(&ctx);
+}
+
 /* ipc_server_next_calls: a worker ends its last batch and takes the next
  * in one call; a batch holds every ready call, up to its capacity. */
 void test_batched_next_calls(void)

@@ -83,6 +83,8 @@
     X(two_wine_processes)                                           \
     X(no_sigpipe)                                                   \
     X(manual_dispatch)                                              \
+    X(manual_dispatch_ready_follows_queue)                          \
+    X(manual_dispatch_stale_ready_cleared)                          \
     X(batched_next_calls)                                           \
     X(connection_loop)                                              \
     X(node_codec)                                                   \
