@@ -149,12 +149,12 @@ int ipc_call_type(const ipc_call *call)
 
 /* ---- the manual-dispatch queue ------------------------------------------- */
 
-/* Readiness. `ready` (a pipe or an event the application's loop waits on)
- * is set while calls are queued. Setting it wakes the loop's thread, which
- * then takes the server's lock at once; set under that lock, the waker
- * still held it, and the loop waited. Measured with a Python main loop
- * calling dispatch(0): 12 us more latency per request (spin/manual in
- * bench/run.py --mainloop-only, 35-42 us added against 24-29 us). So the
+/* Readiness. `ready` (an eventfd, a pipe or an event the application's loop
+ * waits on) is set while calls are queued. Setting it wakes the loop's
+ * thread, which then takes the server's lock at once; set under that lock,
+ * the waker still held it, and the loop waited. Measured with a Python main
+ * loop calling dispatch(0) (spin/manual in bench/run.py --mainloop-only,
+ * interleaved runs): 33-41 us added per request, 18-23 us after. So the
  * enqueuer that found the queue empty sets `ready` after unlocking, and
  * whoever leaves the queue empty clears it under the lock (settle_ready).
  * A set is never lost: a clear happens only on an empty queue, so it can
