@@ -70,6 +70,52 @@ def test_fileno_is_ready_exactly_while_requests_are_pending(
         sel.close()
 
 
+def test_a_select_loop_never_spins_on_fileno(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
+    """A loop that waits on fileno() and dispatches while four clients keep
+    sending: every request is answered, and a wake with nothing to dispatch
+    (a request taken while it was being announced) is followed by a real one
+    or by a wait, never a run of empty wakes longer than the clients that
+    could have caused them. Afterwards the descriptor is quiet."""
+    clients, per_client = 4, 100
+    answers: List[object] = []
+
+    def send(index: int) -> None:
+        try:
+            with make_client(name) as client:
+                for i in range(per_client):
+                    data = b"%d-%d" % (index, i)
+                    answers.append(client.request(data) == data)
+        except Exception as exc:  # recorded for the assertions
+            answers.append(exc)
+
+    with make_server(name, echo, dispatch="manual") as server:
+        sel = selectors.DefaultSelector()
+        sel.register(server.fileno(), selectors.EVENT_READ)
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        handled, empty_in_a_row, most_empty_in_a_row = 0, 0, 0
+        deadline = time.monotonic() + 60
+        while handled < clients * per_client and time.monotonic() < deadline:
+            if not sel.select(timeout=0.2):
+                continue
+            got = server.dispatch(0)
+            handled += got
+            empty_in_a_row = 0 if got else empty_in_a_row + 1
+            most_empty_in_a_row = max(most_empty_in_a_row, empty_in_a_row)
+        for t in threads:
+            t.join(10)
+        assert handled == clients * per_client
+        assert answers == [True] * (clients * per_client)
+        assert most_empty_in_a_row <= clients
+        # A late announcement may still land: one more dispatch clears it.
+        quiet_deadline = time.monotonic() + 5
+        while sel.select(timeout=0.05) and time.monotonic() < quiet_deadline:
+            assert server.dispatch(0) == 0
+        assert sel.select(timeout=0.05) == []
+        sel.close()
+
+
 def test_errors_and_wrong_returns_reach_the_client(name: str, make_server: MakeServer, make_client: MakeClient) -> None:
     def handler(request: bytes) -> object:
         if request == b"raise":
