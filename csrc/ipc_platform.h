@@ -63,8 +63,10 @@ void ipc_plat_global_unlock(void);
 /* ---- readiness signal (manual dispatch) ---------------------------------- */
 
 /* A level-triggered "requests are pending" flag that an event loop can wait
- * on (POSIX: a pipe's read end; Windows: a manual-reset event). ipc.c calls
- * set and clear only on transitions, under its own lock. */
+ * on (Linux: an eventfd; other POSIX systems: a pipe's read end; Windows: a
+ * manual-reset event). ipc_dispatch.c sets it without holding its lock and
+ * clears it under that lock ("readiness" there), so a set and a clear may
+ * run at once, and either may find the flag already in the state it makes. */
 typedef struct ipc_plat_ready ipc_plat_ready;
 
 int ipc_plat_ready_create(ipc_plat_ready **ready, ipc_error *err);
