@@ -100,10 +100,12 @@ def test_c_stress_under_sanitizer(variant: str, c_build: BuildC) -> None:
     """tests/c/stress.c: 12 client threads against servers with 2 listeners and
     8 slots (reconnects, pipelining, a client shared by two threads, handler
     failures, random sizes, every answer checked byte for byte), then a stop
-    while they hammer and some sit idle-connected. Under ASan+UBSan (LSan:
-    nothing left after stop with clients connected) and under TSan; any
-    sanitizer report, failed check or hang fails. IPCFAST_STRESS_ROUNDS sets
-    the number of rounds (default 4)."""
+    while they hammer and some sit idle-connected; handlers, connection loops
+    and manual dispatch (a thread on the ready handle and a batch taker), on
+    sockets and shared memory. Under ASan+UBSan (LSan: nothing left after
+    stop with clients connected) and under TSan; any sanitizer report, failed
+    check or hang fails. IPCFAST_STRESS_ROUNDS sets the number of rounds
+    (default 6)."""
     exe = c_build(variant).program(STRESS)
     env = dict(os.environ)
     env.update(SANITIZERS[variant])

@@ -3,8 +3,10 @@
  * AddressSanitizer + UndefinedBehaviorSanitizer (with LeakSanitizer) and,
  * separately, ThreadSanitizer by tests/test_c_core.py (POSIX).
  *
- * Each round opens a server (2 listeners, 8 slots, alternately a plain and a
- * returning handler) and runs 12 client threads against it:
+ * Each round opens a server (2 listeners, 8 slots; in turn a plain handler, a
+ * returning handler, a connection loop, or manual dispatch by two threads of
+ * this program, one waiting on the ready handle and one taking batches) and
+ * runs 12 client threads against it:
  *   phase 1  every thread connects, reconnects, pipelines (write x3, then
  *            read x3), sends requests of random sizes 0..64 KiB with content
  *            of its own, and some that the handler fails; every answer is
@@ -13,7 +15,7 @@
  *   phase 2  the threads keep hammering (some idle-connected) while the
  *            main thread stops the server: every call must then end with a
  *            defined error, never hang, and the stop must return.
- * Rounds 2 and 3 of every 4 run on the shared-memory data path (server and
+ * Rounds 2, 3 and 5 of every 6 run on the shared-memory data path (server and
  * clients opt in; 16 KiB slots, so the random sizes cross the slot
  * boundary; where the platform has no such path the offer is declined and
  * those rounds use the socket); there a pipelined second write must fail
@@ -33,6 +35,7 @@
 
 #include "../../csrc/ipc.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -44,7 +47,7 @@
 #define THREADS 12
 #define MAX_REQ (64 * 1024)
 
-static int g_rounds = 4;
+static int g_rounds = 6;
 static int g_shm; /* this round uses the shared-memory data path; set before threads start */
 static int g_requests = 150; /* per thread, phase 1 */
 static char g_name[128];
@@ -131,6 +134,56 @@ static void plain_handler(void *user_data, ipc_call *call, const uint8_t *reques
     for (i = 0; i < size; i++)
         out[i] = request[i] ^ 0x33;
     ipc_call_respond(call, out, size, NULL);
+}
+
+/* Manual dispatch: this thread waits on the ready handle, then takes calls
+ * one by one until none is queued (a wake with none is allowed: a set made
+ * after its call was taken), and answers them as plain_handler does. It
+ * leaves once the server is interrupted. */
+static void *ready_handle_dispatcher(void *param)
+{
+    ipc_server_t *server = (ipc_server_t *)param;
+    struct pollfd ready;
+
+    ready.fd = (int)ipc_server_ready_handle(server);
+    ready.events = POLLIN;
+    for (;;) {
+        ipc_call *call = NULL;
+        const uint8_t *request;
+        size_t size;
+        int r;
+
+        ready.revents = 0;
+        poll(&ready, 1, 50);
+        while ((r = ipc_server_next_call(server, &call, &request, &size, 0, NULL)) == IPC_OK) {
+            plain_handler(NULL, call, request, size);
+            ipc_call_finish(call);
+        }
+        if (r == IPC_E_CLOSED)
+            return NULL;
+    }
+}
+
+/* Manual dispatch: this thread takes batches of up to 4 calls, finishing
+ * the last batch in the same call, as the Python binding's workers do. */
+static void *batch_dispatcher(void *param)
+{
+    ipc_server_t *server = (ipc_server_t *)param;
+    ipc_call *calls[4], *answered[4];
+    const uint8_t *requests[4];
+    size_t sizes[4], taken = 0, i;
+
+    for (;;) {
+        int r = ipc_server_next_calls(server, answered, taken, calls, requests, sizes, 4, &taken,
+                                      50, NULL);
+
+        if (r == IPC_E_CLOSED)
+            return NULL;
+        for (i = 0; r == IPC_OK && i < taken; i++) {
+            plain_handler(NULL, calls[i], requests[i], sizes[i]);
+            answered[i] = calls[i];
+        }
+    }
 }
 
 /* Per-connection buffers for the returning handler, indexed by slot. */
@@ -449,7 +502,8 @@ int main(int argc, char **argv)
         ipc_server_t *server = NULL;
         ipc_client_t *shared;
         ipc_error err = {0};
-        int r;
+        pthread_t dispatchers[2];
+        int r, way = round % 6, manual = way >= 4;
         long long t0, t1;
         struct timespec ts;
 
@@ -458,18 +512,25 @@ int main(int argc, char **argv)
         options.max_clients = 8;
         options.listeners = 2;
         options.max_message = 1024 * 1024;
-        g_shm = round % 4 >= 2;
+        /* ways 0-5: plain/socket, returning/socket, loop/shm, plain/shm,
+         * manual/socket, manual/shm */
+        g_shm = way == 2 || way == 3 || way == 5;
         options.shm = g_shm;
-        /* rounds 0-3: plain/socket, returning/socket, loop/shm, plain/shm */
-        if (round % 3 == 1)
+        if (way == 1)
             options.returning_handler = returning_handler;
-        else if (round % 3 == 2)
+        else if (way == 2)
             options.connection_handler = loop_handler;
-        r = ipc_server_open(&server, g_name, &options, round % 3 ? NULL : plain_handler, NULL,
-                            &err);
+        else if (manual)
+            options.dispatch = IPC_DISPATCH_MANUAL;
+        r = ipc_server_open(&server, g_name, &options, way == 1 || way == 2 ? NULL : plain_handler,
+                            NULL, &err);
         if (r != IPC_OK) {
             printf("FAIL server open: %s %s\n", ipc_result_name(r), err.message);
             return 1;
+        }
+        if (manual) {
+            pthread_create(&dispatchers[0], NULL, ready_handle_dispatcher, server);
+            pthread_create(&dispatchers[1], NULL, batch_dispatcher, server);
         }
         pthread_mutex_lock(&g_lock);
         g_phase2_stop = 0;
@@ -489,6 +550,11 @@ int main(int argc, char **argv)
         }
         clock_gettime(CLOCK_MONOTONIC, &ts);
         t0 = ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+        if (manual) { /* the dispatchers leave before stop frees the server */
+            ipc_server_interrupt(server);
+            pthread_join(dispatchers[0], NULL);
+            pthread_join(dispatchers[1], NULL);
+        }
         ipc_server_stop(server);
         clock_gettime(CLOCK_MONOTONIC, &ts);
         t1 = ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
