@@ -326,34 +326,27 @@ void ipc__posix_close_quietly(int fd)
  * ====================================================================== */
 
 struct ipc_plat_ready {
-    int pipe[2]; /* eventfd: both the same descriptor */
+    int fd[2]; /* read end, write end: one descriptor when it is an eventfd */
 };
 
 int ipc_plat_ready_create(ipc_plat_ready **out, ipc_error *err)
 {
     ipc_plat_ready *ready = (ipc_plat_ready *)malloc(sizeof *ready);
+    int r;
 
     *out = NULL;
     if (!ready)
         return ipc__fail(err, IPC_E_NO_MEMORY, 0, "out of memory for a readiness signal");
 #if defined(__linux__)
-    ready->pipe[0] = ready->pipe[1] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (ready->pipe[0] < 0) {
-        int r = ipc__posix_fail_errno(err, errno, "eventfd", NULL);
-
+    ready->fd[0] = ready->fd[1] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    r = ready->fd[0] < 0 ? ipc__posix_fail_errno(err, errno, "eventfd", NULL) : IPC_OK;
+#else
+    r = ipc__posix_open_wake_pipe(ready->fd, err);
+#endif
+    if (r != IPC_OK) {
         free(ready);
         return r;
     }
-#else
-    {
-        int r = ipc__posix_open_wake_pipe(ready->pipe, err);
-
-        if (r != IPC_OK) {
-            free(ready);
-            return r;
-        }
-    }
-#endif
     *out = ready;
     return IPC_OK;
 }
@@ -362,9 +355,9 @@ void ipc_plat_ready_destroy(ipc_plat_ready *ready)
 {
     if (!ready)
         return;
-    ipc__posix_close_quietly(ready->pipe[0]);
-    if (ready->pipe[1] != ready->pipe[0])
-        ipc__posix_close_quietly(ready->pipe[1]);
+    ipc__posix_close_quietly(ready->fd[0]);
+    if (ready->fd[1] != ready->fd[0])
+        ipc__posix_close_quietly(ready->fd[1]);
     free(ready);
 }
 
@@ -372,10 +365,10 @@ void ipc_plat_ready_set(ipc_plat_ready *ready)
 {
 #if defined(__linux__)
     uint64_t one = 1;
-    ssize_t ignored = write(ready->pipe[1], &one, sizeof one);
+    ssize_t ignored = write(ready->fd[1], &one, sizeof one);
 #else
     char byte = 1;
-    ssize_t ignored = write(ready->pipe[1], &byte, 1);
+    ssize_t ignored = write(ready->fd[1], &byte, 1);
 #endif
 
     (void)ignored; /* a full pipe (or counter) is readable already */
@@ -385,20 +378,20 @@ void ipc_plat_ready_clear(ipc_plat_ready *ready)
 {
 #if defined(__linux__)
     uint64_t count;
-    ssize_t ignored = read(ready->pipe[0], &count, sizeof count);
+    ssize_t ignored = read(ready->fd[0], &count, sizeof count);
 
     (void)ignored; /* EAGAIN: it was clear */
 #else
     char drain[64];
 
-    while (read(ready->pipe[0], drain, sizeof drain) > 0) {
+    while (read(ready->fd[0], drain, sizeof drain) > 0) {
     }
 #endif
 }
 
 intptr_t ipc_plat_ready_handle(const ipc_plat_ready *ready)
 {
-    return (intptr_t)ready->pipe[0];
+    return (intptr_t)ready->fd[0];
 }
 
 int ipc__posix_open_wake_pipe(int wake[2], ipc_error *err)

@@ -3,18 +3,40 @@
  */
 #include "t_harness.h"
 
-/* Is a manual-dispatch ready handle signalled right now? */
-static int ready_now(intptr_t handle)
+/* Waits up to timeout_ms for a manual-dispatch ready handle to be signalled. */
+static int ready_within(intptr_t handle, int timeout_ms)
 {
 #ifdef _WIN32
-    return WaitForSingleObject((HANDLE)handle, 0) == WAIT_OBJECT_0;
+    return WaitForSingleObject((HANDLE)handle, (DWORD)timeout_ms) == WAIT_OBJECT_0;
 #else
     struct pollfd p;
     p.fd = (int)handle;
     p.events = POLLIN;
     p.revents = 0;
-    return poll(&p, 1, 0) == 1;
+    return poll(&p, 1, timeout_ms) == 1;
 #endif
+}
+
+/* Is a manual-dispatch ready handle signalled right now? */
+static int ready_now(intptr_t handle)
+{
+    return ready_within(handle, 0);
+}
+
+/* Answers one call with its bytes XOR 0x5C and finishes it. */
+static void answer_xor(ipc_call *call, const uint8_t *request, size_t size)
+{
+    ipc_error err = {0, 0, NULL};
+    uint8_t *out = (uint8_t *)ipc_call_buffer(call, size ? size : 1);
+    size_t j;
+    CHECK(out != NULL);
+    if (out) {
+        for (j = 0; j < size; j++)
+            out[j] = (uint8_t)(request[j] ^ 0x5C);
+        CHECK_RC(ipc_call_respond(call, out, size, &err), IPC_OK, &err);
+        ipc_error_clear(&err);
+    }
+    ipc_call_finish(call);
 }
 
 /* With nothing queued, the ready handle ends clear: a set made after its
@@ -96,19 +118,10 @@ void test_manual_dispatch(void)
     while (handled < N * ITERATIONS && t_now_ms() < deadline) {
         ipc_call *call = NULL;
         const uint8_t *request;
-        size_t size, j;
-        uint8_t *out;
+        size_t size;
         if (ipc_server_next_call(server, &call, &request, &size, 200, NULL) != IPC_OK)
             continue;
-        out = (uint8_t *)ipc_call_buffer(call, size);
-        CHECK(out != NULL);
-        if (out) {
-            for (j = 0; j < size; j++)
-                out[j] = (uint8_t)(request[j] ^ 0x5C);
-            CHECK_RC(ipc_call_respond(call, out, size, &err), IPC_OK, &err);
-            ipc_error_clear(&err);
-        }
-        ipc_call_finish(call);
+        answer_xor(call, request, size);
         handled++;
     }
     for (i = 0; i < N; i++) {
@@ -171,20 +184,6 @@ void test_manual_dispatch(void)
     ipc_server_stop(server);
 }
 
-/* Waits up to timeout_ms for the ready handle. */
-static int ready_within(intptr_t handle, int timeout_ms)
-{
-#ifdef _WIN32
-    return WaitForSingleObject((HANDLE)handle, (DWORD)timeout_ms) == WAIT_OBJECT_0;
-#else
-    struct pollfd p;
-    p.fd = (int)handle;
-    p.events = POLLIN;
-    p.revents = 0;
-    return poll(&p, 1, timeout_ms) == 1;
-#endif
-}
-
 /* The ready handle is set after the server's lock is released (ipc_dispatch.c,
  * "readiness") while clients keep queueing and this loop keeps emptying the
  * queue, taking only when the handle is ready. Every call must arrive. A
@@ -226,19 +225,10 @@ void test_manual_dispatch_ready_follows_queue(void)
         for (;;) {
             ipc_call *call = NULL;
             const uint8_t *request;
-            size_t size, j;
-            uint8_t *out;
+            size_t size;
             if (ipc_server_next_call(server, &call, &request, &size, 0, NULL) != IPC_OK)
                 break;
-            out = (uint8_t *)ipc_call_buffer(call, size);
-            CHECK(out != NULL);
-            if (out) {
-                for (j = 0; j < size; j++)
-                    out[j] = (uint8_t)(request[j] ^ 0x5C);
-                CHECK_RC(ipc_call_respond(call, out, size, &err), IPC_OK, &err);
-                ipc_error_clear(&err);
-            }
-            ipc_call_finish(call);
+            answer_xor(call, request, size);
             taken++;
         }
         empty_in_a_row = taken ? 0 : empty_in_a_row + 1;
@@ -283,22 +273,6 @@ static void paced_client_main(void *param)
         ctx_add(arg->ctx, &arg->ctx->loops, 1);
     }
     ipc_client_close(client);
-}
-
-/* Answers one call with its bytes XOR 0x5C and finishes it. */
-static void answer_xor(ipc_call *call, const uint8_t *request, size_t size)
-{
-    ipc_error err = {0, 0, NULL};
-    uint8_t *out = (uint8_t *)ipc_call_buffer(call, size ? size : 1);
-    size_t j;
-    CHECK(out != NULL);
-    if (out) {
-        for (j = 0; j < size; j++)
-            out[j] = (uint8_t)(request[j] ^ 0x5C);
-        CHECK_RC(ipc_call_respond(call, out, size, &err), IPC_OK, &err);
-        ipc_error_clear(&err);
-    }
-    ipc_call_finish(call);
 }
 
 /* A loop that polls ipc_server_next_call(0) takes a call as soon as it is
