@@ -160,6 +160,35 @@ def test_ctrl_c_interrupts_a_blocking_request(backend: str, api: str, hung_serve
     assert elapsed < 2.0, f"KeyboardInterrupt took {elapsed:.2f} s"
 
 
+DISPATCH_SCRIPT = _script(
+    """
+    import os, sys
+    import ipcfast
+
+    backend, timeout = sys.argv[1], sys.argv[2]
+    server = ipcfast.Server("dispatch-%d" % os.getpid(), lambda r: r, backend=backend, dispatch="manual")
+    server.start()
+    print("READY", flush=True)
+    try:
+        server.dispatch(timeout=None if timeout == "none" else float(timeout))
+    except KeyboardInterrupt:
+        print("INTERRUPTED", flush=True)
+        server.stop()
+        sys.exit(42)
+    print("RETURNED", flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("timeout", ["none", "30"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ctrl_c_interrupts_a_waiting_dispatch(backend: str, timeout: str) -> None:
+    """A main loop blocked in dispatch() with no request coming: Ctrl-C ends
+    the wait (the native one waited in C until a request came)."""
+    elapsed = _interrupt_latency(DISPATCH_SCRIPT, backend, timeout)
+    assert elapsed < 2.0, f"KeyboardInterrupt took {elapsed:.2f} s"
+
+
 CONNECT_SCRIPT = _script(
     """
     import sys, time

@@ -36,6 +36,9 @@ _ERROR: int = lib.IPC_PACKET_ERROR
 _REQUEST_INLINE_SIZE: int = lib.IPC_REQUEST_INLINE_SIZE
 #: How many ready requests a single worker takes at once.
 _BATCH = 64
+# How long a waiting dispatch() stays in C before Python's signal handlers
+# (Ctrl-C) get a chance to run.
+_WAIT_SLICE_MS = 100
 #: Handles of servers whose stop abandoned connection threads stuck in a
 #: handler: deliberately kept for the life of the process (see _close).
 _ABANDONED_HANDLES: List[Any] = []
@@ -213,15 +216,26 @@ class NativeServer(Server):
         request_p = ffi.new("const uint8_t **")
         size_p = ffi.new("size_t *")
         handled = 0
-        while lib.ipc_server_next_call(server, call_p, request_p, size_p, wait_ms, _NULL) == lib.IPC_OK:
-            call = call_p[0]
-            try:
-                self._answer(call, request_p[0], size_p[0])
-            finally:
-                lib.ipc_call_finish(call)
-            handled += 1
-            wait_ms = 0
-        return handled
+        # A wait returns to Python every _WAIT_SLICE_MS, so that a signal
+        # handler (Ctrl-C's KeyboardInterrupt) runs: blocked in C, a
+        # dispatch(None) ignored Ctrl-C until a request came.
+        until = None if wait_ms < 0 else time.monotonic() + wait_ms / 1000.0
+        while True:
+            slice_ms = _WAIT_SLICE_MS if wait_ms < 0 else min(wait_ms, _WAIT_SLICE_MS)
+            rc = lib.ipc_server_next_call(server, call_p, request_p, size_p, slice_ms, _NULL)
+            if rc == lib.IPC_OK:
+                call = call_p[0]
+                try:
+                    self._answer(call, request_p[0], size_p[0])
+                finally:
+                    lib.ipc_call_finish(call)
+                handled += 1
+                wait_ms = 0
+                continue
+            if rc != lib.IPC_E_TIMEOUT or wait_ms == 0:
+                return handled
+            if until is not None:
+                wait_ms = max(0, int((until - time.monotonic()) * 1000.0))
 
     # ---- server nodes (ipcfast.node) ----
 
